@@ -1,0 +1,1 @@
+"""The scalerec command line."""

@@ -1,0 +1,55 @@
+"""Hot-data cache interface (Memcached's model) and the key scheme every cache user shares.
+
+A cache is never the source of truth: a miss or an unreachable cache means
+"read the store", never an error to the caller.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+
+class Cache(ABC):
+    @abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Hits only."""
+
+    @abstractmethod
+    def set(self, key: str, value: bytes, ttl_seconds: int = 0) -> None:
+        """``ttl_seconds`` 0 means no expiry (but the cache may still evict)."""
+
+    @abstractmethod
+    def set_many(self, items: Mapping[str, bytes], ttl_seconds: int = 0) -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def healthy(self) -> bool:
+        return True
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class CacheKeys:
+    """``<deployment>:<kind>:v<version>:<id>`` — bump a kind's version to invalidate all of it at once."""
+
+    def __init__(self, deployment: str) -> None:
+        self._prefix = deployment
+
+    def key(self, kind: str, version: int, ident: str) -> str:
+        # Memcached keys: <= 250 bytes, no spaces or control characters.
+        raw = f"{self._prefix}:{kind}:v{version}:{ident}"
+        if len(raw) > 240 or any(c.isspace() for c in raw):
+            import hashlib
+
+            raw = f"{self._prefix}:{kind}:v{version}:h:{hashlib.sha1(ident.encode()).hexdigest()}"
+        return raw

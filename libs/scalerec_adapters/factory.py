@@ -1,0 +1,106 @@
+"""Build a backend from its URL, so production and embedded differ by configuration only.
+
+| URL                                   | backend                              |
+|---------------------------------------|--------------------------------------|
+| ``sqlite:///abs/path/bus.db``         | embedded durable log (event bus)     |
+| ``kafka://host:9092,host2:9092``      | Apache Kafka (aiokafka)              |
+| ``sqlite:///abs/path/store.db``       | embedded wide-column store           |
+| ``hbase://host:9090?pool=8``          | HBase through its Thrift server      |
+| ``memory://?max_items=100000``        | in-process TTL/LRU cache             |
+| ``memcached://h1:11211,h2:11211``     | Memcached, consistent hashing        |
+| ``onnxruntime://``                    | in-process onnxruntime               |
+| ``triton://host:8001``                | NVIDIA Triton over gRPC              |
+
+Implementations are imported lazily: the collector never imports onnxruntime,
+an embedded deployment never imports aiokafka.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from scalerec_adapters.bus import EventBus
+from scalerec_adapters.cache import Cache
+from scalerec_adapters.scoring import Scorer
+from scalerec_adapters.store import WideColumnStore
+
+
+class UnsupportedBackend(ValueError):
+    pass
+
+
+def _query(url: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
+
+
+def _sqlite_path(url: str) -> Path:
+    parsed = urlparse(url)
+    path = Path(parsed.path if not parsed.netloc else parsed.netloc + parsed.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _hosts(url: str, default_port: int) -> list[tuple[str, int]]:
+    netloc = urlparse(url).netloc
+    out = []
+    for part in netloc.split(","):
+        host, _, port = part.partition(":")
+        out.append((host or "127.0.0.1", int(port) if port else default_port))
+    return out
+
+
+def make_bus(url: str, *, partitions: int = 4, client_id: str = "scalerec") -> EventBus:
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
+
+        return SqliteEventBus(_sqlite_path(url), default_partitions=partitions)
+    if scheme == "kafka":
+        from scalerec_adapters.kafka_bus import KafkaEventBus
+
+        servers = ",".join(f"{h}:{p}" for h, p in _hosts(url, 9092))
+        return KafkaEventBus(servers, default_partitions=partitions, client_id=client_id, **_query(url))
+    raise UnsupportedBackend(f"BUS_URL scheme {scheme!r} is not one of sqlite, kafka")
+
+
+def make_store(url: str, *, namespace: str = "scalerec") -> WideColumnStore:
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        from scalerec_adapters.embedded.sqlite_store import SqliteStore
+
+        return SqliteStore(_sqlite_path(url), namespace=namespace)
+    if scheme == "hbase":
+        from scalerec_adapters.hbase_store import HBaseStore
+
+        (host, port), *_ = _hosts(url, 9090)
+        q = _query(url)
+        return HBaseStore(host, port, namespace=namespace, pool_size=int(q.get("pool", "8")))
+    raise UnsupportedBackend(f"STORE_URL scheme {scheme!r} is not one of sqlite, hbase")
+
+
+def make_cache(url: str) -> Cache:
+    scheme = urlparse(url).scheme
+    if scheme == "memory":
+        from scalerec_adapters.embedded.memory_cache import MemoryCache
+
+        return MemoryCache(max_items=int(_query(url).get("max_items", "100000")))
+    if scheme == "memcached":
+        from scalerec_adapters.memcached_cache import MemcachedCache
+
+        return MemcachedCache(_hosts(url, 11211))
+    raise UnsupportedBackend(f"CACHE_URL scheme {scheme!r} is not one of memory, memcached")
+
+
+def make_scorer(url: str, *, repository: Path) -> Scorer:
+    scheme = urlparse(url).scheme
+    if scheme == "onnxruntime":
+        from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
+
+        return OnnxRuntimeScorer(repository)
+    if scheme == "triton":
+        from scalerec_adapters.triton_scorer import TritonScorer
+
+        (host, port), *_ = _hosts(url, 8001)
+        return TritonScorer(f"{host}:{port}", repository=repository, **_query(url))
+    raise UnsupportedBackend(f"SCORER_URL scheme {scheme!r} is not one of onnxruntime, triton")

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces every ScaleRec service uses: settings base, logging, telemetry, health."""

@@ -1,0 +1,61 @@
+"""Settings base class shared by every service.
+
+Each service defines exactly one subclass with its own fields; values come from
+environment variables (upper-case names, lower-case fields).  Nothing here reads
+the environment at import time: a service builds its settings inside
+``create_app()`` through a cached getter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service shares: where its backends live and how it reports."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    service_name: str = "scalerec"
+    deployment: str = Field(
+        default="scalerec",
+        description="Namespace for topics' consumer groups, HBase tables and cache keys.",
+    )
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Folder for embedded backends' files (bus log, store, model repository).",
+    )
+    bus_url: str = Field(
+        default="",
+        description="sqlite:///path/bus.db (embedded) or kafka://host:9092[,host:9092]. Empty: embedded under DATA_DIR.",
+    )
+    store_url: str = Field(
+        default="",
+        description="sqlite:///path/store.db (embedded) or hbase://host:9090. Empty: embedded under DATA_DIR.",
+    )
+    cache_url: str = Field(
+        default="memory://",
+        description="memory://?max_items=N (in-process) or memcached://host:11211[,host:11211].",
+    )
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str = Field(default="http://127.0.0.1:4318", description="OTLP/HTTP endpoint.")
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys accepted in the X-API-Key header or as a bearer token. Empty: no auth.",
+    )
+
+    def resolved_bus_url(self) -> str:
+        return self.bus_url or f"sqlite:///{(self.data_dir / 'bus.db').resolve()}"
+
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{(self.data_dir / 'store.db').resolve()}"
+
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())

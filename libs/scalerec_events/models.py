@@ -1,0 +1,151 @@
+"""Versioned wire models.  ``schema_version`` lets a consumer refuse what it does not understand.
+
+Everything here is validated at the edge (the collector) so that downstream
+services can trust what they read from the bus.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+# Clocks drift; anything further ahead than this is a client bug, not an event.
+MAX_FUTURE_SKEW = timedelta(minutes=10)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=r"^[^\s/]+$")]
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+    RATING = "rating"
+    IMPRESSION = "impression"
+
+
+# Interactions that express interest (everything but an impression).
+POSITIVE_TYPES = frozenset({EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING})
+CONVERSION_TYPES = frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})
+
+Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Context(_Strict):
+    device: Device | None = None
+    locale: Annotated[str, StringConstraints(max_length=16)] | None = None
+    location: Annotated[str, StringConstraints(max_length=64)] | None = None
+    session_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    referrer: Annotated[str, StringConstraints(max_length=512)] | None = None
+    # Set on feedback to a recommendation so online metrics can attribute it.
+    model_version: int | None = None
+    request_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+class Event(_Strict):
+    schema_version: Literal[1] = 1
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    type: EventType
+    timestamp: datetime
+    value: float | None = Field(default=None, ge=-1e9, le=1e9)
+    context: Context = Context()
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_future(cls, ts: datetime) -> datetime:
+        ts = _aware(ts).astimezone(UTC)
+        if ts > datetime.now(UTC) + MAX_FUTURE_SKEW:
+            raise ValueError(f"timestamp {ts.isoformat()} is more than {MAX_FUTURE_SKEW} in the future")
+        if ts.year < 2000:
+            raise ValueError(f"timestamp {ts.isoformat()} is before 2000")
+        return ts
+
+    @model_validator(mode="after")
+    def _rating_has_value(self) -> Event:
+        if self.type is EventType.RATING and self.value is None:
+            raise ValueError("a rating event needs a value")
+        return self
+
+    @property
+    def ts_ms(self) -> int:
+        return int(self.timestamp.timestamp() * 1000)
+
+
+AttributeValue = str | int | float | bool
+
+
+class Item(_Strict):
+    schema_version: Literal[1] = 1
+    item_id: Id
+    category: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "unknown"
+    price: float | None = Field(default=None, ge=0, le=1e9)
+    title: Annotated[str, StringConstraints(max_length=512)] = ""
+    text: Annotated[str, StringConstraints(max_length=8192)] = ""
+    attributes: dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    available: bool = True
+
+    @field_validator("attributes")
+    @classmethod
+    def _few_attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
+        if len(attrs) > 64:
+            raise ValueError("at most 64 attributes")
+        return attrs
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_utc(cls, ts: datetime | None) -> datetime | None:
+        return None if ts is None else _aware(ts).astimezone(UTC)
+
+
+class ErasureRequest(_Strict):
+    schema_version: Literal[1] = 1
+    request_id: Id
+    user_id: Id
+    requested_at: datetime
+
+
+class TrainingExample(_Strict):
+    """One interaction with the features it had *at the time it happened* (point in time)."""
+
+    schema_version: Literal[1] = 1
+    event_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    ts_ms: int
+    value: float | None = None
+    # Items the user interacted with strictly before this event, oldest first.
+    history: list[str]
+    context: dict[str, int]
+    # Item features as of ts_ms (category, price bucket, popularity so far).
+    item: dict[str, int]
+    label_click: int
+    label_conversion: int
+
+
+class ModelAnnouncement(_Strict):
+    """A trained model version (``models.candidate``) or a promoted one (``models.promoted``)."""
+
+    schema_version: Literal[1] = 1
+    model: str
+    version: int = Field(ge=1)
+    repository: str
+    created_at: datetime
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_window: dict[str, int] = Field(default_factory=dict)
+    feature_version: int = 1

@@ -1,0 +1,1 @@
+"""Ranking metrics, unit-tested against hand-computed values."""

@@ -1,0 +1,1 @@
+"""ScaleRec collector: Accepts events, items and erasure requests over HTTP and puts them on the bus."""

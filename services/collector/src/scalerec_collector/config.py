@@ -1,0 +1,29 @@
+"""The collector's one settings class (env vars, upper-case)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from scalerec_core.settings import ServiceSettings
+
+
+class CollectorSettings(ServiceSettings):
+    service_name: str = "collector"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=1, le=65535)
+    max_batch_events: int = Field(default=1000, ge=1, description="Most events in one POST /v1/events.")
+    max_batch_items: int = Field(default=1000, ge=1, description="Most items in one POST /v1/items.")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    rate_limit_per_second: float = Field(
+        default=0, ge=0, description="Requests per second per API key (or client address); 0 disables."
+    )
+    dedupe_window: int = Field(
+        default=200_000, ge=0, description="Recent event_ids remembered to drop retried duplicates at the edge."
+    )
+
+
+@lru_cache
+def get_settings() -> CollectorSettings:
+    return CollectorSettings()

@@ -1,0 +1,1 @@
+"""ScaleRec evaluator: Measures every model version offline, promotes only better ones, reports."""

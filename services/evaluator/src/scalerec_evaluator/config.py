@@ -1,0 +1,29 @@
+"""The evaluator's one settings class (env vars, upper-case)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from scalerec_core.settings import ServiceSettings
+
+
+class EvaluatorSettings(ServiceSettings):
+    service_name: str = "evaluator"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8085, ge=1, le=65535)
+    model_repository: Path = Path("model_repository")
+    consumer_group: str = "evaluator"
+    holdout_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Newest share of time held out.")
+    max_eval_users: int = Field(default=2000, ge=10)
+    promotion_metric: str = "ndcg@10"
+    min_improvement: float = Field(
+        default=0.0, ge=0, description="Relative gain over the champion (and baselines) needed to promote."
+    )
+
+
+@lru_cache
+def get_settings() -> EvaluatorSettings:
+    return EvaluatorSettings()

@@ -1,0 +1,1 @@
+"""ScaleRec ranker: Answers recommendation requests: candidates, features, scoring, re-ranking, explanations."""

@@ -1,0 +1,34 @@
+"""The ranker's one settings class (env vars, upper-case)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from scalerec_core.settings import ServiceSettings
+
+
+class RankerSettings(ServiceSettings):
+    service_name: str = "ranker"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8084, ge=1, le=65535)
+    model_repository: Path = Path("model_repository")
+    model_name: str = "scalerec_ranker"
+    scorer_url: str = Field(default="onnxruntime://", description="onnxruntime:// or triton://host:8001.")
+    default_k: int = Field(default=10, ge=1)
+    max_k: int = Field(default=100, ge=1)
+    candidates_per_source: int = Field(default=100, ge=1)
+    max_candidates: int = Field(default=300, ge=1)
+    fresh_item_slots: float = Field(default=0.1, ge=0, le=1, description="Share of slots that explore fresh items.")
+    scoring_timeout_ms: int = Field(default=200, ge=1)
+    consumer_group_prefix: str = Field(
+        default="ranker", description="Every replica reads model announcements in a group of its own."
+    )
+    baseline_refresh_seconds: int = Field(default=30, ge=1)
+
+
+@lru_cache
+def get_settings() -> RankerSettings:
+    return RankerSettings()

@@ -1,0 +1,32 @@
+"""The trainer's one settings class (env vars, upper-case)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from scalerec_core.settings import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    service_name: str = "trainer"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8083, ge=1, le=65535)
+    model_repository: Path = Path("model_repository")
+    consumer_group: str = "trainer"
+    train_after_examples: int = Field(
+        default=0, ge=0, description="Train automatically after this many new examples; 0 turns it off."
+    )
+    min_examples: int = Field(default=100, ge=1, description="Refuse to train on fewer examples.")
+    model_size: Literal["demo", "small", "large"] = "demo"
+    max_epochs: int = Field(default=0, ge=0, description="Override the size preset's epochs; 0 keeps it.")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    seed: int = 7
+
+
+@lru_cache
+def get_settings() -> TrainerSettings:
+    return TrainerSettings()
