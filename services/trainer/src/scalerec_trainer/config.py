@@ -25,6 +25,9 @@ class TrainerSettings(ServiceSettings):
     max_epochs: int = Field(default=0, ge=0, description="Override the size preset's epochs; 0 keeps it.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     seed: int = 7
+    holdout_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="Newest share of time kept out of training for the evaluator."
+    )
 
 
 @lru_cache

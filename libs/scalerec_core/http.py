@@ -1,0 +1,229 @@
+"""What every ScaleRec HTTP service shares: health endpoints, error shapes, auth, body and rate limits.
+
+Errors always reach the caller as ``{"detail": ..., "errors": [{"field": ..., "message": ...}]}``
+with a 4xx that names what was wrong — never a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """``("body", "events", 3, "timestamp")`` → ``events[3].timestamp``."""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def validation_errors(exc: ValidationError | RequestValidationError, prefix: str = "") -> list[dict[str, str]]:
+    errors = []
+    for err in exc.errors():
+        path = field_path(err.get("loc", ()))
+        if prefix:
+            path = f"{prefix}.{path}" if path != "body" else prefix
+        msg = str(err.get("msg", "invalid"))
+        # pydantic prefixes errors raised in validators with "Value error, ".
+        msg = msg.removeprefix("Value error, ")
+        errors.append({"field": path, "message": msg})
+    return errors
+
+
+def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    return JSONResponse(status_code=status, content=body)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(exc)
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return error_response(400, "malformed JSON body", errors)
+        fields = ", ".join(sorted({e["field"] for e in errors}))
+        return error_response(422, f"invalid request: {fields}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # One error shape everywhere: {"detail": str, "errors": [...]}.
+        if isinstance(exc.detail, dict):
+            extra = {k: v for k, v in exc.detail.items() if k != "message"}
+            response = error_response(exc.status_code, str(exc.detail.get("message", "")), **extra)
+        else:
+            response = error_response(exc.status_code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug must not leak a stack trace; it is logged with the trace id instead.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; see the service log for this request's trace id")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a body, raising a 400 that says where the JSON breaks."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except UnicodeDecodeError as exc:
+        raise HTTPException(400, "malformed JSON: body is not UTF-8") from exc
+
+
+class BodySizeLimit:
+    """Reject bodies over ``max_bytes`` with a 413 before reading them all into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, receive, send, int(length))
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge(seen)
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge as exc:
+            await self._reject(scope, receive, send, exc.size)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        response = error_response(
+            413, f"request body of {size} bytes is over the limit of {self.max_bytes} bytes", max_bytes=self.max_bytes
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class RateLimiter:
+    """Token bucket per caller (API key, else client address)."""
+
+    def __init__(self, per_second: float, burst: float | None = None) -> None:
+        self.rate = per_second
+        self.burst = burst or max(1.0, per_second * 2)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, caller: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        tokens, last = self._buckets.get(caller, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[caller] = (tokens, now)
+            return False
+        self._buckets[caller] = (tokens - 1, now)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        return True
+
+
+_OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
+
+
+def _caller_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return None
+
+
+def install_common(
+    app: FastAPI,
+    *,
+    service: str,
+    api_keys: frozenset[str] = frozenset(),
+    max_body_bytes: int = 4 * 1024 * 1024,
+    rate_limit_per_second: float = 0,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+) -> None:
+    """Health endpoints, error handlers, auth, rate and size limits, HTTP tracing."""
+    from scalerec_core.telemetry import install_http_tracing
+
+    _install_error_handlers(app)
+    limiter = RateLimiter(rate_limit_per_second)
+    checks = dict(readiness or {})
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        if request.url.path.startswith(_OPEN_PATHS):
+            return await call_next(request)
+        key = _caller_key(request)
+        if api_keys and key not in api_keys:
+            return error_response(
+                401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>"
+            )
+        caller = key or (request.client.host if request.client else "unknown")
+        if not limiter.allow(caller):
+            return error_response(429, f"rate limit of {limiter.rate:g} requests/s exceeded", retry_after_s=1)
+        return await call_next(request)
+
+    install_http_tracing(app, service)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: dependencies reachable")
+    async def readyz() -> JSONResponse:
+        results: dict[str, bool] = {}
+        for name, check in checks.items():
+            try:
+                results[name] = bool(await asyncio.wait_for(check(), timeout=2.0))
+            except Exception:
+                results[name] = False
+        ok = all(results.values())
+        return JSONResponse(
+            status_code=200 if ok else 503, content={"status": "ready" if ok else "degraded", "checks": results}
+        )

@@ -1,0 +1,219 @@
+"""Typed reads and writes on the store's tables (synchronous; async callers use ``asyncio.to_thread``)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from scalerec_adapters.cache import Cache, CacheKeys
+from scalerec_adapters.store import WideColumnStore
+from scalerec_events.models import Event, EventType, Item, TrainingExample
+from scalerec_features import FEATURE_VERSION, context_features, item_feature_vector
+from scalerec_storage import schema as s
+
+# How much each interaction says about interest, for trending and popularity.
+TYPE_WEIGHTS = {
+    EventType.VIEW: 1.0,
+    EventType.CLICK: 1.5,
+    EventType.ADD_TO_CART: 3.0,
+    EventType.PURCHASE: 5.0,
+    EventType.RATING: 2.0,
+    EventType.IMPRESSION: 0.0,
+}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    item_id: str
+    ts_ms: int
+    type: str
+    event_id: str
+
+    def to_list(self) -> list[str | int]:
+        return [self.item_id, self.ts_ms, self.type, self.event_id]
+
+    @classmethod
+    def from_list(cls, raw: Sequence[str | int]) -> HistoryEntry:
+        return cls(str(raw[0]), int(raw[1]), str(raw[2]), str(raw[3]))
+
+
+# ---------------------------------------------------------------- interactions
+
+
+def interaction_cells(event: Event) -> dict[bytes, bytes]:
+    ctx = event.context
+    return {
+        b"e:item": event.item_id.encode(),
+        b"e:type": event.type.value.encode(),
+        b"e:ts": str(event.ts_ms).encode(),
+        b"e:value": b"" if event.value is None else repr(event.value).encode(),
+        b"e:ctx": json.dumps(context_features(event.ts_ms, ctx.device, ctx.locale)).encode(),
+        b"e:session": (ctx.session_id or "").encode(),
+    }
+
+
+def _entry(row_key: bytes, cells: dict[bytes, bytes]) -> HistoryEntry:
+    event_id = row_key.rsplit(s.SEP, 1)[-1].decode()
+    return HistoryEntry(cells[b"e:item"].decode(), int(cells[b"e:ts"]), cells[b"e:type"].decode(), event_id)
+
+
+def recent_history(
+    store: WideColumnStore, user_id: str, limit: int, before_ts_ms: int | None = None
+) -> list[HistoryEntry]:
+    """The user's last ``limit`` interactions (before ``before_ts_ms`` if given), oldest first."""
+    prefix = s.user_prefix(user_id)
+    start = prefix + s.reversed_ts_key(before_ts_ms - 1) if before_ts_ms is not None else None
+    out: list[HistoryEntry] = []
+    cols = [b"e:item", b"e:ts", b"e:type"]
+    if start is None:
+        rows = store.scan(s.INTERACTIONS, prefix=prefix, columns=cols, limit=limit, batch_size=min(limit, 1000))
+    else:
+        rows = store.scan(s.INTERACTIONS, start=start, stop=_prefix_end(prefix), columns=cols, limit=limit)
+    for key, cells in rows:
+        out.append(_entry(key, cells))
+    out.reverse()
+    return out
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def history_cache_key(keys: CacheKeys, user_id: str) -> str:
+    return keys.key("hist", FEATURE_VERSION, user_id)
+
+
+def cached_history(
+    store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: str, limit: int, ttl_seconds: int = 3600
+) -> tuple[list[HistoryEntry], str]:
+    """History from the hot cache, else the store (and refill the cache). Returns (history, "cache"|"store")."""
+    key = history_cache_key(keys, user_id)
+    try:
+        raw = cache.get(key)
+    except Exception:
+        raw = None  # a broken cache is a miss, never an error
+    if raw is not None:
+        return [HistoryEntry.from_list(x) for x in json.loads(raw)][-limit:], "cache"
+    history = recent_history(store, user_id, limit)
+    try:
+        cache.set(key, json.dumps([h.to_list() for h in history]).encode(), ttl_seconds)
+    except Exception:
+        pass
+    return history, "store"
+
+
+def merge_history(current: Sequence[HistoryEntry], new: Iterable[HistoryEntry], limit: int) -> list[HistoryEntry]:
+    """Union by event_id, oldest first, the last ``limit`` kept (re-delivery safe)."""
+    by_id = {h.event_id: h for h in current}
+    for h in new:
+        by_id[h.event_id] = h
+    merged = sorted(by_id.values(), key=lambda h: (h.ts_ms, h.event_id))
+    return merged[-limit:]
+
+
+def count_interactions(store: WideColumnStore, user_id: str | None = None) -> int:
+    prefix = s.user_prefix(user_id) if user_id else None
+    return sum(1 for _ in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e:ts"], batch_size=5000))
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+def catalogue_cells(item: Item) -> dict[bytes, bytes]:
+    features = item_feature_vector(item.category, item.price, item.title, item.text)
+    return {b"d:json": item.model_dump_json().encode(), b"d:features": json.dumps(features).encode()}
+
+
+def get_items(store: WideColumnStore, item_ids: Sequence[str]) -> dict[str, Item]:
+    rows = store.get_many(s.CATALOGUE, [s.item_key(i) for i in item_ids], columns=[b"d:json"])
+    out = {}
+    for cells in rows.values():
+        item = Item.model_validate_json(cells[b"d:json"])
+        out[item.item_id] = item
+    return out
+
+
+def scan_catalogue(store: WideColumnStore) -> Iterator[tuple[Item, list[int]]]:
+    for _, cells in store.scan(s.CATALOGUE, columns=[b"d"], batch_size=2000):
+        yield Item.model_validate_json(cells[b"d:json"]), json.loads(cells[b"d:features"])
+
+
+def fresh_items(store: WideColumnStore, limit: int) -> list[str]:
+    return [
+        key.rsplit(s.SEP, 1)[-1].decode()
+        for key, _ in store.scan(s.FRESH_ITEMS, columns=[b"d:id"], limit=limit, batch_size=limit)
+    ]
+
+
+# ---------------------------------------------------------------- item statistics
+
+
+def item_daily_cells(event: Event) -> tuple[bytes, dict[bytes, bytes]]:
+    """One cell per event: a re-delivered event rewrites its own cell instead of counting twice."""
+    return s.item_daily_key(event.ts_ms, event.item_id), {f"c:{event.type.value}:{event.event_id}".encode(): b"1"}
+
+
+def item_scores(store: WideColumnStore, since_day: str | None = None) -> dict[str, float]:
+    """Interest-weighted interaction counts per item since ``since_day`` (YYYYMMDD), from the daily counters."""
+    scores: dict[str, float] = defaultdict(float)
+    start = since_day.encode() if since_day else None
+    for key, cells in store.scan(s.ITEM_DAILY, start=start, batch_size=2000):
+        item_id = key.split(s.SEP, 1)[1].decode()
+        for col in cells:
+            etype = col.split(b":", 2)[1].decode()
+            scores[item_id] += TYPE_WEIGHTS.get(EventType(etype), 0.0) if etype in EventType._value2member_map_ else 0
+    return dict(scores)
+
+
+# ---------------------------------------------------------------- training examples
+
+
+def example_cells(example: TrainingExample) -> dict[bytes, bytes]:
+    return {b"x:json": example.model_dump_json().encode()}
+
+
+def scan_examples(store: WideColumnStore, batch_size: int = 2000) -> Iterator[TrainingExample]:
+    """All examples, grouped by user and in time order within a user (streamed, not loaded whole)."""
+    for _, cells in store.scan(s.EXAMPLES, columns=[b"x:json"], batch_size=batch_size):
+        yield TrainingExample.model_validate_json(cells[b"x:json"])
+
+
+def count_rows(store: WideColumnStore, table: str) -> int:
+    return sum(1 for _ in store.scan(table, batch_size=5000, columns=None))
+
+
+# ---------------------------------------------------------------- erasure
+
+
+def erase_user(store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: str, erased_at_ms: int) -> dict[str, int]:
+    """Remove a user's data everywhere: interactions, their counters, examples, profile, cache."""
+    prefix = s.user_prefix(user_id)
+    interaction_rows: list[bytes] = []
+    event_ids: list[bytes] = []
+    daily: dict[bytes, list[bytes]] = defaultdict(list)
+    for key, cells in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e:item", b"e:ts", b"e:type"]):
+        entry = _entry(key, cells)
+        interaction_rows.append(key)
+        event_ids.append(entry.event_id.encode())
+        daily[s.item_daily_key(entry.ts_ms, entry.item_id)].append(f"c:{entry.type}:{entry.event_id}".encode())
+    example_rows = [k for k, _ in store.scan(s.EXAMPLES, prefix=prefix, columns=[b"x:json"])]
+    # Tombstone first: events of this user still in flight are dropped from here on.
+    store.put(s.ERASURES, user_id.encode(), {b"r:at": str(erased_at_ms).encode()})
+    for row, cols in daily.items():
+        store.delete(s.ITEM_DAILY, row, cols)
+    store.delete_many(s.EXAMPLES, example_rows)
+    store.delete_many(s.INTERACTIONS, interaction_rows)
+    store.delete_many(s.EVENT_INDEX, event_ids)
+    store.delete(s.PROFILES, s.user_prefix(user_id)[:-1])
+    try:
+        cache.delete(history_cache_key(keys, user_id))
+    except Exception:
+        pass
+    return {"interactions": len(interaction_rows), "examples": len(example_rows)}
+
+
+def erased_at(store: WideColumnStore, user_ids: Sequence[str]) -> dict[str, int]:
+    rows = store.get_many(s.ERASURES, [u.encode() for u in user_ids])
+    return {k.decode(): int(v[b"r:at"]) for k, v in rows.items()}

@@ -1,0 +1,83 @@
+"""Tables and row keys."""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime
+
+from scalerec_adapters.store import TableSpec
+
+SALT_BUCKETS = 16
+_MAX_TS = (1 << 63) - 1
+SEP = b"|"
+
+INTERACTIONS = "interactions"  # salt|user|reversed ts|event_id → one interaction (newest first per user)
+EVENT_INDEX = "event_index"  # event_id → interaction row key: dedupe and erasure
+EXAMPLES = "examples"  # salt|user|ts|event_id → point-in-time training example (oldest first per user)
+ITEM_DAILY = "item_daily"  # yyyymmdd|item → one cell per event: idempotent counters
+CATALOGUE = "catalogue"  # salt|item → item JSON and content features
+FRESH_ITEMS = "fresh_items"  # reversed created ts|item → newest items first
+PROFILES = "profiles"  # salt|user → last seen, device, locale
+ERASURES = "erasures"  # user → erased at (tombstone: older events for the user are dropped)
+REPORTS = "reports"  # model|version → evaluation report JSON
+
+_SPLITS = tuple(format(i, "x").encode() for i in range(1, SALT_BUCKETS))
+
+
+def tables() -> list[TableSpec]:
+    return [
+        TableSpec(INTERACTIONS, ("e",), split_keys=_SPLITS),
+        TableSpec(EVENT_INDEX, ("m",)),
+        TableSpec(EXAMPLES, ("x",), split_keys=_SPLITS),
+        # Daily counters older than 60 days are of no use to trending.
+        TableSpec(ITEM_DAILY, ("c",), ttl_seconds={"c": 60 * 86400}),
+        TableSpec(CATALOGUE, ("d",), split_keys=_SPLITS),
+        TableSpec(FRESH_ITEMS, ("d",)),
+        TableSpec(PROFILES, ("p",), split_keys=_SPLITS),
+        TableSpec(ERASURES, ("r",)),
+        TableSpec(REPORTS, ("r",)),
+    ]
+
+
+def salt(ident: str) -> bytes:
+    return format(zlib.crc32(ident.encode()) % SALT_BUCKETS, "x").encode()
+
+
+def ts_key(ts_ms: int) -> bytes:
+    return format(ts_ms, "016x").encode()
+
+
+def reversed_ts_key(ts_ms: int) -> bytes:
+    return format(_MAX_TS - ts_ms, "016x").encode()
+
+
+def user_prefix(user_id: str) -> bytes:
+    return salt(user_id) + SEP + user_id.encode() + SEP
+
+
+def interaction_key(user_id: str, ts_ms: int, event_id: str) -> bytes:
+    return user_prefix(user_id) + reversed_ts_key(ts_ms) + SEP + event_id.encode()
+
+
+def example_key(user_id: str, ts_ms: int, event_id: str) -> bytes:
+    return user_prefix(user_id) + ts_key(ts_ms) + SEP + event_id.encode()
+
+
+def item_key(item_id: str) -> bytes:
+    return salt(item_id) + SEP + item_id.encode()
+
+
+def day_of(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y%m%d")
+
+
+def item_daily_key(ts_ms: int, item_id: str) -> bytes:
+    return day_of(ts_ms).encode() + SEP + item_id.encode()
+
+
+def fresh_key(created_ms: int, item_id: str) -> bytes:
+    return reversed_ts_key(created_ms) + SEP + item_id.encode()
+
+
+def report_key(model: str, version: int) -> bytes:
+    return f"{model}|{version:010d}".encode()

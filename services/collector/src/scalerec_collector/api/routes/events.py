@@ -1,0 +1,71 @@
+"""POST /v1/events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, status
+
+from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
+from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
+from scalerec_events.models import Event
+from scalerec_events.topics import Topic
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+_EXAMPLE = {
+    "events": [
+        {
+            "event_id": "e-0001",
+            "user_id": "u00042",
+            "item_id": "i00017",
+            "type": "view",
+            "timestamp": "2026-11-27T10:15:00Z",
+            "context": {"device": "mobile", "locale": "en-US", "session_id": "s-9"},
+        }
+    ]
+}
+
+
+@router.post(
+    "/events",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=IngestResult,
+    summary="Accept a batch of events",
+    responses={
+        400: {"description": "Malformed JSON"},
+        413: {"description": "Batch or body too large"},
+        422: {"description": "Every event was invalid (each error names its field)"},
+        503: {"description": "Bus unavailable; nothing was accepted, retry"},
+    },
+)
+async def post_events(
+    payload: Annotated[dict[str, Any], Body(openapi_examples={"one view": {"value": _EXAMPLE}})],
+    settings: SettingsDep,
+    producer: ProducerDep,
+    recent: RecentIdsDep,
+) -> IngestResult:
+    """Events of type view, click, add_to_cart, purchase, rating or impression.
+
+    Each event is validated on its own: invalid ones are reported in ``errors``
+    (with the field at fault) and the rest of the batch is still accepted.  An
+    ``event_id`` seen before is acknowledged as a duplicate and not stored again.
+    """
+    events, errors = split_valid(payload, "events", Event, settings.max_batch_events, "event_id")
+    if not events:
+        raise reject_all(errors, "event")
+    fresh: list[Event] = []
+    seen_in_batch: set[str] = set()
+    for event in events:
+        if event.event_id in recent or event.event_id in seen_in_batch:
+            continue
+        seen_in_batch.add(event.event_id)
+        fresh.append(event)
+    if fresh:
+        await publish(producer, Topic.EVENTS_RAW, fresh, lambda e: e.user_id, "events")
+        recent.add_all([e.event_id for e in fresh])
+    return IngestResult(
+        accepted=len(fresh), duplicates=len(events) - len(fresh), rejected=len({e.index for e in errors}), errors=errors
+    )
+
+

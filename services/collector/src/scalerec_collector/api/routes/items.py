@@ -1,0 +1,46 @@
+"""POST /v1/items."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, status
+
+from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
+from scalerec_collector.deps import ProducerDep, SettingsDep
+from scalerec_events.models import Item
+from scalerec_events.topics import Topic
+
+router = APIRouter(prefix="/v1", tags=["items"])
+
+_EXAMPLE = {
+    "items": [
+        {
+            "item_id": "i00017",
+            "category": "running shoes",
+            "price": 89.9,
+            "title": "Trail runner mesh",
+            "attributes": {"brand": "Acme", "color": "blue"},
+        }
+    ]
+}
+
+
+@router.post(
+    "/items",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=IngestResult,
+    summary="Create or update catalogue items",
+    responses={400: {"description": "Malformed JSON"}, 413: {"description": "Too large"}, 422: {"description": "Invalid"}},
+)
+async def post_items(
+    payload: Annotated[dict[str, Any], Body(openapi_examples={"one item": {"value": _EXAMPLE}})],
+    settings: SettingsDep,
+    producer: ProducerDep,
+) -> IngestResult:
+    """Upserts by ``item_id``; content (category, price, title, text) makes new items recommendable at once."""
+    items, errors = split_valid(payload, "items", Item, settings.max_batch_items, "item_id")
+    if not items:
+        raise reject_all(errors, "item")
+    await publish(producer, Topic.ITEMS, items, lambda i: i.item_id, "items")
+    return IngestResult(accepted=len(items), rejected=len({e.index for e in errors}), errors=errors)

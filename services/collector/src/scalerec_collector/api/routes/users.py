@@ -1,0 +1,40 @@
+"""DELETE /v1/users/{user_id}: erasure requests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import BaseModel, ValidationError
+
+from scalerec_collector.api.ingest import publish
+from scalerec_collector.deps import ProducerDep
+from scalerec_core.http import validation_errors
+from scalerec_events.models import ErasureRequest
+from scalerec_events.topics import Topic
+
+router = APIRouter(prefix="/v1", tags=["privacy"])
+
+
+class ErasureAccepted(BaseModel):
+    request_id: str
+    user_id: str
+    status: str = "accepted"
+
+
+@router.delete(
+    "/users/{user_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ErasureAccepted,
+    summary="Erase everything known about a user",
+)
+async def erase_user(user_id: Annotated[str, Path(max_length=128)], producer: ProducerDep) -> ErasureAccepted:
+    """Carried on its own topic; the preprocessor removes the user's history, counters, examples and cache."""
+    try:
+        request = ErasureRequest(request_id=uuid.uuid4().hex, user_id=user_id, requested_at=datetime.now(UTC))
+    except ValidationError as exc:
+        raise HTTPException(422, {"message": "invalid user_id", "errors": validation_errors(exc)}) from exc
+    await publish(producer, Topic.ERASURE, [request], lambda r: r.user_id, "erasures")
+    return ErasureAccepted(request_id=request.request_id, user_id=user_id)

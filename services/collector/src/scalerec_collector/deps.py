@@ -1,0 +1,28 @@
+"""Typed accessors for what the lifespan put on app.state (used with Depends)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from scalerec_adapters.bus import Producer
+from scalerec_collector.config import CollectorSettings
+from scalerec_collector.dedupe import RecentIds
+
+
+def _settings(request: Request) -> CollectorSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _producer(request: Request) -> Producer:
+    return request.app.state.producer  # type: ignore[no-any-return]
+
+
+def _recent(request: Request) -> RecentIds:
+    return request.app.state.recent_ids  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[CollectorSettings, Depends(_settings)]
+ProducerDep = Annotated[Producer, Depends(_producer)]
+RecentIdsDep = Annotated[RecentIds, Depends(_recent)]

@@ -1,0 +1,58 @@
+"""Collector app: validates events, items and erasure requests at the edge and puts them on the bus."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from scalerec_adapters.factory import make_bus
+from scalerec_collector.api.routes import events, items, users
+from scalerec_collector.config import CollectorSettings, get_settings
+from scalerec_collector.dedupe import RecentIds
+from scalerec_core.http import install_common
+from scalerec_core.service import bootstrap
+from scalerec_events.topics import all_topics
+
+
+def create_app(settings: CollectorSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bootstrap(settings)
+        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="collector")
+        await bus.start()
+        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        app.state.bus = bus
+        app.state.producer = bus.producer()
+        app.state.recent_ids = RecentIds(settings.dedupe_window)
+        try:
+            yield
+        finally:
+            await bus.close()
+
+    app = FastAPI(
+        title="ScaleRec collector",
+        version="1.0.0",
+        description="Accepts events, items and erasure requests; every accepted message is durable on the bus.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    async def bus_ready() -> bool:
+        return bool(await app.state.bus.healthy())
+
+    install_common(
+        app,
+        service="collector",
+        api_keys=settings.api_key_set(),
+        max_body_bytes=settings.max_body_bytes,
+        rate_limit_per_second=settings.rate_limit_per_second,
+        readiness={"bus": bus_ready},
+    )
+    app.include_router(events.router)
+    app.include_router(items.router)
+    app.include_router(users.router)
+    return app

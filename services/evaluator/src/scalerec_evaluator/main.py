@@ -1,0 +1,68 @@
+"""Evaluator app: judges every candidate offline, promotes better ones, measures variants online."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from scalerec_adapters.factory import make_bus, make_store
+from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core.http import install_common
+from scalerec_core.service import bootstrap
+from scalerec_evaluator.api.routes import reports
+from scalerec_evaluator.config import EvaluatorSettings, get_settings
+from scalerec_evaluator.consumers.candidates import CandidatesConsumer
+from scalerec_evaluator.consumers.online import OnlineMetrics
+from scalerec_evaluator.service import Evaluator
+from scalerec_events.topics import Topic, all_topics
+from scalerec_storage.schema import tables
+
+
+def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bootstrap(settings)
+        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="evaluator")
+        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
+        await bus.start()
+        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        await asyncio.to_thread(store.ensure_tables, tables())
+        settings.model_repository.mkdir(parents=True, exist_ok=True)
+        evaluator = Evaluator(settings, store, bus.producer())
+        online = OnlineMetrics()
+        workers = [
+            ConsumerWorker(bus, [Topic.MODELS_CANDIDATE], settings.consumer_group, CandidatesConsumer(evaluator).handle,
+                           max_records=10, name="candidates"),
+            ConsumerWorker(bus, [Topic.IMPRESSIONS, Topic.EVENTS_RAW], f"{settings.consumer_group}.online",
+                           online.handle, max_records=2000, name="online"),
+        ]
+        for w in workers:
+            w.start()
+        app.state.evaluator, app.state.online, app.state.store = evaluator, online, store
+        try:
+            yield
+        finally:
+            for w in workers:
+                await w.stop()
+            await bus.close()
+            store.close()
+
+    app = FastAPI(
+        title="ScaleRec evaluator",
+        version="1.0.0",
+        description="Offline metrics per model version, champion/challenger gate, online metrics per variant.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    async def store_ok() -> bool:
+        return bool(await asyncio.to_thread(app.state.store.healthy))
+
+    install_common(app, service="evaluator", api_keys=settings.api_key_set(), readiness={"store": store_ok})
+    app.include_router(reports.router)
+    return app

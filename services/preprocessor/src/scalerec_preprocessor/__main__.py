@@ -1,0 +1,14 @@
+"""``python -m scalerec_preprocessor``: run the preprocessor alone."""
+
+from scalerec_core.service import serve
+from scalerec_preprocessor.config import get_settings
+from scalerec_preprocessor.main import create_app
+
+
+def main() -> None:
+    settings = get_settings()
+    serve(create_app(settings), settings.host, settings.port, settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""GET /v1/stats and GET /v1/users/{user_id}/history: what the preprocessor has done, for operators and tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from scalerec_storage import records as r
+
+router = APIRouter(prefix="/v1", tags=["status"])
+
+
+class WorkerStats(BaseModel):
+    processed: int
+    dead_lettered: int
+    lag: int
+    failing: bool
+
+
+class Stats(BaseModel):
+    workers: dict[str, WorkerStats]
+    events_stored: int
+    duplicates_dropped: int
+    dropped_after_erasure: int
+    items_stored: int
+    users_erased: int
+
+
+@router.get("/stats", response_model=Stats, summary="Consumer progress and counts")
+async def stats(request: Request) -> Stats:
+    workers = request.app.state.workers
+    consumers = request.app.state.consumers
+    out = {}
+    for name, w in workers.items():
+        out[name] = WorkerStats(processed=w.processed, dead_lettered=w.dead_lettered, lag=await w.lag(), failing=w.failing)
+    ev = consumers["events"]
+    return Stats(
+        workers=out,
+        events_stored=ev.stored,
+        duplicates_dropped=ev.duplicates,
+        dropped_after_erasure=ev.dropped_erased,
+        items_stored=consumers["items"].stored,
+        users_erased=consumers["erasure"].erased,
+    )
+
+
+class HistoryItem(BaseModel):
+    item_id: str
+    ts_ms: int
+    type: str
+    event_id: str
+
+
+@router.get("/users/{user_id}/history", response_model=list[HistoryItem], summary="A user's recent history")
+async def history(request: Request, user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[HistoryItem]:
+    entries = await asyncio.to_thread(r.recent_history, request.app.state.store, user_id, limit)
+    return [HistoryItem(**e.__dict__) for e in entries]

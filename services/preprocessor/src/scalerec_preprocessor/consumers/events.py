@@ -1,0 +1,174 @@
+"""scalerec.events.raw.v1 → interactions, item counters, profiles, point-in-time examples, hot history.
+
+Every write is idempotent (row keys carry the event_id), and the dedupe index is
+written last: a crash anywhere in a batch means the batch is re-delivered and
+rewritten to the same cells, so nothing is lost and nothing counts twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from scalerec_adapters.bus import Message, OutgoingMessage, Producer
+from scalerec_adapters.cache import Cache, CacheKeys
+from scalerec_adapters.store import WideColumnStore
+from scalerec_adapters.worker import BatchResult
+from scalerec_core.telemetry import consume_span, inject_headers
+from scalerec_events.models import CONVERSION_TYPES, Event, EventType, TrainingExample
+from scalerec_events.topics import Topic
+from scalerec_features import context_features, item_feature_vector
+from scalerec_storage import records as r
+from scalerec_storage import schema as s
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Plan:
+    examples: list[TrainingExample] = field(default_factory=list)
+    new_ids: list[str] = field(default_factory=list)
+    index_rows: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
+    histories: dict[str, list[r.HistoryEntry]] = field(default_factory=dict)
+    duplicates: int = 0
+    erased: int = 0
+
+
+class EventsConsumer:
+    def __init__(
+        self, store: WideColumnStore, cache: Cache, keys: CacheKeys, producer: Producer, history_len: int, cache_ttl: int
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.keys = keys
+        self.producer = producer
+        self.history_len = history_len
+        self.cache_ttl = cache_ttl
+        self.stored = 0
+        self.duplicates = 0
+        self.dropped_erased = 0
+
+    async def handle(self, messages: Sequence[Message]) -> BatchResult:
+        result = BatchResult()
+        events: list[Event] = []
+        for message in messages:
+            try:
+                events.append(Event.model_validate_json(message.value))
+            except ValidationError as exc:
+                result.poison.append((message, f"invalid event: {exc.errors()[0].get('msg', exc)}"))
+        if not events:
+            return result
+        first = messages[0]
+        with consume_span("preprocess events", first.headers, count=len(events)):
+            plan = await asyncio.to_thread(self._write, events)
+            if plan.examples:
+                headers = tuple(inject_headers())
+                await self.producer.send_batch(
+                    Topic.EXAMPLES,
+                    [OutgoingMessage(x.model_dump_json().encode(), x.user_id.encode(), headers) for x in plan.examples],
+                )
+            await asyncio.to_thread(self._finish, plan)
+        self.stored += len(plan.new_ids)
+        self.duplicates += plan.duplicates
+        self.dropped_erased += plan.erased
+        return result
+
+    def _write(self, events: list[Event]) -> _Plan:
+        plan = _Plan()
+        # Dedupe: within the batch, then against everything already stored.
+        unique: dict[str, Event] = {}
+        for e in events:
+            unique.setdefault(e.event_id, e)
+        plan.duplicates = len(events) - len(unique)
+        seen = self.store.get_many(s.EVENT_INDEX, [i.encode() for i in unique], columns=[b"m:row"])
+        fresh = [e for i, e in unique.items() if i.encode() not in seen]
+        plan.duplicates += len(unique) - len(fresh)
+        tombstones = r.erased_at(self.store, sorted({e.user_id for e in fresh}))
+        kept = [e for e in fresh if e.ts_ms > tombstones.get(e.user_id, -1)]
+        plan.erased = len(fresh) - len(kept)
+        if not kept:
+            return plan
+
+        by_user: dict[str, list[Event]] = defaultdict(list)
+        for e in kept:
+            by_user[e.user_id].append(e)
+        items = r.get_items(self.store, sorted({e.item_id for e in kept}))
+        interactions, daily, profiles, examples_rows = [], [], [], []
+        for user_id, user_events in by_user.items():
+            user_events.sort(key=lambda e: (e.ts_ms, e.event_id))
+            stored = r.recent_history(self.store, user_id, self.history_len * 2, before_ts_ms=user_events[-1].ts_ms + 1)
+            timeline = r.merge_history(
+                stored,
+                (r.HistoryEntry(e.item_id, e.ts_ms, e.type.value, e.event_id) for e in user_events),
+                limit=self.history_len * 2 + len(user_events),
+            )
+            for e in user_events:
+                key = s.interaction_key(user_id, e.ts_ms, e.event_id)
+                interactions.append((key, r.interaction_cells(e)))
+                daily.append(r.item_daily_cells(e))
+                plan.index_rows.append((e.event_id.encode(), {b"m:row": key}))
+                plan.new_ids.append(e.event_id)
+                if e.type is EventType.IMPRESSION:
+                    continue
+                example = self._example(e, timeline, items)
+                plan.examples.append(example)
+                examples_rows.append((s.example_key(user_id, e.ts_ms, e.event_id), r.example_cells(example)))
+            last = user_events[-1]
+            profiles.append(
+                (
+                    s.user_prefix(user_id)[:-1],
+                    {
+                        b"p:last_ts": str(last.ts_ms).encode(),
+                        b"p:device": (last.context.device or "").encode(),
+                        b"p:locale": (last.context.locale or "").encode(),
+                    },
+                )
+            )
+            plan.histories[user_id] = [h for h in timeline if h.type != EventType.IMPRESSION.value][-self.history_len :]
+        self.store.put_many(s.INTERACTIONS, interactions)
+        self.store.put_many(s.ITEM_DAILY, daily)
+        self.store.put_many(s.EXAMPLES, examples_rows)
+        self.store.put_many(s.PROFILES, profiles)
+        return plan
+
+    def _example(self, e: Event, timeline: list[r.HistoryEntry], items: dict) -> TrainingExample:
+        # Point in time: only what happened strictly before this event.
+        before = [h.item_id for h in timeline if h.ts_ms < e.ts_ms and h.type != EventType.IMPRESSION.value]
+        item = items.get(e.item_id)
+        features = item_feature_vector(item.category, item.price, item.title, item.text) if item else [0, 0]
+        return TrainingExample(
+            event_id=e.event_id,
+            user_id=e.user_id,
+            item_id=e.item_id,
+            type=e.type,
+            ts_ms=e.ts_ms,
+            value=e.value,
+            history=before[-self.history_len :],
+            context=dict(zip(("hour", "weekday", "device", "locale"),
+                             context_features(e.ts_ms, e.context.device, e.context.locale), strict=True)),
+            item={"category": features[0], "price_bucket": features[1]},
+            label_click=int(e.type is not EventType.VIEW),
+            label_conversion=int(e.type in CONVERSION_TYPES),
+        )
+
+    def _finish(self, plan: _Plan) -> None:
+        # Last: marks the batch's events as done. Everything before it is safe to redo.
+        self.store.put_many(s.EVENT_INDEX, plan.index_rows)
+        if not plan.histories:
+            return
+        try:
+            self.cache.set_many(
+                {
+                    r.history_cache_key(self.keys, user): json.dumps([h.to_list() for h in hist]).encode()
+                    for user, hist in plan.histories.items()
+                },
+                self.cache_ttl,
+            )
+        except Exception as exc:  # the cache is an optimisation; the store has it all
+            log.info("cache update skipped: %s", exc)

@@ -1,0 +1,14 @@
+"""``python -m scalerec_ranker``: run the ranker alone."""
+
+from scalerec_core.service import serve
+from scalerec_ranker.config import get_settings
+from scalerec_ranker.main import create_app
+
+
+def main() -> None:
+    settings = get_settings()
+    serve(create_app(settings), settings.host, settings.port, settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""GET /v1/recommendations, GET /v1/items/{item_id}/similar, GET /v1/model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel
+
+from scalerec_core.telemetry import inject_headers
+from scalerec_events.topics import Topic
+from scalerec_ranker.recommend import Recommendation, Recommender, impression_payload
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["recommendations"])
+
+Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    score: float
+    source: str
+    reason: str
+    because: list[str]
+    title: str
+    category: str
+
+
+class RecommendationsOut(BaseModel):
+    request_id: str
+    user_id: str
+    model_version: int | None
+    fallback: bool
+    fallback_reason: str | None
+    scorer: str
+    history_source: str
+    took_ms: float
+    items: list[ItemOut]
+
+    @classmethod
+    def of(cls, rec: Recommendation) -> RecommendationsOut:
+        return cls(
+            request_id=rec.request_id, user_id=rec.user_id, model_version=rec.model_version, fallback=rec.fallback,
+            fallback_reason=rec.fallback_reason, scorer=rec.scorer, history_source=rec.history_source,
+            took_ms=rec.took_ms, items=[ItemOut(**i.__dict__) for i in rec.items],
+        )
+
+
+def _recommender(request: Request) -> Recommender:
+    return request.app.state.recommender  # type: ignore[no-any-return]
+
+
+@router.get("/recommendations", response_model=RecommendationsOut, summary="Recommendations for a user")
+async def recommendations(
+    request: Request,
+    user_id: Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[^\s/]+$")],
+    k: Annotated[int | None, Query(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = None,
+    device: Device | None = None,
+    locale: Annotated[str | None, Query(max_length=16)] = None,
+    exclude: Annotated[list[str] | None, Query(description="Item ids not to recommend (e.g. on screen now)")] = None,
+) -> RecommendationsOut:
+    """Each item carries its candidate source, a score, and a reason naming the history item behind it.
+
+    ``fallback`` is true (with ``fallback_reason``) when the answer came from a baseline: unknown user,
+    no promoted model, or a scorer that could not answer.
+    """
+    settings = request.app.state.settings
+    k = k or settings.default_k
+    if k > settings.max_k:
+        raise HTTPException(422, {"message": f"k={k} is over the maximum of {settings.max_k}",
+                                  "errors": [{"field": "k", "message": f"at most {settings.max_k}"}]})
+    rec = await _recommender(request).recommend(user_id, k, device, locale, exclude or ())
+    _publish_impression(request, rec, device)
+    return RecommendationsOut.of(rec)
+
+
+def _publish_impression(request: Request, rec: Recommendation, device: str | None) -> None:
+    """Impressions feed online metrics; losing one must never fail or slow the request."""
+    producer = request.app.state.producer
+
+    async def send() -> None:
+        try:
+            await producer.send(Topic.IMPRESSIONS, impression_payload(rec, device), key=rec.user_id.encode(),
+                                headers=inject_headers())
+        except Exception as exc:
+            log.info("impression not published: %s", exc)
+
+    task = asyncio.create_task(send())
+    request.app.state.background.add(task)
+    task.add_done_callback(request.app.state.background.discard)
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    model_version: int | None
+    items: list[ItemOut]
+
+
+@router.get("/items/{item_id}/similar", response_model=SimilarOut, summary="Items similar to an item")
+async def similar(
+    request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10
+) -> SimilarOut:
+    rec = _recommender(request)
+    known = await asyncio.to_thread(rec.items, [item_id])
+    if item_id not in known:
+        raise HTTPException(404, {"message": f"unknown item_id {item_id!r}",
+                                  "errors": [{"field": "item_id", "message": "not in the catalogue"}]})
+    model = rec.models.current
+    neighbours = []
+    if model is not None:
+        neighbours = [(i, s, "item_cf") for i, s in model.neighbors.get(item_id, [])[:k]]
+        if not neighbours and model.item_embeddings is not None and model.vocab.index(item_id) >= 2:
+            vec = model.item_embeddings[model.vocab.index(item_id)]
+            neighbours = [(i, s, "retrieval") for i, s in model.nearest_items(vec, k + 1) if i != item_id][:k]
+    catalogue = await asyncio.to_thread(rec.items, [i for i, _, _ in neighbours])
+    items = [
+        ItemOut(item_id=i, score=s, source=src, reason=f"Often seen with {known[item_id].title or item_id}",
+                because=[item_id], title=catalogue[i].title, category=catalogue[i].category)
+        for i, s, src in neighbours if i in catalogue
+    ]
+    return SimilarOut(item_id=item_id, model_version=model.version if model else None, items=items)
+
+
+class ModelOut(BaseModel):
+    model_version: int | None
+    scorer: str
+    last_error: str | None
+    card: dict
+
+
+@router.get("/model", response_model=ModelOut, summary="The model version being served")
+async def current_model(request: Request) -> ModelOut:
+    manager = request.app.state.models
+    model = manager.current
+    return ModelOut(model_version=model.version if model else None, scorer=request.app.state.scorer.name,
+                    last_error=manager.last_error, card=model.card if model else {})

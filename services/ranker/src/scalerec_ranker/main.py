@@ -1,0 +1,97 @@
+"""Ranker app: serves recommendations, swaps to promoted models, publishes impressions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from scalerec_adapters.factory import make_bus, make_cache, make_scorer, make_store
+from scalerec_adapters.scoring import Scorer
+from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core.http import install_common
+from scalerec_core.service import bootstrap
+from scalerec_events.topics import Topic, all_topics
+from scalerec_models import repository as repo
+from scalerec_ranker.api.routes import recommendations
+from scalerec_ranker.baselines import Baselines
+from scalerec_ranker.config import RankerSettings, get_settings
+from scalerec_ranker.consumers.promotions import PromotionsConsumer
+from scalerec_ranker.models import ModelManager
+from scalerec_ranker.recommend import Recommender
+from scalerec_storage.schema import tables
+
+log = logging.getLogger(__name__)
+
+
+def build_scorer(settings: RankerSettings) -> Scorer:
+    """Triton first when configured, in-process onnxruntime behind it; the baseline is the last resort."""
+    local = make_scorer("onnxruntime://", repository=settings.model_repository)
+    if settings.scorer_url.startswith("onnxruntime"):
+        return local
+    from scalerec_adapters.triton_scorer import FallbackScorer
+
+    return FallbackScorer(make_scorer(settings.scorer_url, repository=settings.model_repository), local)
+
+
+def create_app(settings: RankerSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bootstrap(settings)
+        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="ranker")
+        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
+        cache = make_cache(settings.cache_url)
+        scorer = build_scorer(settings)
+        await bus.start()
+        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        await asyncio.to_thread(store.ensure_tables, tables())
+        models = ModelManager(scorer, settings.model_repository)
+        champion = repo.read_champion(settings.model_repository, repo.RANKER_MODEL)
+        if champion is not None:
+            await models.activate(champion)
+        baselines = Baselines(store, settings.baseline_refresh_seconds)
+        try:
+            await asyncio.to_thread(baselines.refresh)
+        except Exception as exc:
+            log.warning("baselines not available at start (%s); they refresh in the background", exc)
+        baselines.start()
+        group = f"{settings.consumer_group_prefix}-{uuid.uuid4().hex[:8]}"
+        promotions = ConsumerWorker(bus, [Topic.MODELS_PROMOTED], group, PromotionsConsumer(models).handle,
+                                    name="promotions")
+        promotions.start()
+        app.state.store, app.state.cache, app.state.scorer, app.state.models = store, cache, scorer, models
+        app.state.producer = bus.producer()
+        app.state.background = set()
+        app.state.recommender = Recommender(settings, store, cache, scorer, models, baselines)
+        try:
+            yield
+        finally:
+            await promotions.stop()
+            await baselines.stop()
+            await models.close()
+            await scorer.close()
+            await bus.close()
+            store.close()
+            cache.close()
+
+    app = FastAPI(
+        title="ScaleRec ranker",
+        version="1.0.0",
+        description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    async def scorer_ok() -> bool:
+        return bool(await app.state.scorer.healthy())
+
+    # Readiness does not wait for a model: without one the ranker still serves the flagged baseline.
+    install_common(app, service="ranker", api_keys=settings.api_key_set(), readiness={"scorer": scorer_ok})
+    app.include_router(recommendations.router)
+    return app

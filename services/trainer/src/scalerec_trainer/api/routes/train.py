@@ -1,0 +1,49 @@
+"""POST /v1/train, GET /v1/train/{job_id}, GET /v1/train."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel
+
+from scalerec_trainer.jobs import Job
+
+router = APIRouter(prefix="/v1", tags=["training"])
+
+
+class JobView(BaseModel):
+    job_id: str
+    reason: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    version: int | None
+    error: str | None
+    seconds: float | None
+    metrics: dict[str, float]
+    already_running: bool = False
+
+    @classmethod
+    def of(cls, job: Job, already_running: bool = False) -> JobView:
+        return cls(**job.__dict__, already_running=already_running)
+
+
+@router.post("/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, summary="Start a training run")
+async def train(request: Request) -> JobView:
+    """Trains on every example before the holdout window; the new version is announced as a candidate."""
+    job, started = request.app.state.trainer.submit(reason="api")
+    return JobView.of(job, already_running=not started)
+
+
+@router.get("/train/{job_id}", response_model=JobView, summary="A training run's status")
+async def job_status(request: Request, job_id: str) -> JobView:
+    job = request.app.state.trainer.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no training job {job_id!r}")
+    return JobView.of(job)
+
+
+@router.get("/train", response_model=list[JobView], summary="All training runs of this process")
+async def jobs(request: Request) -> list[JobView]:
+    return [JobView.of(j) for j in request.app.state.trainer.jobs.values()]

@@ -1,0 +1,62 @@
+"""Trainer app: trains on demand (POST /v1/train) and after N new examples; writes Triton model versions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from scalerec_adapters.factory import make_bus, make_store
+from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core.http import install_common
+from scalerec_core.service import bootstrap
+from scalerec_events.topics import Topic, all_topics
+from scalerec_storage.schema import tables
+from scalerec_trainer.api.routes import train
+from scalerec_trainer.config import TrainerSettings, get_settings
+from scalerec_trainer.consumers.examples import ExamplesConsumer
+from scalerec_trainer.jobs import Trainer
+
+
+def create_app(settings: TrainerSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bootstrap(settings)
+        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="trainer")
+        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
+        await bus.start()
+        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        await asyncio.to_thread(store.ensure_tables, tables())
+        settings.model_repository.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(settings, store, bus.producer())
+        examples = ExamplesConsumer(trainer, settings.train_after_examples)
+        worker = ConsumerWorker(bus, [Topic.EXAMPLES], settings.consumer_group, examples.handle,
+                                max_records=2000, name="examples")
+        worker.start()
+        app.state.trainer, app.state.store, app.state.worker = trainer, store, worker
+        try:
+            yield
+        finally:
+            await worker.stop()
+            await trainer.close()
+            await bus.close()
+            store.close()
+
+    app = FastAPI(
+        title="ScaleRec trainer",
+        version="1.0.0",
+        description="Trains retrieval and ranking models, exports ONNX, writes Triton model versions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    async def store_ok() -> bool:
+        return bool(await asyncio.to_thread(app.state.store.healthy))
+
+    install_common(app, service="trainer", api_keys=settings.api_key_set(), readiness={"store": store_ok})
+    app.include_router(train.router)
+    return app
