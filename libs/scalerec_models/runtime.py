@@ -1,122 +1,99 @@
-"""A trained model version as the ranker and the evaluator run it: numpy and onnx inputs, no torch.
+"""A promoted model version as the ranker serves it: the bundle plus what serving adds (no torch).
 
-The version folder (written by the trainer, Triton layout) holds, next to
-``model.onnx``: ``vocab.json`` (item id → index), ``config.json`` (the model
-config: history length), ``item_embeddings.npy`` (retrieval vectors by item
-index) and ``item_neighbors.json`` (item-item CF neighbours).  ``encode`` builds
-exactly the input tensors of the serving contract (docs/models.md), so the
-evaluator measures what the ranker serves.
+:class:`~scalerec_models.bundle.ModelBundle` encodes the ONNX inputs; this adds
+what the ranker needs around scoring: the ANN index over item embeddings
+(retrieval candidates), the item-item CF neighbours (``item_neighbors.json``,
+written by the trainer), the model card, and the explanation helper that names
+the history item closest to a recommendation.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from scalerec_features import ITEM_FEATURE_LEN
 from scalerec_models import repository as repo
-from scalerec_models.config import ModelConfig
-from scalerec_models.data import ItemVocab
+from scalerec_models.ann import AnnIndex
+from scalerec_models.bundle import ModelBundle
+from scalerec_models.data import FIRST_ITEM
+
+NEIGHBORS_FILE = "item_neighbors.json"
 
 
 @dataclass
 class ModelVersion:
     version: int
-    vocab: ItemVocab
-    history_len: int
-    item_embeddings: np.ndarray | None = None  # [V, D], L2-normalised rows
+    bundle: ModelBundle
     neighbors: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-    card: dict = field(default_factory=dict)
-    _ann: object | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+    unit_embeddings: np.ndarray | None = None  # L2-normalised rows, for explanations
+    ann: AnnIndex | None = None
 
     @classmethod
     def load(cls, repository: Path, version: int, model: str = repo.RANKER_MODEL) -> ModelVersion:
         folder = Path(repository) / model / str(version)
         if not (folder / repo.MODEL_FILE).exists():
             raise FileNotFoundError(f"{model} version {version}: no {repo.MODEL_FILE} in {folder}")
-        vocab = ItemVocab.load(folder / "vocab.json")
-        config = ModelConfig.load(folder / "config.json") if (folder / "config.json").exists() else ModelConfig()
-        emb = None
-        if (folder / "item_embeddings.npy").exists():
-            emb = np.load(folder / "item_embeddings.npy").astype(np.float32)
-            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
+        bundle = ModelBundle(folder)
         neighbors: dict[str, list[tuple[str, float]]] = {}
-        if (folder / "item_neighbors.json").exists():
-            raw = json.loads((folder / "item_neighbors.json").read_text())
+        if (folder / NEIGHBORS_FILE).exists():
+            raw = json.loads((folder / NEIGHBORS_FILE).read_text())
             neighbors = {k: [(str(a), float(b)) for a, b in v] for k, v in raw.items()}
+        unit, ann = None, None
+        if bundle.item_embeddings is not None and len(bundle.item_embeddings) > FIRST_ITEM:
+            emb = np.asarray(bundle.item_embeddings, dtype=np.float32)
+            unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
+            ann = AnnIndex(emb.shape[1]).build(emb)
         card = repo.read_card(Path(repository), model, version)
-        return cls(version, vocab, config.history_len, emb, neighbors, card)
+        return cls(version, bundle, neighbors, card, unit, ann)
+
+    @property
+    def history_len(self) -> int:
+        return self.bundle.history_len
 
     def encode(
         self,
         histories: Sequence[Sequence[str]],
         contexts: Sequence[Sequence[int]],
         candidates: Sequence[Sequence[str]],
-        candidate_features: Sequence[Sequence[Sequence[int]]],
+        candidate_features: Sequence[Sequence[Sequence[int]] | None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Input tensors for a batch of requests; candidate lists are right-padded to the longest."""
-        b = len(histories)
-        n = max((len(c) for c in candidates), default=1) or 1
-        hist = np.zeros((b, self.history_len), dtype=np.int64)
-        cand = np.zeros((b, n), dtype=np.int64)
-        feats = np.zeros((b, n, ITEM_FEATURE_LEN), dtype=np.int64)
-        for i in range(b):
-            h = self.vocab.indices(histories[i][-self.history_len :])
-            if len(h):
-                hist[i, -len(h) :] = h
-            c = self.vocab.indices(candidates[i])
-            cand[i, : len(c)] = c
-            if len(c):
-                feats[i, : len(c)] = np.asarray(candidate_features[i], dtype=np.int64).reshape(len(c), ITEM_FEATURE_LEN)
-        return {
-            "history": hist,
-            "context": np.asarray(contexts, dtype=np.int64).reshape(b, 4),
-            "candidates": cand,
-            "candidate_features": feats,
-        }
+        return self.bundle.ranker_inputs(histories, contexts, candidates, candidate_features)
 
     def encode_user(self, histories: Sequence[Sequence[str]], contexts: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        inputs = self.encode(histories, contexts, [[] for _ in histories], [[] for _ in histories])
-        return {"history": inputs["history"], "context": inputs["context"]}
+        return self.bundle.user_tower_inputs(histories, contexts)
 
-    def nearest_items(self, user_embedding: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """ANN search (faiss inner product over normalised item vectors)."""
-        if self.item_embeddings is None:
+    def nearest_items(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Retrieval: the items whose embedding has the largest inner product with ``query``."""
+        if self.ann is None:
             return []
-        if self._ann is None:
-            import faiss
-
-            index = faiss.IndexHNSWFlat(self.item_embeddings.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = 128
-            index.add(self.item_embeddings)
-            self._ann = index
-        q = np.asarray(user_embedding, dtype=np.float32).reshape(1, -1)
-        q = q / max(float(np.linalg.norm(q)), 1e-8)
-        scores, idx = self._ann.search(q, k + 2)  # type: ignore[attr-defined]
+        scores, idx = self.ann.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
         out = []
         for s, i in zip(scores[0], idx[0], strict=True):
-            item = self.vocab.item_id(int(i)) if i >= 0 else None
+            item = self.bundle.vocab.item_id(int(i)) if i >= 0 else None
             if item is not None:
                 out.append((item, float(s)))
-        return out[:k]
+        return out
+
+    def item_vector(self, item_id: str) -> np.ndarray | None:
+        i = self.bundle.vocab.index(item_id)
+        if self.bundle.item_embeddings is None or i < FIRST_ITEM or i >= len(self.bundle.item_embeddings):
+            return None
+        return np.asarray(self.bundle.item_embeddings[i], dtype=np.float32)
 
     def most_similar_history(self, candidate: str, history: Sequence[str]) -> str | None:
         """The history item whose embedding is closest to the candidate's: the "because" of an explanation."""
-        if self.item_embeddings is None or not history:
+        if self.unit_embeddings is None or not history:
             return None
-        c = self.vocab.index(candidate)
-        hs = [h for h in dict.fromkeys(history) if self.vocab.index(h) >= 2]
-        if c < 2 or not hs:
+        vocab = self.bundle.vocab
+        c = vocab.index(candidate)
+        hs = [h for h in dict.fromkeys(history) if vocab.index(h) >= FIRST_ITEM and h != candidate]
+        if c < FIRST_ITEM or not hs:
             return None
-        sims = self.item_embeddings[self.vocab.indices(hs)] @ self.item_embeddings[c]
+        sims = self.unit_embeddings[vocab.indices(hs)] @ self.unit_embeddings[c]
         return hs[int(np.argmax(sims))]
-
-
-def scores_from_outputs(outputs: Mapping[str, np.ndarray], counts: Sequence[int]) -> list[np.ndarray]:
-    """Per-request score vectors with the padding cut off."""
-    scores = outputs["scores"]
-    return [scores[i, :n] for i, n in enumerate(counts)]

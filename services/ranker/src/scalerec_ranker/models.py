@@ -56,7 +56,7 @@ class ModelManager:
             return True
 
     async def _warm_up(self, model: ModelVersion, has_tower: bool) -> None:
-        item = model.vocab.item_id(2) or "warmup"
+        item = model.bundle.vocab.item_id(2) or "warmup"
         inputs = model.encode([[item] * min(3, HISTORY_LEN)], [[12, 2, 1, 0]], [[item]], [[[0] * ITEM_FEATURE_LEN]])
         await self.scorer.infer(repo.RANKER_MODEL, model.version, inputs, ["scores"])
         if has_tower:

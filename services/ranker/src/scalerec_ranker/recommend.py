@@ -194,7 +194,7 @@ class Recommender:
                 out[c.item_id] = c
 
         # Retrieval: the user tower's embedding against the item vectors (ANN).
-        if model.item_embeddings is not None:
+        if model.ann is not None:
             try:
                 res = await self.scorer.infer(
                     repo.USER_TOWER_MODEL, model.version, model.encode_user([seen], [context]), ["user_embedding"]

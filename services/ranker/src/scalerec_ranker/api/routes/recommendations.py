@@ -112,8 +112,8 @@ async def similar(
     neighbours = []
     if model is not None:
         neighbours = [(i, s, "item_cf") for i, s in model.neighbors.get(item_id, [])[:k]]
-        if not neighbours and model.item_embeddings is not None and model.vocab.index(item_id) >= 2:
-            vec = model.item_embeddings[model.vocab.index(item_id)]
+        vec = model.item_vector(item_id)
+        if not neighbours and vec is not None:
             neighbours = [(i, s, "retrieval") for i, s in model.nearest_items(vec, k + 1) if i != item_id][:k]
     catalogue = await asyncio.to_thread(rec.items, [i for i, _, _ in neighbours])
     items = [

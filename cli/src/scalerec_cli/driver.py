@@ -1,0 +1,128 @@
+"""Drive a running ScaleRec over its HTTP APIs: ingest, wait, train, evaluate, ask.
+
+Shared by ``scalerec demo`` and the end-to-end tests, so the demo shows exactly
+what the tests assert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+ProgressFn = Callable[[int], None]
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def _dump(models: Sequence[BaseModel]) -> list[dict[str, Any]]:
+    return [m.model_dump(mode="json", exclude_none=True) for m in models]
+
+
+async def post_batches(
+    url: str,
+    key: str,
+    records: Sequence[BaseModel],
+    batch_size: int,
+    concurrency: int = 4,
+    progress: ProgressFn | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """POST records in batches with a few in flight; retries 503s (bus briefly unavailable)."""
+    totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=60, headers=headers) as client:
+
+        async def one(batch: Sequence[BaseModel]) -> None:
+            body = {key: _dump(batch)}
+            async with sem:
+                for attempt in range(30):
+                    r = await client.post(url, json=body)
+                    if r.status_code == 503:
+                        await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                        continue
+                    if r.status_code != 202:
+                        raise PipelineError(f"POST {url}: HTTP {r.status_code}: {r.text[:300]}")
+                    data = r.json()
+                    for k in totals:
+                        totals[k] += int(data.get(k, 0))
+                    if progress:
+                        progress(len(batch))
+                    return
+                raise PipelineError(f"POST {url}: still unavailable after retries")
+
+        await asyncio.gather(*(one(records[i : i + batch_size]) for i in range(0, len(records), batch_size)))
+    return totals
+
+
+def poll_until(fn: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise PipelineError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def wait_preprocessed(preprocessor: str, expected_stored: int, timeout: float = 600,
+                      progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Until the preprocessor has stored ``expected_stored`` events and has no lag."""
+    seen = {"n": 0}
+
+    def check() -> dict[str, Any] | None:
+        stats = httpx.get(f"{preprocessor}/v1/stats", timeout=10).json()
+        stored = stats["events_stored"]
+        if progress and stored > seen["n"]:
+            progress(stored - seen["n"])
+            seen["n"] = stored
+        lag = sum(w["lag"] for w in stats["workers"].values())
+        return stats if stored >= expected_stored and lag == 0 else None
+
+    return poll_until(check, timeout, 0.5, f"{expected_stored} events stored by the preprocessor")  # type: ignore[no-any-return]
+
+
+def train(trainer: str, timeout: float = 900) -> dict[str, Any]:
+    job = httpx.post(f"{trainer}/v1/train", timeout=30).json()
+
+    def done() -> dict[str, Any] | None:
+        j = httpx.get(f"{trainer}/v1/train/{job['job_id']}", timeout=10).json()
+        return j if j["status"] in ("succeeded", "failed") else None
+
+    result = poll_until(done, timeout, 1.0, "training")
+    if result["status"] != "succeeded":
+        raise PipelineError(f"training failed: {result['error']}")
+    return result  # type: ignore[no-any-return]
+
+
+def wait_report(evaluator: str, version: int, timeout: float = 600) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        r = httpx.get(f"{evaluator}/v1/reports/{version}", timeout=10)
+        return r.json() if r.status_code == 200 else None
+
+    return poll_until(ready, timeout, 1.0, f"the evaluation of model version {version}")  # type: ignore[no-any-return]
+
+
+def wait_serving(ranker: str, version: int, timeout: float = 120) -> dict[str, Any]:
+    def serving() -> dict[str, Any] | None:
+        m = httpx.get(f"{ranker}/v1/model", timeout=10).json()
+        return m if m["model_version"] == version else None
+
+    return poll_until(serving, timeout, 0.5, f"the ranker to serve model version {version}")  # type: ignore[no-any-return]
+
+
+def recommend(ranker: str, user_id: str, k: int = 10, **params: str) -> dict[str, Any]:
+    r = httpx.get(f"{ranker}/v1/recommendations", params={"user_id": user_id, "k": k, **params}, timeout=30)
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]

@@ -1,0 +1,70 @@
+"""The consume → process → commit loop: transient failures are retried, poison goes to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from scalerec_adapters.bus import Message
+from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
+from scalerec_adapters.worker import BatchResult, ConsumerWorker
+from scalerec_events.topics import TopicSpec, dlq
+
+
+async def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_transient_failures_are_retried_until_the_batch_succeeds(tmp_path: Path) -> None:
+    bus = SqliteEventBus(tmp_path / "bus.db")
+    await bus.start()
+    await bus.ensure_topics([TopicSpec("t", 2)])
+    for i in range(10):
+        await bus.producer().send("t", f"m{i}".encode(), key=f"k{i}".encode())
+    seen: list[bytes] = []
+    failures = {"left": 2}
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("store down")
+        seen.extend(m.value for m in messages)
+        return BatchResult()
+
+    worker = ConsumerWorker(bus, ["t"], "g", handler, poll_timeout_ms=50)
+    worker.start()
+    await _wait(lambda: len(set(seen)) == 10)
+    await worker.stop()
+    assert sorted(set(seen)) == sorted(f"m{i}".encode() for i in range(10))
+    # Everything is committed: a new member of the group has nothing left to read.
+    consumer = await bus.consumer(["t"], "g")
+    assert await consumer.getmany(timeout_ms=100) == []
+    await consumer.stop()
+    await bus.close()
+
+
+async def test_poison_messages_land_in_the_dead_letter_topic_with_the_reason(tmp_path: Path) -> None:
+    bus = SqliteEventBus(tmp_path / "bus.db")
+    await bus.start()
+    await bus.ensure_topics([TopicSpec("t", 1), TopicSpec(dlq("t"), 1)])
+    await bus.producer().send("t", b"good")
+    await bus.producer().send("t", b"bad")
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        return BatchResult(poison=[(m, "cannot parse") for m in messages if m.value == b"bad"])
+
+    worker = ConsumerWorker(bus, ["t"], "g", handler, poll_timeout_ms=50)
+    worker.start()
+    await _wait(lambda: worker.dead_lettered == 1)
+    await worker.stop()
+    consumer = await bus.consumer([dlq("t")], "inspect")
+    dead = await consumer.getmany(timeout_ms=500)
+    assert [m.value for m in dead] == [b"bad"]
+    assert dead[0].header("x-dlq-reason") == b"cannot parse"
+    assert dead[0].header("x-dlq-source") == b"t/0/1"
+    await consumer.stop()
+    await bus.close()

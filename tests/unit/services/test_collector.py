@@ -1,0 +1,100 @@
+"""Collector over HTTP (in process) with the embedded bus: what a client sees, and what lands on the bus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from scalerec_collector.config import CollectorSettings
+from scalerec_collector.main import create_app
+from scalerec_events.topics import Topic
+
+
+def _event(i: int, **over: object) -> dict[str, object]:
+    return {"event_id": f"e{i}", "user_id": f"u{i % 3}", "item_id": f"i{i}", "type": "click",
+            "timestamp": "2026-05-01T12:00:00Z", **over}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = CollectorSettings(data_dir=tmp_path, max_batch_events=10, max_body_bytes=64 * 1024,
+                                 api_keys="k1,k2")
+    with TestClient(create_app(settings), headers={"X-API-Key": "k1"}) as c:
+        yield c
+
+
+def _bus_count(client: TestClient, topic: str) -> int:
+    import asyncio
+
+    ends = asyncio.run(client.app.state.bus.end_offsets(topic))  # type: ignore[attr-defined]
+    return sum(ends.values())
+
+
+def test_accepts_a_batch_and_puts_every_event_on_the_bus(client: TestClient) -> None:
+    r = client.post("/v1/events", json={"events": [_event(i) for i in range(5)]})
+    assert r.status_code == 202
+    assert r.json() == {"accepted": 5, "duplicates": 0, "rejected": 0, "errors": []}
+    assert _bus_count(client, Topic.EVENTS_RAW) == 5
+
+
+def test_a_resent_event_id_is_acknowledged_but_not_sent_twice(client: TestClient) -> None:
+    client.post("/v1/events", json={"events": [_event(1), _event(2)]})
+    r = client.post("/v1/events", json={"events": [_event(1), _event(2), _event(3), _event(3)]})
+    assert r.json()["accepted"] == 1 and r.json()["duplicates"] == 3
+    assert _bus_count(client, Topic.EVENTS_RAW) == 3
+
+
+def test_each_invalid_event_is_named_and_the_rest_accepted(client: TestClient) -> None:
+    events = [_event(1), _event(2, type="teleport"), _event(3, timestamp="2999-01-01T00:00:00Z"), _event(4, value="x")]
+    r = client.post("/v1/events", json={"events": events})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["accepted"] == 1 and body["rejected"] == 3
+    fields = {e["field"] for e in body["errors"]}
+    assert fields == {"events[1].type", "events[2].timestamp", "events[3].value"}
+    assert any("future" in e["message"] for e in body["errors"])
+
+
+def test_a_rating_without_value_is_rejected(client: TestClient) -> None:
+    r = client.post("/v1/events", json={"events": [_event(1, type="rating")]})
+    assert r.status_code == 422
+    assert "rating" in r.text
+
+
+def test_malformed_json_is_a_400(client: TestClient) -> None:
+    r = client.post("/v1/events", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert "JSON" in r.json()["detail"]
+
+
+def test_oversize_batch_and_body_are_413(client: TestClient) -> None:
+    assert client.post("/v1/events", json={"events": [_event(i) for i in range(11)]}).status_code == 413
+    r = client.post("/v1/events", content=b'{"events":["' + b"x" * 70_000 + b'"]}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_api_key_is_required(client: TestClient) -> None:
+    r = client.post("/v1/events", json={"events": [_event(1)]}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401
+    r = client.post("/v1/events", json={"events": [_event(1)]}, headers={"X-API-Key": "", "Authorization": "Bearer k2"})
+    assert r.status_code == 202
+    assert client.get("/healthz", headers={"X-API-Key": ""}).status_code == 200
+
+
+def test_items_and_erasure_go_on_their_own_topics(client: TestClient) -> None:
+    r = client.post("/v1/items", json={"items": [{"item_id": "i1", "category": "shoes", "price": 10.0},
+                                                 {"item_id": "i2", "price": -1}]})
+    assert r.status_code == 202 and r.json()["accepted"] == 1 and r.json()["errors"][0]["field"] == "items[1].price"
+    r = client.delete("/v1/users/u1")
+    assert r.status_code == 202 and r.json()["user_id"] == "u1"
+    assert _bus_count(client, Topic.ITEMS) == 1
+    assert _bus_count(client, Topic.ERASURE) == 1
+
+
+def test_openapi_documents_the_endpoints(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/events", "/v1/items", "/v1/users/{user_id}"} <= set(paths)

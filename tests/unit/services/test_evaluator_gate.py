@@ -1,0 +1,35 @@
+"""The promotion gate: better than the champion and every baseline, on enough users."""
+
+from __future__ import annotations
+
+from scalerec_evaluator.gate import decide
+
+
+def _report(**ndcg: float) -> dict:
+    return {"users": 100, "models": {name: {"ndcg@10": v} for name, v in ndcg.items()}}
+
+
+def test_promotes_a_model_that_beats_everything() -> None:
+    d = decide(_report(model_v2=0.3, model_v1=0.2, popularity=0.1, item_cf=0.25), 2, 1, "ndcg@10", 0.0)
+    assert d.promote and "beats" in d.reason
+
+
+def test_keeps_the_champion_when_the_candidate_is_worse() -> None:
+    d = decide(_report(model_v2=0.19, model_v1=0.2, popularity=0.1, item_cf=0.15), 2, 1, "ndcg@10", 0.0)
+    assert not d.promote and "champion" in d.reason
+
+
+def test_a_model_must_beat_the_baselines_even_without_a_champion() -> None:
+    d = decide(_report(model_v1=0.1, popularity=0.12, item_cf=0.05), 1, None, "ndcg@10", 0.0)
+    assert not d.promote and "popularity" in d.reason
+
+
+def test_min_improvement_is_relative() -> None:
+    d = decide(_report(model_v2=0.205, model_v1=0.2, popularity=0.1, item_cf=0.1), 2, 1, "ndcg@10", 0.05)
+    assert not d.promote
+
+
+def test_too_small_a_holdout_promotes_nothing() -> None:
+    report = _report(model_v1=0.9, popularity=0.1, item_cf=0.1)
+    report["users"] = 3
+    assert not decide(report, 1, None, "ndcg@10", 0.0).promote
