@@ -50,7 +50,9 @@ def partition_for(key: bytes | None, partitions: int, fallback: int = 0) -> int:
 
 class Producer(ABC):
     @abstractmethod
-    async def send(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()) -> tuple[int, int]:
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[int, int]:
         """Append one message; returns (partition, offset) once it is durable."""
 
     @abstractmethod

@@ -9,14 +9,16 @@ handler declares poison go to the topic's dead-letter twin with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from scalerec_adapters.bus import Consumer, EventBus, Message
 from scalerec_core.telemetry import meter
 from scalerec_events.topics import dlq
+
+from scalerec_adapters.bus import Consumer, EventBus, Message
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,8 @@ class ConsumerWorker:
                 self.failing = True
                 log.warning("%s: batch failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__, exc, backoff)
                 await self._reset_consumer()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff * (1 + random.random() * 0.2))
-                except TimeoutError:
-                    pass
                 backoff = min(self.max_backoff_s, backoff * 2)
 
     async def _reset_consumer(self) -> None:
@@ -124,10 +124,14 @@ class ConsumerWorker:
     async def _dead_letter(self, poison: list[tuple[Message, str]]) -> None:
         producer = self.bus.producer()
         for message, reason in poison:
-            headers = (*message.headers, ("x-dlq-reason", reason.encode()[:1000]),
-                       ("x-dlq-source", f"{message.topic}/{message.partition}/{message.offset}".encode()))
+            headers = (
+                *message.headers,
+                ("x-dlq-reason", reason.encode()[:1000]),
+                ("x-dlq-source", f"{message.topic}/{message.partition}/{message.offset}".encode()),
+            )
             await producer.send(dlq(message.topic), message.value, key=message.key, headers=headers)
-            log.warning("%s: dead-lettered %s/%d/%d: %s", self.name, message.topic, message.partition,
-                        message.offset, reason)
+            log.warning(
+                "%s: dead-lettered %s/%d/%d: %s", self.name, message.topic, message.partition, message.offset, reason
+            )
         self.dead_lettered += len(poison)
         self._dlq_counter.add(len(poison), {"worker": self.name})

@@ -200,9 +200,7 @@ def install_common(
             return await call_next(request)
         key = _caller_key(request)
         if api_keys and key not in api_keys:
-            return error_response(
-                401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>"
-            )
+            return error_response(401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>")
         caller = key or (request.client.host if request.client else "unknown")
         if not limiter.allow(caller):
             return error_response(429, f"rate limit of {limiter.rate:g} requests/s exceeded", retry_after_s=1)

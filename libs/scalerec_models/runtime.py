@@ -65,7 +65,9 @@ class ModelVersion:
     ) -> dict[str, np.ndarray]:
         return self.bundle.ranker_inputs(histories, contexts, candidates, candidate_features)
 
-    def encode_user(self, histories: Sequence[Sequence[str]], contexts: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    def encode_user(
+        self, histories: Sequence[Sequence[str]], contexts: Sequence[Sequence[int]]
+    ) -> dict[str, np.ndarray]:
         return self.bundle.user_tower_inputs(histories, contexts)
 
     def nearest_items(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:

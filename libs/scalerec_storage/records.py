@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -11,6 +12,7 @@ from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import Event, EventType, Item, TrainingExample
 from scalerec_features import FEATURE_VERSION, context_features, item_feature_vector
+
 from scalerec_storage import schema as s
 
 # How much each interaction says about interest, for trending and popularity.
@@ -97,10 +99,8 @@ def cached_history(
     if raw is not None:
         return [HistoryEntry.from_list(x) for x in json.loads(raw)][-limit:], "cache"
     history = recent_history(store, user_id, limit)
-    try:
+    with contextlib.suppress(Exception):
         cache.set(key, json.dumps([h.to_list() for h in history]).encode(), ttl_seconds)
-    except Exception:
-        pass
     return history, "store"
 
 
@@ -187,7 +187,9 @@ def count_rows(store: WideColumnStore, table: str) -> int:
 # ---------------------------------------------------------------- erasure
 
 
-def erase_user(store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: str, erased_at_ms: int) -> dict[str, int]:
+def erase_user(
+    store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: str, erased_at_ms: int
+) -> dict[str, int]:
     """Remove a user's data everywhere: interactions, their counters, examples, profile, cache."""
     prefix = s.user_prefix(user_id)
     interaction_rows: list[bytes] = []
@@ -207,10 +209,8 @@ def erase_user(store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: s
     store.delete_many(s.INTERACTIONS, interaction_rows)
     store.delete_many(s.EVENT_INDEX, event_ids)
     store.delete(s.PROFILES, s.user_prefix(user_id)[:-1])
-    try:
+    with contextlib.suppress(Exception):
         cache.delete(history_cache_key(keys, user_id))
-    except Exception:
-        pass
     return {"interactions": len(interaction_rows), "examples": len(example_rows)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scalerec_adapters.store import WideColumnStore
+
 from scalerec_storage import records as r
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
@@ -36,7 +35,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     cluster.start_all()
     try:
         asyncio.run(driver.post_batches(f"{cluster.url('collector')}/v1/items", "items", shop.items, 500))
-        ingested = asyncio.run(driver.post_batches(f"{cluster.url('collector')}/v1/events", "events", shop.events, 1000))
+        ingested = asyncio.run(
+            driver.post_batches(f"{cluster.url('collector')}/v1/events", "events", shop.events, 1000)
+        )
         stats = driver.wait_preprocessed(cluster.url("preprocessor"), ingested["accepted"], timeout=300)
         job = driver.train(cluster.url("trainer"), timeout=600)
         report = driver.wait_report(cluster.url("evaluator"), job["version"], timeout=300)

@@ -7,10 +7,10 @@ import time
 
 import httpx
 import pytest
-
 from scalerec_adapters.factory import make_store
 from scalerec_cli import driver
 from scalerec_storage import records as r
+
 from tests.e2e.conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
@@ -76,8 +76,13 @@ GOOD = {
 
 
 def _post(p: Pipeline, path: str, content: bytes | None = None, json: object = None) -> httpx.Response:
-    return httpx.post(f"{p.url('collector')}{path}", content=content, json=json, timeout=30,
-                      headers={"content-type": "application/json"})
+    return httpx.post(
+        f"{p.url('collector')}{path}",
+        content=content,
+        json=json,
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
 
 
 @pytest.mark.parametrize(
@@ -87,8 +92,12 @@ def _post(p: Pipeline, path: str, content: bytes | None = None, json: object = N
         ("missing field", {"events": [{k: v for k, v in GOOD.items() if k != "user_id"}]}, 422, "events[0].user_id"),
         ("mistyped field", {"events": [{**GOOD, "value": "lots"}]}, 422, "events[0].value"),
         ("unknown event type", {"events": [{**GOOD, "type": "teleport"}]}, 422, "events[0].type"),
-        ("timestamp far in the future", {"events": [{**GOOD, "timestamp": "2099-01-01T00:00:00Z"}]}, 422,
-         "events[0].timestamp"),
+        (
+            "timestamp far in the future",
+            {"events": [{**GOOD, "timestamp": "2099-01-01T00:00:00Z"}]},
+            422,
+            "events[0].timestamp",
+        ),
         ("not a batch", {"event": GOOD}, 422, "events"),
         ("oversize batch", {"events": [{**GOOD, "event_id": f"b{i}"} for i in range(1001)]}, 413, "1000"),
     ],

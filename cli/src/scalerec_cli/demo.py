@@ -35,8 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--keep", action="store_true", help="Do not wipe --data-dir first")
     p.add_argument("--model-size", default="demo", choices=["demo", "small", "large"])
     p.add_argument("--json", type=Path, help="Also write the report as JSON to this path")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="Extra environment for the services (e.g. BUS_URL=kafka://127.0.0.1:19092)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="Extra environment for the services (e.g. BUS_URL=kafka://127.0.0.1:19092)",
+    )
     p.set_defaults(func=run)
 
 
@@ -55,8 +60,14 @@ class Stages:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {}
     cluster = LocalCluster(args.data_dir, env=env)
     with stages.stage("generate a synthetic shop"):
-        shop = generate_shop(ShopConfig(users=args.users, items=args.items, events_per_user=args.events_per_user,
-                                        seed=args.seed))
+        shop = generate_shop(
+            ShopConfig(users=args.users, items=args.items, events_per_user=args.events_per_user, seed=args.seed)
+        )
         report["data"] = shop_summary(shop)
         console.print(f"  {len(shop.users):,} users, {len(shop.items):,} items, {len(shop.events):,} events")
     try:
@@ -97,16 +109,31 @@ def _pipeline(cluster: LocalCluster, shop: Any, stages: Stages, console: Console
     out: dict[str, Any] = {}
     with stages.stage("send the catalogue and events through the collector (HTTP)"), _progress(console) as bar:
         t_items = bar.add_task("items", total=len(shop.items))
-        items = asyncio.run(driver.post_batches(f"{cluster.url('collector')}/v1/items", "items", shop.items, 500,
-                                                progress=lambda n: bar.advance(t_items, n)))
+        items = asyncio.run(
+            driver.post_batches(
+                f"{cluster.url('collector')}/v1/items",
+                "items",
+                shop.items,
+                500,
+                progress=lambda n: bar.advance(t_items, n),
+            )
+        )
         t_events = bar.add_task("events", total=len(shop.events))
-        events = asyncio.run(driver.post_batches(f"{cluster.url('collector')}/v1/events", "events", shop.events,
-                                                 1000, progress=lambda n: bar.advance(t_events, n)))
+        events = asyncio.run(
+            driver.post_batches(
+                f"{cluster.url('collector')}/v1/events",
+                "events",
+                shop.events,
+                1000,
+                progress=lambda n: bar.advance(t_events, n),
+            )
+        )
         out["ingested"] = {"items": items, "events": events}
     with stages.stage("wait for the preprocessor (dedupe, histories, features, examples)"), _progress(console) as bar:
         task = bar.add_task("stored", total=events["accepted"])
-        stats = driver.wait_preprocessed(cluster.url("preprocessor"), events["accepted"],
-                                         progress=lambda n: bar.advance(task, n))
+        stats = driver.wait_preprocessed(
+            cluster.url("preprocessor"), events["accepted"], progress=lambda n: bar.advance(task, n)
+        )
         out["preprocessor"] = {k: v for k, v in stats.items() if k != "workers"}
     with stages.stage("train (ranking transformer + two-tower retrieval), export ONNX"):
         job = driver.train(cluster.url("trainer"))
@@ -141,7 +168,9 @@ def _print_report(console: Console, report: dict[str, Any]) -> None:
     times.add_row("[bold]total", f"[bold]{report['total_seconds']:.1f}")
     console.print(times)
     ev = res["evaluation"]
-    metrics = Table(title=f"Offline metrics on the time holdout ({ev['users']} users, {ev['items']} items, full ranking)")
+    metrics = Table(
+        title=f"Offline metrics on the time holdout ({ev['users']} users, {ev['items']} items, full ranking)"
+    )
     metrics.add_column("model")
     for col in ("ndcg@10", "hr@10", "mrr", "coverage@10"):
         metrics.add_column(col, justify="right")

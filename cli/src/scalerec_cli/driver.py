@@ -76,8 +76,9 @@ def poll_until(fn: Callable[[], Any], timeout: float, interval: float = 0.5, wha
     raise PipelineError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def wait_preprocessed(preprocessor: str, expected_stored: int, timeout: float = 600,
-                      progress: ProgressFn | None = None) -> dict[str, Any]:
+def wait_preprocessed(
+    preprocessor: str, expected_stored: int, timeout: float = 600, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """Until the preprocessor has stored ``expected_stored`` events and has no lag."""
     seen = {"n": 0}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from opentelemetry import trace
-
 from scalerec_core.http import RateLimiter, field_path
 from scalerec_core.telemetry import consume_span, inject_headers, setup_telemetry, tracer
 

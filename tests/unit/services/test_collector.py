@@ -7,21 +7,25 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
 from scalerec_collector.config import CollectorSettings
 from scalerec_collector.main import create_app
 from scalerec_events.topics import Topic
 
 
 def _event(i: int, **over: object) -> dict[str, object]:
-    return {"event_id": f"e{i}", "user_id": f"u{i % 3}", "item_id": f"i{i}", "type": "click",
-            "timestamp": "2026-05-01T12:00:00Z", **over}
+    return {
+        "event_id": f"e{i}",
+        "user_id": f"u{i % 3}",
+        "item_id": f"i{i}",
+        "type": "click",
+        "timestamp": "2026-05-01T12:00:00Z",
+        **over,
+    }
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = CollectorSettings(data_dir=tmp_path, max_batch_events=10, max_body_bytes=64 * 1024,
-                                 api_keys="k1,k2")
+    settings = CollectorSettings(data_dir=tmp_path, max_batch_events=10, max_body_bytes=64 * 1024, api_keys="k1,k2")
     with TestClient(create_app(settings), headers={"X-API-Key": "k1"}) as c:
         yield c
 
@@ -72,8 +76,9 @@ def test_malformed_json_is_a_400(client: TestClient) -> None:
 
 def test_oversize_batch_and_body_are_413(client: TestClient) -> None:
     assert client.post("/v1/events", json={"events": [_event(i) for i in range(11)]}).status_code == 413
-    r = client.post("/v1/events", content=b'{"events":["' + b"x" * 70_000 + b'"]}',
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/events", content=b'{"events":["' + b"x" * 70_000 + b'"]}', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and "limit" in r.json()["detail"]
 
 
@@ -86,8 +91,10 @@ def test_api_key_is_required(client: TestClient) -> None:
 
 
 def test_items_and_erasure_go_on_their_own_topics(client: TestClient) -> None:
-    r = client.post("/v1/items", json={"items": [{"item_id": "i1", "category": "shoes", "price": 10.0},
-                                                 {"item_id": "i2", "price": -1}]})
+    r = client.post(
+        "/v1/items",
+        json={"items": [{"item_id": "i1", "category": "shoes", "price": 10.0}, {"item_id": "i2", "price": -1}]},
+    )
     assert r.status_code == 202 and r.json()["accepted"] == 1 and r.json()["errors"][0]["field"] == "items[1].price"
     r = client.delete("/v1/users/u1")
     assert r.status_code == 202 and r.json()["user_id"] == "u1"

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
@@ -31,8 +30,13 @@ def _msg(topic: str, payload: bytes, offset: int) -> Message:
 def _events(user: str, items: list[str], start: int = 0) -> list[Message]:
     out = []
     for n, item in enumerate(items):
-        e = Event(event_id=f"{user}-{start + n}", user_id=user, item_id=item, type="view",
-                  timestamp=T0 + timedelta(minutes=start + n))
+        e = Event(
+            event_id=f"{user}-{start + n}",
+            user_id=user,
+            item_id=item,
+            type="view",
+            timestamp=T0 + timedelta(minutes=start + n),
+        )
         out.append(_msg(Topic.EVENTS_RAW, e.model_dump_json().encode(), start + n))
     return out
 
@@ -115,8 +119,10 @@ async def test_erasure_removes_everything_and_drops_late_events(world: World) ->
 
 async def test_items_go_to_the_catalogue_and_fresh_index(world: World) -> None:
     consumer = ItemsConsumer(world.store)
-    items = [Item(item_id="i1", category="shoes", price=50, title="Trail runner", created_at=T0),
-             Item(item_id="i2", category="hats", created_at=T0 + timedelta(days=1))]
+    items = [
+        Item(item_id="i1", category="shoes", price=50, title="Trail runner", created_at=T0),
+        Item(item_id="i2", category="hats", created_at=T0 + timedelta(days=1)),
+    ]
     await consumer.handle([_msg(Topic.ITEMS, i.model_dump_json().encode(), n) for n, i in enumerate(items)])
     assert set(r.get_items(world.store, ["i1", "i2", "nope"])) == {"i1", "i2"}
     assert r.fresh_items(world.store, 10) == ["i2", "i1"]

@@ -1,8 +1,9 @@
 """``python -m scalerec_collector``: run the collector alone."""
 
+from scalerec_core.service import serve
+
 from scalerec_collector.config import get_settings
 from scalerec_collector.main import create_app
-from scalerec_core.service import serve
 
 
 def main() -> None:

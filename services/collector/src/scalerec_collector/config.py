@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-
 from scalerec_core.settings import ServiceSettings
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-
 from scalerec_adapters.bus import Producer
+
 from scalerec_collector.config import CollectorSettings
 from scalerec_collector.dedupe import RecentIds
 

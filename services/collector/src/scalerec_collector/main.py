@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from scalerec_adapters.factory import make_bus
-from scalerec_collector.api.routes import events, items, users
-from scalerec_collector.config import CollectorSettings, get_settings
-from scalerec_collector.dedupe import RecentIds
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import all_topics
+
+from scalerec_collector.api.routes import events, items, users
+from scalerec_collector.config import CollectorSettings, get_settings
+from scalerec_collector.dedupe import RecentIds
 
 
 def create_app(settings: CollectorSettings | None = None) -> FastAPI:

@@ -1,6 +1,7 @@
 """``python -m scalerec_evaluator``: run the evaluator alone."""
 
 from scalerec_core.service import serve
+
 from scalerec_evaluator.config import get_settings
 from scalerec_evaluator.main import create_app
 

@@ -6,7 +6,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-
 from scalerec_core.settings import ServiceSettings
 
 

@@ -12,7 +12,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from scalerec_adapters.store import WideColumnStore
 from scalerec_storage import records as r
 

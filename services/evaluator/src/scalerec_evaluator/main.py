@@ -7,18 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from scalerec_adapters.factory import make_bus, make_store
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
+from scalerec_events.topics import Topic, all_topics
+from scalerec_storage.schema import tables
+
 from scalerec_evaluator.api.routes import reports
 from scalerec_evaluator.config import EvaluatorSettings, get_settings
 from scalerec_evaluator.consumers.candidates import CandidatesConsumer
 from scalerec_evaluator.consumers.online import OnlineMetrics
 from scalerec_evaluator.service import Evaluator
-from scalerec_events.topics import Topic, all_topics
-from scalerec_storage.schema import tables
 
 
 def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
@@ -36,10 +36,22 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         evaluator = Evaluator(settings, store, bus.producer())
         online = OnlineMetrics()
         workers = [
-            ConsumerWorker(bus, [Topic.MODELS_CANDIDATE], settings.consumer_group, CandidatesConsumer(evaluator).handle,
-                           max_records=10, name="candidates"),
-            ConsumerWorker(bus, [Topic.IMPRESSIONS, Topic.EVENTS_RAW], f"{settings.consumer_group}.online",
-                           online.handle, max_records=2000, name="online"),
+            ConsumerWorker(
+                bus,
+                [Topic.MODELS_CANDIDATE],
+                settings.consumer_group,
+                CandidatesConsumer(evaluator).handle,
+                max_records=10,
+                name="candidates",
+            ),
+            ConsumerWorker(
+                bus,
+                [Topic.IMPRESSIONS, Topic.EVENTS_RAW],
+                f"{settings.consumer_group}.online",
+                online.handle,
+                max_records=2000,
+                name="online",
+            ),
         ]
         for w in workers:
             w.start()

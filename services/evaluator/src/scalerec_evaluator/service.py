@@ -11,14 +11,15 @@ from typing import Any
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
 from scalerec_core.telemetry import inject_headers, tracer
-from scalerec_evaluator.config import EvaluatorSettings
-from scalerec_evaluator.gate import decide
-from scalerec_evaluator.holdout import build_holdout
-from scalerec_evaluator.offline import evaluate_version
 from scalerec_events.models import ModelAnnouncement
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_storage import schema as s
+
+from scalerec_evaluator.config import EvaluatorSettings
+from scalerec_evaluator.gate import decide
+from scalerec_evaluator.holdout import build_holdout
+from scalerec_evaluator.offline import evaluate_version
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,15 @@ class Evaluator:
         report = evaluate_version(repository, version, champion, holdout)
         decision = decide(report, version, champion, self.settings.promotion_metric, self.settings.min_improvement)
         report.update(
-            model=repo.RANKER_MODEL, version=version, champion_before=champion, metric=self.settings.promotion_metric,
-            promoted=decision.promote, decision=decision.reason, holdout_start_ms=cut,
-            evaluated_at=datetime.now(UTC).isoformat(), card_metrics=card.get("metrics", {}),
+            model=repo.RANKER_MODEL,
+            version=version,
+            champion_before=champion,
+            metric=self.settings.promotion_metric,
+            promoted=decision.promote,
+            decision=decision.reason,
+            holdout_start_ms=cut,
+            evaluated_at=datetime.now(UTC).isoformat(),
+            card_metrics=card.get("metrics", {}),
         )
         if decision.promote:
             # Keep serving the old champion next to the new one until rankers have swapped.
@@ -60,12 +67,18 @@ class Evaluator:
                 log.info("model %d: %s", version, report["decision"])
                 if report["promoted"]:
                     ann = ModelAnnouncement(
-                        model=repo.RANKER_MODEL, version=version, repository=str(self.settings.model_repository),
+                        model=repo.RANKER_MODEL,
+                        version=version,
+                        repository=str(self.settings.model_repository),
                         created_at=datetime.now(UTC),
                         metrics={k: float(v) for k, v in report["models"][f"model_v{version}"].items()},
                     )
-                    await self.producer.send(Topic.MODELS_PROMOTED, ann.model_dump_json().encode(),
-                                             key=repo.RANKER_MODEL.encode(), headers=inject_headers())
+                    await self.producer.send(
+                        Topic.MODELS_PROMOTED,
+                        ann.model_dump_json().encode(),
+                        key=repo.RANKER_MODEL.encode(),
+                        headers=inject_headers(),
+                    )
                 return report
 
     def reports(self) -> list[dict[str, Any]]:

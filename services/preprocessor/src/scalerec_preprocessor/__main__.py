@@ -1,6 +1,7 @@
 """``python -m scalerec_preprocessor``: run the preprocessor alone."""
 
 from scalerec_core.service import serve
+
 from scalerec_preprocessor.config import get_settings
 from scalerec_preprocessor.main import create_app
 

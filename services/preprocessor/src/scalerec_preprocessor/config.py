@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-
 from scalerec_core.settings import ServiceSettings
 
 
@@ -14,7 +13,7 @@ class PreprocessorSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8082, ge=1, le=65535)
     consumer_group: str = "preprocessor"
-    poll_max_records: int = Field(default=500, ge=1)
+    poll_max_records: int = Field(default=2000, ge=1, description="Most messages handled in one batch.")
     history_len: int = Field(default=50, ge=1, le=1000, description="Recent items kept per user in the hot cache.")
     user_cache_ttl_seconds: int = Field(default=3600, ge=0)
     max_retries: int = Field(default=5, ge=0, description="Attempts before a failing batch's messages go to the DLQ.")

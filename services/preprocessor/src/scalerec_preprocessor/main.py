@@ -7,19 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.factory import make_bus, make_cache, make_store
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic, all_topics
+from scalerec_storage.schema import tables
+
 from scalerec_preprocessor.api.routes import status
 from scalerec_preprocessor.config import PreprocessorSettings, get_settings
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
-from scalerec_storage.schema import tables
 
 
 def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
@@ -42,10 +42,17 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         erasure = ErasureConsumer(store, cache, keys)
         group = settings.consumer_group
         workers = {
-            "items": ConsumerWorker(bus, [Topic.ITEMS], f"{group}.items", items.handle,
-                                    max_records=settings.poll_max_records, name="items"),
-            "events": ConsumerWorker(bus, [Topic.EVENTS_RAW], f"{group}.events", events.handle,
-                                     max_records=settings.poll_max_records, name="events"),
+            "items": ConsumerWorker(
+                bus, [Topic.ITEMS], f"{group}.items", items.handle, max_records=settings.poll_max_records, name="items"
+            ),
+            "events": ConsumerWorker(
+                bus,
+                [Topic.EVENTS_RAW],
+                f"{group}.events",
+                events.handle,
+                max_records=settings.poll_max_records,
+                name="events",
+            ),
             "erasure": ConsumerWorker(bus, [Topic.ERASURE], f"{group}.erasure", erasure.handle, name="erasure"),
         }
         app.state.store, app.state.cache, app.state.keys = store, cache, keys
@@ -77,7 +84,9 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         return bool(await asyncio.to_thread(app.state.store.healthy))
 
     install_common(
-        app, service="preprocessor", api_keys=settings.api_key_set(),
+        app,
+        service="preprocessor",
+        api_keys=settings.api_key_set(),
         readiness={"consumers": consuming, "store": store_ok},
     )
     app.include_router(status.router)

@@ -1,6 +1,7 @@
 """``python -m scalerec_ranker``: run the ranker alone."""
 
 from scalerec_core.service import serve
+
 from scalerec_ranker.config import get_settings
 from scalerec_ranker.main import create_app
 

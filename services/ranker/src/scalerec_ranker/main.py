@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from scalerec_adapters.factory import make_bus, make_cache, make_scorer, make_store
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.worker import ConsumerWorker
@@ -17,13 +16,14 @@ from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic, all_topics
 from scalerec_models import repository as repo
+from scalerec_storage.schema import tables
+
 from scalerec_ranker.api.routes import recommendations
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings, get_settings
 from scalerec_ranker.consumers.promotions import PromotionsConsumer
 from scalerec_ranker.models import ModelManager
 from scalerec_ranker.recommend import Recommender
-from scalerec_storage.schema import tables
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             log.warning("baselines not available at start (%s); they refresh in the background", exc)
         baselines.start()
         group = f"{settings.consumer_group_prefix}-{uuid.uuid4().hex[:8]}"
-        promotions = ConsumerWorker(bus, [Topic.MODELS_PROMOTED], group, PromotionsConsumer(models).handle,
-                                    name="promotions")
+        promotions = ConsumerWorker(
+            bus, [Topic.MODELS_PROMOTED], group, PromotionsConsumer(models).handle, name="promotions"
+        )
         promotions.start()
         app.state.store, app.state.cache, app.state.scorer, app.state.models = store, cache, scorer, models
         app.state.producer = bus.producer()

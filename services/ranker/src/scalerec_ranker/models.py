@@ -43,8 +43,11 @@ class ModelManager:
                 await self._warm_up(model, has_tower)
             except Exception as exc:
                 self.last_error = f"version {version}: {type(exc).__name__}: {exc}"
-                log.error("could not activate model %s; keeping %s", self.last_error,
-                          self.current.version if self.current else "the baseline")
+                log.error(
+                    "could not activate model %s; keeping %s",
+                    self.last_error,
+                    self.current.version if self.current else "the baseline",
+                )
                 return False
             old, self.current = self.current, model
             self.last_error = None

@@ -8,6 +8,7 @@ scorer down → the candidates in baseline order (flagged).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
@@ -25,10 +25,11 @@ from scalerec_events.models import EventType, Item
 from scalerec_features import FEATURE_VERSION, context_features, item_feature_vector
 from scalerec_models import repository as repo
 from scalerec_models.runtime import ModelVersion
+from scalerec_storage import records as r
+
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.models import ModelManager
-from scalerec_storage import records as r
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,8 @@ class Recommender:
                 fetched = {}
             found.update(fetched)
             if fetched:
-                try:
+                with contextlib.suppress(Exception):
                     self.cache.set_many({keys[i]: it.model_dump_json().encode() for i, it in fetched.items()}, 600)
-                except Exception:
-                    pass
         return found
 
     # ------------------------------------------------------------ the request
@@ -137,13 +136,18 @@ class Recommender:
 
         fallback_reason = None
         if not seen:
-            fallback_reason = "unknown user: no history yet" if history_source != "unavailable" else "history unavailable"
+            fallback_reason = (
+                "unknown user: no history yet" if history_source != "unavailable" else "history unavailable"
+            )
         elif model is None:
-            fallback_reason = "no model promoted yet" + (f" ({self.models.last_error})" if self.models.last_error else "")
+            fallback_reason = "no model promoted yet" + (
+                f" ({self.models.last_error})" if self.models.last_error else ""
+            )
         if fallback_reason:
             items = await asyncio.to_thread(self._popular, k, excluded)
-            return Recommendation(request_id, user_id, items, None, True, fallback_reason, "baseline",
-                                  history_source, _ms(started))
+            return Recommendation(
+                request_id, user_id, items, None, True, fallback_reason, "baseline", history_source, _ms(started)
+            )
 
         assert model is not None
         candidates = await self._candidates(model, seen, context, excluded)
@@ -164,8 +168,17 @@ class Recommender:
                 fallback, fallback_reason = True, f"primary scorer unavailable; scored by {scorer_name}"
         ranked = self._rerank(candidates, scores, catalogue, k)
         items = [self._explain(model, c, s, catalogue, seen) for c, s in ranked]
-        return Recommendation(request_id, user_id, items, model.version, fallback, fallback_reason, scorer_name,
-                              history_source, _ms(started))
+        return Recommendation(
+            request_id,
+            user_id,
+            items,
+            model.version,
+            fallback,
+            fallback_reason,
+            scorer_name,
+            history_source,
+            _ms(started),
+        )
 
     # ------------------------------------------------------------ steps
 
@@ -177,8 +190,17 @@ class Recommender:
             item = catalogue.get(item_id)
             if item is not None and not item.available:
                 continue
-            out.append(Recommended(item_id, float(score), "trending", "Popular right now", [],
-                                   item.title if item else "", item.category if item else ""))
+            out.append(
+                Recommended(
+                    item_id,
+                    float(score),
+                    "trending",
+                    "Popular right now",
+                    [],
+                    item.title if item else "",
+                    item.category if item else "",
+                )
+            )
             if len(out) == k:
                 break
         return out
@@ -221,7 +243,11 @@ class Recommender:
         return [c for c in out.values() if c.item_id not in seen_set][: self.settings.max_candidates]
 
     async def _score(
-        self, model: ModelVersion, seen: list[str], context: list[int], candidates: list[Candidate],
+        self,
+        model: ModelVersion,
+        seen: list[str],
+        context: list[int],
+        candidates: list[Candidate],
         catalogue: dict[str, Item],
     ) -> np.ndarray:
         if not candidates:
@@ -243,7 +269,7 @@ class Recommender:
         """Best first, at most half the slots per category, and a share of slots for fresh items."""
         order = np.argsort(-scores, kind="stable")
         per_category = max(2, math.ceil(k / 2))
-        explore = int(round(k * self.settings.fresh_item_slots))
+        explore = round(k * self.settings.fresh_item_slots)
         picked: list[tuple[Candidate, float]] = []
         counts: dict[str, int] = {}
         fresh_pool = [i for i in order if candidates[i].source == "fresh"]

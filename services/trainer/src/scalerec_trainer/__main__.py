@@ -1,6 +1,7 @@
 """``python -m scalerec_trainer``: run the trainer alone."""
 
 from scalerec_core.service import serve
+
 from scalerec_trainer.config import get_settings
 from scalerec_trainer.main import create_app
 

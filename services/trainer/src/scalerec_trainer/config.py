@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-
 from scalerec_core.settings import ServiceSettings
 
 
@@ -23,7 +22,9 @@ class TrainerSettings(ServiceSettings):
     min_examples: int = Field(default=100, ge=1, description="Refuse to train on fewer examples.")
     model_size: Literal["demo", "small", "large"] = "demo"
     max_epochs: int = Field(default=0, ge=0, description="Override the size preset's epochs; 0 keeps it.")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    time_budget_s: float = Field(
+        default=0, ge=0, description="Override the size preset's training time budget per model (s); 0 keeps it."
+    )
     seed: int = 7
     holdout_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="Newest share of time kept out of training for the evaluator."

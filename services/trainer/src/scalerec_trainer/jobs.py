@@ -15,6 +15,7 @@ from scalerec_core.telemetry import inject_headers, tracer
 from scalerec_events.models import ModelAnnouncement
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
+
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import NotEnoughData, train_version
 
@@ -81,8 +82,10 @@ class Trainer:
                     feature_version=outcome.card["feature_version"],
                 )
                 await self.producer.send(
-                    Topic.MODELS_CANDIDATE, announcement.model_dump_json().encode(),
-                    key=repo.RANKER_MODEL.encode(), headers=inject_headers(),
+                    Topic.MODELS_CANDIDATE,
+                    announcement.model_dump_json().encode(),
+                    key=repo.RANKER_MODEL.encode(),
+                    headers=inject_headers(),
                 )
                 job.status = "succeeded"
             finally:

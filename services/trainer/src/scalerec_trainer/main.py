@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from scalerec_adapters.factory import make_bus, make_store
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic, all_topics
 from scalerec_storage.schema import tables
+
 from scalerec_trainer.api.routes import train
 from scalerec_trainer.config import TrainerSettings, get_settings
 from scalerec_trainer.consumers.examples import ExamplesConsumer
@@ -34,8 +34,9 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         settings.model_repository.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(settings, store, bus.producer())
         examples = ExamplesConsumer(trainer, settings.train_after_examples)
-        worker = ConsumerWorker(bus, [Topic.EXAMPLES], settings.consumer_group, examples.handle,
-                                max_records=2000, name="examples")
+        worker = ConsumerWorker(
+            bus, [Topic.EXAMPLES], settings.consumer_group, examples.handle, max_records=2000, name="examples"
+        )
         worker.start()
         app.state.trainer, app.state.store, app.state.worker = trainer, store, worker
         try:

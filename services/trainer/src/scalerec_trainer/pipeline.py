@@ -5,6 +5,7 @@ Runs in a worker thread (CPU/GPU heavy); everything here is synchronous.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -16,8 +17,10 @@ from typing import Any
 from scalerec_adapters.store import WideColumnStore
 from scalerec_features import FEATURE_VERSION
 from scalerec_models import repository as repo
+from scalerec_models.runtime import NEIGHBORS_FILE
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
+
 from scalerec_trainer.config import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,33 @@ log = logging.getLogger(__name__)
 
 class NotEnoughData(RuntimeError):
     pass
+
+
+def write_item_neighbors(interactions: Any, vocab: Any, path: Path, k: int = 50) -> Path:
+    """Item-item CF neighbours (the ranker's ``item_cf`` candidates), fitted on the same training data."""
+    import numpy as np
+    from scalerec_models.baselines import ItemKNN
+    from scalerec_models.data import to_sequences
+
+    seqs = to_sequences(interactions, vocab)
+    knn = ItemKNN(k=k).fit(seqs.items, vocab.size)
+    sim = knn.sim.tocsr() if knn.sim is not None else None
+    out: dict[str, list[tuple[str, float]]] = {}
+    if sim is not None:
+        for row in range(sim.shape[0]):
+            item = vocab.item_id(row)
+            start, end = sim.indptr[row], sim.indptr[row + 1]
+            if item is None or start == end:
+                continue
+            cols, vals = sim.indices[start:end], sim.data[start:end]
+            order = np.argsort(-vals)[:k]
+            out[item] = [
+                (vocab.item_id(int(cols[o])), round(float(vals[o]), 5))
+                for o in order
+                if vocab.item_id(int(cols[o])) is not None and vals[o] > 0
+            ]
+    path.write_text(json.dumps(out))
+    return path
 
 
 @dataclass(frozen=True)
@@ -53,7 +83,10 @@ def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[list
 
 
 def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOutcome:
-    from scalerec_models.api import export_models, train_models  # torch: imported only when training
+    # torch is imported only when training, never at service start.
+    from scalerec_models.config import model_config
+    from scalerec_models.data import Interactions
+    from scalerec_models.pipeline import export, train_models
 
     started = time.perf_counter()
     window = data_window(store, settings.holdout_fraction)
@@ -69,13 +102,15 @@ def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOut
     overrides: dict[str, Any] = {"seed": settings.seed}
     if settings.max_epochs:
         overrides["epochs"] = settings.max_epochs
+    if settings.time_budget_s:
+        overrides["time_budget_s"] = settings.time_budget_s
     log.info("training on %d examples (%s), warm start from %s", len(records), window, warm_start)
-    trained = train_models(
-        records, item_features, size=settings.model_size, overrides=overrides, warm_start_dir=warm_start,
-        device=settings.device, progress=True,
-    )
+    interactions = Interactions.from_records(records)
+    config = model_config(settings.model_size, **overrides)
+    trained = train_models(interactions, item_features, config, warm_start_dir=warm_start, progress=True)
     with tempfile.TemporaryDirectory(prefix="scalerec-train-") as tmp:
-        files = export_models(trained, Path(tmp))
+        files = export(trained, Path(tmp))
+        files["item_neighbors"] = write_item_neighbors(interactions, trained.vocab, Path(tmp) / NEIGHBORS_FILE)
         card = {
             "metrics": trained.metrics,
             "data_window": window.to_card(),
@@ -85,14 +120,14 @@ def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOut
             "trained_at": datetime.now(UTC).isoformat(),
             "train_seconds": round(time.perf_counter() - started, 2),
         }
-        extras = {name: path for name, path in files.items() if name not in ("ranker.onnx", "user_tower.onnx")}
+        extras = {path.name: path for name, path in files.items() if name not in ("ranker", "user_tower")}
         version = repo.next_version(repository, repo.RANKER_MODEL)
         repo.write_model_version(
-            repository, repo.USER_TOWER_MODEL, files["user_tower.onnx"], card=card, extra_files=extras, version=version
+            repository, repo.USER_TOWER_MODEL, files["user_tower"], card=card, extra_files=extras, version=version
         )
         # The ranker version is written last: its appearance is what makes the version complete.
         repo.write_model_version(
-            repository, repo.RANKER_MODEL, files["ranker.onnx"], card=card, extra_files=extras, version=version
+            repository, repo.RANKER_MODEL, files["ranker"], card=card, extra_files=extras, version=version
         )
     seconds = time.perf_counter() - started
     log.info("wrote model version %d in %.1fs: %s", version, seconds, trained.metrics)

@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ValidationError
-
 from scalerec_adapters.bus import OutgoingMessage, Producer
 from scalerec_core.http import validation_errors
 from scalerec_core.telemetry import inject_headers, meter, tracer
@@ -56,9 +55,7 @@ def split_valid(
     return valid, errors
 
 
-async def publish(
-    producer: Producer, topic: str, records: Sequence[M], key_of: Callable[[M], str], kind: str
-) -> None:
+async def publish(producer: Producer, topic: str, records: Sequence[M], key_of: Callable[[M], str], kind: str) -> None:
     """Append records to the bus and return only once they are durable (then 202 is honest)."""
     with tracer("scalerec.collector").start_as_current_span(f"publish {kind}", attributes={"count": len(records)}):
         headers = tuple(inject_headers())
@@ -71,7 +68,8 @@ async def publish(
         except Exception as exc:
             log.warning("bus unavailable while publishing %d %s: %s", len(records), kind, exc)
             raise HTTPException(
-                503, f"event bus unavailable, nothing of this batch was accepted; retry: {exc}",
+                503,
+                f"event bus unavailable, nothing of this batch was accepted; retry: {exc}",
                 headers={"Retry-After": "1"},
             ) from exc
     meter("scalerec.collector").create_counter(f"collector.{kind}.accepted").add(len(records))
@@ -79,4 +77,6 @@ async def publish(
 
 def reject_all(errors: list[ElementError], kind: str) -> HTTPException:
     fields = ", ".join(sorted({e.field for e in errors})[:10])
-    return HTTPException(422, {"message": f"every {kind} was rejected: {fields}", "errors": [e.model_dump() for e in errors]})
+    return HTTPException(
+        422, {"message": f"every {kind} was rejected: {fields}", "errors": [e.model_dump() for e in errors]}
+    )

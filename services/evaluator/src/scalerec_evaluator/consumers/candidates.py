@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
-from scalerec_evaluator.service import Evaluator
 from scalerec_events.models import ModelAnnouncement
+
+from scalerec_evaluator.service import Evaluator
 
 log = logging.getLogger(__name__)
 

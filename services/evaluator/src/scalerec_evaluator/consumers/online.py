@@ -11,7 +11,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
 from scalerec_events.models import CONVERSION_TYPES, Event, EventType

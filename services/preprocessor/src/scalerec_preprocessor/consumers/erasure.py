@@ -7,7 +7,6 @@ import logging
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore

@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
-
 from scalerec_adapters.bus import Message, OutgoingMessage, Producer
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult
 from scalerec_core.telemetry import consume_span, inject_headers
-from scalerec_events.models import CONVERSION_TYPES, Event, EventType, TrainingExample
+from scalerec_events.models import CONVERSION_TYPES, Event, EventType, Item, TrainingExample
 from scalerec_events.topics import Topic
-from scalerec_features import context_features, item_feature_vector
+from scalerec_features import CONTEXT_FIELDS, context_features, item_feature_vector
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 
@@ -42,7 +42,13 @@ class _Plan:
 
 class EventsConsumer:
     def __init__(
-        self, store: WideColumnStore, cache: Cache, keys: CacheKeys, producer: Producer, history_len: int, cache_ttl: int
+        self,
+        store: WideColumnStore,
+        cache: Cache,
+        keys: CacheKeys,
+        producer: Producer,
+        history_len: int,
+        cache_ttl: int,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -101,45 +107,52 @@ class EventsConsumer:
         items = r.get_items(self.store, sorted({e.item_id for e in kept}))
         interactions, daily, profiles, examples_rows = [], [], [], []
         for user_id, user_events in by_user.items():
-            user_events.sort(key=lambda e: (e.ts_ms, e.event_id))
-            stored = r.recent_history(self.store, user_id, self.history_len * 2, before_ts_ms=user_events[-1].ts_ms + 1)
+            ts = {e.event_id: e.ts_ms for e in user_events}  # computed once: ts_ms is not free
+            user_events.sort(key=lambda e: (ts[e.event_id], e.event_id))
+            last_ts = ts[user_events[-1].event_id]
+            stored = r.recent_history(self.store, user_id, self.history_len * 2, before_ts_ms=last_ts + 1)
             timeline = r.merge_history(
                 stored,
-                (r.HistoryEntry(e.item_id, e.ts_ms, e.type.value, e.event_id) for e in user_events),
+                (r.HistoryEntry(e.item_id, ts[e.event_id], e.type.value, e.event_id) for e in user_events),
                 limit=self.history_len * 2 + len(user_events),
             )
+            interest = [h for h in timeline if h.type != EventType.IMPRESSION.value]
+            interest_ts = [h.ts_ms for h in interest]
             for e in user_events:
-                key = s.interaction_key(user_id, e.ts_ms, e.event_id)
+                e_ts = ts[e.event_id]
+                key = s.interaction_key(user_id, e_ts, e.event_id)
                 interactions.append((key, r.interaction_cells(e)))
                 daily.append(r.item_daily_cells(e))
                 plan.index_rows.append((e.event_id.encode(), {b"m:row": key}))
                 plan.new_ids.append(e.event_id)
                 if e.type is EventType.IMPRESSION:
                     continue
-                example = self._example(e, timeline, items)
+                # Point in time: only what happened strictly before this event.
+                before = interest[
+                    max(0, bisect_left(interest_ts, e_ts) - self.history_len) : bisect_left(interest_ts, e_ts)
+                ]
+                example = self._example(e, e_ts, [h.item_id for h in before], items)
                 plan.examples.append(example)
-                examples_rows.append((s.example_key(user_id, e.ts_ms, e.event_id), r.example_cells(example)))
+                examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(example)))
             last = user_events[-1]
             profiles.append(
                 (
                     s.user_prefix(user_id)[:-1],
                     {
-                        b"p:last_ts": str(last.ts_ms).encode(),
+                        b"p:last_ts": str(last_ts).encode(),
                         b"p:device": (last.context.device or "").encode(),
                         b"p:locale": (last.context.locale or "").encode(),
                     },
                 )
             )
-            plan.histories[user_id] = [h for h in timeline if h.type != EventType.IMPRESSION.value][-self.history_len :]
+            plan.histories[user_id] = interest[-self.history_len :]
         self.store.put_many(s.INTERACTIONS, interactions)
         self.store.put_many(s.ITEM_DAILY, daily)
         self.store.put_many(s.EXAMPLES, examples_rows)
         self.store.put_many(s.PROFILES, profiles)
         return plan
 
-    def _example(self, e: Event, timeline: list[r.HistoryEntry], items: dict) -> TrainingExample:
-        # Point in time: only what happened strictly before this event.
-        before = [h.item_id for h in timeline if h.ts_ms < e.ts_ms and h.type != EventType.IMPRESSION.value]
+    def _example(self, e: Event, ts_ms: int, history: list[str], items: dict[str, Item]) -> TrainingExample:
         item = items.get(e.item_id)
         features = item_feature_vector(item.category, item.price, item.title, item.text) if item else [0, 0]
         return TrainingExample(
@@ -147,11 +160,10 @@ class EventsConsumer:
             user_id=e.user_id,
             item_id=e.item_id,
             type=e.type,
-            ts_ms=e.ts_ms,
+            ts_ms=ts_ms,
             value=e.value,
-            history=before[-self.history_len :],
-            context=dict(zip(("hour", "weekday", "device", "locale"),
-                             context_features(e.ts_ms, e.context.device, e.context.locale), strict=True)),
+            history=history,
+            context=dict(zip(CONTEXT_FIELDS, context_features(ts_ms, e.context.device, e.context.locale), strict=True)),
             item={"category": features[0], "price_bucket": features[1]},
             label_click=int(e.type is not EventType.VIEW),
             label_conversion=int(e.type in CONVERSION_TYPES),

@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult

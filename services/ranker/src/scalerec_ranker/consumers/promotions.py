@@ -9,11 +9,11 @@ import logging
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
 from scalerec_events.models import ModelAnnouncement
 from scalerec_models import repository as repo
+
 from scalerec_ranker.models import ModelManager
 
 log = logging.getLogger(__name__)

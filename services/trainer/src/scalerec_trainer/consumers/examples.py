@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
+
 from scalerec_trainer.jobs import Trainer
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
+from scalerec_events.models import Event
+from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
 from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
-from scalerec_events.models import Event
-from scalerec_events.topics import Topic
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -67,5 +67,3 @@ async def post_events(
     return IngestResult(
         accepted=len(fresh), duplicates=len(events) - len(fresh), rejected=len({e.index for e in errors}), errors=errors
     )
-
-

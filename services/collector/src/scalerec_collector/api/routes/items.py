@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
+from scalerec_events.models import Item
+from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
 from scalerec_collector.deps import ProducerDep, SettingsDep
-from scalerec_events.models import Item
-from scalerec_events.topics import Topic
 
 router = APIRouter(prefix="/v1", tags=["items"])
 
@@ -31,7 +31,11 @@ _EXAMPLE = {
     status_code=status.HTTP_202_ACCEPTED,
     response_model=IngestResult,
     summary="Create or update catalogue items",
-    responses={400: {"description": "Malformed JSON"}, 413: {"description": "Too large"}, 422: {"description": "Invalid"}},
+    responses={
+        400: {"description": "Malformed JSON"},
+        413: {"description": "Too large"},
+        422: {"description": "Invalid"},
+    },
 )
 async def post_items(
     payload: Annotated[dict[str, Any], Body(openapi_examples={"one item": {"value": _EXAMPLE}})],

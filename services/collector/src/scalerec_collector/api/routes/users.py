@@ -8,12 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ValidationError
-
-from scalerec_collector.api.ingest import publish
-from scalerec_collector.deps import ProducerDep
 from scalerec_core.http import validation_errors
 from scalerec_events.models import ErasureRequest
 from scalerec_events.topics import Topic
+
+from scalerec_collector.api.ingest import publish
+from scalerec_collector.deps import ProducerDep
 
 router = APIRouter(prefix="/v1", tags=["privacy"])
 

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-
 from scalerec_models import repository as repo
 
 router = APIRouter(prefix="/v1", tags=["evaluation"])

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
-
 from scalerec_storage import records as r
 
 router = APIRouter(prefix="/v1", tags=["status"])
@@ -35,7 +34,9 @@ async def stats(request: Request) -> Stats:
     consumers = request.app.state.consumers
     out = {}
     for name, w in workers.items():
-        out[name] = WorkerStats(processed=w.processed, dead_lettered=w.dead_lettered, lag=await w.lag(), failing=w.failing)
+        out[name] = WorkerStats(
+            processed=w.processed, dead_lettered=w.dead_lettered, lag=await w.lag(), failing=w.failing
+        )
     ev = consumers["events"]
     return Stats(
         workers=out,
@@ -55,6 +56,8 @@ class HistoryItem(BaseModel):
 
 
 @router.get("/users/{user_id}/history", response_model=list[HistoryItem], summary="A user's recent history")
-async def history(request: Request, user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[HistoryItem]:
+async def history(
+    request: Request, user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[HistoryItem]:
     entries = await asyncio.to_thread(r.recent_history, request.app.state.store, user_id, limit)
     return [HistoryItem(**e.__dict__) for e in entries]

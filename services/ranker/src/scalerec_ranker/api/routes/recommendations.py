@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
-
 from scalerec_core.telemetry import inject_headers
 from scalerec_events.topics import Topic
+
 from scalerec_ranker.recommend import Recommendation, Recommender, impression_payload
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,15 @@ class RecommendationsOut(BaseModel):
     @classmethod
     def of(cls, rec: Recommendation) -> RecommendationsOut:
         return cls(
-            request_id=rec.request_id, user_id=rec.user_id, model_version=rec.model_version, fallback=rec.fallback,
-            fallback_reason=rec.fallback_reason, scorer=rec.scorer, history_source=rec.history_source,
-            took_ms=rec.took_ms, items=[ItemOut(**i.__dict__) for i in rec.items],
+            request_id=rec.request_id,
+            user_id=rec.user_id,
+            model_version=rec.model_version,
+            fallback=rec.fallback,
+            fallback_reason=rec.fallback_reason,
+            scorer=rec.scorer,
+            history_source=rec.history_source,
+            took_ms=rec.took_ms,
+            items=[ItemOut(**i.__dict__) for i in rec.items],
         )
 
 
@@ -70,8 +76,13 @@ async def recommendations(
     settings = request.app.state.settings
     k = k or settings.default_k
     if k > settings.max_k:
-        raise HTTPException(422, {"message": f"k={k} is over the maximum of {settings.max_k}",
-                                  "errors": [{"field": "k", "message": f"at most {settings.max_k}"}]})
+        raise HTTPException(
+            422,
+            {
+                "message": f"k={k} is over the maximum of {settings.max_k}",
+                "errors": [{"field": "k", "message": f"at most {settings.max_k}"}],
+            },
+        )
     rec = await _recommender(request).recommend(user_id, k, device, locale, exclude or ())
     _publish_impression(request, rec, device)
     return RecommendationsOut.of(rec)
@@ -83,8 +94,9 @@ def _publish_impression(request: Request, rec: Recommendation, device: str | Non
 
     async def send() -> None:
         try:
-            await producer.send(Topic.IMPRESSIONS, impression_payload(rec, device), key=rec.user_id.encode(),
-                                headers=inject_headers())
+            await producer.send(
+                Topic.IMPRESSIONS, impression_payload(rec, device), key=rec.user_id.encode(), headers=inject_headers()
+            )
         except Exception as exc:
             log.info("impression not published: %s", exc)
 
@@ -100,14 +112,17 @@ class SimilarOut(BaseModel):
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarOut, summary="Items similar to an item")
-async def similar(
-    request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10
-) -> SimilarOut:
+async def similar(request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10) -> SimilarOut:
     rec = _recommender(request)
     known = await asyncio.to_thread(rec.items, [item_id])
     if item_id not in known:
-        raise HTTPException(404, {"message": f"unknown item_id {item_id!r}",
-                                  "errors": [{"field": "item_id", "message": "not in the catalogue"}]})
+        raise HTTPException(
+            404,
+            {
+                "message": f"unknown item_id {item_id!r}",
+                "errors": [{"field": "item_id", "message": "not in the catalogue"}],
+            },
+        )
     model = rec.models.current
     neighbours = []
     if model is not None:
@@ -117,9 +132,17 @@ async def similar(
             neighbours = [(i, s, "retrieval") for i, s in model.nearest_items(vec, k + 1) if i != item_id][:k]
     catalogue = await asyncio.to_thread(rec.items, [i for i, _, _ in neighbours])
     items = [
-        ItemOut(item_id=i, score=s, source=src, reason=f"Often seen with {known[item_id].title or item_id}",
-                because=[item_id], title=catalogue[i].title, category=catalogue[i].category)
-        for i, s, src in neighbours if i in catalogue
+        ItemOut(
+            item_id=i,
+            score=s,
+            source=src,
+            reason=f"Often seen with {known[item_id].title or item_id}",
+            because=[item_id],
+            title=catalogue[i].title,
+            category=catalogue[i].category,
+        )
+        for i, s, src in neighbours
+        if i in catalogue
     ]
     return SimilarOut(item_id=item_id, model_version=model.version if model else None, items=items)
 
@@ -135,5 +158,9 @@ class ModelOut(BaseModel):
 async def current_model(request: Request) -> ModelOut:
     manager = request.app.state.models
     model = manager.current
-    return ModelOut(model_version=model.version if model else None, scorer=request.app.state.scorer.name,
-                    last_error=manager.last_error, card=model.card if model else {})
+    return ModelOut(
+        model_version=model.version if model else None,
+        scorer=request.app.state.scorer.name,
+        last_error=manager.last_error,
+        card=model.card if model else {},
+    )
