@@ -1,0 +1,81 @@
+"""Approximate nearest-neighbour search over item embeddings (faiss; no torch).
+
+Inner-product search, since the two-tower model scores by dot product.  Small
+catalogues use an exact flat index; larger ones an HNSW graph (no training
+pass, good recall, memory ~ (dim + 2*M) floats per item).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from scalerec_models.data import FIRST_ITEM
+
+
+class AnnIndex:
+    """Top-k items by inner product with a query vector; results are item indices (rows of the table)."""
+
+    def __init__(self, dim: int, kind: str = "auto", hnsw_m: int = 32, ef_search: int = 128) -> None:
+        if kind not in ("auto", "flat", "hnsw"):
+            raise ValueError(f"unknown index kind {kind!r}; expected auto, flat or hnsw")
+        self.dim, self.kind, self.hnsw_m, self.ef_search = dim, kind, hnsw_m, ef_search
+        self._index = None
+        self._ids = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def build(self, embeddings: np.ndarray, ids: np.ndarray | None = None, flat_below: int = 200_000) -> AnnIndex:
+        """Index ``embeddings`` [V, D]; by default rows are item indices and pad/unknown rows are skipped."""
+        import faiss
+
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be [n, {self.dim}], got {emb.shape}")
+        if ids is None:
+            ids = np.arange(FIRST_ITEM, len(emb), dtype=np.int64)
+            emb = emb[FIRST_ITEM:]
+        kind = self.kind if self.kind != "auto" else ("flat" if len(emb) < flat_below else "hnsw")
+        if kind == "flat":
+            index = faiss.IndexFlatIP(self.dim)
+        else:
+            index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = self.ef_search
+        index.add(emb)
+        self._index, self._ids, self.kind = index, np.asarray(ids, dtype=np.int64), kind
+        return self
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (scores [B, k], item indices [B, k]); index -1 / score -inf where fewer than k items exist."""
+        if self._index is None:
+            raise RuntimeError("AnnIndex.search before build/load")
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        scores, rows = self._index.search(q, k)
+        items = np.where(rows >= 0, self._ids[np.clip(rows, 0, None)], -1)
+        return np.where(rows >= 0, scores, -np.inf).astype(np.float32), items
+
+    def save(self, path: str | Path) -> None:
+        import faiss
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self._index, str(path / "index.faiss"))
+        np.save(path / "ids.npy", self._ids)
+        (path / "ann.json").write_text(json.dumps({"dim": self.dim, "kind": self.kind, "hnsw_m": self.hnsw_m,
+                                                   "ef_search": self.ef_search}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnnIndex:
+        import faiss
+
+        path = Path(path)
+        meta = json.loads((path / "ann.json").read_text())
+        ann = cls(meta["dim"], meta["kind"], meta["hnsw_m"], meta["ef_search"])
+        ann._index = faiss.read_index(str(path / "index.faiss"))
+        if meta["kind"] == "hnsw":
+            ann._index.hnsw.efSearch = meta["ef_search"]
+        ann._ids = np.load(path / "ids.npy")
+        return ann

@@ -1,0 +1,83 @@
+"""Model sizes and training settings (numpy-free, torch-free: the ranker reads this from config.json).
+
+Sizes are configuration, not code: ``demo`` trains in seconds on a laptop,
+``small`` is the offline-benchmark size, ``large`` is the production shape —
+hashed item rows (index = 2 + hash(item_id) % buckets) in tables of tens of
+millions of rows, exported with ONNX external data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from scalerec_features import HISTORY_LEN
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: str = "small"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    # Sequence length seen in training and offline evaluation; serving uses ``history_len``.
+    max_len: int = 200
+    history_len: int = HISTORY_LEN
+    # Exact vocabulary when None; else hashed item rows (cold items still get content features).
+    item_buckets: int | None = None
+    use_content: bool = True
+    use_context: bool = True
+    # Share of training inputs whose item id is replaced by "unknown", so the model
+    # learns to rank through content alone (cold start).
+    id_dropout: float = 0.05
+    epochs: int = 200
+    patience: int = 5
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    # Negatives per training position: 0 = full softmax over every item (best on small
+    # catalogues); otherwise a shared sampled softmax with logQ correction.
+    negatives: int = 0
+    # Time budget per model in seconds (training stops early, the best checkpoint is kept).
+    time_budget_s: float = 300.0
+    tower_dim: int = 64
+    tower_epochs: int = 60
+    bpr_dim: int = 64
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def with_(self, **changes: Any) -> ModelConfig:
+        return replace(self, **changes)
+
+
+SIZES: dict[str, ModelConfig] = {
+    "demo": ModelConfig(size="demo", dim=32, layers=1, heads=1, max_len=HISTORY_LEN, epochs=30, time_budget_s=60),
+    "small": ModelConfig(size="small"),
+    "large": ModelConfig(
+        size="large", dim=128, layers=4, heads=4, max_len=HISTORY_LEN, item_buckets=20_000_000, negatives=4096,
+        batch_size=1024, tower_dim=128, time_budget_s=3600 * 6,
+    ),
+}
+
+
+def model_config(size: str = "small", **overrides: Any) -> ModelConfig:
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; expected one of {', '.join(SIZES)}")
+    return SIZES[size].with_(**overrides)

@@ -1,0 +1,386 @@
+"""Interaction logs, the item index, dataset loaders and the leave-one-out split (numpy only).
+
+The trainer, the evaluator and ``scalerec eval-dataset`` all see data through
+:class:`Interactions` — parallel numpy arrays, one row per event — so a model
+never cares whether its events came from Kafka, HBase or a MovieLens file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scalerec_features import ITEM_FEATURE_LEN, context_features, item_feature_vector, stable_hash
+
+PAD = 0
+UNKNOWN = 1
+FIRST_ITEM = 2
+# Event types that count as a conversion (the second head's label).  A rating counts when it is >= 4.
+CONVERSION_TYPES = frozenset({"add_to_cart", "purchase"})
+CONVERSION_RATING = 4.0
+
+
+@dataclass
+class Interactions:
+    """One row per event; every array has the same length.
+
+    ``context`` is ``context_features`` of the event ([hour, weekday, device, locale]).
+    """
+
+    user_id: np.ndarray  # str
+    item_id: np.ndarray  # str
+    ts_ms: np.ndarray  # int64
+    type: np.ndarray  # str: view/click/add_to_cart/purchase/rating
+    value: np.ndarray  # float32, NaN when absent
+    context: np.ndarray  # int64 [n, 4]
+
+    def __post_init__(self) -> None:
+        n = len(self.user_id)
+        for name in ("item_id", "ts_ms", "type", "value", "context"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Interactions.{name} has {len(getattr(self, name))} rows, user_id has {n}")
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, object]]) -> Interactions:
+        """From dicts with user_id, item_id, ts_ms and optional type, value, context (list of 4 ints)."""
+        rows = list(records)
+        ctx = [r.get("context") or context_features(int(r["ts_ms"])) for r in rows]  # type: ignore[arg-type]
+        return cls(
+            user_id=np.array([str(r["user_id"]) for r in rows], dtype=object),
+            item_id=np.array([str(r["item_id"]) for r in rows], dtype=object),
+            ts_ms=np.array([int(r["ts_ms"]) for r in rows], dtype=np.int64),  # type: ignore[call-overload]
+            type=np.array([str(r.get("type", "click")) for r in rows], dtype=object),
+            value=np.array([np.nan if r.get("value") is None else float(r["value"]) for r in rows], dtype=np.float32),  # type: ignore[arg-type]
+            context=np.array(ctx, dtype=np.int64).reshape(len(rows), 4),
+        )
+
+    def take(self, idx: np.ndarray) -> Interactions:
+        return Interactions(
+            self.user_id[idx], self.item_id[idx], self.ts_ms[idx], self.type[idx], self.value[idx], self.context[idx]
+        )
+
+    def conversion(self) -> np.ndarray:
+        """Bool per row: the conversion head's label."""
+        is_type = np.isin(self.type.astype(str), list(CONVERSION_TYPES))
+        rated = (self.type.astype(str) == "rating") & (np.nan_to_num(self.value, nan=0.0) >= CONVERSION_RATING)
+        return is_type | rated
+
+
+class ItemVocab:
+    """Item id -> model index: 0 = padding, 1 = unknown (cold start), known items from 2.
+
+    In hashed mode (``buckets`` set) index = 2 + stable_hash(item_id) % buckets, so
+    a catalogue of tens of millions of items needs no dictionary at all and a new
+    item gets its own (shared) row without retraining the vocabulary.
+    """
+
+    def __init__(self, items: Sequence[str] = (), buckets: int | None = None) -> None:
+        self.buckets = buckets
+        self.items: list[str] = [] if buckets else list(dict.fromkeys(str(i) for i in items))
+        self._index = {item: i + FIRST_ITEM for i, item in enumerate(self.items)}
+
+    @property
+    def size(self) -> int:
+        """Rows an embedding table needs (including pad and unknown)."""
+        return FIRST_ITEM + (self.buckets if self.buckets else len(self.items))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def index(self, item_id: str) -> int:
+        if self.buckets:
+            return FIRST_ITEM + stable_hash(str(item_id), self.buckets + 1) - 1
+        return self._index.get(str(item_id), UNKNOWN)
+
+    def indices(self, item_ids: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.index(i) for i in item_ids), dtype=np.int64)
+
+    def item_id(self, index: int) -> str | None:
+        """The id behind a row (None for pad/unknown, and in hashed mode where rows are shared)."""
+        if self.buckets or index < FIRST_ITEM or index - FIRST_ITEM >= len(self.items):
+            return None
+        return self.items[index - FIRST_ITEM]
+
+    def to_json(self) -> dict[str, object]:
+        return {"pad": PAD, "unknown": UNKNOWN, "first_item": FIRST_ITEM, "buckets": self.buckets, "items": self.items}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> ItemVocab:
+        return cls(items=list(data.get("items") or []), buckets=data.get("buckets"))  # type: ignore[arg-type]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ItemVocab:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def feature_table(vocab: ItemVocab, item_features: Mapping[str, Sequence[int]] | None) -> np.ndarray:
+    """[vocab.size, ITEM_FEATURE_LEN] content features by item index (zeros where unknown)."""
+    table = np.zeros((vocab.size if not vocab.buckets else FIRST_ITEM, ITEM_FEATURE_LEN), dtype=np.int64)
+    if item_features and not vocab.buckets:
+        for item, feats in item_features.items():
+            idx = vocab.index(item)
+            if idx >= FIRST_ITEM:
+                table[idx] = np.asarray(feats, dtype=np.int64)[:ITEM_FEATURE_LEN]
+    return table
+
+
+# ---------------------------------------------------------------- per-user sequences and the split
+
+
+@dataclass
+class Sequences:
+    """Each user's events as index arrays, oldest first (ties in input order)."""
+
+    users: list[str]
+    items: list[np.ndarray]  # item indices
+    contexts: list[np.ndarray]  # [len, 4]
+    conversions: list[np.ndarray]  # bool
+
+
+def to_sequences(data: Interactions, vocab: ItemVocab) -> Sequences:
+    """Group by user, sort by time with a stable sort so equal timestamps keep file order."""
+    order = np.lexsort((np.arange(len(data)), data.ts_ms, data.user_id.astype(str)))
+    users_sorted = data.user_id.astype(str)[order]
+    idx = vocab.indices(data.item_id[order])
+    ctx = data.context[order]
+    conv = data.conversion()[order]
+    bounds = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1], True])
+    seq = Sequences([], [], [], [])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        seq.users.append(str(users_sorted[a]))
+        seq.items.append(idx[a:b])
+        seq.contexts.append(ctx[a:b])
+        seq.conversions.append(conv[a:b])
+    return seq
+
+
+@dataclass
+class LeaveOneOut:
+    """Last event per user = test, second-to-last = validation, the rest = train.
+
+    Only users with at least 3 events are evaluated; shorter ones still train.
+    """
+
+    vocab: ItemVocab
+    item_features: np.ndarray  # [V, ITEM_FEATURE_LEN] by index
+    train: Sequences  # per user, the events before validation
+    val_target: np.ndarray  # [U] item index (users with >= 3 events only)
+    val_context: np.ndarray
+    test_target: np.ndarray
+    test_context: np.ndarray
+    eval_users: np.ndarray  # rows of ``train`` that have val/test targets
+    popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_items(self) -> int:
+        return self.vocab.size
+
+    def history(self, row: int, stage: str) -> np.ndarray:
+        """The input sequence for a stage: train events (val) or train + the validation item (test)."""
+        h = self.train.items[row]
+        if stage == "test":
+            j = int(np.searchsorted(self.eval_users, row))
+            h = np.r_[h, self.val_target[j]]
+        return h
+
+    def histories(self, stage: str) -> list[np.ndarray]:
+        return [self.history(int(r), stage) for r in self.eval_users]
+
+    def exclusions(self, stage: str) -> list[np.ndarray]:
+        """Items each evaluated user already has; the target competes only with the rest."""
+        targets = self.val_target if stage == "val" else self.test_target
+        out = []
+        for h, t in zip(self.histories(stage), targets, strict=True):
+            ex = np.unique(h)
+            out.append(ex[(ex != t) & (ex >= FIRST_ITEM)])
+        return out
+
+    def targets(self, stage: str) -> np.ndarray:
+        return self.val_target if stage == "val" else self.test_target
+
+    def contexts(self, stage: str) -> np.ndarray:
+        return self.val_context if stage == "val" else self.test_context
+
+
+def leave_one_out(
+    data: Interactions, item_features: Mapping[str, Sequence[int]] | None = None, vocab: ItemVocab | None = None
+) -> LeaveOneOut:
+    """Split every user's time-ordered events; by default the vocabulary covers every item in the data.
+
+    Items seen only in validation/test still get an index (the full catalogue is
+    ranked), they are simply never trained on — as for a new item in production.
+    """
+    vocab = vocab or ItemVocab(sorted(set(data.item_id.astype(str)), key=_natural_key))
+    seqs = to_sequences(data, vocab)
+    train = Sequences([], [], [], [])
+    val_t, val_c, test_t, test_c, eval_rows = [], [], [], [], []
+    for u, it, cx, cv in zip(seqs.users, seqs.items, seqs.contexts, seqs.conversions, strict=True):
+        row = len(train.users)
+        if len(it) >= 3:
+            eval_rows.append(row)
+            val_t.append(it[-2])
+            val_c.append(cx[-2])
+            test_t.append(it[-1])
+            test_c.append(cx[-1])
+            it, cx, cv = it[:-2], cx[:-2], cv[:-2]
+        train.users.append(u)
+        train.items.append(it)
+        train.contexts.append(cx)
+        train.conversions.append(cv)
+    pop = np.bincount(np.concatenate(train.items) if train.items else np.zeros(0, np.int64), minlength=vocab.size)
+    return LeaveOneOut(
+        vocab=vocab,
+        item_features=feature_table(vocab, item_features),
+        train=train,
+        val_target=np.asarray(val_t, dtype=np.int64),
+        val_context=np.asarray(val_c, dtype=np.int64).reshape(-1, 4),
+        test_target=np.asarray(test_t, dtype=np.int64),
+        test_context=np.asarray(test_c, dtype=np.int64).reshape(-1, 4),
+        eval_users=np.asarray(eval_rows, dtype=np.int64),
+        popularity=pop.astype(np.float64),
+    )
+
+
+def _natural_key(s: str) -> tuple[int, int | str]:
+    return (0, int(s)) if s.isdigit() else (1, s)
+
+
+# ---------------------------------------------------------------- dataset loaders
+
+FORMATS = ("movielens-100k", "movielens-1m", "movielens-csv", "csv")
+
+
+@dataclass
+class Dataset:
+    name: str
+    interactions: Interactions
+    item_features: dict[str, list[int]]  # content features by item id (empty when the dataset has none)
+
+
+def _ratings(users: list[str], items: list[str], ts_s: list[int], ratings: list[float | None]) -> Interactions:
+    ts_ms = np.asarray(ts_s, dtype=np.int64) * 1000
+    ctx = np.array([context_features(int(t)) for t in ts_ms], dtype=np.int64).reshape(len(users), 4)
+    has_rating = [r is not None for r in ratings]
+    return Interactions(
+        user_id=np.asarray(users, dtype=object),
+        item_id=np.asarray(items, dtype=object),
+        ts_ms=ts_ms,
+        type=np.asarray(["rating" if h else "click" for h in has_rating], dtype=object),
+        value=np.asarray([np.nan if r is None else r for r in ratings], dtype=np.float32),
+        context=ctx,
+    )
+
+
+def _movie_features(title: str, genres: Sequence[str]) -> list[int]:
+    # Genres go first so they survive the TEXT_TOKENS cut; the genre set is the category.
+    return item_feature_vector("|".join(genres) or None, None, title=" ".join(genres), text=title)
+
+
+def _resolve(path: Path, name: str) -> Path:
+    if path.is_dir():
+        p = path / name
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found (expected the {name} file of the dataset in {path})")
+        return p
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    return path
+
+
+def load_dataset(path: str | Path, fmt: str) -> Dataset:
+    """Load a dataset; ``path`` is the dataset folder or its ratings file.
+
+    Formats: ``movielens-100k`` (u.data: user<TAB>item<TAB>rating<TAB>ts, u.item for titles/genres),
+    ``movielens-1m`` (ratings.dat: user::item::rating::ts, movies.dat), ``movielens-csv``
+    (ratings.csv with header userId,movieId,rating,timestamp, movies.csv), ``csv``
+    (header with user,item,timestamp[,rating]; timestamps in seconds or milliseconds).
+    Content files are read when present next to the ratings; they are optional.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    users: list[str] = []
+    items: list[str] = []
+    ts: list[int] = []
+    ratings: list[float | None] = []
+    feats: dict[str, list[int]] = {}
+    if fmt == "movielens-100k":
+        f = _resolve(path, "u.data")
+        for line in f.read_text(encoding="latin-1").splitlines():
+            if line.strip():
+                u, i, r, t = line.split("\t")[:4]
+                users.append(u)
+                items.append(i)
+                ratings.append(float(r))
+                ts.append(int(t))
+        genre_names = []
+        if (f.parent / "u.genre").exists():
+            genre_names = [ln.split("|")[0] for ln in (f.parent / "u.genre").read_text("latin-1").splitlines() if ln]
+        if (f.parent / "u.item").exists():
+            for line in (f.parent / "u.item").read_text(encoding="latin-1").splitlines():
+                parts = line.split("|")
+                if len(parts) < 5:
+                    continue
+                flags = parts[5:]
+                genres = [genre_names[k] if k < len(genre_names) else f"g{k}" for k, v in enumerate(flags) if v == "1"]
+                feats[parts[0]] = _movie_features(parts[1], genres)
+    elif fmt == "movielens-1m":
+        f = _resolve(path, "ratings.dat")
+        for line in f.read_text(encoding="latin-1").splitlines():
+            if line.strip():
+                u, i, r, t = line.split("::")[:4]
+                users.append(u)
+                items.append(i)
+                ratings.append(float(r))
+                ts.append(int(t))
+        if (f.parent / "movies.dat").exists():
+            for line in (f.parent / "movies.dat").read_text(encoding="latin-1").splitlines():
+                parts = line.split("::")
+                if len(parts) == 3:
+                    feats[parts[0]] = _movie_features(parts[1], parts[2].split("|"))
+    elif fmt == "movielens-csv":
+        f = _resolve(path, "ratings.csv")
+        with f.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                users.append(row["userId"])
+                items.append(row["movieId"])
+                ratings.append(float(row["rating"]))
+                ts.append(int(row["timestamp"]))
+        movies = f.parent / "movies.csv"
+        if movies.exists():
+            with movies.open(newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
+                    feats[row["movieId"]] = _movie_features(row["title"], genres)
+    else:
+        f = _resolve(path, "interactions.csv")
+        with f.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = {c.lower().strip(): c for c in reader.fieldnames or []}
+            missing = [c for c in ("user", "item", "timestamp") if c not in cols]
+            if missing:
+                raise ValueError(f"{f}: header needs user,item,timestamp[,rating]; missing {', '.join(missing)}")
+            for n, row in enumerate(reader, start=2):
+                try:
+                    t = int(float(row[cols["timestamp"]]))
+                    r = row.get(cols["rating"]) if "rating" in cols else None
+                    users.append(row[cols["user"]])
+                    items.append(row[cols["item"]])
+                    ratings.append(float(r) if r not in (None, "") else None)
+                    ts.append(t // 1000 if t > 10**11 else t)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{f}:{n}: cannot parse row {row}: {exc}") from exc
+    if not users:
+        raise ValueError(f"{path}: no interactions found for format {fmt}")
+    return Dataset(name=f"{fmt}:{f.parent.name if f.parent.name else f.name}", interactions=_ratings(users, items, ts, ratings), item_features=feats)

@@ -1,0 +1,103 @@
+"""ONNX export of the ranker and the user tower, and the torch-vs-onnxruntime parity check (torch).
+
+PyTorch >= 2.9 exports through the dynamo exporter (needs onnxscript).  Models
+under 2 GB are written as one self-contained file; bigger ones (hashed tables of
+tens of millions of rows) keep their weights in ``<file>.data`` next to it —
+ONNX protobufs cannot exceed 2 GB.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scalerec_features import ITEM_FEATURE_LEN
+from scalerec_models.bundle import RANKER_INPUTS, RANKER_OUTPUTS, USER_TOWER_INPUTS, USER_TOWER_OUTPUTS
+from scalerec_models.networks import SeqRanker, TwoTower
+
+log = logging.getLogger(__name__)
+
+ONNX_SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of parameters; leaves headroom under protobuf's 2 GB
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def example_ranker_inputs(history_len: int, batch: int = 2, n: int = 3, n_items: int = 10) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "history": torch.randint(0, n_items, (batch, history_len), generator=g),
+        "context": torch.tensor([[12, 3, 1, 5]] * batch, dtype=torch.int64),
+        "candidates": torch.randint(1, n_items, (batch, n), generator=g),
+        "candidate_features": torch.randint(0, 16, (batch, n, ITEM_FEATURE_LEN), generator=g),
+    }
+
+
+def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
+            outputs: tuple[str, ...], dynamic: dict[str, dict[int, object]], external: bool | None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external is None:
+        external = _param_bytes(model) > ONNX_SINGLE_FILE_LIMIT
+    model.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model, args, dynamo=True, input_names=list(inputs), output_names=list(outputs),
+            dynamic_shapes=dynamic, external_data=external, optimize=True, verbose=False,
+        )
+    assert program is not None
+    program.save(str(path), external_data=external)
+    return path
+
+
+def export_ranker(model: SeqRanker, path: str | Path, external_data: bool | None = None) -> Path:
+    """Write ``scalerec_ranker``: history [B, L], context [B, 4], candidates [B, N], candidate_features [B, N, 10]."""
+    batch, n = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("candidates", min=1, max=1 << 20)
+    ex = example_ranker_inputs(model.cfg.history_len, n_items=min(10, model.feature_table.shape[0]))
+    dyn = {"history": {0: batch}, "context": {0: batch}, "candidates": {0: batch, 1: n},
+           "candidate_features": {0: batch, 1: n}}
+    return _export(model, tuple(ex[k] for k in RANKER_INPUTS), Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn,
+                   external_data)
+
+
+class _UserTower(torch.nn.Module):
+    def __init__(self, tower: TwoTower) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, history: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.tower(history, context)
+
+
+def export_user_tower(model: TwoTower, history_len: int, path: str | Path, external_data: bool | None = None) -> Path:
+    """Write ``scalerec_user_tower``: history [B, L], context [B, 4] -> user_embedding [B, D]."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    ex = example_ranker_inputs(history_len, n_items=min(10, model.feature_table.shape[0]))
+    return _export(_UserTower(model), (ex["history"], ex["context"]), Path(path), USER_TOWER_INPUTS,
+                   USER_TOWER_OUTPUTS, {"history": {0: batch}, "context": {0: batch}}, external_data)
+
+
+def _ort(path: Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def ranker_parity(model: SeqRanker, path: str | Path, inputs: dict[str, np.ndarray]) -> float:
+    """Max |torch - onnxruntime| over the three outputs for these inputs."""
+    model.eval()
+    ref = model(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))
+    got = _ort(Path(path)).run(list(RANKER_OUTPUTS), {k: inputs[k] for k in RANKER_INPUTS})
+    return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got, strict=True))
+
+
+@torch.no_grad()
+def user_tower_parity(model: TwoTower, path: str | Path, inputs: dict[str, np.ndarray]) -> float:
+    model.eval()
+    ref = model(torch.from_numpy(inputs["history"]), torch.from_numpy(inputs["context"])).numpy()
+    got = _ort(Path(path)).run(list(USER_TOWER_OUTPUTS), {k: inputs[k] for k in USER_TOWER_INPUTS})[0]
+    return float(np.abs(ref - got).max())
