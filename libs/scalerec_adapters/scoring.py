@@ -37,6 +37,16 @@ class Scorer(ABC):
     ) -> dict[str, np.ndarray]:
         """Raise ScorerUnavailable when the model cannot be run right now."""
 
+    async def infer_with_backend(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """``infer`` plus the name of the backend that answered (a fallback chain overrides this)."""
+        return await self.infer(model, version, inputs, outputs), self.name
+
     async def healthy(self) -> bool:
         return True
 

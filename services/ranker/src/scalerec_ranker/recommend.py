@@ -153,19 +153,16 @@ class Recommender:
         candidates = await self._candidates(model, seen, context, excluded)
         catalogue = await asyncio.to_thread(self.items, [c.item_id for c in candidates])
         candidates = [c for c in candidates if c.item_id in catalogue and catalogue[c.item_id].available]
-        scorer_name = self.scorer.name
         fallback = False
         try:
-            scores = await self._score(model, seen, context, candidates, catalogue)
+            scores, scorer_name = await self._score(model, seen, context, candidates, catalogue)
         except ScorerUnavailable as exc:
             log.warning("scoring failed for %s, using baseline order: %s", user_id, exc)
             scores = np.array([c.prior for c in candidates], dtype=np.float32)
             scorer_name, fallback, fallback_reason = "baseline", True, f"scorer unavailable: {exc}"
-        last_backend = getattr(self.scorer, "last_backend", None)
-        if last_backend:
-            scorer_name = str(last_backend)
-            if scorer_name != self.scorer.name and not fallback:
-                fallback, fallback_reason = True, f"primary scorer unavailable; scored by {scorer_name}"
+        primary = self.scorer.name.split(">")[0]
+        if not fallback and scorer_name != primary:
+            fallback, fallback_reason = True, f"{primary} unavailable; scored by {scorer_name}"
         ranked = self._rerank(candidates, scores, catalogue, k)
         items = [self._explain(model, c, s, catalogue, seen) for c, s in ranked]
         return Recommendation(
@@ -249,19 +246,20 @@ class Recommender:
         context: list[int],
         candidates: list[Candidate],
         catalogue: dict[str, Item],
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, str]:
+        """Scores of the candidates, and the name of the backend that computed them."""
         if not candidates:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), self.scorer.name
         feats = [_features(catalogue[c.item_id]) for c in candidates]
         inputs = model.encode([seen], [context], [[c.item_id for c in candidates]], [feats])
         try:
-            out = await asyncio.wait_for(
-                self.scorer.infer(repo.RANKER_MODEL, model.version, inputs, ["scores"]),
+            out, backend = await asyncio.wait_for(
+                self.scorer.infer_with_backend(repo.RANKER_MODEL, model.version, inputs, ["scores"]),
                 timeout=self.settings.scoring_timeout_ms / 1000,
             )
         except TimeoutError as exc:
             raise ScorerUnavailable(f"scoring took over {self.settings.scoring_timeout_ms} ms") from exc
-        return np.asarray(out["scores"][0][: len(candidates)], dtype=np.float32)
+        return np.asarray(out["scores"][0][: len(candidates)], dtype=np.float32), backend
 
     def _rerank(
         self, candidates: list[Candidate], scores: np.ndarray, catalogue: dict[str, Item], k: int

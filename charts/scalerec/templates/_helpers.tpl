@@ -1,0 +1,429 @@
+{{/*
+Shared helpers. Every object name, selector and scaleTargetRef comes from here,
+so an HPA can never point at a name or kind the chart did not render (the bug
+gorse's chart shipped).
+*/}}
+
+{{- define "scalerec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "scalerec.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "scalerec.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of a component's objects: (list $root "ranker") -> <fullname>-ranker */}}
+{{- define "scalerec.componentName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "scalerec.fullname" $root) (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The workload behind a component, as an autoscaling/v2 CrossVersionObjectReference.
+The Deployment template and every HPA/ScaledObject use this one helper.
+(list $root "ranker")
+*/}}
+{{- define "scalerec.workloadRef" -}}
+apiVersion: apps/v1
+kind: Deployment
+name: {{ include "scalerec.componentName" . }}
+{{- end -}}
+
+{{- define "scalerec.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "scalerec.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "scalerec.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ include "scalerec.chart" $root }}
+{{ include "scalerec.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: scalerec
+{{- end -}}
+
+{{/*
+Deep merge of `src` into `dst` (both dicts; mutates dst). Unlike sprig's
+merge/mergeOverwrite (mergo), an explicit false, 0 or "" in the component wins
+over the default, and null removes the key (so `httpGet: null` swaps a probe
+handler). Lists are replaced, not appended.
+*/}}
+{{- define "scalerec.mergeInto" -}}
+{{- $dst := index . 0 -}}
+{{- range $k, $v := index . 1 -}}
+{{- if kindIs "invalid" $v -}}
+{{- $_ := unset $dst $k -}}
+{{- else if and (kindIs "map" $v) (kindIs "map" (get $dst $k)) -}}
+{{- include "scalerec.mergeInto" (list (get $dst $k) $v) -}}
+{{- else if kindIs "map" $v -}}
+{{- $_ := set $dst $k (deepCopy $v) -}}
+{{- else -}}
+{{- $_ := set $dst $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A component's effective config as YAML: deepCopy(default) <- components[name],
+plus `name`. Use: $c := include "scalerec.component" (list $ "ranker") | fromYaml
+*/}}
+{{- define "scalerec.component" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $c := deepCopy $root.Values.default -}}
+{{- include "scalerec.mergeInto" (list $c (get $root.Values.components $name)) -}}
+{{- $_ := set $c "name" $name -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/* image reference: (list $root $c) */}}
+{{- define "scalerec.image" -}}
+{{- $root := index . 0 -}}
+{{- $img := (index . 1).image -}}
+{{- $tag := default $root.Chart.AppVersion ($img.tag | toString) -}}
+{{- if $img.registry -}}
+{{- printf "%s/%s:%s" $img.registry $img.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "scalerec.apiKeysSecretName" -}}
+{{- if .Values.apiKeys.existingSecret -}}
+{{- .Values.apiKeys.existingSecret -}}
+{{- else if .Values.apiKeys.keys -}}
+{{- include "scalerec.componentName" (list . "api-keys") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Is the model repository an object-storage mirror (vs a shared PVC)? */}}
+{{- define "scalerec.modelRepoIsObjectStorage" -}}
+{{- if eq .Values.modelRepository.type "objectStorage" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "scalerec.modelRepoClaim" -}}
+{{- default (include "scalerec.componentName" (list . "models")) .Values.modelRepository.pvc.existingClaim -}}
+{{- end -}}
+
+{{- define "scalerec.dataClaim" -}}
+{{- default (include "scalerec.componentName" (list . "data")) .Values.persistence.data.existingClaim -}}
+{{- end -}}
+
+{{/* Service name and gRPC port of Triton, for the ranker's SCORER_URL. */}}
+{{- define "scalerec.tritonGrpcUrl" -}}
+{{- printf "triton://%s:%v" (include "scalerec.componentName" (list . "triton")) .Values.components.triton.ports.grpc -}}
+{{- end -}}
+
+{{/*
+Env every scalerec service gets from structured values (backends, ports, dirs),
+as a dict rendered to YAML. default.env and the component's env override it.
+(list $root $c)
+*/}}
+{{- define "scalerec.generatedEnv" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $env := dict "HOST" "0.0.0.0" "PORT" (toString $c.port) "DATA_DIR" $root.Values.persistence.data.mountPath -}}
+{{- with tpl (toString $root.Values.kafka.bootstrap) $root -}}
+{{- $_ := set $env "BUS_URL" (printf "kafka://%s" .) -}}
+{{- end -}}
+{{- with tpl (toString $root.Values.hbase.thrift) $root -}}
+{{- $_ := set $env "STORE_URL" (printf "hbase://%s?pool=%v" . $root.Values.hbase.pool) -}}
+{{- end -}}
+{{- if $root.Values.memcached.servers -}}
+{{- $servers := list -}}
+{{- range $root.Values.memcached.servers -}}
+{{- $servers = append $servers (tpl (toString .) $root) -}}
+{{- end -}}
+{{- $_ := set $env "CACHE_URL" (printf "memcached://%s" (join "," $servers)) -}}
+{{- end -}}
+{{- if $c.modelRepositoryAccess -}}
+{{- $_ := set $env "MODEL_REPOSITORY" $root.Values.modelRepository.mountPath -}}
+{{- end -}}
+{{- if and (eq $c.name "ranker") $root.Values.components.triton.enabled -}}
+{{- $_ := set $env "SCORER_URL" (include "scalerec.tritonGrpcUrl" $root) -}}
+{{- end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/*
+The `env:` list of a scalerec service container: generated <- default.env <- component env,
+every value tpl'd, sorted by name; then API_KEYS from the Secret; then extraEnv.
+(list $root $c)
+*/}}
+{{- define "scalerec.env" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $env := include "scalerec.generatedEnv" . | fromYaml -}}
+{{- range $k, $v := $c.env -}}
+{{- $_ := set $env $k $v -}}
+{{- end -}}
+{{- $secret := include "scalerec.apiKeysSecretName" $root -}}
+{{- $withKeys := and $secret (has $c.name $root.Values.apiKeys.components) (not (hasKey $env "API_KEYS")) -}}
+{{- range $k := keys $env | sortAlpha }}
+- name: {{ $k }}
+  value: {{ tpl (toString (get $env $k)) $root | quote }}
+{{- end }}
+{{- if $withKeys }}
+- name: API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $root.Values.apiKeys.secretKey }}
+{{- end }}
+{{- with $c.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Container securityContext: the hardened default, per component overridable. */}}
+{{- define "scalerec.containerSecurityContext" -}}
+{{- toYaml .securityContext -}}
+{{- end -}}
+
+{{/*
+Volumes every scalerec pod needs with a read-only root filesystem:
+/tmp, DATA_DIR (shared PVC or scratch), the model repository when used. (list $root $c)
+*/}}
+{{- define "scalerec.volumes" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $c.tmpSizeLimit }}
+{{- if ne $c.name "triton" }}
+- name: data
+{{- if $root.Values.persistence.data.shared }}
+  persistentVolumeClaim:
+    claimName: {{ include "scalerec.dataClaim" $root }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $root.Values.persistence.data.scratchSizeLimit }}
+{{- end }}
+{{- end }}
+{{- if $c.modelRepositoryAccess }}
+- name: model-repository
+{{- if include "scalerec.modelRepoIsObjectStorage" $root }}
+  emptyDir:
+    sizeLimit: {{ $root.Values.modelRepository.objectStorage.sizeLimit }}
+{{- else }}
+  persistentVolumeClaim:
+    claimName: {{ include "scalerec.modelRepoClaim" $root }}
+    readOnly: {{ ne $c.modelRepositoryAccess "write" }}
+{{- end }}
+{{- end }}
+{{- if $c.shmSizeLimit }}
+{{- /* /dev/shm is 64Mi by default: too small for NCCL between GPUs and Triton's Python backend. */}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ $c.shmSizeLimit }}
+{{- end }}
+{{- with $c.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "scalerec.volumeMounts" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+- name: tmp
+  mountPath: /tmp
+{{- if ne $c.name "triton" }}
+- name: data
+  mountPath: {{ $root.Values.persistence.data.mountPath }}
+{{- end }}
+{{- if $c.modelRepositoryAccess }}
+- name: model-repository
+  mountPath: {{ $root.Values.modelRepository.mountPath }}
+  {{- /* Object-storage mirrors are written by the sync sidecar only. */}}
+  readOnly: {{ ne $c.modelRepositoryAccess "write" }}
+{{- end }}
+{{- if $c.shmSizeLimit }}
+- name: dshm
+  mountPath: /dev/shm
+{{- end }}
+{{- with $c.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Native sidecar (init container with restartPolicy Always) that mirrors the model
+repository from/to object storage. Readers: main containers start only after the
+first download (startupProbe on a marker file). The trainer uploads; on SIGTERM it
+uploads once more so a finished Job's last version is not lost. (list $root $c)
+*/}}
+{{- define "scalerec.modelSyncSidecar" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $os := $root.Values.modelRepository.objectStorage -}}
+{{- $dir := $root.Values.modelRepository.mountPath -}}
+{{- $upload := eq $c.modelRepositoryAccess "write" -}}
+{{- $cmd := ternary (printf "rclone copy %s \"$REMOTE\"" $dir) (printf "rclone sync \"$REMOTE\" %s" $dir) $upload -}}
+- name: model-sync
+  image: "{{ $os.image.repository }}:{{ $os.image.tag }}"
+  imagePullPolicy: {{ $os.image.pullPolicy }}
+  restartPolicy: Always
+  command: ["/bin/sh", "-c"]
+  args:
+    - |
+      {{- /* sh as PID 1 ignores SIGTERM unless trapped; the uploader flushes once more first. */}}
+      trap '{{ if $upload }}{{ $cmd }}; {{ end }}exit 0' TERM
+      while true; do
+        {{ $cmd }} && touch /tmp/synced || echo "model sync failed, retrying" >&2
+        sleep {{ $os.intervalSeconds }} & wait $!
+      done
+  env:
+    - name: REMOTE
+      value: {{ required "modelRepository.objectStorage.remote is required when modelRepository.type=objectStorage" $os.remote | quote }}
+    - name: HOME
+      value: /tmp
+  {{- with $os.credentialsSecret }}
+  envFrom:
+    - secretRef:
+        name: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $c.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml $os.resources | nindent 4 }}
+  {{- /* Readers must not start on an empty repository; the marker is written after the first sync. */}}
+  startupProbe:
+    exec: {command: ["test", "-f", "/tmp/synced"]}
+    periodSeconds: 5
+    failureThreshold: {{ ternary 1000 120 $upload }}
+  livenessProbe:
+    exec: {command: ["sh", "-c", "test -z \"$(find /tmp/synced -mmin +{{ div (mul $os.intervalSeconds 10) 60 | add 5 }})\""]}
+    periodSeconds: 30
+  readinessProbe:
+    exec: {command: ["test", "-f", "/tmp/synced"]}
+    periodSeconds: 10
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: model-repository
+      mountPath: {{ $dir }}
+{{- end -}}
+
+{{/* Pod-level fields shared by Deployments, Jobs and CronJobs. (list $root $c) */}}
+{{- define "scalerec.podCommon" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- /* Training pods carry their own component label so the trainer Service and PDB never select them. */ -}}
+{{- $podComponent := default $c.name $c.podComponent -}}
+serviceAccountName: {{ include "scalerec.componentName" (list $root $c.name) }}
+automountServiceAccountToken: {{ $c.serviceAccount.automountToken }}
+securityContext:
+  {{- toYaml $c.podSecurityContext | nindent 2 }}
+{{- with $c.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $c.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $c.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $c.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $c.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if $c.topologySpread.enabled }}
+{{- /* Spread replicas over zones, then nodes: one node or zone loss takes out only a share. */}}
+topologySpreadConstraints:
+{{- range $c.topologySpread.topologyKeys }}
+  - maxSkew: {{ $c.topologySpread.maxSkew }}
+    topologyKey: {{ . }}
+    whenUnsatisfiable: {{ $c.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "scalerec.selectorLabels" (list $root $podComponent) | nindent 8 }}
+{{- end }}
+{{- end }}
+terminationGracePeriodSeconds: {{ $c.terminationGracePeriodSeconds }}
+{{- end -}}
+
+{{/* Resources with the GPU limit added when the component asks for GPUs. */}}
+{{- define "scalerec.resources" -}}
+{{- $c := . -}}
+{{- $r := deepCopy $c.resources -}}
+{{- if gt (int (default 0 $c.gpus)) 0 -}}
+{{- $limits := default dict $r.limits -}}
+{{- $_ := set $limits "nvidia.com/gpu" (int $c.gpus) -}}
+{{- $_ := set $r "limits" $limits -}}
+{{- end -}}
+{{- toYaml $r -}}
+{{- end -}}
+
+{{/* Probes of an HTTP service container. */}}
+{{- define "scalerec.probes" -}}
+startupProbe:
+  {{- toYaml .probes.startup | nindent 2 }}
+livenessProbe:
+  {{- toYaml .probes.liveness | nindent 2 }}
+readinessProbe:
+  {{- toYaml .probes.readiness | nindent 2 }}
+{{- end -}}
+
+{{/*
+"true" when any ScaleRec service is enabled (a load-tests-only release has none,
+and then needs no backends, claims or Secret).
+*/}}
+{{- define "scalerec.anyService" -}}
+{{- range $name := list "collector" "preprocessor" "trainer" "ranker" "evaluator" -}}
+{{- if (get $.Values.components $name).enabled -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when an enabled component mounts the model repository. */}}
+{{- define "scalerec.anyModelRepositoryUser" -}}
+{{- range $name := list "trainer" "ranker" "evaluator" "triton" -}}
+{{- $c := get $.Values.components $name -}}
+{{- if and $c.enabled $c.modelRepositoryAccess -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fail early on configurations that would deploy but not work. */}}
+{{- define "scalerec.validate" -}}
+{{- $v := .Values -}}
+{{- $embedded := or (not $v.kafka.bootstrap) (not $v.hbase.thrift) -}}
+{{- if and (include "scalerec.anyService" .) $embedded (not $v.persistence.data.shared) -}}
+{{- fail "kafka.bootstrap and hbase.thrift are empty (embedded SQLite backends) but persistence.data.shared=false: each pod would get its own bus and store. Set the backends, or persistence.data.shared=true (single node)." -}}
+{{- end -}}
+{{- if and $v.components.preprocessor.keda.enabled (not $v.kafka.bootstrap) -}}
+{{- fail "components.preprocessor.keda.enabled needs kafka.bootstrap: KEDA scales on Kafka consumer lag." -}}
+{{- end -}}
+{{- $pre := include "scalerec.component" (list . "preprocessor") | fromYaml -}}
+{{- if and $pre.keda.enabled $pre.autoscaling.enabled -}}
+{{- fail "components.preprocessor: use keda.enabled or autoscaling.enabled, not both (KEDA owns an HPA for the same Deployment)." -}}
+{{- end -}}
+{{- $t := $v.components.trainer.training -}}
+{{- if and $v.persistence.data.shared (gt (int $t.torchrun.nnodes) 1) (or $t.job.enabled $t.cronJob.enabled) -}}
+{{- fail "components.trainer.training.torchrun.nnodes > 1 spans nodes, but persistence.data.shared mounts one ReadWriteOnce claim: use external backends (persistence.data.shared=false)." -}}
+{{- end -}}
+{{- if and (eq $v.modelRepository.type "objectStorage") (not $v.modelRepository.objectStorage.remote) -}}
+{{- fail "modelRepository.type=objectStorage needs modelRepository.objectStorage.remote" -}}
+{{- end -}}
+{{- end -}}

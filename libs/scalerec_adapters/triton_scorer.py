@@ -1,0 +1,408 @@
+"""Scoring on NVIDIA Triton over gRPC, and the fallback chain the ranker layers on top.
+
+``TritonScorer`` talks to a Triton started with ``--model-control-mode=explicit``
+(STYLE.md: explicit load/unload, never polling).  Why each piece:
+
+* **Explicit versions.**  ``load(model, v)`` (re)loads the model with a version policy of
+  *what is already loaded* plus ``v`` (a config override on ``load_model``), so loading
+  a candidate never drops the champion that is taking traffic; ``unload(model, v)``
+  reloads with ``v`` removed (or unloads the model when it was the last version).
+  Triton keeps serving unchanged versions while a reload is in progress, which is
+  what makes the hot swap lossless.
+* **Warm-up** with one request after a load, so the first user request does not pay
+  for lazy allocations (and a model that cannot run is caught at load time).
+* **Per-request deadline** (``client_timeout``), **one retry** on transient errors
+  (UNAVAILABLE, RESOURCE_EXHAUSTED) within that deadline, and a **circuit breaker**
+  that fails fast while Triton is down, so the ranker falls back at once instead of
+  waiting out a timeout on every request.  Every failure reaches the caller as
+  ``ScorerUnavailable`` with the model, version and Triton's message.
+
+``FallbackScorer(primary, fallback)`` tries the primary and answers from the fallback on
+``ScorerUnavailable``; which backend answered is reported by ``infer_with_backend`` and
+by the ``last_backend()`` context variable, so the ranker can flag degraded responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalerec_adapters.resilience import CircuitBreaker, CircuitOpen, retry_async
+from scalerec_adapters.scoring import Scorer, ScorerUnavailable
+
+log = logging.getLogger(__name__)
+
+# gRPC status codes (as tritonclient reports them) worth one immediate retry: the server
+# is restarting, a version is between unload and load, or the queue is momentarily full.
+_TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
+# Codes that say nothing about the server's health (caller's input, a model that is not
+# loaded): they raise ScorerUnavailable but do not open the breaker for every model.
+_NOT_SERVER_FAILURES = {"StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"}
+
+
+class ModelNotLoaded(ScorerUnavailable):
+    """Triton answered but does not have this model version loaded (e.g. it restarted:
+    with explicit model control a fresh server has nothing loaded)."""
+
+
+def _status(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    try:
+        return str(status()) if callable(status) else ""
+    except Exception:
+        return ""
+
+
+def _counts_against_server(exc: BaseException) -> bool:
+    """Whether an error says the server is unhealthy (cancellation and bad input do not)."""
+    return not isinstance(exc, asyncio.CancelledError) and _status(exc) not in _NOT_SERVER_FAILURES
+
+
+def _as_float(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"TritonScorer option {name}={value!r} is not a number") from None
+
+
+class TritonScorer(Scorer):
+    """Triton over gRPC (``tritonclient.grpc.aio``).
+
+    Options (also accepted as strings, from the ``triton://host:8001?timeout=0.5`` URL):
+    ``timeout`` seconds per request (default 1.0), ``retries`` extra attempts on transient
+    errors (1), ``failure_threshold`` consecutive failures that open the breaker (5),
+    ``reset_timeout`` seconds before a half-open probe (5.0), ``load_timeout`` seconds for
+    load/unload/warm-up (120), ``warmup`` (true).
+
+    ``repository`` is the model repository as this process sees it; it is used only to
+    check that a version exists before asking Triton to load it (clearer error), and may
+    be a different mount than Triton's.
+    """
+
+    name = "triton"
+
+    def __init__(self, url: str, repository: Path | None = None, **options: Any) -> None:
+        self.url = url
+        self.repository = Path(repository) if repository is not None else None
+        known = {"timeout", "retries", "failure_threshold", "reset_timeout", "load_timeout", "warmup"}
+        unknown = set(options) - known
+        if unknown:
+            raise ValueError(f"unknown TritonScorer option(s) {sorted(unknown)}; known: {sorted(known)}")
+        self.timeout = _as_float(options.get("timeout", 1.0), "timeout")
+        self.retries = int(options.get("retries", 1))
+        self.load_timeout = _as_float(options.get("load_timeout", 120.0), "load_timeout")
+        self.warmup = str(options.get("warmup", True)).lower() not in {"0", "false", "no"}
+        self.breaker = CircuitBreaker(
+            failure_threshold=int(options.get("failure_threshold", 5)),
+            reset_timeout=_as_float(options.get("reset_timeout", 5.0), "reset_timeout"),
+        )
+        self._client: Any = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _get_client(self) -> Any:
+        # Created lazily: a grpc.aio channel belongs to the event loop it is first used on,
+        # and settings objects build scorers before the loop runs.
+        if self._client is None:
+            import tritonclient.grpc.aio as grpcclient
+
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    def _lock(self, model: str) -> asyncio.Lock:
+        return self._locks.setdefault(model, asyncio.Lock())
+
+    async def loaded_versions(self, model: str) -> set[int]:
+        """Versions of ``model`` that Triton reports READY (from the repository index)."""
+        index = await self._get_client().get_model_repository_index(as_json=True, client_timeout=self.load_timeout)
+        return {
+            int(entry["version"])
+            for entry in index.get("models", [])
+            if entry.get("name") == model and entry.get("state") == "READY" and entry.get("version")
+        }
+
+    async def _load_with_versions(self, model: str, versions: set[int]) -> None:
+        """Reload ``model`` serving exactly ``versions`` (config override keeps everything else)."""
+        client = self._get_client()
+        current = await client.get_model_config(model, as_json=True, client_timeout=self.load_timeout)
+        config = current.get("config", current)
+        config["version_policy"] = {"specific": {"versions": sorted(versions)}}
+        await client.load_model(model, config=json.dumps(config), client_timeout=self.load_timeout)
+
+    async def _warm_up(self, model: str, version: int) -> None:
+        """One batch-1 request of zeros (dynamic dims = 1) with a generous deadline."""
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import triton_to_np_dtype
+
+        metadata = await self._get_client().get_model_metadata(
+            model, str(version), as_json=True, client_timeout=self.load_timeout
+        )
+        inputs = {}
+        for tensor in metadata["inputs"]:
+            shape = [max(1, int(d)) for d in tensor["shape"]]
+            inputs[tensor["name"]] = np.zeros(shape, dtype=triton_to_np_dtype(tensor["datatype"]))
+        outputs = [grpcclient.InferRequestedOutput(t["name"]) for t in metadata["outputs"]]
+        await self._get_client().infer(
+            model,
+            self._infer_inputs(inputs),
+            model_version=str(version),
+            outputs=outputs,
+            client_timeout=self.load_timeout,
+        )
+
+    @staticmethod
+    def _infer_inputs(inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        out = []
+        for name, value in inputs.items():
+            array = np.ascontiguousarray(value)
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            out.append(tensor)
+        return out
+
+    # ------------------------------------------------------------------ Scorer
+
+    async def load(self, model: str, version: int) -> None:
+        version = int(version)
+        if self.repository is not None and not (self.repository / model / str(version)).is_dir():
+            raise ScorerUnavailable(f"model {model!r} version {version}: not in repository {self.repository}")
+        async with self._lock(model):
+            try:
+                loaded = await self.loaded_versions(model)
+                if version not in loaded:
+                    if loaded:
+                        await self._load_with_versions(model, loaded | {version})
+                    else:
+                        # First load: the repository's config.pbtxt (generated from the ONNX schema).
+                        await self._get_client().load_model(model, client_timeout=self.load_timeout)
+                        now_loaded = await self.loaded_versions(model)
+                        if version not in now_loaded:  # the config's policy lacks it: add it, drop nothing
+                            await self._load_with_versions(model, now_loaded | {version})
+                ready = await self._get_client().is_model_ready(model, str(version), client_timeout=self.load_timeout)
+                if not ready:
+                    raise ScorerUnavailable(f"model {model!r} version {version}: Triton loaded it but it is not ready")
+                if self.warmup:
+                    await self._warm_up(model, version)
+            except ScorerUnavailable:
+                raise
+            except Exception as exc:
+                raise ScorerUnavailable(
+                    f"model {model!r} version {version}: Triton at {self.url} could not load it: {exc}"
+                ) from exc
+        log.info("triton %s: loaded %s version %s", self.url, model, version)
+
+    async def unload(self, model: str, version: int) -> None:
+        version = int(version)
+        async with self._lock(model):
+            try:
+                loaded = await self.loaded_versions(model)
+                remaining = loaded - {version}
+                if version not in loaded:
+                    return
+                if remaining:
+                    await self._load_with_versions(model, remaining)
+                else:
+                    await self._get_client().unload_model(model, client_timeout=self.load_timeout)
+            except Exception as exc:
+                raise ScorerUnavailable(
+                    f"model {model!r} version {version}: Triton at {self.url} could not unload it: {exc}"
+                ) from exc
+        log.info("triton %s: unloaded %s version %s", self.url, model, version)
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        import tritonclient.grpc.aio as grpcclient
+
+        client = self._get_client()
+        request_inputs = self._infer_inputs(inputs)
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        deadline = time.monotonic() + self.timeout
+
+        async def attempt() -> Any:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"deadline of {self.timeout}s spent before the call")
+            return await client.infer(
+                model, request_inputs, model_version=str(version), outputs=requested, client_timeout=remaining
+            )
+
+        async def with_retry() -> Any:
+            return await retry_async(
+                attempt,
+                attempts=1 + self.retries,
+                retry_on=lambda exc: _status(exc) in _TRANSIENT,
+                deadline=deadline,
+            )
+
+        try:
+            result = await self.breaker.call(with_retry, is_failure=_counts_against_server)
+        except CircuitOpen as exc:
+            raise ScorerUnavailable(f"model {model!r} version {version}: Triton at {self.url}: {exc}") from exc
+        except Exception as exc:
+            reason = _status(exc) or type(exc).__name__
+            error = ModelNotLoaded if reason == "StatusCode.NOT_FOUND" else ScorerUnavailable
+            raise error(f"model {model!r} version {version}: Triton at {self.url} failed ({reason}): {exc}") from exc
+        return {name: result.as_numpy(name) for name in outputs}
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self._get_client().is_server_ready(client_timeout=min(self.timeout, 2.0)))
+        except Exception:
+            return False
+
+    async def statistics(self, model: str, version: int | None = None) -> dict[str, Any]:
+        """Triton's statistics extension for ``model`` (batch-size histogram, queue and compute times)."""
+        return await self._get_client().get_inference_statistics(
+            model, "" if version is None else str(version), as_json=True, client_timeout=self.load_timeout
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+
+# ---------------------------------------------------------------------- fallback chain
+
+_last_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("scalerec_scoring_backend", default=None)
+
+
+def last_backend() -> str | None:
+    """Name of the backend that answered the last ``FallbackScorer.infer`` in this task/context.
+
+    A context variable, not an attribute, because one scorer serves many concurrent
+    requests: each asyncio task sees its own value.  (A call made inside a *child* task
+    does not propagate back; use ``infer_with_backend`` there.)
+    """
+    return _last_backend.get()
+
+
+class FallbackScorer(Scorer):
+    """Try ``primary``; on ``ScorerUnavailable`` answer from ``fallback``. Chains nest:
+    ``FallbackScorer(TritonScorer(...), OnnxRuntimeScorer(...))``.
+
+    A primary that failed to load a model (Triton down at start-up), or that lost it
+    (Triton restarted: explicit model control starts empty), is re-loaded in the
+    background at most every ``reload_interval`` seconds, so traffic returns to the
+    primary once it is back without anyone calling ``load`` again.
+    """
+
+    def __init__(self, primary: Scorer, fallback: Scorer, *, reload_interval: float = 10.0) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.name = f"{primary.name}>{fallback.name}"
+        self.reload_interval = reload_interval
+        self._pending: dict[tuple[str, int], float] = {}  # (model, version) -> last load attempt
+        self._loaded: set[tuple[str, int]] = set()  # loaded through this scorer: worth re-loading
+        self._reloads: set[asyncio.Task[None]] = set()
+
+    async def load(self, model: str, version: int) -> None:
+        await self.fallback.load(model, version)  # must succeed: it is the answer of last resort
+        self._loaded.add((model, int(version)))
+        try:
+            await self.primary.load(model, version)
+            self._pending.pop((model, int(version)), None)
+        except ScorerUnavailable as exc:
+            log.warning(
+                "%s: primary %s cannot load %s v%s, serving from %s: %s",
+                self.name,
+                self.primary.name,
+                model,
+                version,
+                self.fallback.name,
+                exc,
+            )
+            self._pending[(model, int(version))] = time.monotonic()
+
+    async def unload(self, model: str, version: int) -> None:
+        self._pending.pop((model, int(version)), None)
+        self._loaded.discard((model, int(version)))
+        try:
+            await self.primary.unload(model, version)
+        except ScorerUnavailable as exc:
+            log.warning("%s: primary could not unload %s v%s: %s", self.name, model, version, exc)
+        await self.fallback.unload(model, version)
+
+    def _maybe_reload_primary(self, model: str, version: int) -> None:
+        key = (model, int(version))
+        last = self._pending.get(key)
+        if last is None or time.monotonic() - last < self.reload_interval:
+            return
+        self._pending[key] = time.monotonic()
+
+        async def reload() -> None:
+            try:
+                await self.primary.load(model, version)
+                self._pending.pop(key, None)
+                log.info("%s: primary %s serves %s v%s again", self.name, self.primary.name, model, version)
+            except ScorerUnavailable as exc:
+                log.info("%s: primary still cannot load %s v%s: %s", self.name, model, version, exc)
+
+        task = asyncio.get_running_loop().create_task(reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def infer_with_backend(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Scores plus the name of the backend that produced them."""
+        if (model, int(version)) not in self._pending:
+            try:
+                result = await self.primary.infer(model, version, inputs, outputs)
+                backend = last_backend() if isinstance(self.primary, FallbackScorer) else self.primary.name
+                return result, backend or self.primary.name
+            except ModelNotLoaded as exc:
+                # The primary came back without our model (restart): re-load it in the background.
+                if (model, int(version)) in self._loaded:
+                    log.warning("%s: primary lost %s v%s, re-loading it: %s", self.name, model, version, exc)
+                    self._pending[(model, int(version))] = -math.inf
+                    self._maybe_reload_primary(model, version)
+            except ScorerUnavailable as exc:
+                log.debug("%s: primary unavailable, falling back: %s", self.name, exc)
+        else:
+            self._maybe_reload_primary(model, version)
+        result = await self.fallback.infer(model, version, inputs, outputs)
+        backend = last_backend() if isinstance(self.fallback, FallbackScorer) else self.fallback.name
+        return result, backend or self.fallback.name
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        result, backend = await self.infer_with_backend(model, version, inputs, outputs)
+        _last_backend.set(backend)
+        return result
+
+    async def healthy(self) -> bool:
+        return await self.primary.healthy() or await self.fallback.healthy()
+
+    async def close(self) -> None:
+        for task in list(self._reloads):
+            task.cancel()
+        await self.primary.close()
+        await self.fallback.close()

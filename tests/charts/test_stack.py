@@ -1,0 +1,50 @@
+"""charts/scalerec-stack: Kafka, HBase and Memcached from well-known charts, off by default.
+
+Its dependencies cannot be fetched here (no chart repositories), so this checks the
+wiring: conditions, defaults, and that the app chart renders the stack's endpoint
+values (templates that name the stack's release) into BUS_URL/STORE_URL/CACHE_URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.charts.helm import CHART, REPO, render
+
+STACK = REPO / "charts" / "scalerec-stack"
+
+
+def _load(path: str) -> Any:
+    return yaml.safe_load((STACK / path).read_text())
+
+
+def test_backends_are_condition_gated_and_off_by_default() -> None:
+    chart = _load("Chart.yaml")
+    values = _load("values.yaml")
+    deps = {d["name"]: d for d in chart["dependencies"]}
+    assert set(deps) == {"scalerec", "kafka", "memcached", "hbase"}
+    for name in ("kafka", "memcached", "hbase"):
+        assert deps[name]["condition"] == f"{name}.enabled"
+        assert values[name]["enabled"] is False
+    app = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert deps["scalerec"]["repository"] == "file://../scalerec"
+    assert deps["scalerec"]["version"] == app["version"]
+    assert "dependencies" not in app, "the app chart must stay renderable offline"
+
+
+def test_in_cluster_values_point_the_app_at_the_stacks_backends(tmp_path: Path) -> None:
+    in_cluster = _load("values-in-cluster.yaml")
+    for name in ("kafka", "memcached", "hbase"):
+        assert in_cluster[name]["enabled"] is True
+    # What the umbrella passes down to its `scalerec` subchart (same release name).
+    app_values = tmp_path / "app-values.yaml"
+    app_values.write_text(yaml.safe_dump(in_cluster["scalerec"]))
+    r = render(["-f", str(app_values)])
+    ranker = r.get("Deployment", "scalerec-ranker")
+    env = {e["name"]: e.get("value") for e in ranker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BUS_URL"] == "kafka://scalerec-kafka:9092"
+    assert env["STORE_URL"].startswith("hbase://scalerec-hbase-thrift:9090")
+    assert env["CACHE_URL"] == "memcached://scalerec-memcached:11211"

@@ -1,0 +1,226 @@
+"""What must hold in every rendered scenario: autoscaler targets, probes, resources,
+non-root pods, a PDB and a Service per Deployment, Triton on a GPU, KEDA, torchrun."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.charts.helm import RELEASE, Rendered, pod_spec, rendered
+
+# Locust workers only dial the master: nothing to put behind a Service.
+NO_SERVICE = {f"{RELEASE}-loadtests-worker"}
+
+
+def _workloads(r: Rendered) -> list[dict[str, Any]]:
+    return [o for o in r.objects if pod_spec(o) is not None]
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_autoscalers_target_a_rendered_workload_of_the_right_kind(scenario: Rendered) -> None:
+    targets: list[str] = []
+    for scaler in scenario.of_kind("HorizontalPodAutoscaler") + scenario.of_kind("ScaledObject"):
+        ref = scaler["spec"]["scaleTargetRef"]
+        assert ref.get("apiVersion") == "apps/v1" and ref.get("kind") == "Deployment", ref
+        target = scenario.get(ref["kind"], ref["name"])  # KeyError names what is missing
+        assert target["apiVersion"] == ref["apiVersion"]
+        targets.append(ref["name"])
+    # KEDA owns an HPA of its own: two scalers on one Deployment would fight.
+    assert len(targets) == len(set(targets)), targets
+
+
+def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(scenario: Rendered) -> None:
+    scaled = {s["spec"]["scaleTargetRef"]["name"] for s in scenario.of_kind("HorizontalPodAutoscaler")}
+    scaled |= {s["spec"]["scaleTargetRef"]["name"] for s in scenario.of_kind("ScaledObject")}
+    for d in scenario.of_kind("Deployment"):
+        assert ("replicas" in d["spec"]) != (d["metadata"]["name"] in scaled), d["metadata"]["name"]
+
+
+def test_prod_autoscales_the_stateless_apis_and_triton() -> None:
+    r = rendered("prod-gpu")
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
+    assert {f"{RELEASE}-collector", f"{RELEASE}-ranker", f"{RELEASE}-triton"} <= hpas
+    triton_hpa = r.get("HorizontalPodAutoscaler", f"{RELEASE}-triton")
+    metrics = triton_hpa["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Pods"], "Triton scales on queue time, not CPU"
+
+
+def test_long_running_containers_have_probes_and_every_container_requests_resources(scenario: Rendered) -> None:
+    for w in _workloads(scenario):
+        spec = pod_spec(w)
+        assert spec is not None
+        name = f"{scenario.scenario}: {w['kind']}/{w['metadata']['name']}"
+        batch = w["kind"] in ("Job", "CronJob")
+        for c in spec["containers"]:
+            req = c.get("resources", {}).get("requests", {})
+            assert {"cpu", "memory"} <= set(req), f"{name}/{c['name']} requests {req}"
+            if batch:
+                continue
+            assert "livenessProbe" in c and "readinessProbe" in c, f"{name}/{c['name']} lacks probes"
+        for c in spec.get("initContainers", []):
+            req = c.get("resources", {}).get("requests", {})
+            assert {"cpu", "memory"} <= set(req), f"{name}/init {c['name']} requests {req}"
+            if c.get("restartPolicy") == "Always":  # native sidecar: runs for the pod's life
+                assert {"startupProbe", "livenessProbe", "readinessProbe"} <= set(c), f"{name}/{c['name']}"
+            else:  # Kubernetes rejects probes on plain init containers
+                assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(c), f"{name}/{c['name']}"
+        if batch:
+            job = w["spec"] if w["kind"] == "Job" else w["spec"]["jobTemplate"]["spec"]
+            assert job.get("activeDeadlineSeconds"), f"{name}: a batch pod without probes needs a deadline"
+
+
+def test_scalerec_services_probe_healthz_and_readyz(scenario: Rendered) -> None:
+    for name in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
+        d = next((o for o in scenario.of_kind("Deployment") if o["metadata"]["name"] == f"{RELEASE}-{name}"), None)
+        if d is None:
+            continue
+        (c,) = [c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert "startupProbe" in c
+
+
+def test_no_container_runs_as_root_or_can_escalate(scenario: Rendered) -> None:
+    for w in _workloads(scenario):
+        spec = pod_spec(w)
+        assert spec is not None
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", w["metadata"]["name"]
+        for c in spec["containers"] + spec.get("initContainers", []):
+            where = f"{scenario.scenario}: {w['metadata']['name']}/{c['name']}"
+            sc = {**pod_sc, **c.get("securityContext", {})}
+            assert sc.get("runAsNonRoot") is True, where
+            assert sc.get("runAsUser") not in (None, 0), f"{where}: runAsUser {sc.get('runAsUser')}"
+            csc = c.get("securityContext", {})
+            assert csc.get("allowPrivilegeEscalation") is False, where
+            assert csc.get("readOnlyRootFilesystem") is True, where
+            assert csc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not csc.get("privileged"), where
+
+
+def test_read_only_root_gets_writable_tmp(scenario: Rendered) -> None:
+    for w in _workloads(scenario):
+        spec = pod_spec(w)
+        assert spec is not None
+        for c in spec["containers"]:
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{w['metadata']['name']}/{c['name']}"
+
+
+def test_every_deployment_has_a_pdb_and_a_service(scenario: Rendered) -> None:
+    for d in scenario.of_kind("Deployment"):
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        name = d["metadata"]["name"]
+        pdbs = [
+            p for p in scenario.of_kind("PodDisruptionBudget") if _matches(p["spec"]["selector"]["matchLabels"], labels)
+        ]
+        assert len(pdbs) == 1, f"{scenario.scenario}: {name} has {len(pdbs)} PDBs"
+        if name in NO_SERVICE:
+            continue
+        services = [s for s in scenario.of_kind("Service") if _matches(s["spec"].get("selector", {}), labels)]
+        assert services, f"{scenario.scenario}: no Service selects {name}"
+        ports = {p["name"] for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        for s in services:
+            for p in s["spec"]["ports"]:
+                assert p["targetPort"] in ports, f"{s['metadata']['name']} targets {p['targetPort']}, pod has {ports}"
+
+
+def test_every_deployment_has_a_network_policy_and_spread(scenario: Rendered) -> None:
+    for d in scenario.of_kind("Deployment"):
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert (
+            any(_matches(n["spec"]["podSelector"]["matchLabels"], labels) for n in scenario.of_kind("NetworkPolicy"))
+            or d["metadata"]["name"] in NO_SERVICE
+        ), d["metadata"]["name"]
+    if scenario.scenario == "prod-gpu":
+        for d in scenario.of_kind("Deployment"):
+            keys = [t["topologyKey"] for t in d["spec"]["template"]["spec"]["topologySpreadConstraints"]]
+            assert "kubernetes.io/hostname" in keys, d["metadata"]["name"]
+
+
+def test_triton_runs_on_a_gpu_with_explicit_model_control() -> None:
+    r = rendered("prod-gpu")
+    d = r.get("Deployment", f"{RELEASE}-triton")
+    spec = d["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert "--model-control-mode=explicit" in c["args"]
+    assert any(a.startswith("--model-repository=") for a in c["args"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    for probe in ("startupProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert spec["nodeSelector"] and spec["tolerations"], "Triton belongs on GPU nodes"
+    # default.env holds ScaleRec settings; Triton gets only its own env.
+    assert not {e["name"] for e in c.get("env", [])} & {"DEPLOYMENT", "TOPIC_PARTITIONS", "LOG_FORMAT"}
+
+
+def test_ranker_scores_through_tritons_grpc_service() -> None:
+    r = rendered("prod-gpu")
+    ranker = r.get("Deployment", f"{RELEASE}-ranker")
+    env = {e["name"]: e.get("value") for e in ranker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    svc = r.get("Service", f"{RELEASE}-triton")
+    grpc = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert env["SCORER_URL"] == f"triton://{svc['metadata']['name']}:{grpc}"
+
+
+def test_keda_scales_the_preprocessor_on_its_consumer_lag() -> None:
+    r = rendered("prod-gpu")
+    (so,) = r.of_kind("ScaledObject")
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    pre = r.get("Deployment", f"{RELEASE}-preprocessor")
+    env = {e["name"]: e.get("value") for e in pre["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BUS_URL"] == f"kafka://{trigger['metadata']['bootstrapServers']}"
+    # Consumers beyond the partition count sit idle.
+    assert so["spec"]["maxReplicaCount"] <= int(env["TOPIC_PARTITIONS"])
+
+
+def test_multi_node_training_is_an_indexed_job_with_a_rendezvous_service() -> None:
+    r = rendered("everything")
+    (job,) = r.of_kind("Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 2
+    pod = spec["template"]["spec"]
+    svc = r.get("Service", pod["subdomain"])
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert _matches(svc["spec"]["selector"], spec["template"]["metadata"]["labels"])
+    (c,) = pod["containers"]
+    assert c["command"] == ["torchrun"]
+    assert "--nnodes=2" in c["args"] and "--nproc-per-node=8" in c["args"]
+    assert f"--master-addr=$(JOB_NAME)-0.{svc['metadata']['name']}" in c["args"]
+    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == 8
+    # Training pods must not be picked up by the trainer service's Service or PDB.
+    trainer_svc = r.get("Service", f"{RELEASE}-trainer")
+    assert not _matches(trainer_svc["spec"]["selector"], spec["template"]["metadata"]["labels"])
+
+
+def test_api_keys_come_from_a_secret_never_a_plain_value() -> None:
+    for scenario in ("dev", "prod-gpu", "everything"):
+        r = rendered(scenario)
+        for d in r.of_kind("Deployment"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    if e["name"] == "API_KEYS":
+                        assert "valueFrom" in e and "value" not in e, d["metadata"]["name"]
+        ranker = r.get("Deployment", f"{RELEASE}-ranker")
+        (keys,) = [e for e in ranker["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "API_KEYS"]
+        secret = keys["valueFrom"]["secretKeyRef"]["name"]
+        if scenario == "prod-gpu":
+            assert secret == "scalerec-api-keys"  # existingSecret
+        else:
+            assert r.get("Secret", secret)
+
+
+def test_locust_reaches_both_services_by_url() -> None:
+    r = rendered("everything")
+    for role in ("master", "worker"):
+        d = r.get("Deployment", f"{RELEASE}-loadtests-{role}")
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["COLLECTOR_URL"] == f"http://{RELEASE}-collector:8081"
+        assert env["RANKER_URL"] == f"http://{RELEASE}-ranker:8084"
+        assert c["command"] == ["locust"] and "--locustfile=/locust/locustfile.py" in c["args"]

@@ -1,0 +1,269 @@
+"""Triton model repository: versions, cards, generated configs, validation — with tiny real ONNX graphs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from onnx import TensorProto, helper, numpy_helper
+from scalerec_models import repository as repo
+from scalerec_models.repository import (
+    RANKER_MODEL,
+    ModelRepositoryError,
+    ServingOptions,
+    TensorSpec,
+    check_contract,
+    list_versions,
+    next_version,
+    read_card,
+    read_champion,
+    read_served_versions,
+    remove_version,
+    set_served_versions,
+    tensor_specs_from_onnx,
+    validate_repository,
+    write_champion,
+    write_model_version,
+)
+from tritonclient.grpc import model_config_pb2
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _scorer_onnx(path: Path, *, vocab: int = 64, dim: int = 8, seed: int = 0, external: bool = False) -> Path:
+    """A minimal model in the ranker's shape: item ids [B, N] -> scores [B, N] via an embedding table."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, dim)).astype(np.float32)
+    weight = rng.standard_normal((dim,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Mod", ["items", "vocab"], ["hashed"]),
+        helper.make_node("Gather", ["table", "hashed"], ["emb"]),
+        helper.make_node("MatMul", ["emb", "weight"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scorer",
+        [helper.make_tensor_value_info("items", TensorProto.INT64, ["B", "N"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "N"])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(weight, "weight"),
+            numpy_helper.from_array(np.array(vocab, dtype=np.int64), "vocab"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _run(path: Path, items: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"items": items})[0]
+
+
+def _parse(path: Path) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(path.read_text(), config)
+    return config
+
+
+def test_tensor_specs_drop_the_batch_dim_and_keep_dynamic_dims(tmp_path: Path) -> None:
+    inputs, outputs = tensor_specs_from_onnx(_scorer_onnx(tmp_path / "m.onnx"))
+    assert inputs == [TensorSpec("items", "int64", (-1,))]
+    assert outputs == [TensorSpec("scores", "float32", (-1,))]
+    assert inputs[0].triton_dtype == "TYPE_INT64" and outputs[0].triton_dtype == "TYPE_FP32"
+
+
+def test_versions_count_up_and_skip_staging_and_non_integer_folders(tmp_path: Path) -> None:
+    assert list_versions(tmp_path, "m") == [] and next_version(tmp_path, "m") == 1
+    onnx_file = _scorer_onnx(tmp_path / "m.onnx")
+    assert write_model_version(tmp_path / "r", "m", onnx_file, card={}) == 1
+    assert write_model_version(tmp_path / "r", "m", onnx_file, card={}) == 2
+    for junk in (".staging-3-abc", "01", "latest"):
+        (tmp_path / "r" / "m" / junk).mkdir()
+    assert list_versions(tmp_path / "r", "m") == [1, 2]
+    assert next_version(tmp_path / "r", "m") == 3
+    assert write_model_version(tmp_path / "r", "m", onnx_file, card={}, version=7) == 7
+    assert next_version(tmp_path / "r", "m") == 8
+    with pytest.raises(ModelRepositoryError, match="immutable"):
+        write_model_version(tmp_path / "r", "m", onnx_file, card={}, version=7)
+
+
+def test_write_model_version_lays_out_files_card_and_configs(tmp_path: Path) -> None:
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text('{"a": 1}')
+    embeddings = tmp_path / "emb.npy"
+    np.save(embeddings, np.ones((3, 2), dtype=np.float32))
+    card = {"metrics": {"ndcg@10": 0.31}, "data_window": ["2026-11-01", "2026-11-20"], "feature_version": "v3"}
+    version = write_model_version(
+        tmp_path / "r",
+        "m",
+        _scorer_onnx(tmp_path / "src.onnx"),
+        card=card,
+        extra_files={"vocab.json": vocab, "item_embeddings.npy": embeddings},
+        max_batch_size=128,
+    )
+    folder = tmp_path / "r" / "m" / "1"
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "item_embeddings.npy", "model.onnx", "vocab.json"]
+    assert not [p for p in (tmp_path / "r" / "m").iterdir() if p.name.startswith(".")]  # staging renamed away
+
+    saved = read_card(tmp_path / "r", "m", version)
+    assert saved["metrics"] == {"ndcg@10": 0.31} and saved["feature_version"] == "v3"
+    assert saved["data_window"] == ["2026-11-01", "2026-11-20"]
+    assert saved["version"] == 1 and saved["model"] == "m" and saved["created_at"]
+    assert saved["inputs"] == [{"name": "items", "dtype": "int64", "dims": [-1]}]
+    assert saved["serving"]["max_batch_size"] == 128
+
+    gpu = _parse(tmp_path / "r" / "m" / "config.pbtxt")
+    assert gpu.name == "m" and gpu.platform == "onnxruntime_onnx" and gpu.backend == "onnxruntime"
+    assert gpu.max_batch_size == 128
+    assert [g.kind for g in gpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    assert list(gpu.dynamic_batching.preferred_batch_size) == [32, 64, 128]
+    assert gpu.dynamic_batching.max_queue_delay_microseconds > 0
+    assert list(gpu.version_policy.specific.versions) == [1]
+    assert [(t.name, t.data_type, list(t.dims)) for t in gpu.input] == [("items", model_config_pb2.TYPE_INT64, [-1])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in gpu.output] == [("scores", model_config_pb2.TYPE_FP32, [-1])]
+    cpu = _parse(tmp_path / "r" / "m" / "configs" / "cpu.pbtxt")
+    assert [g.kind for g in cpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    assert list(cpu.input) == list(gpu.input)
+    assert validate_repository(tmp_path / "r") == []
+
+
+def test_new_version_is_served_next_to_the_champion_only(tmp_path: Path) -> None:
+    onnx_file = _scorer_onnx(tmp_path / "m.onnx")
+    r = tmp_path / "r"
+    write_model_version(r, "m", onnx_file, card={})
+    assert read_champion(r, "m") is None
+    write_champion(r, "m", 1)
+    assert read_champion(r, "m") == 1
+    write_model_version(r, "m", onnx_file, card={})
+    assert read_served_versions(r, "m") == [1, 2]
+    write_model_version(r, "m", onnx_file, card={})
+    assert read_served_versions(r, "m") == [1, 3]  # 2 lost the gate; champion 1 and candidate 3 are served
+    write_champion(r, "m", 3)
+    set_served_versions(r, "m", [3])
+    assert list(_parse(r / "m" / "config.pbtxt").version_policy.specific.versions) == [3]
+    with pytest.raises(ModelRepositoryError, match="not in the repository"):
+        write_champion(r, "m", 9)
+    with pytest.raises(ModelRepositoryError, match="missing on disk"):
+        set_served_versions(r, "m", [3, 9])
+    remove_version(r, "m", 2)
+    assert list_versions(r, "m") == [1, 3]
+    with pytest.raises(ModelRepositoryError, match="champion"):
+        remove_version(r, "m", 3)
+    assert validate_repository(r) == []
+
+
+def test_external_data_travels_with_the_version_and_scores_match(tmp_path: Path) -> None:
+    source = _scorer_onnx(tmp_path / "exported.onnx", external=True)
+    assert (tmp_path / "exported.onnx.data").is_file()
+    version = write_model_version(tmp_path / "r", "m", source, card={})
+    folder = tmp_path / "r" / "m" / str(version)
+    assert (folder / "exported.onnx.data").is_file()
+    items = np.arange(12, dtype=np.int64).reshape(3, 4) * 7919
+    np.testing.assert_array_equal(_run(folder / "model.onnx", items), _run(source, items))
+    assert validate_repository(tmp_path / "r") == []
+    (folder / "exported.onnx.data").unlink()
+    assert any("external data" in p for p in validate_repository(tmp_path / "r"))
+
+
+def test_models_over_the_threshold_are_rewritten_with_external_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repo, "EXTERNAL_DATA_THRESHOLD", 1000)  # stand-in for protobuf's 2 GiB cap
+    source = _scorer_onnx(tmp_path / "big.onnx", vocab=512)
+    write_model_version(tmp_path / "r", "m", source, card={})
+    folder = tmp_path / "r" / "m" / "1"
+    assert (folder / "model.onnx.data").is_file()
+    assert (folder / "model.onnx").stat().st_size < source.stat().st_size
+    items = np.arange(8, dtype=np.int64).reshape(2, 4)
+    np.testing.assert_array_equal(_run(folder / "model.onnx", items), _run(source, items))
+
+
+def test_fp16_variant_halves_the_table_and_stays_close(tmp_path: Path) -> None:
+    source = _scorer_onnx(tmp_path / "m.onnx", vocab=1024, dim=16)
+    write_model_version(tmp_path / "r", "m", source, card={}, fp16=True)
+    folder = tmp_path / "r" / "m" / "1"
+    half = onnx.load(str(folder / "model.fp16.onnx"))
+    types = {i.name: i.data_type for i in half.graph.initializer}
+    assert types["table__fp16"] == TensorProto.FLOAT16
+    assert (folder / "model.fp16.onnx").stat().st_size < 0.6 * (folder / "model.onnx").stat().st_size
+    items = np.random.default_rng(0).integers(0, 2**40, (4, 32), dtype=np.int64)
+    np.testing.assert_allclose(_run(folder / "model.fp16.onnx", items), _run(source, items), atol=2e-2)
+    fp16_config = _parse(tmp_path / "r" / "m" / "configs" / "fp16.pbtxt")
+    assert fp16_config.default_model_filename == "model.fp16.onnx"
+    assert read_card(tmp_path / "r", "m", 1)["serving"]["fp16"] is True
+    assert validate_repository(tmp_path / "r") == []
+    # A served version without the fp16 file: the fp16 config would not load, so it is dropped.
+    write_model_version(tmp_path / "r", "m", source, card={})
+    assert not (tmp_path / "r" / "m" / "configs" / "fp16.pbtxt").exists()
+
+
+def test_validate_repository_reports_what_triton_would_reject(tmp_path: Path) -> None:
+    r = tmp_path / "r"
+    write_model_version(r, "m", _scorer_onnx(tmp_path / "m.onnx"), card={})
+    config = r / "m" / "config.pbtxt"
+    good = config.read_text()
+
+    config.write_text(good.replace("TYPE_INT64", "TYPE_INT32"))
+    assert any("int32 in the config, int64" in p for p in validate_repository(r))
+    config.write_text(good.replace('name: "items"', 'name: "item_ids"'))
+    problems = validate_repository(r)
+    assert any("'item_ids' is not in version 1" in p for p in problems)
+    assert any("['items'] are not in the config" in p for p in problems)
+    config.write_text(good.replace("versions: [ 1 ]", "versions: [ 1, 4 ]"))
+    assert any("version 4, which is not on disk" in p for p in validate_repository(r))
+    config.write_text(good.replace("max_batch_size: 256", "max_batch_size: 256\nmax_batchsize: 3"))
+    assert any("not a valid Triton ModelConfig" in p for p in validate_repository(r))
+    config.write_text(good.replace("dims: [ -1 ]", "dims: [ -1, 2 ]", 1))
+    assert any("dims" in p for p in validate_repository(r))
+    config.write_text(good)
+    (r / "m" / "champion").write_text("7\n")
+    assert any("champion version 7" in p for p in validate_repository(r))
+
+
+def test_contract_is_enforced_for_the_ranker(tmp_path: Path) -> None:
+    with pytest.raises(ModelRepositoryError, match="history"):
+        write_model_version(tmp_path / "r", RANKER_MODEL, _scorer_onnx(tmp_path / "m.onnx"), card={})
+    assert list_versions(tmp_path / "r", RANKER_MODEL) == []
+    assert check_contract("not_a_contract_model", [], []) == []
+
+
+def test_a_failed_write_leaves_no_version_behind(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        write_model_version(
+            tmp_path / "r", "m", _scorer_onnx(tmp_path / "m.onnx"), card={}, extra_files={"x.json": tmp_path / "nope"}
+        )
+    assert list_versions(tmp_path / "r", "m") == []
+    assert not [p for p in (tmp_path / "r" / "m").iterdir() if p.name.startswith(".staging")]
+
+
+def test_config_options_round_trip_through_the_card(tmp_path: Path) -> None:
+    options = ServingOptions(max_batch_size=64, preferred_batch_sizes=(8, 64, 512), max_queue_delay_microseconds=100)
+    write_model_version(tmp_path / "r", "m", _scorer_onnx(tmp_path / "m.onnx"), card={}, options=options)
+    set_served_versions(tmp_path / "r", "m", [1])  # regenerated from the card, not from defaults
+    config = _parse(tmp_path / "r" / "m" / "config.pbtxt")
+    assert config.max_batch_size == 64
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 64]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert json.loads((tmp_path / "r" / "m" / "1" / "card.json").read_text())["serving"]["max_batch_size"] == 64
+
+
+def test_committed_model_repository_is_valid_and_follows_the_contract() -> None:
+    committed = ROOT / "model_repository"
+    assert validate_repository(committed) == []
+    assert list_versions(committed, RANKER_MODEL)
+    champion = read_champion(committed, RANKER_MODEL)
+    assert champion in list_versions(committed, RANKER_MODEL)
+    total = sum(f.stat().st_size for f in committed.rglob("*") if f.is_file())
+    assert total < 1_000_000, f"the committed example repository is {total} bytes; keep it under 1 MB"
+    assert all(os.access(f, os.R_OK) for f in committed.rglob("*"))
