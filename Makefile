@@ -1,6 +1,6 @@
 # ScaleRec — two commands do all set-up on a fresh machine:
 #   make demo   the whole pipeline on embedded backends, with a report
-#   make test   unit, contract, integration and end-to-end tests
+#   make test   unit, contract, chart, integration (real Kafka, HBase, Memcached, Triton) and end-to-end tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,8 +9,10 @@ SERVICES := collector preprocessor trainer ranker evaluator
 PYPROJECTS := libs/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) cli/pyproject.toml requirements-dev.txt
 # The stamp is remade only when a pyproject changes, so torch (a few GB) is installed once and reused.
 STAMP := $(VENV)/.scalerec-installed
+STACK := scripts/stack/stack.sh
+PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-fast lint clean
+.PHONY: venv demo demo-stack test test-fast test-e2e lint helm stack-up stack-down loadtest serve clean
 
 venv: $(STAMP)
 
@@ -20,20 +22,49 @@ $(STAMP): $(PYPROJECTS)
 	$(BIN)/pip install -q -r requirements-dev.txt \
 		-e 'libs[ml,serving,kafka,hbase,memcached,triton]' \
 		$(foreach s,$(SERVICES),-e services/$(s)) -e cli
+	@# Only the tritonserver binary of this wheel is used (tests); its Python deps would pin numpy<2.
+	$(BIN)/pip install -q --no-deps nvidia-pytriton
 	@touch $@
 
 demo: venv
 	$(BIN)/scalerec demo
 
-test: venv
-	$(BIN)/pytest tests
+# The same demo with all five services on real Kafka, HBase and Memcached (started fresh: reset wipes their data).
+demo-stack: venv
+	$(STACK) reset
+	$(STACK) up
+	$(BIN)/scalerec demo $$($(STACK) env | sed 's/^/--env /')
+
+helm:
+	@scripts/helm/install-helm.sh >/dev/null
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+# Everything: the real servers are started first and stopped after, whatever the outcome.
+test: venv helm
+	$(STACK) up
+	@rc=0; $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
 test-fast: venv
-	$(BIN)/pytest tests/unit tests/contract -x -q
+	$(BIN)/pytest tests/unit tests/contract -x -q -p no:cacheprovider
+
+test-e2e: venv
+	$(BIN)/pytest tests/e2e -x
+
+# Run the five services on embedded backends until Ctrl-C (used by `make loadtest` in another shell).
+serve: venv
+	$(BIN)/scalerec serve
+
+loadtest: venv
+	$(BIN)/python loadtests/run.py
 
 lint: venv
-	$(BIN)/ruff check libs services cli tests
-	$(BIN)/ruff format --check libs services cli tests
+	$(BIN)/ruff check libs services cli tests scripts loadtests benchmarks
+	$(BIN)/ruff format --check libs services cli tests scripts loadtests benchmarks
 
 clean:
 	rm -rf var .pytest_cache

@@ -10,9 +10,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scalerec", description="ScaleRec command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    from scalerec_cli import demo
+    from scalerec_cli import demo, serve
 
     demo.add_parser(sub)
+    serve.add_parser(sub)
     try:
         from scalerec_cli import eval_dataset
     except ImportError as exc:  # torch missing: the rest of the CLI still works

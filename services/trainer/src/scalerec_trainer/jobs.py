@@ -11,13 +11,10 @@ from typing import Literal
 
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
-from scalerec_core.telemetry import inject_headers, tracer
-from scalerec_events.models import ModelAnnouncement
-from scalerec_events.topics import Topic
-from scalerec_models import repository as repo
+from scalerec_core.telemetry import tracer
 
 from scalerec_trainer.config import TrainerSettings
-from scalerec_trainer.pipeline import NotEnoughData, train_version
+from scalerec_trainer.pipeline import NotEnoughData, announce_candidate, train_version
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +69,7 @@ class Trainer:
             else:
                 job.version, job.seconds = outcome.version, round(outcome.seconds, 2)
                 job.metrics = {k: float(v) for k, v in outcome.card.get("metrics", {}).items()}
-                announcement = ModelAnnouncement(
-                    model=repo.RANKER_MODEL,
-                    version=outcome.version,
-                    repository=str(self.settings.model_repository),
-                    created_at=datetime.now(UTC),
-                    metrics=job.metrics,
-                    data_window=outcome.card["data_window"],
-                    feature_version=outcome.card["feature_version"],
-                )
-                await self.producer.send(
-                    Topic.MODELS_CANDIDATE,
-                    announcement.model_dump_json().encode(),
-                    key=repo.RANKER_MODEL.encode(),
-                    headers=inject_headers(),
-                )
+                await announce_candidate(self.producer, self.settings, outcome)
                 job.status = "succeeded"
             finally:
                 job.finished_at = datetime.now(UTC)

@@ -14,7 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
+from scalerec_core.telemetry import inject_headers
+from scalerec_events.models import ModelAnnouncement
+from scalerec_events.topics import Topic
 from scalerec_features import FEATURE_VERSION
 from scalerec_models import repository as repo
 from scalerec_models.runtime import NEIGHBORS_FILE
@@ -132,3 +136,22 @@ def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOut
     seconds = time.perf_counter() - started
     log.info("wrote model version %d in %.1fs: %s", version, seconds, trained.metrics)
     return TrainOutcome(version=version, card=card, seconds=seconds)
+
+
+async def announce_candidate(producer: Producer, settings: TrainerSettings, outcome: TrainOutcome) -> None:
+    """Tell the evaluator a new version is ready (``scalerec.models.candidate.v1``)."""
+    announcement = ModelAnnouncement(
+        model=repo.RANKER_MODEL,
+        version=outcome.version,
+        repository=str(settings.model_repository),
+        created_at=datetime.now(UTC),
+        metrics={k: float(v) for k, v in outcome.card.get("metrics", {}).items()},
+        data_window=outcome.card["data_window"],
+        feature_version=outcome.card["feature_version"],
+    )
+    await producer.send(
+        Topic.MODELS_CANDIDATE,
+        announcement.model_dump_json().encode(),
+        key=repo.RANKER_MODEL.encode(),
+        headers=inject_headers(),
+    )

@@ -1,0 +1,36 @@
+"""``scalerec serve``: the five services on loopback until Ctrl-C (for trying the APIs and load tests)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from scalerec_cli.cluster import SERVICES, LocalCluster
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="Run the five services on loopback until interrupted")
+    p.add_argument("--data-dir", type=Path, default=Path("var/serve"))
+    p.add_argument("--base-port", type=int, default=8081, help="collector gets this port, the others the next ones")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    env = dict(e.split("=", 1) for e in args.env)
+    cluster = LocalCluster(args.data_dir, env=env, ports={s: args.base_port + i for i, s in enumerate(SERVICES)})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cluster.start_all()
+    try:
+        for service in SERVICES:
+            print(f"{service:13s} {cluster.url(service)}   (OpenAPI: {cluster.url(service)}/docs)")
+        print(f"logs in {cluster.log_dir}; Ctrl-C stops everything")
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop_all()
+    return 0
