@@ -23,6 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "libs"))
 
+from scalerec_features import HISTORY_LEN
+from scalerec_models.config import ModelConfig
+from scalerec_models.data import FIRST_ITEM, ItemVocab
 from scalerec_models.repository import (
     RANKER_MODEL,
     USER_TOWER_MODEL,
@@ -150,10 +153,18 @@ def write_examples(repository: Path, *, seed: int = 0, max_batch_size: int = 256
     """Write one version of each example model and make it champion; returns model -> version."""
     written = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # What the ranker's ModelBundle reads next to model.onnx: hashed item rows that stay inside the
+        # example's tables (index = 2 + hash % buckets < VOCAB), and the history length it pads to.
+        extras = {"vocab.json": Path(tmp) / "vocab.json", "config.json": Path(tmp) / "config.json"}
+        ItemVocab(buckets=VOCAB - FIRST_ITEM).save(extras["vocab.json"])
+        ModelConfig(size="example", dim=DIM, history_len=HISTORY_LEN, item_buckets=VOCAB - FIRST_ITEM).save(
+            extras["config.json"]
+        )
         for model, build in ((RANKER_MODEL, build_ranker), (USER_TOWER_MODEL, build_user_tower)):
             onnx_path = build(Path(tmp) / f"{model}.onnx", seed=seed)
             version = write_model_version(
-                repository, model, onnx_path, card=example_card(seed), max_batch_size=max_batch_size
+                repository, model, onnx_path, card=example_card(seed), max_batch_size=max_batch_size,
+                extra_files=extras,
             )
             write_champion(repository, model, version)
             written[model] = version

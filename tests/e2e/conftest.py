@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scalerec_adapters.factory import make_store
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
+from scalerec_storage import records as r
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Pipeline:
     shop: Shop
     ingested: dict[str, int]
     stats: dict[str, Any]
+    stored_after_ingest: int
     job: dict[str, Any]
     report: dict[str, Any]
 
@@ -39,10 +42,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             driver.post_batches(f"{cluster.url('collector')}/v1/events", "events", shop.events, 1000)
         )
         stats = driver.wait_preprocessed(cluster.url("preprocessor"), ingested["accepted"], timeout=300)
+        store = make_store(f"sqlite:///{data_dir / 'store.db'}", namespace="scalerec")
+        stored = r.count_interactions(store)  # before any test adds its own events
+        store.close()
         job = driver.train(cluster.url("trainer"), timeout=600)
         report = driver.wait_report(cluster.url("evaluator"), job["version"], timeout=300)
         if report["promoted"]:
             driver.wait_serving(cluster.url("ranker"), job["version"], timeout=120)
-        yield Pipeline(cluster, shop, ingested, stats, job, report)
+        yield Pipeline(cluster, shop, ingested, stats, stored, job, report)
     finally:
         cluster.stop_all()
