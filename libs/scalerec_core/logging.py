@@ -56,5 +56,6 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "aiokafka", "kafka"):
+    # Libraries that narrate their internals at INFO (the ONNX exporter logs every rewrite pass).
+    for noisy in ("uvicorn.access", "aiokafka", "kafka", "onnxscript", "onnx_ir", "torch", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -88,8 +88,12 @@ class ModelVersion:
             return None
         return np.asarray(self.bundle.item_embeddings[i], dtype=np.float32)
 
-    def most_similar_history(self, candidate: str, history: Sequence[str]) -> str | None:
-        """The history item whose embedding is closest to the candidate's: the "because" of an explanation."""
+    def most_similar_history(self, candidate: str, history: Sequence[str], min_similarity: float = 0.3) -> str | None:
+        """The history item whose embedding is closest to the candidate's: the "because" of an explanation.
+
+        None when even the closest is not similar (cosine below ``min_similarity``): an unrelated
+        "because you viewed ..." is worse than no reason.
+        """
         if self.unit_embeddings is None or not history:
             return None
         vocab = self.bundle.vocab
@@ -98,4 +102,5 @@ class ModelVersion:
         if c < FIRST_ITEM or not hs:
             return None
         sims = self.unit_embeddings[vocab.indices(hs)] @ self.unit_embeddings[c]
-        return hs[int(np.argmax(sims))]
+        best = int(np.argmax(sims))
+        return hs[best] if float(sims[best]) >= min_similarity else None

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from scalerec_adapters.factory import make_bus, make_store
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_events.topics import Topic, all_topics
-from scalerec_storage.schema import tables
+from scalerec_events.topics import Topic
+from scalerec_storage.backends import Backends
 
 from scalerec_evaluator.api.routes import reports
 from scalerec_evaluator.config import EvaluatorSettings, get_settings
@@ -27,11 +25,8 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
-        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="evaluator")
-        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
-        await bus.start()
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
-        await asyncio.to_thread(store.ensure_tables, tables())
+        backends = await Backends.open(settings, "evaluator")
+        bus, store = backends.bus, backends.store
         settings.model_repository.mkdir(parents=True, exist_ok=True)
         evaluator = Evaluator(settings, store, bus.producer())
         online = OnlineMetrics()
@@ -55,14 +50,13 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         ]
         for w in workers:
             w.start()
-        app.state.evaluator, app.state.online, app.state.store = evaluator, online, store
+        app.state.evaluator, app.state.online, app.state.backends = evaluator, online, backends
         try:
             yield
         finally:
             for w in workers:
                 await w.stop()
-            await bus.close()
-            store.close()
+            await backends.close()
 
     app = FastAPI(
         title="ScaleRec evaluator",
@@ -73,7 +67,7 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
     app.state.settings = settings
 
     async def store_ok() -> bool:
-        return bool(await asyncio.to_thread(app.state.store.healthy))
+        return await app.state.backends.store_healthy()  # type: ignore[no-any-return]
 
     install_common(app, service="evaluator", api_keys=settings.api_key_set(), readiness={"store": store_ok})
     app.include_router(reports.router)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from scalerec_adapters.cache import CacheKeys
-from scalerec_adapters.factory import make_bus, make_cache, make_store
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_events.topics import Topic, all_topics
-from scalerec_storage.schema import tables
+from scalerec_events.topics import Topic
+from scalerec_storage.backends import Backends
 
 from scalerec_preprocessor.api.routes import status
 from scalerec_preprocessor.config import PreprocessorSettings, get_settings
@@ -28,12 +26,9 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
-        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="preprocessor")
-        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
-        cache = make_cache(settings.cache_url)
-        await bus.start()
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
-        await asyncio.to_thread(store.ensure_tables, tables())
+        backends = await Backends.open(settings, "preprocessor", cache=True)
+        bus, store, cache = backends.bus, backends.store, backends.cache
+        assert cache is not None
         keys = CacheKeys(settings.deployment)
         events = EventsConsumer(
             store, cache, keys, bus.producer(), settings.history_len, settings.user_cache_ttl_seconds
@@ -55,7 +50,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
             ),
             "erasure": ConsumerWorker(bus, [Topic.ERASURE], f"{group}.erasure", erasure.handle, name="erasure"),
         }
-        app.state.store, app.state.cache, app.state.keys = store, cache, keys
+        app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
         app.state.workers = workers
         app.state.consumers = {"events": events, "items": items, "erasure": erasure}
         for worker in workers.values():
@@ -65,9 +60,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         finally:
             for worker in workers.values():
                 await worker.stop()
-            await bus.close()
-            store.close()
-            cache.close()
+            await backends.close()
 
     app = FastAPI(
         title="ScaleRec preprocessor",
@@ -81,7 +74,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         return all(w.running and not w.failing for w in app.state.workers.values())
 
     async def store_ok() -> bool:
-        return bool(await asyncio.to_thread(app.state.store.healthy))
+        return await app.state.backends.store_healthy()  # type: ignore[no-any-return]
 
     install_common(
         app,

@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from scalerec_adapters.factory import make_bus, make_cache, make_scorer, make_store
+from scalerec_adapters.factory import make_scorer
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_events.topics import Topic, all_topics
+from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
-from scalerec_storage.schema import tables
+from scalerec_storage.backends import Backends
 
 from scalerec_ranker.api.routes import recommendations
 from scalerec_ranker.baselines import Baselines
@@ -44,13 +44,10 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
-        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="ranker")
-        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
-        cache = make_cache(settings.cache_url)
+        backends = await Backends.open(settings, "ranker", cache=True)
+        bus, store, cache = backends.bus, backends.store, backends.cache
+        assert cache is not None
         scorer = build_scorer(settings)
-        await bus.start()
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
-        await asyncio.to_thread(store.ensure_tables, tables())
         models = ModelManager(scorer, settings.model_repository)
         champion = repo.read_champion(settings.model_repository, repo.RANKER_MODEL)
         if champion is not None:
@@ -77,9 +74,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             await baselines.stop()
             await models.close()
             await scorer.close()
-            await bus.close()
-            store.close()
-            cache.close()
+            await backends.close()
 
     app = FastAPI(
         title="ScaleRec ranker",

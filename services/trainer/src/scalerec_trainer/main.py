@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from scalerec_adapters.factory import make_bus, make_store
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_events.topics import Topic, all_topics
-from scalerec_storage.schema import tables
+from scalerec_events.topics import Topic
+from scalerec_storage.backends import Backends
 
 from scalerec_trainer.api.routes import train
 from scalerec_trainer.config import TrainerSettings, get_settings
@@ -26,11 +24,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
-        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="trainer")
-        store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
-        await bus.start()
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
-        await asyncio.to_thread(store.ensure_tables, tables())
+        backends = await Backends.open(settings, "trainer")
+        bus, store = backends.bus, backends.store
         settings.model_repository.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(settings, store, bus.producer())
         examples = ExamplesConsumer(trainer, settings.train_after_examples)
@@ -38,14 +33,13 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
             bus, [Topic.EXAMPLES], settings.consumer_group, examples.handle, max_records=2000, name="examples"
         )
         worker.start()
-        app.state.trainer, app.state.store, app.state.worker = trainer, store, worker
+        app.state.trainer, app.state.backends, app.state.worker = trainer, backends, worker
         try:
             yield
         finally:
             await worker.stop()
             await trainer.close()
-            await bus.close()
-            store.close()
+            await backends.close()
 
     app = FastAPI(
         title="ScaleRec trainer",
@@ -56,7 +50,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     app.state.settings = settings
 
     async def store_ok() -> bool:
-        return bool(await asyncio.to_thread(app.state.store.healthy))
+        return await app.state.backends.store_healthy()  # type: ignore[no-any-return]
 
     install_common(app, service="trainer", api_keys=settings.api_key_set(), readiness={"store": store_ok})
     app.include_router(train.router)
