@@ -22,7 +22,7 @@ from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import EventType, Item
-from scalerec_features import FEATURE_VERSION, context_features, item_feature_vector
+from scalerec_features import FEATURE_VERSION, HISTORY_LEN, context_features, item_feature_vector
 from scalerec_models import repository as repo
 from scalerec_models.runtime import ModelVersion
 from scalerec_storage import records as r
@@ -90,7 +90,7 @@ class Recommender:
 
     def _history(self, user_id: str) -> tuple[list[r.HistoryEntry], str]:
         try:
-            return r.cached_history(self.store, self.cache, self.keys, user_id, self.settings.max_candidates)
+            return r.cached_history(self.store, self.cache, self.keys, user_id, HISTORY_LEN)
         except Exception as exc:
             log.warning("history of %s unavailable (%s); serving without it", user_id, exc)
             return [], "unavailable"
@@ -164,7 +164,9 @@ class Recommender:
         if not fallback and scorer_name != primary:
             fallback, fallback_reason = True, f"{primary} unavailable; scored by {scorer_name}"
         ranked = self._rerank(candidates, scores, catalogue, k)
-        items = [self._explain(model, c, s, catalogue, seen) for c, s in ranked]
+        because = {c.item_id: c.because or model.most_similar_history(c.item_id, seen) for c, _ in ranked}
+        titles = await asyncio.to_thread(self.items, sorted({b for b in because.values() if b}))
+        items = [self._explain(c, s, catalogue, because[c.item_id], titles) for c, s in ranked]
         return Recommendation(
             request_id,
             user_id,
@@ -296,20 +298,17 @@ class Recommender:
         return picked
 
     def _explain(
-        self, model: ModelVersion, c: Candidate, score: float, catalogue: dict[str, Item], seen: list[str]
+        self, c: Candidate, score: float, catalogue: dict[str, Item], because: str | None, known: dict[str, Item]
     ) -> Recommended:
         item = catalogue[c.item_id]
-        because = c.because or model.most_similar_history(c.item_id, seen)
-        because_title = None
-        if because:
-            ref = self.items([because]).get(because)
-            because_title = ref.title if ref and ref.title else because
+        ref = known.get(because) if because else None
+        because_title = (ref.title or because) if ref else because
         if c.source == "fresh":
             reason = f"New in {item.category}" + (f", like {because_title}" if because_title else "")
-        elif c.source == "trending" and not because_title:
-            reason = "Popular right now"
         elif because_title:
             reason = f"Because you viewed {because_title}"
+        elif c.source == "trending":
+            reason = "Popular right now"
         else:
             reason = "Matches your recent activity"
         return Recommended(c.item_id, score, c.source, reason, [because] if because else [], item.title, item.category)
