@@ -118,6 +118,19 @@ def count_interactions(store: WideColumnStore, user_id: str | None = None) -> in
     return sum(1 for _ in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e:ts"], batch_size=5000))
 
 
+PURCHASED = b"p:bought:"
+
+
+def purchase_cells(event: Event) -> tuple[bytes, bytes]:
+    """A profile cell per purchased item (idempotent: a re-delivered purchase rewrites the same cell)."""
+    return PURCHASED + event.item_id.encode(), str(event.ts_ms).encode()
+
+
+def purchased_items(store: WideColumnStore, user_id: str) -> set[str]:
+    cells = store.get(s.PROFILES, s.profile_key(user_id), columns=[b"p"])
+    return {col[len(PURCHASED) :].decode() for col in cells if col.startswith(PURCHASED)}
+
+
 # ---------------------------------------------------------------- catalogue
 
 
@@ -208,7 +221,7 @@ def erase_user(
     store.delete_many(s.EXAMPLES, example_rows)
     store.delete_many(s.INTERACTIONS, interaction_rows)
     store.delete_many(s.EVENT_INDEX, event_ids)
-    store.delete(s.PROFILES, s.user_prefix(user_id)[:-1])
+    store.delete(s.PROFILES, s.profile_key(user_id))
     with contextlib.suppress(Exception):
         cache.delete(history_cache_key(keys, user_id))
     return {"interactions": len(interaction_rows), "examples": len(example_rows)}

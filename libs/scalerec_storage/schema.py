@@ -63,6 +63,10 @@ def example_key(user_id: str, ts_ms: int, event_id: str) -> bytes:
     return user_prefix(user_id) + ts_key(ts_ms) + SEP + event_id.encode()
 
 
+def profile_key(user_id: str) -> bytes:
+    return salt(user_id) + SEP + user_id.encode()
+
+
 def item_key(item_id: str) -> bytes:
     return salt(item_id) + SEP + item_id.encode()
 

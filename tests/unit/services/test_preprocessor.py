@@ -126,3 +126,13 @@ async def test_items_go_to_the_catalogue_and_fresh_index(world: World) -> None:
     await consumer.handle([_msg(Topic.ITEMS, i.model_dump_json().encode(), n) for n, i in enumerate(items)])
     assert set(r.get_items(world.store, ["i1", "i2", "nope"])) == {"i1", "i2"}
     assert r.fresh_items(world.store, 10) == ["i2", "i1"]
+
+
+async def test_every_purchase_is_remembered_beyond_the_recent_history(world: World) -> None:
+    buy = Event(event_id="buy-1", user_id="u5", item_id="bought-long-ago", type="purchase", timestamp=T0)
+    await world.events.handle([_msg(Topic.EVENTS_RAW, buy.model_dump_json().encode(), 0)])
+    # Far more than history_len later events push the purchase out of the recent history...
+    await world.events.handle(_events("u5", [f"v{n}" for n in range(60)], start=1))
+    assert "bought-long-ago" not in {h.item_id for h in r.recent_history(world.store, "u5", 50)}
+    # ...but not out of the set the ranker excludes.
+    assert r.purchased_items(world.store, "u5") == {"bought-long-ago"}

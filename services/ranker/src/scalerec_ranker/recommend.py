@@ -88,12 +88,19 @@ class Recommender:
 
     # ------------------------------------------------------------ data access (cache ▸ store)
 
-    def _history(self, user_id: str) -> tuple[list[r.HistoryEntry], str]:
+    def _history(self, user_id: str) -> tuple[list[r.HistoryEntry], set[str], str]:
+        """Recent history (cache ▸ store), every item ever bought, and where the history came from."""
         try:
-            return r.cached_history(self.store, self.cache, self.keys, user_id, HISTORY_LEN)
+            history, source = r.cached_history(self.store, self.cache, self.keys, user_id, HISTORY_LEN)
         except Exception as exc:
             log.warning("history of %s unavailable (%s); serving without it", user_id, exc)
-            return [], "unavailable"
+            return [], set(), "unavailable"
+        bought = {h.item_id for h in history if h.type == EventType.PURCHASE.value}
+        try:
+            bought |= r.purchased_items(self.store, user_id)
+        except Exception as exc:  # the recent history still excludes the recent purchases
+            log.warning("purchases of %s unavailable (%s)", user_id, exc)
+        return history, bought, source
 
     def items(self, item_ids: Sequence[str]) -> dict[str, Item]:
         """Catalogue entries, hot ones from the cache."""
@@ -127,10 +134,9 @@ class Recommender:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
         model = self.models.current  # one reference for the whole request (hot swap safe)
-        history, history_source = await asyncio.to_thread(self._history, user_id)
+        history, bought, history_source = await asyncio.to_thread(self._history, user_id)
         now_ms = int(time.time() * 1000)
         context = context_features(now_ms, device, locale)
-        bought = {h.item_id for h in history if h.type == EventType.PURCHASE.value}
         excluded = bought | set(exclude)
         seen = [h.item_id for h in history if h.type != EventType.IMPRESSION.value]
 

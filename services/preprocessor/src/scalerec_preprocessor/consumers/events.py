@@ -135,16 +135,14 @@ class EventsConsumer:
                 plan.examples.append(example)
                 examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(example)))
             last = user_events[-1]
-            profiles.append(
-                (
-                    s.user_prefix(user_id)[:-1],
-                    {
-                        b"p:last_ts": str(last_ts).encode(),
-                        b"p:device": (last.context.device or "").encode(),
-                        b"p:locale": (last.context.locale or "").encode(),
-                    },
-                )
-            )
+            profile = {
+                b"p:last_ts": str(last_ts).encode(),
+                b"p:device": (last.context.device or "").encode(),
+                b"p:locale": (last.context.locale or "").encode(),
+            }
+            # Every purchase ever, not just the recent history: the ranker never recommends them again.
+            profile.update(r.purchase_cells(e) for e in user_events if e.type is EventType.PURCHASE)
+            profiles.append((s.profile_key(user_id), profile))
             plan.histories[user_id] = interest[-self.history_len :]
         self.store.put_many(s.INTERACTIONS, interactions)
         self.store.put_many(s.ITEM_DAILY, daily)

@@ -1,0 +1,95 @@
+"""HBaseStore against a real HBase: what the contract suite cannot show (Thrift restarts, factory URLs)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from scalerec_adapters.factory import make_store
+from scalerec_adapters.hbase_store import HBaseStore
+from scalerec_adapters.store import StoreUnavailable, TableSpec
+
+from .conftest import HOST, PrivateStack, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TABLE = TableSpec("profiles", ("p",), ttl_seconds={"p": 3600}, split_keys=(b"4", b"8"))
+
+
+def _namespace() -> str:
+    return f"it{uuid.uuid4().hex[:10]}"
+
+
+def test_store_recovers_when_the_thrift_server_comes_back(private_thrift: PrivateStack) -> None:
+    port = int(private_thrift.env["SCALEREC_HBASE_THRIFT_PORT"])
+    store = HBaseStore(HOST, port, namespace=_namespace(), pool_size=3, timeout_ms=5_000)
+    try:
+        store.ensure_tables([TABLE])
+        store.put_many("profiles", [(b"u%d" % i, {b"p:n": b"%d" % i}) for i in range(20)])
+        # Touch several pooled connections so that all of them go stale at the restart.
+        for i in range(3):
+            assert store.get("profiles", b"u%d" % i) == {b"p:n": b"%d" % i}
+
+        private_thrift.down("thrift")
+        with pytest.raises(StoreUnavailable, match=rf"{HOST}:{port}.*get from 'profiles'"):
+            store.get("profiles", b"u1")
+        assert not store.healthy()
+
+        private_thrift.up("thrift")
+        # No reconnect call: the next operations find fresh connections by themselves.
+        assert store.get("profiles", b"u1") == {b"p:n": b"1"}
+        assert len(list(store.scan("profiles", batch_size=7))) == 20
+        assert store.increment("profiles", b"c", b"p:n", 2) == 2
+        assert store.healthy()
+    finally:
+        store.drop_tables()
+        store.close()
+
+
+def test_unreachable_store_fails_fast_with_context() -> None:
+    store = HBaseStore(HOST, free_port(), namespace=_namespace(), pool_size=1, timeout_ms=2_000)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"HBase Thrift .*describe table 'profiles'"):
+        store.get("profiles", b"u1")
+    assert time.monotonic() - started < 5
+    assert not store.healthy()
+    store.close()
+
+
+def test_factory_url_builds_a_working_store(shared_hbase: tuple[str, int]) -> None:
+    host, port = shared_hbase
+    namespace = _namespace()
+    store = make_store(f"hbase://{host}:{port}?pool=2", namespace=namespace)
+    assert isinstance(store, HBaseStore)
+    try:
+        store.ensure_tables([TABLE])
+        store.put("profiles", b"u1", {b"p:n": b"1"})
+        assert store.get("profiles", b"u1") == {b"p:n": b"1"}
+    finally:
+        store.drop_tables()
+        store.close()
+
+
+def test_tables_live_under_the_namespace_prefix(shared_hbase: tuple[str, int]) -> None:
+    """Two deployments on one HBase never see each other's tables."""
+    import happybase
+
+    host, port = shared_hbase
+    a, b = HBaseStore(host, port, namespace=_namespace()), HBaseStore(host, port, namespace=_namespace())
+    try:
+        a.ensure_tables([TABLE])
+        b.ensure_tables([TABLE])
+        a.put("profiles", b"u1", {b"p:n": b"a"})
+        assert b.get("profiles", b"u1") == {}
+        raw = happybase.Connection(host, port)
+        try:
+            assert f"{a.namespace}_profiles".encode() in raw.tables()
+            families = raw.table(f"{a.namespace}_profiles").families()
+            assert families[b"p"]["time_to_live"] == 3600, "the family TTL reached HBase"
+        finally:
+            raw.close()
+    finally:
+        for s in (a, b):
+            s.drop_tables()
+            s.close()
