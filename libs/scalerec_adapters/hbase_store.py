@@ -35,32 +35,20 @@ import happybase
 from thriftpy2.thrift import TException
 from thriftpy2.transport import TTransportException
 
-from scalerec_adapters.store import Row, StoreUnavailable, TableSpec, WideColumnStore
+from scalerec_adapters.store import (
+    Row,
+    StoreUnavailable,
+    TableSpec,
+    UnknownTableError,
+    WideColumnStore,
+    as_bytes,
+    prefix_successor,
+)
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _T = TypeVar("_T")
-
-
-class UnknownTableError(LookupError):
-    """A table was used that ``ensure_tables`` never created (in this store's namespace)."""
-
-
-def prefix_successor(prefix: bytes) -> bytes | None:
-    """Smallest key greater than every key starting with ``prefix`` (None: no such key, scan to the end)."""
-    trimmed = prefix.rstrip(b"\xff")
-    if not trimmed:
-        return None
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
-
-
-def _as_bytes(value: object, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes, got {type(value).__name__}: {value!r:.80}")
 
 
 def _server_message(exc: BaseException) -> str:
@@ -217,20 +205,20 @@ class HBaseStore(WideColumnStore):
 
     def _check_cells(self, table: str, row: bytes, cells: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
         families = self._table_families(table)
-        _as_bytes(row, "row key")
+        as_bytes(row, "row key")
         out: dict[bytes, bytes] = {}
         for col, value in cells.items():
-            col = _as_bytes(col, "column")
+            col = as_bytes(col, "column")
             family, sep, _ = col.partition(b":")
             if not sep or family not in families:
                 names = tuple(sorted(f.decode() for f in families))
                 raise ValueError(f"table {table!r}: column {col!r} is not 'family:qualifier' with a family in {names}")
-            out[col] = _as_bytes(value, f"value of {col!r}")
+            out[col] = as_bytes(value, f"value of {col!r}")
         return out
 
     @staticmethod
     def _columns(columns: Sequence[bytes] | None) -> list[bytes] | None:
-        return [_as_bytes(c, "column") for c in columns] if columns else None
+        return [as_bytes(c, "column") for c in columns] if columns else None
 
     # -- tables ----------------------------------------------------------------------------------------
 
@@ -319,13 +307,13 @@ class HBaseStore(WideColumnStore):
         )
 
     def delete(self, table: str, row: bytes, columns: Sequence[bytes] | None = None) -> None:
-        row = _as_bytes(row, "row key")
+        row = as_bytes(row, "row key")
         self._table_families(table)
         cols = self._columns(columns)
         self._call(f"delete from {table!r} row {row!r}", lambda c: c.table(table).delete(row, columns=cols))
 
     def delete_many(self, table: str, rows: Iterable[bytes]) -> None:
-        keys = [_as_bytes(r, "row key") for r in rows]
+        keys = [as_bytes(r, "row key") for r in rows]
         self._table_families(table)
         if not keys:
             return
@@ -340,13 +328,13 @@ class HBaseStore(WideColumnStore):
     # -- reads -----------------------------------------------------------------------------------------
 
     def get(self, table: str, row: bytes, columns: Sequence[bytes] | None = None) -> Row:
-        row = _as_bytes(row, "row key")
+        row = as_bytes(row, "row key")
         self._table_families(table)
         cols = self._columns(columns)
         return dict(self._call(f"get from {table!r} row {row!r}", lambda c: c.table(table).row(row, columns=cols)))
 
     def get_many(self, table: str, rows: Sequence[bytes], columns: Sequence[bytes] | None = None) -> dict[bytes, Row]:
-        keys = list(dict.fromkeys(_as_bytes(r, "row key") for r in rows))
+        keys = list(dict.fromkeys(as_bytes(r, "row key") for r in rows))
         self._table_families(table)
         if not keys:
             return {}
@@ -372,7 +360,7 @@ class HBaseStore(WideColumnStore):
         if prefix is not None:
             if start is not None or stop is not None:
                 raise ValueError("scan: pass either prefix or start/stop, not both")
-            start, stop = _as_bytes(prefix, "prefix"), prefix_successor(prefix)
+            start, stop = as_bytes(prefix, "prefix"), prefix_successor(prefix)
         cols = self._columns(columns)
         return self._scan_pages(table, start, stop, cols, limit, max(1, int(batch_size)))
 

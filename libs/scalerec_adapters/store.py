@@ -26,6 +26,27 @@ class TableSpec:
     split_keys: tuple[bytes, ...] = ()
 
 
+class UnknownTableError(LookupError):
+    """A table was used that ``ensure_tables`` never created (in this store's namespace)."""
+
+
+def prefix_successor(prefix: bytes) -> bytes | None:
+    """Smallest key greater than every key starting with ``prefix`` (None: no such key, scan to the end)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def as_bytes(value: object, what: str) -> bytes:
+    """Keys and values are bytes on both backends; anything else is a caller bug, named here."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, got {type(value).__name__}: {value!r:.80}")
+
+
 class StoreUnavailable(RuntimeError):
     """The store could not be reached; callers degrade (serve from cache, retry later)."""
 

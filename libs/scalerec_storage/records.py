@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from scalerec_adapters.cache import Cache, CacheKeys
-from scalerec_adapters.store import WideColumnStore
+from scalerec_adapters.store import WideColumnStore, prefix_successor
 from scalerec_events.models import Event, EventType, Item, TrainingExample
 from scalerec_features import FEATURE_VERSION, context_features, item_feature_vector
 
@@ -72,15 +72,11 @@ def recent_history(
     if start is None:
         rows = store.scan(s.INTERACTIONS, prefix=prefix, columns=cols, limit=limit, batch_size=min(limit, 1000))
     else:
-        rows = store.scan(s.INTERACTIONS, start=start, stop=_prefix_end(prefix), columns=cols, limit=limit)
+        rows = store.scan(s.INTERACTIONS, start=start, stop=prefix_successor(prefix), columns=cols, limit=limit)
     for key, cells in rows:
         out.append(_entry(key, cells))
     out.reverse()
     return out
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def history_cache_key(keys: CacheKeys, user_id: str) -> str:

@@ -30,32 +30,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scalerec_adapters.embedded._sqlite import connect, write_txn
-from scalerec_adapters.store import Row, StoreUnavailable, TableSpec, WideColumnStore, decode_counter
+from scalerec_adapters.store import (
+    Row,
+    StoreUnavailable,
+    TableSpec,
+    UnknownTableError,
+    WideColumnStore,
+    as_bytes,
+    decode_counter,
+    prefix_successor,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _IN_CHUNK = 500  # stays well under SQLite's host-parameter limit
 _PURGE_EVERY_S = 60.0
 _T = TypeVar("_T")
-
-
-class UnknownTableError(LookupError):
-    """A table was used that ``ensure_tables`` never created (in this store's namespace)."""
-
-
-def prefix_successor(prefix: bytes) -> bytes | None:
-    """Smallest key greater than every key starting with ``prefix`` (None: no such key, scan to the end)."""
-    trimmed = prefix.rstrip(b"\xff")
-    if not trimmed:
-        return None
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
-
-
-def _as_bytes(value: object, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes, got {type(value).__name__}: {value!r:.80}")
 
 
 def _column_filter(columns: Sequence[bytes] | None) -> tuple[str, list[bytes]]:
@@ -65,7 +54,7 @@ def _column_filter(columns: Sequence[bytes] | None) -> tuple[str, list[bytes]]:
     parts: list[str] = []
     args: list[bytes] = []
     for c in columns:
-        c = _as_bytes(c, "column")
+        c = as_bytes(c, "column")
         if b":" in c:
             parts.append("col = ?")
             args.append(c)
@@ -161,16 +150,16 @@ class SqliteStore(WideColumnStore):
         self, spec: TableSpec, row: bytes, cells: Mapping[bytes, bytes], now_ms: int
     ) -> list[tuple[bytes, bytes, bytes, int, int | None]]:
         expiry = self._expiry(spec, now_ms)
-        row = _as_bytes(row, "row key")
+        row = as_bytes(row, "row key")
         out = []
         for col, value in cells.items():
-            col = _as_bytes(col, "column")
+            col = as_bytes(col, "column")
             family, sep, _ = col.partition(b":")
             if not sep or family not in expiry:
                 raise ValueError(
                     f"table {spec.name!r}: column {col!r} is not 'family:qualifier' with a family in {spec.families}"
                 )
-            out.append((row, col, _as_bytes(value, f"value of {col!r}"), now_ms, expiry[family]))
+            out.append((row, col, as_bytes(value, f"value of {col!r}"), now_ms, expiry[family]))
         return out
 
     def _maybe_purge(self, table: str, conn: sqlite3.Connection, now_ms: int) -> None:
@@ -254,8 +243,8 @@ class SqliteStore(WideColumnStore):
     def increment(self, table: str, row: bytes, column: bytes, amount: int = 1) -> int:
         spec = self._run("increment", lambda _: self._spec(table))
         now = int(time.time() * 1000)
-        row = _as_bytes(row, "row key")
-        column = _as_bytes(column, "column")
+        row = as_bytes(row, "row key")
+        column = as_bytes(column, "column")
 
         def run(conn: sqlite3.Connection) -> int:
             # Read-modify-write under the database write lock: atomic across threads and processes.
@@ -279,7 +268,7 @@ class SqliteStore(WideColumnStore):
         return int(self._run(f"increment {table!r}/{row!r}/{column!r}", run))
 
     def delete(self, table: str, row: bytes, columns: Sequence[bytes] | None = None) -> None:
-        row = _as_bytes(row, "row key")
+        row = as_bytes(row, "row key")
 
         def run(conn: sqlite3.Connection) -> None:
             self._spec(table)
@@ -290,7 +279,7 @@ class SqliteStore(WideColumnStore):
         self._run(f"delete from {table!r}", run)
 
     def delete_many(self, table: str, rows: Iterable[bytes]) -> None:
-        keys = [(_as_bytes(r, "row key"),) for r in rows]
+        keys = [(as_bytes(r, "row key"),) for r in rows]
 
         def run(conn: sqlite3.Connection) -> None:
             self._spec(table)
@@ -302,10 +291,10 @@ class SqliteStore(WideColumnStore):
     # -- reads -----------------------------------------------------------------------------------------
 
     def get(self, table: str, row: bytes, columns: Sequence[bytes] | None = None) -> Row:
-        return self.get_many(table, [row], columns).get(_as_bytes(row, "row key"), {})
+        return self.get_many(table, [row], columns).get(as_bytes(row, "row key"), {})
 
     def get_many(self, table: str, rows: Sequence[bytes], columns: Sequence[bytes] | None = None) -> dict[bytes, Row]:
-        keys = list(dict.fromkeys(_as_bytes(r, "row key") for r in rows))
+        keys = list(dict.fromkeys(as_bytes(r, "row key") for r in rows))
         cond, args = _column_filter(columns)
 
         def run(conn: sqlite3.Connection) -> dict[bytes, Row]:
@@ -341,7 +330,7 @@ class SqliteStore(WideColumnStore):
         if prefix is not None:
             if start is not None or stop is not None:
                 raise ValueError("scan: pass either prefix or start/stop, not both")
-            start, stop = _as_bytes(prefix, "prefix"), prefix_successor(prefix)
+            start, stop = as_bytes(prefix, "prefix"), prefix_successor(prefix)
         cond, args = _column_filter(columns)
         t = self._sql_table(table)
         batch_size = max(1, int(batch_size))
