@@ -50,7 +50,7 @@ test: venv helm
 	@rc=0; $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
 test-fast: venv
-	$(BIN)/pytest tests/unit tests/contract -x -q -p no:cacheprovider
+	SCALEREC_REAL_BACKENDS=0 $(BIN)/pytest tests/unit tests/contract -x -q
 
 test-e2e: venv
 	$(BIN)/pytest tests/e2e -x

@@ -29,7 +29,9 @@ class EventType(StrEnum):
 
 
 # Interactions that express interest (everything but an impression).
-POSITIVE_TYPES = frozenset({EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING})
+POSITIVE_TYPES = frozenset(
+    {EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING}
+)
 CONVERSION_TYPES = frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})
 
 Device = Literal["desktop", "mobile", "tablet", "tv", "other"]

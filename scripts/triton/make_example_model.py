@@ -163,7 +163,11 @@ def write_examples(repository: Path, *, seed: int = 0, max_batch_size: int = 256
         for model, build in ((RANKER_MODEL, build_ranker), (USER_TOWER_MODEL, build_user_tower)):
             onnx_path = build(Path(tmp) / f"{model}.onnx", seed=seed)
             version = write_model_version(
-                repository, model, onnx_path, card=example_card(seed), max_batch_size=max_batch_size,
+                repository,
+                model,
+                onnx_path,
+                card=example_card(seed),
+                max_batch_size=max_batch_size,
                 extra_files=extras,
             )
             write_champion(repository, model, version)

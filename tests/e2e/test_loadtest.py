@@ -24,10 +24,27 @@ def test_locust_journeys_run_without_a_single_failure(pipeline: Pipeline, tmp_pa
     }
     summary = tmp_path / "summary.json"
     r = subprocess.run(
-        [sys.executable, "loadtests/run.py", "--users", "8", "--spawn-rate", "8", "--run-time", "8s",
-         "--collector-url", pipeline.url("collector"), "--ranker-url", pipeline.url("ranker"),
-         "--summary-json", str(summary)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "loadtests/run.py",
+            "--users",
+            "8",
+            "--spawn-rate",
+            "8",
+            "--run-time",
+            "8s",
+            "--collector-url",
+            pipeline.url("collector"),
+            "--ranker-url",
+            pipeline.url("ranker"),
+            "--summary-json",
+            str(summary),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(summary.read_text())

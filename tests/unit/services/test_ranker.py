@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
 from scalerec_adapters.bus import Message
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
@@ -44,7 +43,9 @@ async def _ingest(data_dir: Path, shop: Shop) -> None:
     store = SqliteStore(data_dir / "store.db")
     store.ensure_tables(s.tables())
     items = ItemsConsumer(store)
-    await items.handle([Message(Topic.ITEMS, 0, n, None, i.model_dump_json().encode()) for n, i in enumerate(shop.items)])
+    await items.handle(
+        [Message(Topic.ITEMS, 0, n, None, i.model_dump_json().encode()) for n, i in enumerate(shop.items)]
+    )
     events = EventsConsumer(store, MemoryCache(), CacheKeys("scalerec"), bus.producer(), 50, 60)
     msgs = [Message(Topic.EVENTS_RAW, 0, n, None, e.model_dump_json().encode()) for n, e in enumerate(shop.events)]
     for i in range(0, len(msgs), 2000):
@@ -59,8 +60,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     shop = generate_shop(ShopConfig(users=200, items=120, events_per_user=20, seed=3))
     asyncio.run(_ingest(data_dir, shop))
     repository = data_dir / "model_repository"
-    settings = TrainerSettings(data_dir=data_dir, model_repository=repository, min_examples=10, max_epochs=2,
-                               time_budget_s=10)
+    settings = TrainerSettings(
+        data_dir=data_dir, model_repository=repository, min_examples=10, max_epochs=2, time_budget_s=10
+    )
     store = SqliteStore(data_dir / "store.db")
     outcome = train_version(settings, store)
     store.close()
