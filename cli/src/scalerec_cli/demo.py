@@ -25,7 +25,7 @@ from scalerec_cli.cluster import LocalCluster
 from scalerec_cli.synthetic import ShopConfig, generate_shop, shop_summary
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="Run the whole pipeline on a synthetic shop and print a report")
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--items", type=int, default=1500)

@@ -91,7 +91,7 @@ def wait_preprocessed(
         lag = sum(w["lag"] for w in stats["workers"].values())
         return stats if stored >= expected_stored and lag == 0 else None
 
-    return poll_until(check, timeout, 0.5, f"{expected_stored} events stored by the preprocessor")  # type: ignore[no-any-return]
+    return poll_until(check, timeout, 0.5, f"{expected_stored} events stored by the preprocessor")
 
 
 def train(trainer: str, timeout: float = 900) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def train(trainer: str, timeout: float = 900) -> dict[str, Any]:
     result = poll_until(done, timeout, 1.0, "training")
     if result["status"] != "succeeded":
         raise PipelineError(f"training failed: {result['error']}")
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 def wait_report(evaluator: str, version: int, timeout: float = 600) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def wait_report(evaluator: str, version: int, timeout: float = 600) -> dict[str,
         r = httpx.get(f"{evaluator}/v1/reports/{version}", timeout=10)
         return r.json() if r.status_code == 200 else None
 
-    return poll_until(ready, timeout, 1.0, f"the evaluation of model version {version}")  # type: ignore[no-any-return]
+    return poll_until(ready, timeout, 1.0, f"the evaluation of model version {version}")
 
 
 def wait_serving(ranker: str, version: int, timeout: float = 120) -> dict[str, Any]:
@@ -120,10 +120,10 @@ def wait_serving(ranker: str, version: int, timeout: float = 120) -> dict[str, A
         m = httpx.get(f"{ranker}/v1/model", timeout=10).json()
         return m if m["model_version"] == version else None
 
-    return poll_until(serving, timeout, 0.5, f"the ranker to serve model version {version}")  # type: ignore[no-any-return]
+    return poll_until(serving, timeout, 0.5, f"the ranker to serve model version {version}")
 
 
 def recommend(ranker: str, user_id: str, k: int = 10, **params: str) -> dict[str, Any]:
     r = httpx.get(f"{ranker}/v1/recommendations", params={"user_id": user_id, "k": k, **params}, timeout=30)
     r.raise_for_status()
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()

@@ -10,7 +10,7 @@ from pathlib import Path
 from scalerec_cli.cluster import SERVICES, LocalCluster
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="Run the five services on loopback until interrupted")
     p.add_argument("--data-dir", type=Path, default=Path("var/serve"))
     p.add_argument("--base-port", type=int, default=8081, help="collector gets this port, the others the next ones")

@@ -687,7 +687,7 @@ def _event_models(
             else:  # a rating on a later visit, from the user's usual device
                 device, sid = DEVICE_NAMES[int(users.device[u])], f"{user_ids[u]}-r{-1 - s:05d}"
             ctx = contexts[(s, first)] = Context(
-                device=device,
+                device=device,  # type: ignore[arg-type]  # one of DEVICE_NAMES, all valid devices
                 locale=LOCALES[int(users.locale[u])],
                 session_id=sid,
                 referrer=_REFERRERS[int(sess.referrer[s])] if first and s >= 0 else None,

@@ -12,15 +12,15 @@ from scalerec_collector.dedupe import RecentIds
 
 
 def _settings(request: Request) -> CollectorSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def _producer(request: Request) -> Producer:
-    return request.app.state.producer  # type: ignore[no-any-return]
+    return request.app.state.producer
 
 
 def _recent(request: Request) -> RecentIds:
-    return request.app.state.recent_ids  # type: ignore[no-any-return]
+    return request.app.state.recent_ids
 
 
 SettingsDep = Annotated[CollectorSettings, Depends(_settings)]

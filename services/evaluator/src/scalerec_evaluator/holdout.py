@@ -31,7 +31,7 @@ class Holdout:
     def exclusions(self) -> list[list[int]]:
         out = []
         for user, hist, target in zip(self.users, self.histories, self.targets, strict=True):
-            cols = {self.index[i] for i in self.past_items.get(user, ()) | set(hist) if i in self.index}
+            cols = {self.index[i] for i in self.past_items.get(user, set()) | set(hist) if i in self.index}
             cols.discard(target)
             out.append(sorted(cols))
         return out

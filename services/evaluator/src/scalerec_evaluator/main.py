@@ -67,7 +67,7 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
     app.state.settings = settings
 
     async def store_ok() -> bool:
-        return await app.state.backends.store_healthy()  # type: ignore[no-any-return]
+        return await app.state.backends.store_healthy()
 
     install_common(app, service="evaluator", api_keys=settings.api_key_set(), readiness={"store": store_ok})
     app.include_router(reports.router)

@@ -41,7 +41,6 @@ def model_scores(repository: Path, version: int, h: Holdout, scorer: OnnxRuntime
     import asyncio
 
     model = ModelVersion.load(repository, version)
-    features = np.asarray(h.features, dtype=np.int64)
 
     def score(case_rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(case_rows), len(h.items)), dtype=np.float64)
@@ -51,7 +50,7 @@ def model_scores(repository: Path, version: int, h: Holdout, scorer: OnnxRuntime
                 [h.histories[c] for c in batch],
                 [h.contexts[c] for c in batch],
                 [h.items] * len(batch),
-                [features] * len(batch),
+                [h.features] * len(batch),
             )
             res = asyncio.run(scorer.infer(repo.RANKER_MODEL, version, inputs, ["scores"]))
             out[start : start + len(batch)] = res["scores"][:, : len(h.items)]

@@ -74,7 +74,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         return all(w.running and not w.failing for w in app.state.workers.values())
 
     async def store_ok() -> bool:
-        return await app.state.backends.store_healthy()  # type: ignore[no-any-return]
+        return await app.state.backends.store_healthy()
 
     install_common(
         app,

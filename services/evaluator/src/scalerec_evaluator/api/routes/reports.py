@@ -24,7 +24,7 @@ async def report(request: Request, version: int) -> dict[str, Any]:
     found = await asyncio.to_thread(request.app.state.evaluator.report, version)
     if found is None:
         raise HTTPException(404, f"no report for model version {version} (not evaluated yet, or unknown)")
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 @router.post("/evaluate/{version}", summary="Evaluate (and maybe promote) a model version now")
@@ -32,7 +32,7 @@ async def evaluate(request: Request, version: int) -> dict[str, Any]:
     repository = request.app.state.settings.model_repository
     if version not in repo.list_versions(repository, repo.RANKER_MODEL):
         raise HTTPException(404, f"model version {version} is not in the model repository")
-    return await request.app.state.evaluator.evaluate(version)  # type: ignore[no-any-return]
+    return await request.app.state.evaluator.evaluate(version)
 
 
 @router.get("/online", summary="Online metrics per model version (CTR, conversion rate)")

@@ -56,7 +56,7 @@ class RecommendationsOut(BaseModel):
 
 
 def _recommender(request: Request) -> Recommender:
-    return request.app.state.recommender  # type: ignore[no-any-return]
+    return request.app.state.recommender
 
 
 @router.get("/recommendations", response_model=RecommendationsOut, summary="Recommendations for a user")
