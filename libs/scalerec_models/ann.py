@@ -64,8 +64,9 @@ class AnnIndex:
         path.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self._index, str(path / "index.faiss"))
         np.save(path / "ids.npy", self._ids)
-        (path / "ann.json").write_text(json.dumps({"dim": self.dim, "kind": self.kind, "hnsw_m": self.hnsw_m,
-                                                   "ef_search": self.ef_search}))
+        (path / "ann.json").write_text(
+            json.dumps({"dim": self.dim, "kind": self.kind, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search})
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> AnnIndex:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from scalerec_metrics import evaluate_full_ranking
+
 from scalerec_models.baselines import ItemKNN, Popularity, UserKNN
 from scalerec_models.config import ModelConfig, model_config
 from scalerec_models.data import LeaveOneOut
@@ -44,8 +44,13 @@ class ModelResult:
     params: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        return {f"hr@{K}": self.metrics[f"hr@{K}"], f"ndcg@{K}": self.metrics[f"ndcg@{K}"],
-                "mrr": self.metrics["mrr"], "train_seconds": round(self.train_seconds, 2), "params": self.params}
+        return {
+            f"hr@{K}": self.metrics[f"hr@{K}"],
+            f"ndcg@{K}": self.metrics[f"ndcg@{K}"],
+            "mrr": self.metrics["mrr"],
+            "train_seconds": round(self.train_seconds, 2),
+            "params": self.params,
+        }
 
 
 def _evaluate(split: LeaveOneOut, stage: str, scores: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
@@ -105,10 +110,14 @@ def run_bpr(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float], dic
     train_h = _stage_histories(split, "val")
     rows = split.eval_users
     best, best_reg, best_epochs = -1.0, 0.0, 1
-    for reg in (1e-5, 1e-3):
+    for reg in (1e-3, 1e-2):
         bpr = BPRModel(split.n_items, dim=cfg.bpr_dim, reg=reg, seed=cfg.seed)
-        epochs, ndcg = bpr.fit(train_h, epochs=100, patience=3,
-                               validate=lambda b: _evaluate(split, "val", lambda u: b.scores(rows[u]))[f"ndcg@{K}"])
+        epochs, ndcg = bpr.fit(
+            train_h,
+            epochs=100,
+            patience=3,
+            validate=lambda b: _evaluate(split, "val", lambda u: b.scores(rows[u]))[f"ndcg@{K}"],
+        )
         log.info("  BPR reg %g: val ndcg@10 %.4f after %d epochs", reg, ndcg, epochs)
         if ndcg > best:
             best, best_reg, best_epochs = ndcg, reg, epochs
@@ -123,7 +132,9 @@ def run_two_tower(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float
 
     model, info = train_two_tower(split, split.n_items, split.item_features, cfg, progress=True)
     return evaluate_model(model, split, "test", cfg.max_len) | {"val_ndcg@10": info["val_ndcg@10"]}, {
-        "dim": cfg.tower_dim, "epochs": int(info["best_epoch"])}
+        "dim": cfg.tower_dim,
+        "epochs": int(info["best_epoch"]),
+    }
 
 
 def run_sequential(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -131,7 +142,11 @@ def run_sequential(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, floa
 
     model, info = train_ranker(split, split.n_items, split.item_features, cfg, progress=True)
     return evaluate_model(model, split, "test", cfg.max_len) | {"val_ndcg@10": info["val_ndcg@10"]}, {
-        "dim": cfg.dim, "layers": cfg.layers, "max_len": cfg.max_len, "epochs": int(info["best_epoch"])}
+        "dim": cfg.dim,
+        "layers": cfg.layers,
+        "max_len": cfg.max_len,
+        "epochs": int(info["best_epoch"]),
+    }
 
 
 RUNNERS: dict[str, Callable[[LeaveOneOut, ModelConfig], tuple[dict[str, float], dict[str, Any]]]] = {

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scalerec_features import ITEM_FEATURE_LEN
+
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import FIRST_ITEM, ItemVocab
 

@@ -36,15 +36,16 @@ class ModelConfig:
     epochs: int = 200
     patience: int = 5
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     # Negatives per training position: 0 = full softmax over every item (best on small
     # catalogues); otherwise a shared sampled softmax with logQ correction.
     negatives: int = 0
     # Time budget per model in seconds (training stops early, the best checkpoint is kept).
-    time_budget_s: float = 300.0
+    time_budget_s: float = 240.0
     tower_dim: int = 64
     tower_epochs: int = 60
+    tower_time_budget_s: float = 120.0
     bpr_dim: int = 64
     seed: int = 0
 
@@ -68,11 +69,22 @@ class ModelConfig:
 
 
 SIZES: dict[str, ModelConfig] = {
-    "demo": ModelConfig(size="demo", dim=32, layers=1, heads=1, max_len=HISTORY_LEN, epochs=30, time_budget_s=60),
+    "demo": ModelConfig(
+        size="demo", dim=32, layers=1, heads=1, max_len=HISTORY_LEN, epochs=30, time_budget_s=60, tower_time_budget_s=30
+    ),
     "small": ModelConfig(size="small"),
     "large": ModelConfig(
-        size="large", dim=128, layers=4, heads=4, max_len=HISTORY_LEN, item_buckets=20_000_000, negatives=4096,
-        batch_size=1024, tower_dim=128, time_budget_s=3600 * 6,
+        size="large",
+        dim=128,
+        layers=4,
+        heads=4,
+        max_len=HISTORY_LEN,
+        item_buckets=20_000_000,
+        negatives=4096,
+        batch_size=1024,
+        tower_dim=128,
+        time_budget_s=3600 * 6,
+        tower_time_budget_s=3600 * 6,
     ),
 }
 

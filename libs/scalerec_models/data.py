@@ -8,13 +8,13 @@ never cares whether its events came from Kafka, HBase or a MovieLens file.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from scalerec_features import ITEM_FEATURE_LEN, context_features, item_feature_vector, stable_hash
 
 PAD = 0
@@ -157,7 +157,7 @@ def to_sequences(data: Interactions, vocab: ItemVocab) -> Sequences:
     conv = data.conversion()[order]
     bounds = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1], True])
     seq = Sequences([], [], [], [])
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         seq.users.append(str(users_sorted[a]))
         seq.items.append(idx[a:b])
         seq.contexts.append(ctx[a:b])
@@ -383,4 +383,8 @@ def load_dataset(path: str | Path, fmt: str) -> Dataset:
                     raise ValueError(f"{f}:{n}: cannot parse row {row}: {exc}") from exc
     if not users:
         raise ValueError(f"{path}: no interactions found for format {fmt}")
-    return Dataset(name=f"{fmt}:{f.parent.name if f.parent.name else f.name}", interactions=_ratings(users, items, ts, ratings), item_features=feats)
+    return Dataset(
+        name=f"{fmt}:{f.parent.name if f.parent.name else f.name}",
+        interactions=_ratings(users, items, ts, ratings),
+        item_features=feats,
+    )

@@ -7,10 +7,10 @@ exported ONNX files (see :mod:`scalerec_models.bundle`).
 from __future__ import annotations
 
 import torch
+from scalerec_features import CONTEXT_CARDINALITIES, ITEM_FEATURE_CARDINALITIES, TEXT_TOKENS
 from torch import nn
 from torch.nn import functional as F
 
-from scalerec_features import CONTEXT_CARDINALITIES, ITEM_FEATURE_CARDINALITIES, TEXT_TOKENS
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import UNKNOWN
 
@@ -25,12 +25,14 @@ class ItemEncoder(nn.Module):
     def __init__(self, n_items: int, dim: int, use_content: bool = True) -> None:
         super().__init__()
         self.use_content = use_content
-        self.id = nn.Embedding(n_items, dim, padding_idx=0)
+        # Sparse gradients: a step touches only the rows it used, and the optimiser (SparseAdam)
+        # updates only those — the difference between feasible and not for tables of 20M rows.
+        self.id = nn.Embedding(n_items, dim, padding_idx=0, sparse=True)
         nn.init.normal_(self.id.weight, std=0.02)
         if use_content:
-            self.category = nn.Embedding(ITEM_FEATURE_CARDINALITIES[0], dim, padding_idx=0)
-            self.price = nn.Embedding(ITEM_FEATURE_CARDINALITIES[1], dim, padding_idx=0)
-            self.token = nn.Embedding(ITEM_FEATURE_CARDINALITIES[2], dim, padding_idx=0)
+            self.category = nn.Embedding(ITEM_FEATURE_CARDINALITIES[0], dim, padding_idx=0, sparse=True)
+            self.price = nn.Embedding(ITEM_FEATURE_CARDINALITIES[1], dim, padding_idx=0, sparse=True)
+            self.token = nn.Embedding(ITEM_FEATURE_CARDINALITIES[2], dim, padding_idx=0, sparse=True)
             for emb in (self.category, self.price, self.token):
                 nn.init.normal_(emb.weight, std=0.02)
         with torch.no_grad():
@@ -77,7 +79,12 @@ class SequenceEncoder(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, dim_feedforward=cfg.dim * 2, dropout=cfg.dropout, batch_first=True, norm_first=True,
+            cfg.dim,
+            cfg.heads,
+            dim_feedforward=cfg.dim * 2,
+            dropout=cfg.dropout,
+            batch_first=True,
+            norm_first=True,
             activation="gelu",
         )
         self.layers = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
@@ -86,7 +93,7 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, history: torch.Tensor, hist_feats: torch.Tensor) -> torch.Tensor:
         """history [B, L] (0 = pad, left-padded) -> states [B, L, dim]."""
-        b, length = history.shape
+        _b, length = history.shape
         x = self.items(history, hist_feats) * (self.dim**0.5)
         x = x + self.pos.weight[self.max_len - length :].unsqueeze(0)
         x = self.drop(x)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scalerec_features import ITEM_FEATURE_LEN
+
 from scalerec_models.bundle import RANKER_INPUTS, RANKER_OUTPUTS, USER_TOWER_INPUTS, USER_TOWER_OUTPUTS
 from scalerec_models.networks import SeqRanker, TwoTower
 
@@ -37,16 +37,30 @@ def example_ranker_inputs(history_len: int, batch: int = 2, n: int = 3, n_items:
     }
 
 
-def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
-            outputs: tuple[str, ...], dynamic: dict[str, dict[int, object]], external: bool | None) -> Path:
+def _export(
+    model: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    dynamic: dict[str, dict[int, object]],
+    external: bool | None,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if external is None:
         external = _param_bytes(model) > ONNX_SINGLE_FILE_LIMIT
     model.eval()
     with torch.no_grad():
         program = torch.onnx.export(
-            model, args, dynamo=True, input_names=list(inputs), output_names=list(outputs),
-            dynamic_shapes=dynamic, external_data=external, optimize=True, verbose=False,
+            model,
+            args,
+            dynamo=True,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_shapes=dynamic,
+            external_data=external,
+            optimize=True,
+            verbose=False,
         )
     assert program is not None
     program.save(str(path), external_data=external)
@@ -57,10 +71,15 @@ def export_ranker(model: SeqRanker, path: str | Path, external_data: bool | None
     """Write ``scalerec_ranker``: history [B, L], context [B, 4], candidates [B, N], candidate_features [B, N, 10]."""
     batch, n = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("candidates", min=1, max=1 << 20)
     ex = example_ranker_inputs(model.cfg.history_len, n_items=min(10, model.feature_table.shape[0]))
-    dyn = {"history": {0: batch}, "context": {0: batch}, "candidates": {0: batch, 1: n},
-           "candidate_features": {0: batch, 1: n}}
-    return _export(model, tuple(ex[k] for k in RANKER_INPUTS), Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn,
-                   external_data)
+    dyn = {
+        "history": {0: batch},
+        "context": {0: batch},
+        "candidates": {0: batch, 1: n},
+        "candidate_features": {0: batch, 1: n},
+    }
+    return _export(
+        model, tuple(ex[k] for k in RANKER_INPUTS), Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data
+    )
 
 
 class _UserTower(torch.nn.Module):
@@ -76,8 +95,15 @@ def export_user_tower(model: TwoTower, history_len: int, path: str | Path, exter
     """Write ``scalerec_user_tower``: history [B, L], context [B, 4] -> user_embedding [B, D]."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     ex = example_ranker_inputs(history_len, n_items=min(10, model.feature_table.shape[0]))
-    return _export(_UserTower(model), (ex["history"], ex["context"]), Path(path), USER_TOWER_INPUTS,
-                   USER_TOWER_OUTPUTS, {"history": {0: batch}, "context": {0: batch}}, external_data)
+    return _export(
+        _UserTower(model),
+        (ex["history"], ex["context"]),
+        Path(path),
+        USER_TOWER_INPUTS,
+        USER_TOWER_OUTPUTS,
+        {"history": {0: batch}, "context": {0: batch}},
+        external_data,
+    )
 
 
 def _ort(path: Path):  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ from scalerec_models.bundle import (
     ModelBundle,
 )
 from scalerec_models.config import ModelConfig, model_config
-from scalerec_models.data import FIRST_ITEM, Interactions, ItemVocab, feature_table, leave_one_out, to_sequences
+from scalerec_models.data import FIRST_ITEM, Interactions, ItemVocab, leave_one_out, to_sequences
 from scalerec_models.networks import SeqRanker, TwoTower
 from scalerec_models.onnx_export import export_ranker, export_user_tower, ranker_parity, user_tower_parity
 from scalerec_models.training import evaluate_model, train_ranker, train_two_tower
@@ -62,8 +62,12 @@ class TrainedModels:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _vocab_for(interactions: Interactions, item_features: Mapping[str, Sequence[int]] | None, cfg: ModelConfig,
-               previous: ItemVocab | None) -> ItemVocab:
+def _vocab_for(
+    interactions: Interactions,
+    item_features: Mapping[str, Sequence[int]] | None,
+    cfg: ModelConfig,
+    previous: ItemVocab | None,
+) -> ItemVocab:
     if cfg.item_buckets:
         return ItemVocab(buckets=cfg.item_buckets)
     items = list(previous.items) if previous and not previous.buckets else []
@@ -120,8 +124,12 @@ def train_models(
     source = split if has_holdout else to_sequences(interactions, vocab)
     ranker, r_info = train_ranker(source, vocab.size, features, cfg, progress=progress, init=ranker)
     tower, t_info = train_two_tower(source, vocab.size, features, cfg, progress=progress, init=tower)
-    metrics: dict[str, float] = {"train_seconds": time.perf_counter() - t0, "users": float(len(split.train.users)),
-                                 "items": float(vocab.size - FIRST_ITEM), "events": float(len(interactions))}
+    metrics: dict[str, float] = {
+        "train_seconds": time.perf_counter() - t0,
+        "users": float(len(split.train.users)),
+        "items": float(vocab.size - FIRST_ITEM),
+        "events": float(len(interactions)),
+    }
     if has_holdout:
         for name, model in (("ranker", ranker), ("two_tower", tower)):
             for k, v in evaluate_model(model, split, "test", cfg.max_len).items():
@@ -155,11 +163,17 @@ def export(trained: TrainedModels, out_dir: str | Path, verify: bool = True) -> 
     torch.save(trained.ranker.state_dict(), out / RANKER_WEIGHTS)
     torch.save(trained.two_tower.state_dict(), out / TWO_TOWER_WEIGHTS)
     (out / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2))
-    paths.update({
-        "item_embeddings": out / ITEM_EMBEDDINGS_FILE, "item_features": out / ITEM_FEATURES_FILE,
-        "vocab": out / VOCAB_FILE, "config": out / CONFIG_FILE, "ranker_weights": out / RANKER_WEIGHTS,
-        "two_tower_weights": out / TWO_TOWER_WEIGHTS, "metrics": out / METRICS_FILE,
-    })
+    paths.update(
+        {
+            "item_embeddings": out / ITEM_EMBEDDINGS_FILE,
+            "item_features": out / ITEM_FEATURES_FILE,
+            "vocab": out / VOCAB_FILE,
+            "config": out / CONFIG_FILE,
+            "ranker_weights": out / RANKER_WEIGHTS,
+            "two_tower_weights": out / TWO_TOWER_WEIGHTS,
+            "metrics": out / METRICS_FILE,
+        }
+    )
     if verify:
         diffs = check_parity(trained, out)
         bad = {k: v for k, v in diffs.items() if not v <= PARITY_TOLERANCE}
@@ -173,16 +187,19 @@ def check_parity(trained: TrainedModels, out_dir: str | Path, batch: int = 4, n:
     bundle = ModelBundle(out_dir)
     rng = np.random.default_rng(0)
     known = trained.vocab.items or [f"item-{i}" for i in range(50)]
-    hist = [list(rng.choice(known, size=int(rng.integers(0, 2 * trained.config.history_len + 1)))) for _ in range(batch)]
+    hist = [
+        list(rng.choice(known, size=int(rng.integers(0, 2 * trained.config.history_len + 1)))) for _ in range(batch)
+    ]
     hist[0] = []
-    ctx = [[int(rng.integers(24)), int(rng.integers(7)), int(rng.integers(6)), int(rng.integers(64))]
-           for _ in range(batch)]
+    ctx = [
+        [int(rng.integers(24)), int(rng.integers(7)), int(rng.integers(6)), int(rng.integers(64))] for _ in range(batch)
+    ]
     cands = [[*rng.choice(known, size=n - 1).tolist(), "a-brand-new-item"] for _ in range(batch)]
     cands[-1] = cands[-1][: n // 2]
     inputs = bundle.ranker_inputs(hist, ctx, cands)
     return {
         "ranker": ranker_parity(trained.ranker, Path(out_dir) / RANKER_FILE, inputs),
-        "user_tower": user_tower_parity(trained.two_tower, Path(out_dir) / USER_TOWER_FILE,
-                                        bundle.user_tower_inputs(hist, ctx)),
+        "user_tower": user_tower_parity(
+            trained.two_tower, Path(out_dir) / USER_TOWER_FILE, bundle.user_tower_inputs(hist, ctx)
+        ),
     }
-

@@ -1,0 +1,153 @@
+"""The neural models end to end: train (tiny), export ONNX, serve through ModelBundle without torch.
+
+The synthetic world: 3 categories of 12 items; each user consumes items of one
+category.  A model that learned anything ranks a *new* item (no interactions,
+index "unknown") of the user's category above known items of other categories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from scalerec_features import ITEM_FEATURE_LEN, item_feature_vector  # noqa: E402
+from scalerec_models.ann import AnnIndex  # noqa: E402
+from scalerec_models.bundle import ModelBundle  # noqa: E402
+from scalerec_models.config import model_config  # noqa: E402
+from scalerec_models.data import UNKNOWN, Interactions  # noqa: E402
+from scalerec_models.networks import SeqRanker  # noqa: E402
+from scalerec_models.onnx_export import export_ranker, ranker_parity  # noqa: E402
+from scalerec_models.pipeline import TrainedModels, check_parity, export, train_models  # noqa: E402
+
+CATEGORIES = ("jazz", "metal", "opera")
+PER_CATEGORY = 12
+
+
+def _catalogue() -> dict[str, list[int]]:
+    return {
+        f"{cat}-{i}": item_feature_vector(cat, 10.0 + c, title=f"{cat} record {i}")
+        for c, cat in enumerate(CATEGORIES)
+        for i in range(PER_CATEGORY)
+    }
+
+
+def _world(seed: int = 0) -> Interactions:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(90):
+        cat = CATEGORIES[u % 3]
+        items = rng.choice(PER_CATEGORY, size=8, replace=False)
+        for k, i in enumerate(items):
+            rows.append(
+                {
+                    "user_id": f"u{u}",
+                    "item_id": f"{cat}-{i}",
+                    "ts_ms": 1_700_000_000_000 + (u * 100 + k) * 60_000,
+                    "type": "purchase" if k % 3 == 0 else "click",
+                    "context": [10, 2, 1, 5],
+                }
+            )
+    return Interactions.from_records(rows)
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainedModels:
+    torch.set_num_threads(1)
+    cfg = model_config(
+        "demo",
+        dim=16,
+        max_len=10,
+        history_len=10,
+        epochs=25,
+        patience=25,
+        tower_epochs=15,
+        tower_dim=16,
+        batch_size=32,
+        lr=1e-2,
+        id_dropout=0.2,
+        dropout=0.1,
+    )
+    return train_models(_world(), _catalogue(), cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def version(trained: TrainedModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("version")
+    export(trained, out)  # raises if ONNX and torch disagree by more than 1e-5
+    return out
+
+
+def test_export_writes_the_serving_contract(version: Path, trained: TrainedModels) -> None:
+    for name in ("ranker.onnx", "user_tower.onnx", "item_embeddings.npy", "vocab.json", "config.json"):
+        assert (version / name).exists(), name
+    assert not (version / "ranker.onnx.data").exists()  # small models are one file
+    import onnx
+
+    ranker = onnx.load(str(version / "ranker.onnx"))
+    inputs = {i.name: i.type.tensor_type for i in ranker.graph.input}
+    assert list(inputs) == ["history", "context", "candidates", "candidate_features"]
+    assert all(t.elem_type == onnx.TensorProto.INT64 for t in inputs.values())
+    assert [o.name for o in ranker.graph.output] == ["scores", "p_click", "p_conversion"]
+    assert inputs["history"].shape.dim[1].dim_value == trained.config.history_len
+    assert inputs["candidate_features"].shape.dim[2].dim_value == ITEM_FEATURE_LEN
+    emb = np.load(version / "item_embeddings.npy")
+    assert emb.shape == (trained.vocab.size, trained.config.tower_dim) and emb.dtype == np.float32
+
+
+def test_onnx_matches_torch_for_both_models(version: Path, trained: TrainedModels) -> None:
+    diffs = check_parity(trained, version, batch=3, n=7)
+    assert diffs["ranker"] <= 1e-5 and diffs["user_tower"] <= 1e-5, diffs
+
+
+def test_new_item_of_the_users_taste_is_recommended(version: Path) -> None:
+    bundle = ModelBundle(version)
+    catalogue = _catalogue()
+    history = [f"jazz-{i}" for i in range(6)]
+    others = [f"{cat}-{i}" for cat in ("metal", "opera") for i in range(5)]
+    candidates = [*others, "jazz-brand-new"]
+    feats = [catalogue[c] for c in others] + [item_feature_vector("jazz", 11.0, title="jazz record debut")]
+    inputs = bundle.ranker_inputs([history], [[10, 2, 1, 5]], [candidates], [feats])
+    assert inputs["candidates"][0, -1] == UNKNOWN
+    out = bundle.rank(inputs)
+    order = np.argsort(-out["scores"][0])
+    assert order[0] == len(candidates) - 1, [candidates[i] for i in order[:3]]
+    for key in ("p_click", "p_conversion"):
+        assert ((out[key] > 0) & (out[key] < 1)).all()
+
+
+def test_retrieval_finds_the_users_category(version: Path) -> None:
+    bundle = ModelBundle(version)
+    user = bundle.user_embedding(bundle.user_tower_inputs([[f"metal-{i}" for i in range(5)]], [[10, 2, 1, 5]]))
+    assert bundle.item_embeddings is not None
+    ann = AnnIndex(user.shape[1]).build(np.asarray(bundle.item_embeddings))
+    _, idx = ann.search(user, 5)
+    found = [bundle.item_ids([i])[0] or "" for i in idx[0]]
+    assert sum(f.startswith("metal") for f in found) >= 4, found
+
+
+def test_warm_start_keeps_item_indices(version: Path, trained: TrainedModels) -> None:
+    more = _world(seed=1)
+    cfg = trained.config.with_(epochs=1, tower_epochs=1)
+    catalogue = {**_catalogue(), "jazz-late-arrival": item_feature_vector("jazz", 12.0)}
+    again = train_models(more, catalogue, cfg, warm_start_dir=version, progress=False)
+    assert again.vocab.items[: len(trained.vocab.items)] == trained.vocab.items
+    assert again.vocab.index("jazz-late-arrival") == trained.vocab.size
+
+
+def test_hashed_large_shape_constructs_and_exports(tmp_path: Path) -> None:
+    # The production shape with a small bucket count: index = hash bucket, no vocabulary, content still used.
+    cfg = model_config("large", item_buckets=5000, dim=16, layers=1, heads=2, history_len=8)
+    model = SeqRanker(cfg, 5002, torch.zeros((2, ITEM_FEATURE_LEN), dtype=torch.long))
+    path = export_ranker(model, tmp_path / "ranker.onnx")
+    rng = np.random.default_rng(0)
+    inputs = {
+        "history": rng.integers(0, 5002, (2, 8)),
+        "context": np.array([[1, 2, 3, 4]] * 2),
+        "candidates": rng.integers(1, 5002, (2, 5)),
+        "candidate_features": rng.integers(0, 16, (2, 5, 10)),
+    }
+    assert ranker_parity(model, path, inputs) <= 1e-5
