@@ -48,6 +48,12 @@ class ModelConfig:
     tower_time_budget_s: float = 120.0
     bpr_dim: int = 64
     seed: int = 0
+    # "auto" = cuda when a GPU is visible, else cpu; or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    # bf16 autocast around forward + loss on CUDA (ignored on CPU, where training stays fp32).
+    amp: bool = True
+    # Folder for per-epoch checkpoints (model + optimizer + epoch + best score); a rerun resumes from it.
+    checkpoint_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -97,11 +97,11 @@ class SequenceEncoder(nn.Module):
         x = self.items(history, hist_feats) * (self.dim**0.5)
         x = x + self.pos.weight[self.max_len - length :].unsqueeze(0)
         x = self.drop(x)
-        causal = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
         # A fully padded prefix would attend to nothing (NaN); let every position see itself.
         pad = history == 0
         key_bias = pad.unsqueeze(1).to(x.dtype) * -1e9
-        eye = torch.eye(length, dtype=torch.bool).unsqueeze(0)
+        eye = torch.eye(length, dtype=torch.bool, device=x.device).unsqueeze(0)
         mask = (causal.unsqueeze(0) + key_bias).masked_fill(eye, 0.0)
         mask = mask.repeat_interleave(self.layers.layers[0].self_attn.num_heads, 0)
         h = self.layers(x, mask=mask)
@@ -148,7 +148,8 @@ class SeqRanker(nn.Module):
 
     def all_items(self) -> torch.Tensor:
         """[n_items, dim]: every row of the catalogue (the full-softmax / full-ranking output layer)."""
-        return self.item_vectors(torch.arange(self.item_encoder.id.num_embeddings))
+        w = self.item_encoder.id.weight
+        return self.item_vectors(torch.arange(self.item_encoder.id.num_embeddings, device=w.device))
 
     def forward(
         self, history: torch.Tensor, context: torch.Tensor, candidates: torch.Tensor, candidate_features: torch.Tensor
@@ -195,7 +196,8 @@ class TwoTower(nn.Module):
 
     def all_items(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Item-tower vectors of rows [start, stop) (all rows by default): ``item_embeddings.npy``."""
-        ids = torch.arange(start, stop if stop is not None else self.item_encoder.id.num_embeddings)
+        stop = stop if stop is not None else self.item_encoder.id.num_embeddings
+        ids = torch.arange(start, stop, device=self.item_encoder.id.weight.device)
         return self.item_vectors(ids, self.hist_features(ids))
 
     def forward(self, history: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -228,5 +230,5 @@ def unknown_dropout(ids: torch.Tensor, rate: float) -> torch.Tensor:
     """Replace a share of (non-pad) ids by UNKNOWN so the content path learns to stand alone."""
     if rate <= 0:
         return ids
-    drop = (torch.rand(ids.shape) < rate) & (ids > 0)
+    drop = (torch.rand(ids.shape, device=ids.device) < rate) & (ids > 0)
     return torch.where(drop, torch.full_like(ids, UNKNOWN), ids)

@@ -10,17 +10,26 @@ all their events.  Early stopping watches NDCG@10 on the validation item
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from scalerec_metrics import evaluate_full_ranking
 from torch.nn import functional as F
 
+from scalerec_models import distributed as dd
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import FIRST_ITEM, LeaveOneOut, Sequences
 from scalerec_models.networks import BPR, SeqRanker, TwoTower, unknown_dropout
@@ -79,14 +88,15 @@ def score_all(model: ScoreModel, histories: Sequence[np.ndarray], contexts: np.n
     """Scores of every item for each history: [U, V] (pad and unknown columns are -inf)."""
     model.eval()
     items = model.all_items()
+    device = items.device
     out = []
     for s in range(0, len(histories), 256):
-        h = torch.from_numpy(left_pad(histories[s : s + 256], length))
-        c = torch.from_numpy(np.asarray(contexts[s : s + 256], dtype=np.int64))
+        h = torch.from_numpy(left_pad(histories[s : s + 256], length)).to(device)
+        c = torch.from_numpy(np.asarray(contexts[s : s + 256], dtype=np.int64)).to(device)
         state = model.user_states(h, c)[:, -1]
         sc = state @ items.T
         sc[:, :FIRST_ITEM] = -torch.inf
-        out.append(sc.numpy())
+        out.append(sc.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, items.shape[0]), np.float32)
 
 
@@ -113,6 +123,68 @@ def _optimizers(
     return opts, dense
 
 
+class _StepModule(torch.nn.Module):
+    """``forward`` = one training step's loss, so DistributedDataParallel sees (and syncs) the whole step.
+
+    The step functions call model methods (``user_states``, ``all_items``...), not
+    ``forward``; wrapping the step makes DDP's forward hook run around all of them.
+    """
+
+    def __init__(self, model: torch.nn.Module, step: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._step = step
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, cv: torch.Tensor) -> torch.Tensor:
+        return self._step(x, y, c, cv)
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (no GradScaler needed: bf16 has fp32's range); a no-op on CPU, which stays fp32."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _fingerprint(name: str, windows: Windows, model: torch.nn.Module, cfg: ModelConfig) -> str:
+    """Identifies a training run, so a checkpoint is only resumed by the same run (not tomorrow's Job)."""
+    keep = {k: v for k, v in cfg.to_json().items() if k not in ("checkpoint_dir", "device", "amp")}
+    keep = {k: v for k, v in keep.items() if "time_budget" not in k}
+    h = hashlib.sha256(json.dumps([name, keep], sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(windows.targets).tobytes())
+    for k, v in model.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)}".encode())
+    return h.hexdigest()[:24]
+
+
+def checkpoint_path(cfg: ModelConfig, name: str) -> Path | None:
+    return Path(cfg.checkpoint_dir) / f"{name}.ckpt.pt" if cfg.checkpoint_dir else None
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write-then-rename, so a Job killed mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _shard(batches: list[np.ndarray], rank: int, world: int, device: torch.device) -> list[int]:
+    """This rank's batch numbers: every ``world``-th, cut to the same count on every rank (DDP steps in lockstep)."""
+    if world == 1:
+        return list(range(len(batches)))
+    per_rank = len(batches) // world
+    if dist.is_available() and dist.is_initialized():
+        # Ranks whose data differ slightly (a store that moved on between scans) must still take
+        # the same number of steps, or DDP's all-reduce would wait forever for the missing ones.
+        t = torch.tensor([per_rank], dtype=torch.int64, device=device)  # nccl reduces on the GPU
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        per_rank = int(t.item())
+    if per_rank == 0:
+        raise ValueError(f"{len(batches)} batches cannot feed {world} data-parallel processes")
+    return list(range(rank, per_rank * world, world))
+
+
 def _train_loop(
     model: ScoreModel,
     windows: Windows,
@@ -122,28 +194,93 @@ def _train_loop(
     epochs: int,
     progress: bool,
     name: str,
+    generators: Sequence[torch.Generator] = (),
 ) -> dict[str, float]:
+    """Epochs of length-bucketed batches, with early stopping, time budget, checkpoints and optional DDP.
+
+    Distributed (a process group of > 1): every rank draws the same batch
+    permutation (same seed) and takes every ``world``-th batch, gradients are
+    all-reduced by DDP, and rank 0's validation score and elapsed time are
+    broadcast so every rank stops at the same epoch.  Single-process training
+    follows exactly the path it always had.
+    """
+    device = dd.local_device(cfg.device)
+    model.to(device)
+    world, rank = dd.world_size(), dd.rank()
+    main = rank == 0
     opts, dense = _optimizers(model, cfg)
+    amp = autocast_for(device, cfg.amp)
     n = len(windows.inputs)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
-    t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    epoch = 0
+    first, last, spent = 1, 1, 0.0
+    ckpt = checkpoint_path(cfg, name)
+    fp = _fingerprint(name, windows, model, cfg) if ckpt else ""
+    if ckpt and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fp:
+            model.load_state_dict(state["model"])
+            for opt, st in zip(opts, state["optimizers"], strict=True):
+                opt.load_state_dict(st)
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            for g, st in zip(generators, state.get("generators", []), strict=False):
+                g.set_state(st)
+            best, best_epoch, bad, spent = state["best"], state["best_epoch"], state["bad"], state["elapsed"]
+            best_state = state["best_state"]
+            first = last = state["epoch"] + 1
+            if main:
+                log.info("%s resumes from %s after epoch %d (best %.4f)", name, ckpt, state["epoch"], best)
+            if state.get("done"):
+                first = epochs + 1  # finished before the restart: keep its result, train no further
+                last = state["epoch"] + 1
+        elif main:
+            log.info("%s ignores checkpoint %s: it belongs to another run", name, ckpt)
+    if dd.broadcast_object(first) != first:
+        # A rank that cannot see rank 0's checkpoint would run a different number of epochs and hang the group.
+        raise RuntimeError(f"rank {rank} resumes at epoch {first}, rank 0 elsewhere: all ranks must see {ckpt}")
+    runner: torch.nn.Module = _StepModule(model, step_loss)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Broadcasts rank 0's weights at construction (warm starts and resumes agree); sparse embedding gradients
+        # are all-reduced as sparse tensors (gloo); unused heads (e.g. conversion in the two-tower) allowed.
+        runner = DDP(
+            runner,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    t0 = time.perf_counter() - spent
+    epoch = last - 1
     lengths = (windows.inputs > 0).sum(1)
-    for epoch in range(1, epochs + 1):
+    bar = None
+    if progress and main and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=epochs, initial=epoch, desc=name, unit="epoch", file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm ships with the trainer's dependencies
+            bar = None
+    stop = False
+    for epoch in range(first, epochs + 1):
         model.train()
         # Batches of similar length, trimmed to their longest window: padding costs nothing.
         order = np.argsort(lengths + rng.uniform(0, 8, n), kind="stable")
         batches = [order[s : s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
-        total = 0.0
-        for bi in rng.permutation(len(batches)):
+        perm = rng.permutation(len(batches))
+        mine = set(_shard(batches, rank, world, device))
+        total, seen, t_epoch = 0.0, 0, time.perf_counter()
+        for pos, bi in enumerate(perm):
+            if pos not in mine:
+                continue
             b = batches[bi]
             width = max(int(lengths[b].max()), 1)
-            x = torch.from_numpy(windows.inputs[b, -width:])
-            y = torch.from_numpy(windows.targets[b, -width:])
-            c = torch.from_numpy(windows.contexts[b, -width:])
-            cv = torch.from_numpy(windows.conversions[b, -width:])
-            loss = step_loss(x, y, c, cv)
+            x = torch.from_numpy(windows.inputs[b, -width:]).to(device, non_blocking=True)
+            y = torch.from_numpy(windows.targets[b, -width:]).to(device, non_blocking=True)
+            c = torch.from_numpy(windows.contexts[b, -width:]).to(device, non_blocking=True)
+            cv = torch.from_numpy(windows.conversions[b, -width:]).to(device, non_blocking=True)
+            with amp:
+                loss = runner(x, y, c, cv)
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -151,22 +288,62 @@ def _train_loop(
             for opt in opts:
                 opt.step()
             total += float(loss.detach()) * len(b)
+            seen += len(b)
+        rate = seen * world / max(time.perf_counter() - t_epoch, 1e-9)
         elapsed = time.perf_counter() - t0
+        score = validate() if validate is not None and main else -1.0
+        # Rank 0's numbers decide for everybody: identical early-stopping and time-budget decisions.
+        score, elapsed = dd.broadcast_object((score, elapsed))
         if validate is None:
-            if progress:
-                log.info("%s epoch %d loss %.4f (%.0fs)", name, epoch, total / n, elapsed)
-            if elapsed > cfg.time_budget_s:
-                break
-            continue
-        score = validate()
-        if progress:
-            log.info("%s epoch %d loss %.4f val ndcg@10 %.4f (%.0fs)", name, epoch, total / n, score, elapsed)
-        if score > best:
-            best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
+            stop = elapsed > cfg.time_budget_s
+            if progress and main and bar is None:
+                log.info(
+                    "%s epoch %d loss %.4f %.0f samples/s (%.0fs)", name, epoch, total / max(seen, 1), rate, elapsed
+                )
         else:
-            bad += 1
-        if bad >= cfg.patience or elapsed > cfg.time_budget_s:
+            if progress and main and bar is None:
+                log.info(
+                    "%s epoch %d loss %.4f val ndcg@10 %.4f %.0f samples/s (%.0fs)",
+                    name,
+                    epoch,
+                    total / max(seen, 1),
+                    score,
+                    rate,
+                    elapsed,
+                )
+            if score > best:
+                best, best_epoch, bad = score, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            stop = bad >= cfg.patience or elapsed > cfg.time_budget_s
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(samples_s=f"{rate:.0f}", val=f"{max(best, 0):.4f}")
+        if ckpt and main:
+            _save_checkpoint(
+                ckpt,
+                {
+                    "fingerprint": fp,
+                    "epoch": epoch,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizers": [opt.state_dict() for opt in opts],
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "generators": [g.get_state() for g in generators],
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "bad": bad,
+                    "best_state": best_state,
+                    "elapsed": elapsed,
+                    "done": stop or epoch == epochs,
+                },
+            )
+        if stop:
             break
+    if bar is not None:
+        bar.close()
+    model.to("cpu")  # export, ONNX parity and serving all work on CPU copies
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -206,13 +383,13 @@ def train_ranker(
             loss = F.cross_entropy(logits, t)
             pos = logits.gather(1, t[:, None]).squeeze(1)
         else:
-            neg = torch.randint(FIRST_ITEM, n_items, (cfg.negatives,), generator=gen)
+            neg = torch.randint(FIRST_ITEM, n_items, (cfg.negatives,), generator=gen).to(t.device)
             pos = (s * model.item_vectors(t)).sum(-1)
             neg_logits = s @ model.item_vectors(neg).T
             neg_logits = neg_logits.masked_fill(neg[None, :] == t[:, None], -torch.inf)
             loss = F.cross_entropy(torch.cat([pos[:, None], neg_logits], 1), torch.zeros_like(t))
         # Auxiliary heads: calibrate p_click on a random negative; learn p_conversion.
-        rnd = torch.randint(FIRST_ITEM, n_items, t.shape, generator=gen)
+        rnd = torch.randint(FIRST_ITEM, n_items, t.shape, generator=gen).to(t.device)
         e_rnd = model.item_vectors(rnd) if items is None else items[rnd]
         e_t = model.item_vectors(t) if items is None else items[t]
         neg_s = (s * e_rnd).sum(-1)
@@ -226,7 +403,7 @@ def train_ranker(
         return loss + 0.1 * aux
 
     validate = (lambda: evaluate_model(model, split, "val", cfg.max_len)["ndcg@10"]) if split else None
-    info = _train_loop(model, windows, cfg, step, validate, cfg.epochs, progress, "ranker")
+    info = _train_loop(model, windows, cfg, step, validate, cfg.epochs, progress, "ranker", generators=(gen,))
     return model, info
 
 
@@ -265,23 +442,23 @@ def train_two_tower(
         keep = y > 0
         s, t = states[keep], y[keep]
         if len(t) > max_pairs:
-            pick = torch.randperm(len(t), generator=gen)[:max_pairs]
+            pick = torch.randperm(len(t), generator=gen)[:max_pairs].to(t.device)
             s, t = s[pick], t[pick]
         e = model.item_vectors(t, model.hist_features(t))
         # Expected number of times each candidate is in the sample: batch size * q(item) for in-batch ones.
-        logits = s @ e.T - (log_q[t] + math.log(len(t)))[None, :]
+        logits = s @ e.T - (log_q.to(t.device)[t] + math.log(len(t)))[None, :]
         same = t[:, None] == t[None, :]
-        logits = logits.masked_fill(same & ~torch.eye(len(t), dtype=torch.bool), -torch.inf)
+        logits = logits.masked_fill(same & ~torch.eye(len(t), dtype=torch.bool, device=t.device), -torch.inf)
         if n_uniform:
-            neg = torch.randint(FIRST_ITEM, n_items, (n_uniform,), generator=gen)
+            neg = torch.randint(FIRST_ITEM, n_items, (n_uniform,), generator=gen).to(t.device)
             un = s @ model.item_vectors(neg, model.hist_features(neg)).T - math.log(n_uniform / (n_items - FIRST_ITEM))
             un = un.masked_fill(neg[None, :] == t[:, None], -torch.inf)
             logits = torch.cat([logits, un], 1)
-        return F.cross_entropy(logits, torch.arange(len(t)))
+        return F.cross_entropy(logits.float(), torch.arange(len(t), device=t.device))
 
     tcfg = cfg.with_(epochs=cfg.tower_epochs, time_budget_s=cfg.tower_time_budget_s)
     validate = (lambda: evaluate_model(model, split, "val", cfg.max_len)["ndcg@10"]) if split else None
-    info = _train_loop(model, windows, tcfg, step, validate, tcfg.epochs, progress, "two-tower")
+    info = _train_loop(model, windows, tcfg, step, validate, tcfg.epochs, progress, "two-tower", generators=(gen,))
     return model, info
 
 

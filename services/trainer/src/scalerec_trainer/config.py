@@ -29,6 +29,20 @@ class TrainerSettings(ServiceSettings):
     holdout_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="Newest share of time kept out of training for the evaluator."
     )
+    train_device: str = Field(
+        default="auto",
+        description=(
+            "Device to train on: auto (a GPU when one is visible, else the CPU), cpu, cuda or cuda:N. "
+            "On CUDA, forward and loss run in bf16 autocast; under torchrun each process takes GPU LOCAL_RANK."
+        ),
+    )
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Folder for a checkpoint per model after every epoch (weights, optimizer, epoch, best score); "
+            "a restarted Job resumes from it. Unset: no checkpoints. Under torchrun all ranks must see it."
+        ),
+    )
 
 
 @lru_cache

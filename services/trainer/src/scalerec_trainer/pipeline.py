@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
@@ -26,6 +26,9 @@ from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
 
 from scalerec_trainer.config import TrainerSettings
+
+if TYPE_CHECKING:
+    from scalerec_models.data import Interactions
 
 log = logging.getLogger(__name__)
 
@@ -68,50 +71,91 @@ class TrainOutcome:
     seconds: float
 
 
-def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
-    """Examples strictly before the holdout, and the catalogue's content features (point in time)."""
-    records = [
-        {
-            "user_id": ex.user_id,
-            "item_id": ex.item_id,
-            "ts_ms": ex.ts_ms,
-            "type": ex.type.value,
-            "value": ex.value,
-            "context": [ex.context.get(k, 0) for k in ("hour", "weekday", "device", "locale")],
-        }
-        for ex in r.scan_examples(store)
-        if ex.ts_ms < window.end_ms
-    ]
+CONTEXT_KEYS = ("hour", "weekday", "device", "locale")
+
+
+def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[Interactions, dict[str, list[int]]]:
+    """Examples strictly before the holdout, and the catalogue's content features (point in time).
+
+    One streaming pass over the store: each example is parsed, appended to
+    compact int arrays and dropped, so memory grows with ~40 bytes per event
+    instead of a dict and a pydantic object per event.
+    """
+    from scalerec_models.data import InteractionsBuilder
+
+    builder = InteractionsBuilder()
+    for ex in r.scan_examples(store):
+        if ex.ts_ms < window.end_ms:
+            ctx = ex.context
+            builder.add(
+                ex.user_id, ex.item_id, ex.ts_ms, ex.type.value, ex.value, [ctx.get(k, 0) for k in CONTEXT_KEYS]
+            )
     features = {item.item_id: feats for item, feats in r.scan_catalogue(store)}
-    return records, features
+    return builder.build(), features
 
 
 def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOutcome:
+    """Train on the store's examples and write a model version.
+
+    Under ``torchrun`` (process group initialised) every rank loads the data and
+    trains its shard; rank 0 alone writes the version and every rank returns its outcome.
+    """
     # torch is imported only when training, never at service start.
+    from scalerec_models import distributed as dd
     from scalerec_models.config import model_config
-    from scalerec_models.data import Interactions
-    from scalerec_models.pipeline import export, train_models
+    from scalerec_models.pipeline import train_models
+    from scalerec_models.training import checkpoint_path
 
     started = time.perf_counter()
-    window = data_window(store, settings.holdout_fraction)
+    # Rank 0's window for everybody: ranks must train on the same rows (a moving store could differ).
+    window = dd.broadcast_object(data_window(store, settings.holdout_fraction) if dd.is_main() else None)
     if window is None or window.examples < settings.min_examples:
         have = 0 if window is None else window.examples
         raise NotEnoughData(f"{have} training examples in the store; at least {settings.min_examples} are needed")
-    records, item_features = load_training_data(store, window)
-    if len(records) < settings.min_examples:
-        raise NotEnoughData(f"{len(records)} examples before the holdout; at least {settings.min_examples} needed")
+    interactions, item_features = load_training_data(store, window)
+    if len(interactions) < settings.min_examples:
+        raise NotEnoughData(f"{len(interactions)} examples before the holdout; at least {settings.min_examples} needed")
     repository = Path(settings.model_repository)
-    champion = repo.read_champion(repository, repo.RANKER_MODEL)
+    champion = dd.broadcast_object(repo.read_champion(repository, repo.RANKER_MODEL) if dd.is_main() else None)
     warm_start = repository / repo.RANKER_MODEL / str(champion) if champion else None
-    overrides: dict[str, Any] = {"seed": settings.seed}
+    overrides: dict[str, Any] = {"seed": settings.seed, "device": settings.train_device}
     if settings.max_epochs:
         overrides["epochs"] = settings.max_epochs
     if settings.time_budget_s:
         overrides["time_budget_s"] = settings.time_budget_s
-    log.info("training on %d examples (%s), warm start from %s", len(records), window, warm_start)
-    interactions = Interactions.from_records(records)
+    if settings.checkpoint_dir:
+        overrides["checkpoint_dir"] = str(settings.checkpoint_dir)
+    if dd.is_main():
+        log.info("training on %d examples (%s), warm start from %s", len(interactions), window, warm_start)
     config = model_config(settings.model_size, **overrides)
     trained = train_models(interactions, item_features, config, warm_start_dir=warm_start, progress=True)
+    if not dd.is_main():
+        outcome: TrainOutcome = dd.broadcast_object(None)
+        return outcome
+    try:
+        outcome = _write_version(settings, trained, interactions, window, champion, repository, started)
+    except BaseException:
+        dd.broadcast_object(None)  # release the other ranks rather than leave them waiting
+        raise
+    dd.broadcast_object(outcome)
+    for name in ("ranker", "two-tower"):
+        path = checkpoint_path(config, name)
+        if path is not None:
+            path.unlink(missing_ok=True)  # the version is written: the next Job starts fresh
+    return outcome
+
+
+def _write_version(
+    settings: TrainerSettings,
+    trained: Any,
+    interactions: Interactions,
+    window: DataWindow,
+    champion: int | None,
+    repository: Path,
+    started: float,
+) -> TrainOutcome:
+    from scalerec_models.pipeline import export
+
     with tempfile.TemporaryDirectory(prefix="scalerec-train-") as tmp:
         files = export(trained, Path(tmp))
         files["item_neighbors"] = write_item_neighbors(interactions, trained.vocab, Path(tmp) / NEIGHBORS_FILE)
