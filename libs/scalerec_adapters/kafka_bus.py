@@ -119,6 +119,9 @@ class KafkaProducer(Producer):
     async def send_batch(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         # Enqueue everything first so aiokafka packs the messages into few produce requests; messages
         # whose batch failed (broker went away mid-flight) are re-sent one by one with the retry loop.
+        # One deadline for the whole batch: aiokafka keeps retrying an enqueued batch while the broker
+        # is away, so without it a caller would wait out the outage instead of getting BusUnavailable.
+        deadline = time.monotonic() + self._bus.send_timeout_s
         producer = await self._bus._live_producer()
         futures: list[asyncio.Future[Any] | BaseException] = []
         for m in messages:
@@ -131,14 +134,19 @@ class KafkaProducer(Producer):
                 err: BaseException | None = fut
             else:
                 try:
-                    await fut
+                    await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.1, deadline - time.monotonic()))
                     err = None
+                except TimeoutError as exc:
+                    raise BusUnavailable(
+                        f"could not send {len(messages)} message(s) to {topic!r} on Kafka "
+                        f"{self._bus.bootstrap_servers} within {self._bus.send_timeout_s:.0f}s"
+                    ) from exc
                 except Exception as exc:
                     err = exc
             if err is not None:
                 if not _retriable(err):
                     raise err
-                await self._bus._send_with_retry(topic, m.value, m.key, list(m.headers))
+                await self._bus._send_with_retry(topic, m.value, m.key, list(m.headers), deadline=deadline)
 
 
 class _KeepPositions(ConsumerRebalanceListener):
@@ -382,10 +390,16 @@ class KafkaEventBus(EventBus):
                     await backoff.sleep()
 
     async def _send_with_retry(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        *,
+        deadline: float | None = None,
     ) -> Any:
         """Send one message until it is acknowledged by all in-sync replicas or ``send_timeout_s`` passes."""
-        backoff = _Backoff(time.monotonic() + self.send_timeout_s)
+        backoff = _Backoff(deadline if deadline is not None else time.monotonic() + self.send_timeout_s)
         attempt = 0
         while True:
             attempt += 1
