@@ -33,7 +33,7 @@ demo: venv
 demo-stack: venv
 	$(STACK) reset
 	$(STACK) up
-	$(BIN)/scalerec demo $$($(STACK) env | sed 's/^/--env /')
+	$(BIN)/scalerec demo --data-dir var/demo-stack $$($(STACK) env | sed 's/^/--env /')
 
 helm:
 	@scripts/helm/install-helm.sh >/dev/null

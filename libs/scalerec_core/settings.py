@@ -57,5 +57,9 @@ class ServiceSettings(BaseSettings):
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{(self.data_dir / 'store.db').resolve()}"
 
+    def group(self, name: str) -> str:
+        """Consumer group id for ``name`` in this deployment: two deployments on one Kafka never share a group."""
+        return f"{self.deployment}.{name}"
+
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())

@@ -34,7 +34,7 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             ConsumerWorker(
                 bus,
                 [Topic.MODELS_CANDIDATE],
-                settings.consumer_group,
+                settings.group(settings.consumer_group),
                 CandidatesConsumer(evaluator).handle,
                 max_records=10,
                 name="candidates",
@@ -42,7 +42,7 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             ConsumerWorker(
                 bus,
                 [Topic.IMPRESSIONS, Topic.EVENTS_RAW],
-                f"{settings.consumer_group}.online",
+                settings.group(f"{settings.consumer_group}.online"),
                 online.handle,
                 max_records=2000,
                 name="online",

@@ -35,7 +35,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         )
         items = ItemsConsumer(store)
         erasure = ErasureConsumer(store, cache, keys)
-        group = settings.consumer_group
+        group = settings.group(settings.consumer_group)
         workers = {
             "items": ConsumerWorker(
                 bus, [Topic.ITEMS], f"{group}.items", items.handle, max_records=settings.poll_max_records, name="items"

@@ -58,7 +58,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         except Exception as exc:
             log.warning("baselines not available at start (%s); they refresh in the background", exc)
         baselines.start()
-        group = f"{settings.consumer_group_prefix}-{uuid.uuid4().hex[:8]}"
+        group = settings.group(f"{settings.consumer_group_prefix}-{uuid.uuid4().hex[:8]}")
         promotions = ConsumerWorker(
             bus, [Topic.MODELS_PROMOTED], group, PromotionsConsumer(models).handle, name="promotions"
         )
