@@ -11,23 +11,17 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from scalerec_adapters.bus import Message
-from scalerec_adapters.cache import CacheKeys
-from scalerec_adapters.embedded.memory_cache import MemoryCache
-from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_adapters.scoring import ScorerUnavailable
 from scalerec_adapters.store import StoreUnavailable
 from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
-from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
-from scalerec_preprocessor.consumers.events import EventsConsumer
-from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
-from scalerec_storage import schema as s
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import train_version
+
+from tests.unit.services.ingest import ingest_shop
 
 
 @dataclass
@@ -37,28 +31,11 @@ class World:
     shop: Shop
 
 
-async def _ingest(data_dir: Path, shop: Shop) -> None:
-    bus = SqliteEventBus(data_dir / "bus.db")
-    await bus.start()
-    store = SqliteStore(data_dir / "store.db")
-    store.ensure_tables(s.tables())
-    items = ItemsConsumer(store)
-    await items.handle(
-        [Message(Topic.ITEMS, 0, n, None, i.model_dump_json().encode()) for n, i in enumerate(shop.items)]
-    )
-    events = EventsConsumer(store, MemoryCache(), CacheKeys("scalerec"), bus.producer(), 50, 60)
-    msgs = [Message(Topic.EVENTS_RAW, 0, n, None, e.model_dump_json().encode()) for n, e in enumerate(shop.events)]
-    for i in range(0, len(msgs), 2000):
-        await events.handle(msgs[i : i + 2000])
-    store.close()
-    await bus.close()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     data_dir = tmp_path_factory.mktemp("ranker")
     shop = generate_shop(ShopConfig(users=200, items=120, events_per_user=20, seed=3))
-    asyncio.run(_ingest(data_dir, shop))
+    asyncio.run(ingest_shop(data_dir, shop))
     repository = data_dir / "model_repository"
     settings = TrainerSettings(
         data_dir=data_dir, model_repository=repository, min_examples=10, max_epochs=2, time_budget_s=10

@@ -17,42 +17,24 @@ import pytest
 
 pytest.importorskip("torch")
 
-from scalerec_adapters.bus import Message
-from scalerec_adapters.cache import CacheKeys
-from scalerec_adapters.embedded.memory_cache import MemoryCache
-from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_cli.synthetic import ShopConfig, generate_shop
 from scalerec_events.models import EventType, TrainingExample
-from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_models.data import Interactions
-from scalerec_preprocessor.consumers.events import EventsConsumer
-from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 from scalerec_storage.windows import DataWindow, data_window
 from scalerec_trainer.pipeline import CONTEXT_KEYS, load_training_data
+
+from tests.unit.services.ingest import ingest_shop
 
 ROOT = Path(__file__).resolve().parents[3]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 async def _ingest(data_dir: Path) -> None:
-    shop = generate_shop(ShopConfig(users=120, items=80, events_per_user=15, seed=5))
-    bus = SqliteEventBus(data_dir / "bus.db")
-    await bus.start()
-    store = SqliteStore(data_dir / "store.db")
-    store.ensure_tables(s.tables())
-    await ItemsConsumer(store).handle(
-        [Message(Topic.ITEMS, 0, n, None, i.model_dump_json().encode()) for n, i in enumerate(shop.items)]
-    )
-    events = EventsConsumer(store, MemoryCache(), CacheKeys("scalerec"), bus.producer(), 50, 60)
-    msgs = [Message(Topic.EVENTS_RAW, 0, n, None, e.model_dump_json().encode()) for n, e in enumerate(shop.events)]
-    for i in range(0, len(msgs), 2000):
-        await events.handle(msgs[i : i + 2000])
-    store.close()
-    await bus.close()
+    await ingest_shop(data_dir, generate_shop(ShopConfig(users=120, items=80, events_per_user=15, seed=5)))
 
 
 @pytest.fixture(scope="module")
