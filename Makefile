@@ -65,6 +65,7 @@ loadtest: venv
 lint: venv
 	$(BIN)/ruff check libs services cli tests scripts loadtests benchmarks
 	$(BIN)/ruff format --check libs services cli tests scripts loadtests benchmarks
+	$(BIN)/mypy libs $(foreach s,$(SERVICES),services/$(s)/src) cli/src
 
 clean:
 	rm -rf var .pytest_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class AnnIndex:
         if kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"unknown index kind {kind!r}; expected auto, flat or hnsw")
         self.dim, self.kind, self.hnsw_m, self.ef_search = dim, kind, hnsw_m, ef_search
-        self._index = None
+        self._index: Any = None  # a faiss index: flat or HNSW, chosen at build time
         self._ids = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -39,6 +40,7 @@ class AnnIndex:
             ids = np.arange(FIRST_ITEM, len(emb), dtype=np.int64)
             emb = emb[FIRST_ITEM:]
         kind = self.kind if self.kind != "auto" else ("flat" if len(emb) < flat_below else "hnsw")
+        index: Any
         if kind == "flat":
             index = faiss.IndexFlatIP(self.dim)
         else:

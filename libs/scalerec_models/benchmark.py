@@ -76,7 +76,7 @@ def _tune_knn(split: LeaveOneOut, make: Callable[[Any], Any], grid: Sequence[Any
     for p in grid:
         model = make(p).fit(train_h, split.n_items)
         sc = model.score([train_h[r] for r in rows])
-        ndcg = _evaluate(split, "val", lambda u, sc=sc: sc[u])[f"ndcg@{K}"]
+        ndcg = _evaluate(split, "val", _rows_of(sc))[f"ndcg@{K}"]
         log.info("  %s %s: val ndcg@10 %.4f", type(model).__name__, p, ndcg)
         if ndcg > best:
             best, best_p = ndcg, p
@@ -181,3 +181,8 @@ def run_benchmark(
         if on_result:
             on_result(res)
     return results
+
+
+def _rows_of(scores: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A score function over user rows of a precomputed score matrix."""
+    return lambda rows: scores[rows]

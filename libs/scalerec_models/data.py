@@ -52,7 +52,7 @@ class Interactions:
     def from_records(cls, records: Iterable[Mapping[str, object]]) -> Interactions:
         """From dicts with user_id, item_id, ts_ms and optional type, value, context (list of 4 ints)."""
         rows = list(records)
-        ctx = [r.get("context") or context_features(int(r["ts_ms"])) for r in rows]  # type: ignore[arg-type]
+        ctx = [r.get("context") or context_features(int(r["ts_ms"])) for r in rows]  # type: ignore[call-overload]
         return cls(
             user_id=np.array([str(r["user_id"]) for r in rows], dtype=object),
             item_id=np.array([str(r["item_id"]) for r in rows], dtype=object),
@@ -114,7 +114,7 @@ class ItemVocab:
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> ItemVocab:
-        return cls(items=list(data.get("items") or []), buckets=data.get("buckets"))  # type: ignore[arg-type]
+        return cls(items=list(data.get("items") or []), buckets=data.get("buckets"))  # type: ignore[call-overload, arg-type]
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
@@ -373,12 +373,12 @@ def load_dataset(path: str | Path, fmt: str) -> Dataset:
                 raise ValueError(f"{f}: header needs user,item,timestamp[,rating]; missing {', '.join(missing)}")
             for n, row in enumerate(reader, start=2):
                 try:
-                    t = int(float(row[cols["timestamp"]]))
-                    r = row.get(cols["rating"]) if "rating" in cols else None
+                    stamp = int(float(row[cols["timestamp"]]))
+                    rating = row.get(cols["rating"]) if "rating" in cols else None
                     users.append(row[cols["user"]])
                     items.append(row[cols["item"]])
-                    ratings.append(float(r) if r not in (None, "") else None)
-                    ts.append(t // 1000 if t > 10**11 else t)
+                    ratings.append(float(rating) if rating not in (None, "") else None)
+                    ts.append(stamp // 1000 if stamp > 10**11 else stamp)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{f}:{n}: cannot parse row {row}: {exc}") from exc
     if not users:

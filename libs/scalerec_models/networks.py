@@ -54,13 +54,14 @@ class ContextEncoder(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(c, dim) for c in CONTEXT_CARDINALITIES)
-        for t in self.tables:
+        self.embeddings = [nn.Embedding(c, dim) for c in CONTEXT_CARDINALITIES]
+        self.tables = nn.ModuleList(self.embeddings)
+        for t in self.embeddings:
             nn.init.normal_(t.weight, std=0.02)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        ctx = torch.stack([context[..., i].clamp(0, t.num_embeddings - 1) for i, t in enumerate(self.tables)], -1)
-        return sum((t(ctx[..., i]) for i, t in enumerate(self.tables)), torch.zeros(()))  # type: ignore[return-value]
+        ctx = torch.stack([context[..., i].clamp(0, t.num_embeddings - 1) for i, t in enumerate(self.embeddings)], -1)
+        return sum((t(ctx[..., i]) for i, t in enumerate(self.tables)), torch.zeros(()))
 
 
 class SequenceEncoder(nn.Module):
@@ -116,6 +117,8 @@ class SeqRanker(nn.Module):
     softmax over the catalogue cheap and lets content carry cold items.
     """
 
+    feature_table: torch.Tensor  # a registered buffer; declared so type checkers know it is a tensor
+
     def __init__(self, cfg: ModelConfig, n_items: int, feature_table: torch.Tensor) -> None:
         super().__init__()
         self.cfg = cfg
@@ -169,6 +172,8 @@ class TwoTower(nn.Module):
     Trained with in-batch sampled softmax and logQ correction; the user tower is
     exported to ONNX and the item tower is materialised as ``item_embeddings.npy``.
     """
+
+    feature_table: torch.Tensor  # a registered buffer; declared so type checkers know it is a tensor
 
     def __init__(self, cfg: ModelConfig, n_items: int, feature_table: torch.Tensor) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def _export(
     path: Path,
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
-    dynamic: dict[str, dict[int, object]],
+    dynamic: dict[str, Any],
     external: bool | None,
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +107,7 @@ def export_user_tower(model: TwoTower, history_len: int, path: str | Path, exter
     )
 
 
-def _ort(path: Path):  # type: ignore[no-untyped-def]
+def _ort(path: Path):
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -365,7 +365,7 @@ def train_ranker(
     """
     _seed(cfg.seed)
     split = split_or_seqs if isinstance(split_or_seqs, LeaveOneOut) else None
-    seqs = split.train if split else split_or_seqs  # type: ignore[union-attr]
+    seqs = split.train if split else split_or_seqs
     windows = make_windows(seqs, cfg.max_len)  # type: ignore[arg-type]
     model = init if init is not None else SeqRanker(cfg, n_items, torch.from_numpy(feature_table))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -429,7 +429,7 @@ def train_two_tower(
     """
     _seed(cfg.seed)
     split = split_or_seqs if isinstance(split_or_seqs, LeaveOneOut) else None
-    seqs = split.train if split else split_or_seqs  # type: ignore[union-attr]
+    seqs = split.train if split else split_or_seqs
     windows = make_windows(seqs, cfg.max_len)  # type: ignore[arg-type]
     model = init if init is not None else TwoTower(cfg, n_items, torch.from_numpy(feature_table))
     counts = np.bincount(windows.targets[windows.targets > 0], minlength=n_items).astype(np.float64) + 1.0
