@@ -30,7 +30,12 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         trainer = Trainer(settings, store, bus.producer())
         examples = ExamplesConsumer(trainer, settings.train_after_examples)
         worker = ConsumerWorker(
-            bus, [Topic.EXAMPLES], settings.group(settings.consumer_group), examples.handle, max_records=2000, name="examples"
+            bus,
+            [Topic.EXAMPLES],
+            settings.group(settings.consumer_group),
+            examples.handle,
+            max_records=2000,
+            name="examples",
         )
         worker.start()
         app.state.trainer, app.state.backends, app.state.worker = trainer, backends, worker
