@@ -13,19 +13,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
-    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
-
-import torch.multiprocessing as mp  # noqa: E402
-from scalerec_metrics import evaluate_full_ranking  # noqa: E402
-from scalerec_models.baselines import Popularity  # noqa: E402
-from scalerec_models.config import ModelConfig, model_config  # noqa: E402
-from scalerec_models.data import Interactions, leave_one_out  # noqa: E402
-from scalerec_models.pipeline import train_models  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from scalerec_metrics import evaluate_full_ranking
+from scalerec_models.baselines import Popularity
+from scalerec_models.config import ModelConfig, model_config
+from scalerec_models.data import Interactions, leave_one_out
+from scalerec_models.pipeline import train_models
 
 WORLD = 2
 

@@ -105,7 +105,6 @@ def test_summary_json_is_valid_json(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert summary["endpoints"][2]["p95"] is None and summary["failures"][0]["occurrences"] == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust is not installed")
 def test_locustfile_loads_in_locust() -> None:
     listed = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--list"],

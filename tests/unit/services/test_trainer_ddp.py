@@ -129,7 +129,6 @@ def test_streaming_load_memory_grows_with_int_arrays_not_dicts(tmp_path: Path) -
     assert new_peak < 0.7 * old_peak
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
 def test_torchrun_two_ranks_train_and_rank0_writes_once(data_dir: Path, tmp_path: Path) -> None:
     repository = tmp_path / "model_repository"
     checkpoints = tmp_path / "checkpoints"
