@@ -43,6 +43,11 @@ def context_features(ts_ms: int, device: str | None = None, locale: str | None =
     return [dt.hour, dt.weekday(), device_id, locale_id]
 
 
+def context_vector(context: dict[str, int]) -> list[int]:
+    """A context stored by field name (as in a training example) back in model input order."""
+    return [int(context.get(k, 0)) for k in CONTEXT_FIELDS]
+
+
 def price_bucket(price: float | None) -> int:
     """Log-scale price bucket in [1, PRICE_BUCKETS); 0 when unknown."""
     if price is None or price < 0:

@@ -20,12 +20,13 @@ pytest.importorskip("torch")
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_cli.synthetic import ShopConfig, generate_shop
 from scalerec_events.models import EventType, TrainingExample
+from scalerec_features import context_vector
 from scalerec_models import repository as repo
 from scalerec_models.data import Interactions
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 from scalerec_storage.windows import DataWindow, data_window
-from scalerec_trainer.pipeline import CONTEXT_KEYS, load_training_data
+from scalerec_trainer.pipeline import load_training_data
 
 from tests.unit.services.ingest import ingest_shop
 
@@ -53,7 +54,7 @@ def _old_load(store: SqliteStore, end_ms: int) -> Interactions:
             "ts_ms": ex.ts_ms,
             "type": ex.type.value,
             "value": ex.value,
-            "context": [ex.context.get(k, 0) for k in CONTEXT_KEYS],
+            "context": context_vector(ex.context),
         }
         for ex in r.scan_examples(store)
         if ex.ts_ms < end_ms

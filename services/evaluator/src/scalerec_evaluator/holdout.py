@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scalerec_adapters.store import WideColumnStore
+from scalerec_features import context_vector
 from scalerec_storage import records as r
 
 
@@ -55,7 +56,7 @@ def build_holdout(store: WideColumnStore, cut_ms: int, max_users: int, seed: int
         elif ex.user_id not in first_new and ex.item_id in holdout.index:
             if ex.item_id in holdout.past_items.get(ex.user_id, ()) or ex.item_id in ex.history:
                 continue  # re-visits say little about ranking quality
-            ctx = [ex.context.get(k, 0) for k in ("hour", "weekday", "device", "locale")]
+            ctx = context_vector(ex.context)
             first_new[ex.user_id] = (ex.history, ctx, ex.item_id)
     users = sorted(u for u, (hist, _, _) in first_new.items() if hist)
     if len(users) > max_users:

@@ -19,7 +19,7 @@ from scalerec_adapters.store import WideColumnStore
 from scalerec_core.telemetry import inject_headers
 from scalerec_events.models import ModelAnnouncement
 from scalerec_events.topics import Topic
-from scalerec_features import FEATURE_VERSION
+from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
 from scalerec_models.runtime import NEIGHBORS_FILE
 from scalerec_storage import records as r
@@ -71,9 +71,6 @@ class TrainOutcome:
     seconds: float
 
 
-CONTEXT_KEYS = ("hour", "weekday", "device", "locale")
-
-
 def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[Interactions, dict[str, list[int]]]:
     """Examples strictly before the holdout, and the catalogue's content features (point in time).
 
@@ -87,9 +84,7 @@ def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[Inte
     for ex in r.scan_examples(store):
         if ex.ts_ms < window.end_ms:
             ctx = ex.context
-            builder.add(
-                ex.user_id, ex.item_id, ex.ts_ms, ex.type.value, ex.value, [ctx.get(k, 0) for k in CONTEXT_KEYS]
-            )
+            builder.add(ex.user_id, ex.item_id, ex.ts_ms, ex.type.value, ex.value, context_vector(ctx))
     features = {item.item_id: feats for item, feats in r.scan_catalogue(store)}
     return builder.build(), features
 
