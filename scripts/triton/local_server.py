@@ -122,9 +122,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_python_backend_repository(source: Path, target: Path, *, kind: str = "KIND_CPU") -> Path:
+def make_python_backend_repository(
+    source: Path, target: Path, *, kind: str = "KIND_CPU", max_queue_delay_us: int | None = None
+) -> Path:
     """Mirror ``source`` (onnxruntime configs) as a Python-backend repository at ``target``.
 
+    ``max_queue_delay_us`` overrides the cards' batching delay (tests on a loaded 2-core machine
+    use a longer one so concurrent requests reliably meet in the queue).
     Idempotent, so a test can call it again after adding a version or changing the
     served versions.  ONNX files are hard-linked (or symlinked/copied) rather than
     re-exported: Triton serves the exact bytes the trainer wrote.
@@ -174,6 +178,8 @@ def make_python_backend_repository(source: Path, target: Path, *, kind: str = "K
         serving = dict(read_card(source, model, served[-1]).get("serving", {}))
         serving.pop("fp16", None)
         serving["preferred_batch_sizes"] = tuple(serving.get("preferred_batch_sizes", ()))
+        if max_queue_delay_us is not None:
+            serving["max_queue_delay_microseconds"] = max_queue_delay_us
         text = config_pbtxt(
             model,
             inputs,

@@ -23,6 +23,10 @@ sys.path.insert(0, str(ROOT / "scripts" / "triton"))
 import local_server  # noqa: E402 - scripts/triton is not a package
 import make_example_model  # noqa: E402
 
+# 5 ms: long enough that concurrent requests meet in the queue even on a loaded 2-core CI machine
+# (production keeps the card's 0.5 ms), short enough not to slow the suite.
+QUEUE_DELAY_US = 5000
+
 
 @dataclass
 class TritonFixture:
@@ -38,13 +42,13 @@ class TritonFixture:
 
     def sync(self) -> None:
         """Mirror new versions / changed version policies of ``source`` into ``served``."""
-        local_server.make_python_backend_repository(self.source, self.served)
+        local_server.make_python_backend_repository(self.source, self.served, max_queue_delay_us=QUEUE_DELAY_US)
 
 
 def _start(tmp: Path) -> Iterator[TritonFixture]:
     source = tmp / "model_repository"
     make_example_model.write_examples(source, seed=0)
-    served = local_server.make_python_backend_repository(source, tmp / "served")
+    served = local_server.make_python_backend_repository(source, tmp / "served", max_queue_delay_us=QUEUE_DELAY_US)
     work = tmp / "work"
     work.mkdir()
     fixture = TritonFixture(
