@@ -144,6 +144,16 @@ def get_items(store: WideColumnStore, item_ids: Sequence[str]) -> dict[str, Item
     return out
 
 
+def get_item_features(store: WideColumnStore, item_ids: Sequence[str]) -> dict[str, list[int]]:
+    """Content feature vectors computed when the item was stored (no re-tokenising per event)."""
+    rows = store.get_many(s.CATALOGUE, [s.item_key(i) for i in item_ids], columns=[b"d:features"])
+    out = {}
+    for key, cells in rows.items():
+        if b"d:features" in cells:
+            out[key.split(s.SEP, 1)[1].decode()] = json.loads(cells[b"d:features"])
+    return out
+
+
 def scan_catalogue(store: WideColumnStore) -> Iterator[tuple[Item, list[int]]]:
     for _, cells in store.scan(s.CATALOGUE, columns=[b"d"], batch_size=2000):
         yield Item.model_validate_json(cells[b"d:json"]), json.loads(cells[b"d:features"])

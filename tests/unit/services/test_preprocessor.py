@@ -136,3 +136,14 @@ async def test_every_purchase_is_remembered_beyond_the_recent_history(world: Wor
     assert "bought-long-ago" not in {h.item_id for h in r.recent_history(world.store, "u5", 50)}
     # ...but not out of the set the ranker excludes.
     assert r.purchased_items(world.store, "u5") == {"bought-long-ago"}
+
+
+async def test_examples_carry_the_items_content_features(world: World) -> None:
+    from scalerec_features import item_feature_vector
+
+    item = Item(item_id="shoe", category="running shoes", price=89.0, title="Trail runner mesh")
+    await ItemsConsumer(world.store).handle([_msg(Topic.ITEMS, item.model_dump_json().encode(), 0)])
+    await world.events.handle(_events("u7", ["shoe"]))
+    example = next(x for x in r.scan_examples(world.store) if x.item_id == "shoe")
+    expected = item_feature_vector(item.category, item.price, item.title, item.text)
+    assert example.item == {"category": expected[0], "price_bucket": expected[1]}

@@ -21,9 +21,9 @@ from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult
 from scalerec_core.telemetry import consume_span, inject_headers
-from scalerec_events.models import CONVERSION_TYPES, Event, EventType, Item, TrainingExample
+from scalerec_events.models import CONVERSION_TYPES, Event, EventType, TrainingExample
 from scalerec_events.topics import Topic
-from scalerec_features import CONTEXT_FIELDS, context_features, item_feature_vector
+from scalerec_features import CONTEXT_FIELDS, context_features
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 
@@ -104,7 +104,7 @@ class EventsConsumer:
         by_user: dict[str, list[Event]] = defaultdict(list)
         for e in kept:
             by_user[e.user_id].append(e)
-        items = r.get_items(self.store, sorted({e.item_id for e in kept}))
+        items = r.get_item_features(self.store, sorted({e.item_id for e in kept}))
         interactions, daily, profiles, examples_rows = [], [], [], []
         for user_id, user_events in by_user.items():
             ts = {e.event_id: e.ts_ms for e in user_events}  # computed once: ts_ms is not free
@@ -150,9 +150,8 @@ class EventsConsumer:
         self.store.put_many(s.PROFILES, profiles)
         return plan
 
-    def _example(self, e: Event, ts_ms: int, history: list[str], items: dict[str, Item]) -> TrainingExample:
-        item = items.get(e.item_id)
-        features = item_feature_vector(item.category, item.price, item.title, item.text) if item else [0, 0]
+    def _example(self, e: Event, ts_ms: int, history: list[str], items: dict[str, list[int]]) -> TrainingExample:
+        features = items.get(e.item_id) or [0, 0]
         return TrainingExample(
             event_id=e.event_id,
             user_id=e.user_id,
