@@ -18,6 +18,7 @@ from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
 from scalerec_models import repository as repo
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
+from scalerec_storage import schema as s
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import train_version
 
@@ -129,3 +130,19 @@ def test_similar_items_and_unknown_items(client: TestClient, world: World) -> No
     assert r.status_code == 200 and r.json()["items"]
     r = client.get("/v1/items/nope/similar")
     assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+
+def test_the_fallback_is_never_empty_once_data_exists(tmp_path: Path) -> None:
+    """A ranker that started before any data refreshes its baseline on demand, not 30 s later."""
+    from scalerec_ranker.baselines import Baselines
+
+    store = SqliteStore(tmp_path / "store.db")
+    store.ensure_tables(s.tables())
+    baselines = Baselines(store, refresh_seconds=3600)
+    baselines.refresh()
+    assert baselines.trending == []
+    asyncio.run(ingest_shop(tmp_path, generate_shop(ShopConfig(users=30, items=20, events_per_user=5, seed=1))))
+    baselines._last_attempt = 0.0  # the periodic refresh is an hour away
+    baselines.ensure_trending()
+    assert len(baselines.trending) > 0
+    store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from scalerec_adapters.store import WideColumnStore
@@ -24,9 +25,23 @@ class Baselines:
         self.trending: list[tuple[str, float]] = []
         self.fresh: list[str] = []
         self.refreshed_at: datetime | None = None
+        self._last_attempt = 0.0
         self._task: asyncio.Task[None] | None = None
 
+    def ensure_trending(self, min_interval_s: float = 2.0) -> None:
+        """Refresh now if there is nothing to fall back on yet (a ranker started before any data).
+
+        Without this, a fallback answer could be empty until the next periodic refresh.
+        """
+        if self.trending or time.monotonic() - self._last_attempt < min_interval_s:
+            return
+        try:
+            self.refresh()
+        except Exception as exc:
+            log.warning("on-demand baseline refresh failed: %s", exc)
+
     def refresh(self) -> None:
+        self._last_attempt = time.monotonic()
         since = (datetime.now(UTC) - timedelta(days=self.trending_days)).strftime("%Y%m%d")
         scores = r.item_scores(self.store, since_day=since)
         if len(scores) < 50:  # a quiet week: fall back to all-time popularity

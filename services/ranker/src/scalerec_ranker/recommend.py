@@ -188,6 +188,7 @@ class Recommender:
     # ------------------------------------------------------------ steps
 
     def _popular(self, k: int, excluded: set[str]) -> list[Recommended]:
+        self.baselines.ensure_trending()
         top = [(i, s) for i, s in self.baselines.trending if i not in excluded][: k * 2]
         catalogue = self.items([i for i, _ in top])
         out = []
