@@ -14,7 +14,9 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from pydantic import BaseModel, ValidationError
 from scalerec_core.telemetry import meter
 from scalerec_events.topics import dlq
 
@@ -31,6 +33,20 @@ class BatchResult:
 
 
 Handler = Callable[[Sequence[Message]], Awaitable[BatchResult]]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_batch(messages: Sequence[Message], model: type[M], what: str) -> tuple[list[tuple[Message, M]], BatchResult]:
+    """Decode every message as ``model``; the ones that do not parse are poison, with the reason."""
+    parsed: list[tuple[Message, M]] = []
+    result = BatchResult()
+    for message in messages:
+        try:
+            parsed.append((message, model.model_validate_json(message.value)))
+        except ValidationError as exc:
+            result.poison.append((message, f"invalid {what}: {exc.errors()[0].get('msg', exc)}"))
+    return parsed, result
 
 
 class ConsumerWorker:

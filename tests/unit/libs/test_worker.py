@@ -68,3 +68,14 @@ async def test_poison_messages_land_in_the_dead_letter_topic_with_the_reason(tmp
     assert dead[0].header("x-dlq-source") == b"t/0/1"
     await consumer.stop()
     await bus.close()
+
+
+def test_parse_batch_separates_poison_with_the_reason() -> None:
+    from scalerec_adapters.worker import parse_batch
+    from scalerec_events.models import ErasureRequest
+
+    good = ErasureRequest(request_id="r1", user_id="u1", requested_at="2026-01-01T00:00:00Z")
+    messages = [Message("t", 0, 0, None, good.model_dump_json().encode()), Message("t", 0, 1, None, b"{oops")]
+    parsed, result = parse_batch(messages, ErasureRequest, "erasure request")
+    assert [r.user_id for _, r in parsed] == ["u1"]
+    assert len(result.poison) == 1 and result.poison[0][1].startswith("invalid erasure request")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pydantic import ValidationError
 from scalerec_adapters.bus import Message
-from scalerec_adapters.worker import BatchResult
+from scalerec_adapters.worker import BatchResult, parse_batch
 from scalerec_events.models import ModelAnnouncement
 
 from scalerec_evaluator.service import Evaluator
@@ -20,13 +19,8 @@ class CandidatesConsumer:
         self.evaluator = evaluator
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
-        result = BatchResult()
-        for message in messages:
-            try:
-                ann = ModelAnnouncement.model_validate_json(message.value)
-            except ValidationError as exc:
-                result.poison.append((message, f"invalid announcement: {exc}"))
-                continue
+        parsed, result = parse_batch(messages, ModelAnnouncement, "announcement")
+        for message, ann in parsed:
             if self.evaluator.report(ann.version) is not None:
                 continue  # re-delivered: already judged
             try:

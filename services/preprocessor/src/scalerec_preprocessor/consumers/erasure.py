@@ -6,11 +6,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from pydantic import ValidationError
 from scalerec_adapters.bus import Message
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
-from scalerec_adapters.worker import BatchResult
+from scalerec_adapters.worker import BatchResult, parse_batch
 from scalerec_events.models import ErasureRequest
 from scalerec_storage import records as r
 
@@ -25,13 +24,8 @@ class ErasureConsumer:
         self.erased = 0
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
-        result = BatchResult()
-        for message in messages:
-            try:
-                request = ErasureRequest.model_validate_json(message.value)
-            except ValidationError as exc:
-                result.poison.append((message, f"invalid erasure request: {exc}"))
-                continue
+        parsed, result = parse_batch(messages, ErasureRequest, "erasure request")
+        for _, request in parsed:
             at_ms = int(request.requested_at.timestamp() * 1000)
             counts = await asyncio.to_thread(r.erase_user, self.store, self.cache, self.keys, request.user_id, at_ms)
             log.info("erased user %s (request %s): %s", request.user_id, request.request_id, counts)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pydantic import ValidationError
 from scalerec_adapters.bus import Message
-from scalerec_adapters.worker import BatchResult
+from scalerec_adapters.worker import BatchResult, parse_batch
 from scalerec_events.models import ModelAnnouncement
 from scalerec_models import repository as repo
 
@@ -24,14 +23,9 @@ class PromotionsConsumer:
         self.models = models
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
-        result = BatchResult()
+        parsed, result = parse_batch(messages, ModelAnnouncement, "announcement")
         latest: ModelAnnouncement | None = None
-        for message in messages:
-            try:
-                ann = ModelAnnouncement.model_validate_json(message.value)
-            except ValidationError as exc:
-                result.poison.append((message, f"invalid announcement: {exc}"))
-                continue
+        for _, ann in parsed:
             if ann.model == repo.RANKER_MODEL and (latest is None or ann.version > latest.version):
                 latest = ann
         if latest is not None and (self.models.current is None or latest.version != self.models.current.version):
