@@ -11,6 +11,9 @@ from collections.abc import Mapping, Sequence
 
 
 class Cache(ABC):
+    # True when a call never leaves the process (no I/O): callers may use it on the event loop.
+    in_process: bool = False
+
     @abstractmethod
     def get(self, key: str) -> bytes | None: ...
 

@@ -165,17 +165,46 @@ class RateLimiter:
         return True
 
 
-_OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
+# Matched exactly: "/healthz-debug" or "/docs/../v1/..." are not open.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
 
-def _caller_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
+def _caller_key(headers: Mapping[bytes, bytes]) -> str | None:
+    key = headers.get(b"x-api-key")
     if key:
-        return key
-    auth = request.headers.get("authorization", "")
+        return key.decode("latin-1")
+    auth = headers.get(b"authorization", b"").decode("latin-1")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return None
+
+
+class _Guard:
+    """Auth and rate limit as plain ASGI (no per-request task, unlike ``@app.middleware``)."""
+
+    def __init__(self, app: ASGIApp, api_keys: frozenset[str], limiter: RateLimiter) -> None:
+        self.app = app
+        self.api_keys = api_keys
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        key = _caller_key(headers)
+        if self.api_keys and key not in self.api_keys:
+            response = error_response(401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>")
+            await response(scope, receive, send)
+            return
+        client = scope.get("client")
+        caller = key or (client[0] if client else "unknown")
+        if not self.limiter.allow(caller):
+            response = error_response(429, f"rate limit of {self.limiter.rate:g} requests/s exceeded", retry_after_s=1)
+            response.headers["retry-after"] = "1"
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def install_common(
@@ -193,19 +222,8 @@ def install_common(
     _install_error_handlers(app)
     limiter = RateLimiter(rate_limit_per_second)
     checks = dict(readiness or {})
-
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        if request.url.path.startswith(_OPEN_PATHS):
-            return await call_next(request)
-        key = _caller_key(request)
-        if api_keys and key not in api_keys:
-            return error_response(401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>")
-        caller = key or (request.client.host if request.client else "unknown")
-        if not limiter.allow(caller):
-            return error_response(429, f"rate limit of {limiter.rate:g} requests/s exceeded", retry_after_s=1)
-        return await call_next(request)
-
+    # Added innermost first: the body limit is outermost, then tracing, then the guard.
+    app.add_middleware(_Guard, api_keys=api_keys, limiter=limiter)
     install_http_tracing(app, service)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
 from typing import Any
 
 from scalerec_core.logging import configure_logging
@@ -14,7 +17,31 @@ def bootstrap(settings: ServiceSettings) -> None:
     setup_telemetry(settings.service_name, settings.otel_exporter, settings.otel_endpoint)
 
 
-def serve(app: Any, host: str, port: int, log_level: str = "info") -> None:
+def available_cpus() -> int:
+    """CPUs this process may use: the cgroup's CPU quota (a pod's limit) if set, else its affinity mask."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int = 1) -> None:
+    """Run ``app`` under uvicorn; ``app`` may be an import string of an app factory when ``workers`` > 1
+    (each worker process then builds its own app, clients and model activation)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="on")
+    factory = isinstance(app, str)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        factory=factory,
+        workers=workers if factory and workers > 1 else None,
+    )

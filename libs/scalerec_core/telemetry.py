@@ -9,7 +9,7 @@ ranker.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,31 +93,59 @@ def consume_span(name: str, headers: Headers, **attributes: Any) -> Iterator[tra
         yield span
 
 
+class _HttpTracing:
+    """Server span and request metrics per HTTP request, as plain ASGI.
+
+    Span names and the ``route`` label use the route template (``/v1/users/{user_id}/history``),
+    never the raw path: bounded cardinality, and no user ids in telemetry.
+    """
+
+    def __init__(self, app: Any, service: str) -> None:
+        self.app = app
+        self.tracer = tracer(f"scalerec.{service}.http")
+        m = meter(f"scalerec.{service}")
+        self.requests = m.create_counter("http.server.requests", description="HTTP requests")
+        self.duration = m.create_histogram("http.server.duration", unit="ms", description="HTTP request duration")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        method = scope["method"]
+        start = time.perf_counter()
+        status = 500
+        with self.tracer.start_as_current_span(
+            f"{method} http", context=extract(carrier), kind=trace.SpanKind.SERVER, attributes={"http.method": method}
+        ) as span:
+            trace_id = span.get_span_context().trace_id
+
+            async def send_traced(message: Any) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    if trace_id:
+                        message = {
+                            **message,
+                            "headers": [
+                                *message.get("headers", ()),
+                                (b"traceparent-id", format(trace_id, "032x").encode()),
+                            ],
+                        }
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.status_code", status)
+                attrs = {"method": method, "route": route, "status": status}
+                self.requests.add(1, attrs)
+                self.duration.record((time.perf_counter() - start) * 1000, attrs)
+
+
 def install_http_tracing(app: Any, service: str) -> None:
     """Server spans and request metrics for a FastAPI/Starlette app, continuing callers' traces."""
-    http_tracer = tracer(f"scalerec.{service}.http")
-    requests = meter(f"scalerec.{service}").create_counter("http.server.requests", description="HTTP requests")
-    duration = meter(f"scalerec.{service}").create_histogram(
-        "http.server.duration", unit="ms", description="HTTP request duration"
-    )
-
-    @app.middleware("http")
-    async def _trace(request: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
-        ctx = extract(dict(request.headers))
-        route = request.url.path
-        start = time.perf_counter()
-        with http_tracer.start_as_current_span(
-            f"{request.method} {route}",
-            context=ctx,
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.method": request.method, "http.target": route},
-        ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.status_code", response.status_code)
-            trace_id = span.get_span_context().trace_id
-            if trace_id:
-                response.headers["traceparent-id"] = format(trace_id, "032x")
-        attrs = {"method": request.method, "route": route, "status": response.status_code}
-        requests.add(1, attrs)
-        duration.record((time.perf_counter() - start) * 1000, attrs)
-        return response
+    app.add_middleware(_HttpTracing, service=service)

@@ -100,6 +100,48 @@ def cached_history(
     return history, "store"
 
 
+def bought_cache_key(keys: CacheKeys, user_id: str) -> str:
+    return keys.key("bought", FEATURE_VERSION, user_id)
+
+
+def read_cached_user_state(
+    cache: Cache, keys: CacheKeys, user_id: str, limit: int
+) -> tuple[list[HistoryEntry] | None, set[str] | None]:
+    """(recent history, items ever bought) from the cache in one round trip; None for what missed."""
+    try:
+        hits = cache.get_many([history_cache_key(keys, user_id), bought_cache_key(keys, user_id)])
+    except Exception:
+        return None, None  # a broken cache is a miss, never an error
+    raw_h = hits.get(history_cache_key(keys, user_id))
+    raw_b = hits.get(bought_cache_key(keys, user_id))
+    history = [HistoryEntry.from_list(x) for x in json.loads(raw_h)][-limit:] if raw_h is not None else None
+    return history, (set(json.loads(raw_b)) if raw_b is not None else None)
+
+
+def cached_user_state(
+    store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: str, limit: int, ttl_seconds: int = 3600
+) -> tuple[list[HistoryEntry], set[str], str]:
+    """Recent history and every item ever bought: the cache first, the store only for what missed.
+
+    Returns (history oldest first, bought item ids, "cache" | "store").  The preprocessor keeps the
+    history entry current and drops the bought entry when a purchase arrives; a miss reads the store
+    and refills the cache for ``ttl_seconds``.
+    """
+    history, bought = read_cached_user_state(cache, keys, user_id, limit)
+    refill: dict[str, bytes] = {}
+    source = "cache"
+    if history is None:
+        history, source = recent_history(store, user_id, limit), "store"
+        refill[history_cache_key(keys, user_id)] = json.dumps([h.to_list() for h in history]).encode()
+    if bought is None:
+        bought = purchased_items(store, user_id)
+        refill[bought_cache_key(keys, user_id)] = json.dumps(sorted(bought)).encode()
+    if refill:
+        with contextlib.suppress(Exception):
+            cache.set_many(refill, ttl_seconds)
+    return history, bought, source
+
+
 def merge_history(current: Sequence[HistoryEntry], new: Iterable[HistoryEntry], limit: int) -> list[HistoryEntry]:
     """Union by event_id, oldest first, the last ``limit`` kept (re-delivery safe)."""
     by_id = {h.event_id: h for h in current}
@@ -229,7 +271,7 @@ def erase_user(
     store.delete_many(s.EVENT_INDEX, event_ids)
     store.delete(s.PROFILES, s.profile_key(user_id))
     with contextlib.suppress(Exception):
-        cache.delete(history_cache_key(keys, user_id))
+        cache.delete_many([history_cache_key(keys, user_id), bought_cache_key(keys, user_id)])
     return {"interactions": len(interaction_rows), "examples": len(example_rows)}
 
 

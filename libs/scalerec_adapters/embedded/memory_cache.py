@@ -17,6 +17,8 @@ from scalerec_adapters.cache import Cache
 
 
 class MemoryCache(Cache):
+    in_process = True
+
     def __init__(self, max_items: int = 100_000) -> None:
         if max_items < 1:
             raise ValueError("max_items must be >= 1")

@@ -6,10 +6,16 @@ it when the exporter used external data — onnxruntime resolves it relative to
 the model file, which is why sessions are created from the path, not bytes).
 
 Sessions are cached per (model, version) so a hot swap loads the new version
-while the old one keeps serving.  ``infer`` runs in a worker thread: onnxruntime
-releases the GIL, so scoring does not stall the event loop.  Threads per
-session default to 1 because the services share few cores and parallelism
-comes from concurrent requests, not from splitting one small batch.
+while the old one keeps serving.  Inference runs on one dedicated thread per
+scorer: onnxruntime releases the GIL, so scoring does not stall the event loop,
+and one thread with one intra-op thread per process is what a pod of N cores
+running N worker processes wants (no oversubscription between the event loop
+and inference threads).
+
+Micro-batching: requests that arrive while a run is in progress wait for it and
+then go together, stacked along the batch axis, in one run (grouped by shape, so
+callers that pad to a fixed size merge best).  Nothing waits for a batch to fill:
+at low load each request runs alone at once; under load the batch grows by itself.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import asyncio
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,21 @@ _ORT_DTYPES: dict[str, type[np.generic]] = {
 }
 
 
+@dataclass
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future[dict[str, np.ndarray]]
+
+
+@dataclass
+class _Queue:
+    """Requests for one (model, version, output names) waiting for the next run."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    running: bool = False
+
+
 class OnnxRuntimeScorer(Scorer):
     name = "onnxruntime"
 
@@ -49,13 +72,19 @@ class OnnxRuntimeScorer(Scorer):
         intra_op_threads: int = 1,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         warm_up: bool = True,
+        max_batch_rows: int = 32,
     ) -> None:
         self.repository = Path(repository)
         self.intra_op_threads = intra_op_threads
         self.providers = list(providers)
         self.warm_up = warm_up
+        self.max_batch_rows = max(1, max_batch_rows)
         self._sessions: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._queues: dict[tuple[str, int, tuple[str, ...]], _Queue] = {}
+        self.runs = 0  # executions, for tests and benchmarks: fewer than requests when batching merges
+        self.requests = 0
 
     def model_path(self, model: str, version: int) -> Path:
         return self.repository / model / str(int(version)) / "model.onnx"
@@ -144,7 +173,62 @@ class OnnxRuntimeScorer(Scorer):
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
     ) -> dict[str, np.ndarray]:
-        return await asyncio.to_thread(self._infer, model, version, inputs, outputs)
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
+        self.requests += 1
+        if len(rows) != 1 or not all(a.ndim for a in arrays.values()):  # not batchable: run alone
+            loop = asyncio.get_running_loop()
+            self.runs += 1
+            return await loop.run_in_executor(self._executor, self._infer, model, version, arrays, outputs)
+        key = (model, int(version), tuple(outputs))
+        queue = self._queues.setdefault(key, _Queue())
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        queue.pending.append(_Pending(arrays, rows.pop(), future))
+        if not queue.running:
+            queue.running = True
+            asyncio.get_running_loop().create_task(self._drain(key, queue))
+        return await future
+
+    async def _drain(self, key: tuple[str, int, tuple[str, ...]], queue: _Queue) -> None:
+        """Run what is pending, in batches of equal shapes, until nothing is left."""
+        model, version, outputs = key
+        loop = asyncio.get_running_loop()
+        try:
+            while queue.pending:
+                batch, rest, rows = [], [], 0
+                first = queue.pending[0]
+                shape = {k: v.shape[1:] for k, v in first.inputs.items()}
+                for p in queue.pending:
+                    same = {k: v.shape[1:] for k, v in p.inputs.items()} == shape
+                    if (same and rows + p.rows <= self.max_batch_rows) or not batch:
+                        batch.append(p)
+                        rows += p.rows
+                    else:
+                        rest.append(p)
+                queue.pending = rest
+                if len(batch) == 1:
+                    stacked = batch[0].inputs
+                else:
+                    stacked = {k: np.concatenate([p.inputs[k] for p in batch]) for k in shape}
+                self.runs += 1
+                try:
+                    out = await loop.run_in_executor(self._executor, self._infer, model, version, stacked, outputs)
+                except Exception as exc:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                start = 0
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_result({k: v[start : start + p.rows] for k, v in out.items()})
+                    start += p.rows
+        finally:
+            queue.running = False
+            for p in queue.pending:  # only on cancellation: nobody is left to run them
+                if not p.future.done():
+                    p.future.set_exception(ScorerUnavailable("scorer closed"))
+            queue.pending = []
 
     async def healthy(self) -> bool:
         """Ready when the model repository is there; a missing model is a per-request fallback, not ill health."""
@@ -153,3 +237,4 @@ class OnnxRuntimeScorer(Scorer):
     async def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)

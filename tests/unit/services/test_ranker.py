@@ -143,6 +143,13 @@ def test_the_fallback_is_never_empty_once_data_exists(tmp_path: Path) -> None:
     assert baselines.trending == []
     asyncio.run(ingest_shop(tmp_path, generate_shop(ShopConfig(users=30, items=20, events_per_user=5, seed=1))))
     baselines._last_attempt = 0.0  # the periodic refresh is an hour away
-    baselines.ensure_trending()
+
+    async def burst() -> None:
+        # Many requests find the list empty at once: one refresh serves them all.
+        await asyncio.gather(*(baselines.ensure_trending(wait_s=30) for _ in range(20)))
+
+    generation = baselines.generation
+    asyncio.run(burst())
     assert len(baselines.trending) > 0
+    assert baselines.generation == generation + 1
     store.close()

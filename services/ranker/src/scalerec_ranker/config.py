@@ -18,7 +18,7 @@ class RankerSettings(ServiceSettings):
     scorer_url: str = Field(default="onnxruntime://", description="onnxruntime:// or triton://host:8001.")
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
-    candidates_per_source: int = Field(default=100, ge=1)
+    candidates_per_source: int = Field(default=200, ge=1)
     max_candidates: int = Field(default=300, ge=1)
     fresh_item_slots: float = Field(default=0.1, ge=0, le=1, description="Share of slots that explore fresh items.")
     scoring_timeout_ms: int = Field(default=200, ge=1)
@@ -26,6 +26,16 @@ class RankerSettings(ServiceSettings):
         default="ranker", description="Every replica reads model announcements in a group of its own."
     )
     baseline_refresh_seconds: int = Field(default=30, ge=1)
+    explain_min_similarity: float = Field(
+        default=0.6,
+        ge=-1,
+        le=1,
+        description="Cosine of item embeddings under which no 'because you viewed' is shown.",
+    )
+    user_state_ttl_seconds: int = Field(
+        default=30, ge=1, description="How long a history read from the store stays in the cache."
+    )
+    workers: int = Field(default=0, ge=0, description="uvicorn worker processes; 0 = the CPUs this process may use.")
 
 
 @lru_cache

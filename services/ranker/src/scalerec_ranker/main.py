@@ -21,7 +21,9 @@ from scalerec_storage.backends import Backends
 from scalerec_ranker.api.routes import recommendations
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings, get_settings
+from scalerec_ranker.consumers.items import CatalogueConsumer
 from scalerec_ranker.consumers.promotions import PromotionsConsumer
+from scalerec_ranker.impressions import ImpressionPublisher
 from scalerec_ranker.models import ModelManager
 from scalerec_ranker.recommend import Recommender
 
@@ -48,7 +50,12 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         bus, store, cache = backends.bus, backends.store, backends.cache
         assert cache is not None
         scorer = build_scorer(settings)
-        models = ModelManager(scorer, settings.model_repository)
+        models = ModelManager(scorer, settings.model_repository, max_candidates=settings.max_candidates)
+        try:
+            n = await models.load_catalogue(store)
+            log.info("catalogue: %d items", n)
+        except Exception as exc:
+            log.warning("catalogue not readable at start (%s); the items topic fills it", exc)
         champion = repo.read_champion(settings.model_repository, repo.RANKER_MODEL)
         if champion is not None:
             await models.activate(champion)
@@ -63,14 +70,21 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             bus, [Topic.MODELS_PROMOTED], group, PromotionsConsumer(models).handle, name="promotions"
         )
         promotions.start()
+        catalogue = ConsumerWorker(
+            bus, [Topic.ITEMS], group, CatalogueConsumer(models).handle, name="catalogue", max_records=2000
+        )
+        catalogue.start()
         app.state.store, app.state.cache, app.state.scorer, app.state.models = store, cache, scorer, models
         app.state.producer = bus.producer()
-        app.state.background = set()
+        impressions = app.state.impressions = ImpressionPublisher(app.state.producer)
+        impressions.start()
         app.state.recommender = Recommender(settings, store, cache, scorer, models, baselines)
         try:
             yield
         finally:
+            await impressions.stop()
             await promotions.stop()
+            await catalogue.stop()
             await baselines.stop()
             await models.close()
             await scorer.close()

@@ -3,17 +3,23 @@
 Every step degrades instead of failing: no history or no model → trending
 (flagged); the store down → history from the cache, else trending (flagged); the
 scorer down → the candidates in baseline order (flagged).
+
+The request path reads arrays: the user's state in one cache round trip (the store
+only on a miss), candidates as position arrays from the served version's
+precomputed tables (:mod:`scalerec_ranker.serving`), one ONNX call padded to
+``MAX_CANDIDATES`` so that requests of one shape batch together, re-ranking and
+explanations with numpy.  Python loops run only over the ``k`` items answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import json
 import logging
 import math
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,27 +27,27 @@ import numpy as np
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
-from scalerec_events.models import EventType, Item
-from scalerec_features import FEATURE_VERSION, HISTORY_LEN, context_features, item_feature_vector
+from scalerec_events.models import EventType
+from scalerec_features import HISTORY_LEN, context_features
 from scalerec_models import repository as repo
-from scalerec_models.runtime import ModelVersion
+from scalerec_models.data import FIRST_ITEM
 from scalerec_storage import records as r
 
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings
+from scalerec_ranker.items import ItemRow
 from scalerec_ranker.models import ModelManager
+from scalerec_ranker.serving import FRESH, ITEM_CF, RETRIEVAL, SOURCES, TRENDING, Candidates, ServingModel
 
 log = logging.getLogger(__name__)
 
 RECENT_FOR_CF = 10
-
-
-@dataclass
-class Candidate:
-    item_id: str
-    source: str
-    because: str | None = None
-    prior: float = 0.0
+JUST_SEEN = 5  # the last few items seen are not news
+_IMPRESSION = EventType.IMPRESSION.value
+_PURCHASE = EventType.PURCHASE.value
+# Request ids: a random prefix per process and a counter (unique across replicas; no syscall per request).
+_ID_PREFIX = os.urandom(11).hex()
+_request_numbers = itertools.count()
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Recommendation:
     scorer: str
     history_source: str
     took_ms: float = 0.0
+    candidates_scored: int = 0
 
 
 class Recommender:
@@ -85,45 +92,40 @@ class Recommender:
         self.scorer = scorer
         self.models = models
         self.baselines = baselines
+        self._primary = scorer.name.split(">")[0]
 
     # ------------------------------------------------------------ data access (cache ▸ store)
 
-    def _history(self, user_id: str) -> tuple[list[r.HistoryEntry], set[str], str]:
-        """Recent history (cache ▸ store), every item ever bought, and where the history came from."""
+    def _state_from_store(self, user_id: str) -> tuple[list[r.HistoryEntry], set[str], str]:
         try:
-            history, source = r.cached_history(self.store, self.cache, self.keys, user_id, HISTORY_LEN)
+            history, bought, source = r.cached_user_state(
+                self.store, self.cache, self.keys, user_id, HISTORY_LEN, self.settings.user_state_ttl_seconds
+            )
         except Exception as exc:
-            log.warning("history of %s unavailable (%s); serving without it", user_id, exc)
+            log.warning("history of a user unavailable (%s); serving without it", exc)
             return [], set(), "unavailable"
-        bought = {h.item_id for h in history if h.type == EventType.PURCHASE.value}
-        try:
-            bought |= r.purchased_items(self.store, user_id)
-        except Exception as exc:  # the recent history still excludes the recent purchases
-            log.warning("purchases of %s unavailable (%s)", user_id, exc)
         return history, bought, source
 
-    def items(self, item_ids: Sequence[str]) -> dict[str, Item]:
-        """Catalogue entries, hot ones from the cache."""
-        keys = {i: self.keys.key("item", FEATURE_VERSION, i) for i in item_ids}
-        found: dict[str, Item] = {}
-        try:
-            hits = self.cache.get_many(list(keys.values()))
-        except Exception:
-            hits = {}
-        for item_id, key in keys.items():
-            if key in hits:
-                found[item_id] = Item.model_validate_json(hits[key])
+    async def user_state(self, user_id: str) -> tuple[list[r.HistoryEntry], set[str], str]:
+        """(recent history oldest first, every item ever bought, where the history came from)."""
+        if self.cache.in_process:  # no I/O on a hit: no thread hop
+            history, bought = r.read_cached_user_state(self.cache, self.keys, user_id, HISTORY_LEN)
+            if history is not None and bought is not None:
+                return history, bought, "cache"
+        return await asyncio.to_thread(self._state_from_store, user_id)
+
+    async def lookup(self, item_ids: Sequence[str]) -> dict[str, ItemRow]:
+        """Catalogue rows: this process's copy, the store for ids it has not seen yet."""
+        rows = self.models.catalogue.rows
+        found = {i: rows[i] for i in item_ids if i in rows}
         missing = [i for i in item_ids if i not in found]
         if missing:
             try:
-                fetched = r.get_items(self.store, missing)
+                fetched = await asyncio.to_thread(r.get_items, self.store, missing)
             except Exception as exc:
                 log.warning("catalogue unavailable (%s)", exc)
                 fetched = {}
-            found.update(fetched)
-            if fetched:
-                with contextlib.suppress(Exception):
-                    self.cache.set_many({keys[i]: it.model_dump_json().encode() for i, it in fetched.items()}, 600)
+            found.update({i: ItemRow.of(item) for i, item in fetched.items()})
         return found
 
     # ------------------------------------------------------------ the request
@@ -132,13 +134,12 @@ class Recommender:
         self, user_id: str, k: int, device: str | None, locale: str | None, exclude: Sequence[str] = ()
     ) -> Recommendation:
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        model = self.models.current  # one reference for the whole request (hot swap safe)
-        history, bought, history_source = await asyncio.to_thread(self._history, user_id)
-        now_ms = int(time.time() * 1000)
-        context = context_features(now_ms, device, locale)
-        excluded = bought | set(exclude)
-        seen = [h.item_id for h in history if h.type != EventType.IMPRESSION.value]
+        request_id = f"{_ID_PREFIX}{next(_request_numbers):010x}"
+        history, bought, history_source = await self.user_state(user_id)
+        model = self.models.current  # one reference for the rest of the request (hot swap safe)
+        context = context_features(int(time.time() * 1000), device, locale)
+        seen = [h.item_id for h in history if h.type != _IMPRESSION]
+        excluded = bought | set(exclude) | {h.item_id for h in history if h.type == _PURCHASE}
 
         fallback_reason = None
         if not seen:
@@ -149,30 +150,51 @@ class Recommender:
             fallback_reason = "no model promoted yet" + (
                 f" ({self.models.last_error})" if self.models.last_error else ""
             )
-        if fallback_reason:
-            items = await asyncio.to_thread(self._popular, k, excluded)
+        if fallback_reason or model is None:
+            items = await self._popular(k, excluded)
             return Recommendation(
-                request_id, user_id, items, None, True, fallback_reason, "baseline", history_source, _ms(started)
+                request_id,
+                user_id,
+                items,
+                None,
+                True,
+                fallback_reason,
+                "baseline",
+                history_source,
+                _ms(started),
             )
 
-        assert model is not None
-        candidates = await self._candidates(model, seen, context, excluded)
-        catalogue = await asyncio.to_thread(self.items, [c.item_id for c in candidates])
-        candidates = [c for c in candidates if c.item_id in catalogue and catalogue[c.item_id].available]
+        table = model.table
+        hist_pos = table.positions_or_unknown(seen)
+        history_input = np.zeros((1, model.model.history_len), dtype=np.int64)
+        recent = hist_pos[-model.model.history_len :]
+        if len(recent):
+            history_input[0, -len(recent) :] = table.model_index[recent]
+        context_input = np.asarray([context], dtype=np.int64)
+
+        cands = await self._candidates(model, hist_pos, history_input, context_input, excluded)
         fallback = False
         try:
-            scores, scorer_name = await self._score(model, seen, context, candidates, catalogue)
+            scores, scorer_name = await self._score(model, cands, history_input, context_input)
         except ScorerUnavailable as exc:
-            log.warning("scoring failed for %s, using baseline order: %s", user_id, exc)
-            scores = np.array([c.prior for c in candidates], dtype=np.float32)
+            log.warning("scoring failed, using baseline order: %s", exc)
+            scores = cands.prior
             scorer_name, fallback, fallback_reason = "baseline", True, f"scorer unavailable: {exc}"
-        primary = self.scorer.name.split(">")[0]
-        if not fallback and scorer_name != primary:
-            fallback, fallback_reason = True, f"{primary} unavailable; scored by {scorer_name}"
-        ranked = self._rerank(candidates, scores, catalogue, k)
-        because = {c.item_id: c.because or model.most_similar_history(c.item_id, seen) for c, _ in ranked}
-        titles = await asyncio.to_thread(self.items, sorted({b for b in because.values() if b}))
-        items = [self._explain(c, s, catalogue, because[c.item_id], titles) for c, s in ranked]
+        if not fallback and scorer_name != self._primary:
+            fallback, fallback_reason = True, f"{self._primary} unavailable; scored by {scorer_name}"
+
+        picked = model.rerank(
+            cands, scores, k, per_category=max(2, math.ceil(k / 2)), explore=round(k * self.settings.fresh_item_slots)
+        )
+        positions = cands.positions[picked]
+        known_hist = np.unique(hist_pos[hist_pos >= FIRST_ITEM])
+        because = model.explain(positions, known_hist, self.settings.explain_min_similarity, cands.because[picked])
+        items = [
+            self._explain(
+                table.ids, table.titles, table.categories, int(p), float(scores[i]), int(cands.source[i]), int(b)
+            )
+            for p, i, b in zip(positions, picked, because, strict=True)
+        ]
         return Recommendation(
             request_id,
             user_id,
@@ -183,84 +205,88 @@ class Recommender:
             scorer_name,
             history_source,
             _ms(started),
+            0 if scorer_name == "baseline" else len(cands),
         )
 
     # ------------------------------------------------------------ steps
 
-    def _popular(self, k: int, excluded: set[str]) -> list[Recommended]:
-        self.baselines.ensure_trending()
-        top = [(i, s) for i, s in self.baselines.trending if i not in excluded][: k * 2]
-        catalogue = self.items([i for i, _ in top])
+    async def _popular(self, k: int, excluded: set[str]) -> list[Recommended]:
+        await self.baselines.ensure_trending()
+        rows = self.models.catalogue.rows
         out = []
-        for item_id, score in top:
-            item = catalogue.get(item_id)
-            if item is not None and not item.available:
+        for item_id, score in self.baselines.trending:
+            if item_id in excluded:
                 continue
-            out.append(
-                Recommended(
-                    item_id,
-                    float(score),
-                    "trending",
-                    "Popular right now",
-                    [],
-                    item.title if item else "",
-                    item.category if item else "",
-                )
-            )
+            row = rows.get(item_id)
+            if row is not None and not row.available:
+                continue
+            title, category = (row.title, row.category) if row else ("", "")
+            out.append(Recommended(item_id, float(score), "trending", "Popular right now", [], title, category))
             if len(out) == k:
                 break
         return out
 
     async def _candidates(
-        self, model: ModelVersion, seen: list[str], context: list[int], excluded: set[str]
-    ) -> list[Candidate]:
+        self,
+        model: ServingModel,
+        hist_pos: np.ndarray,
+        history_input: np.ndarray,
+        context_input: np.ndarray,
+        excluded: set[str],
+    ) -> Candidates:
         per = self.settings.candidates_per_source
-        out: dict[str, Candidate] = {}
-
-        def add(c: Candidate) -> None:
-            if c.item_id not in excluded and c.item_id not in out:
-                out[c.item_id] = c
-
+        parts: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         # Retrieval: the user tower's embedding against the item vectors (ANN).
-        if model.ann is not None:
+        ann = model.model.ann
+        if ann is not None:
             try:
                 res = await self.scorer.infer(
-                    repo.USER_TOWER_MODEL, model.version, model.encode_user([seen], [context]), ["user_embedding"]
+                    repo.USER_TOWER_MODEL,
+                    model.version,
+                    {"history": history_input, "context": context_input},
+                    ["user_embedding"],
                 )
-                for item_id, s in model.nearest_items(res["user_embedding"][0], per):
-                    add(Candidate(item_id, "retrieval", model.most_similar_history(item_id, seen), s))
+                scores, idx = ann.search(np.asarray(res["user_embedding"][:1], dtype=np.float32), per)
+                pos = model.retrieval_positions(idx[0])
+                parts.append((RETRIEVAL, pos, scores[0], None))
             except ScorerUnavailable as exc:
                 log.info("retrieval skipped: %s", exc)
-        # Item-item CF: neighbours of the most recent items.
-        if model.neighbors:
-            pooled: dict[str, tuple[float, str]] = {}
-            for weight, seed in enumerate(reversed(seen[-RECENT_FOR_CF:])):
-                for item_id, s in model.neighbors.get(seed, [])[:per]:
-                    v = s / (1 + weight)
-                    if item_id not in pooled or pooled[item_id][0] < v:
-                        pooled[item_id] = (v, seed)
-            for item_id, (v, seed) in sorted(pooled.items(), key=lambda kv: -kv[1][0])[:per]:
-                add(Candidate(item_id, "item_cf", seed, v))
-        for item_id, s in self.baselines.trending[:per]:
-            add(Candidate(item_id, "trending", None, math.log1p(s) / 100))
-        for item_id in self.baselines.fresh[: max(10, per // 5)]:
-            add(Candidate(item_id, "fresh", None, 0.0))
-        seen_set = set(seen[-5:])  # just-seen items are not news
-        return [c for c in out.values() if c.item_id not in seen_set][: self.settings.max_candidates]
+        # Item-item CF: neighbours of the most recent distinct items, the most recent first.
+        rev = hist_pos[::-1]
+        _, first = np.unique(rev, return_index=True)
+        recent = rev[np.sort(first)]
+        recent = recent[recent >= FIRST_ITEM][:RECENT_FOR_CF]
+        cf_pos, cf_score, cf_seed = model.item_cf(recent, per)
+        parts.append((ITEM_CF, cf_pos, cf_score, cf_seed))
+        lists = model.baseline_positions(self.baselines.generation, self.baselines.trending, self.baselines.fresh)
+        parts.append((TRENDING, lists.trending[:per], lists.trending_prior[:per], None))
+        parts.append((FRESH, lists.fresh[: max(10, per // 5)], None, None))
+        blocked = np.concatenate([model.table.positions(excluded), hist_pos[-JUST_SEEN:]])
+        return model.merge(parts, blocked, self.settings.max_candidates)
 
     async def _score(
-        self,
-        model: ModelVersion,
-        seen: list[str],
-        context: list[int],
-        candidates: list[Candidate],
-        catalogue: dict[str, Item],
+        self, model: ServingModel, cands: Candidates, history_input: np.ndarray, context_input: np.ndarray
     ) -> tuple[np.ndarray, str]:
-        """Scores of the candidates, and the name of the backend that computed them."""
-        if not candidates:
+        """Scores of the candidates, and the name of the backend that computed them.
+
+        Candidates are padded to ``MAX_CANDIDATES``: every request has the same shape, so
+        Triton's dynamic batcher and the in-process micro-batcher can run many in one go.
+        """
+        n = len(cands)
+        if n == 0:
             return np.zeros(0, dtype=np.float32), self.scorer.name
-        feats = [_features(catalogue[c.item_id]) for c in candidates]
-        inputs = model.encode([seen], [context], [[c.item_id for c in candidates]], [feats])
+        width = max(self.settings.max_candidates, n)
+        table = model.table
+        candidates = np.zeros((1, width), dtype=np.int64)
+        candidates[0, :n] = table.model_index[cands.positions]
+        features = np.zeros((1, width, table.features.shape[1]), dtype=np.int64)
+        features[0, :n] = table.features[cands.positions]
+        inputs = {
+            "history": history_input,
+            "context": context_input,
+            "candidates": candidates,
+            "candidate_features": features,
+        }
         try:
             out, backend = await asyncio.wait_for(
                 self.scorer.infer_with_backend(repo.RANKER_MODEL, model.version, inputs, ["scores"]),
@@ -268,61 +294,26 @@ class Recommender:
             )
         except TimeoutError as exc:
             raise ScorerUnavailable(f"scoring took over {self.settings.scoring_timeout_ms} ms") from exc
-        return np.asarray(out["scores"][0][: len(candidates)], dtype=np.float32), backend
+        return np.asarray(out["scores"][0][:n], dtype=np.float32), backend
 
-    def _rerank(
-        self, candidates: list[Candidate], scores: np.ndarray, catalogue: dict[str, Item], k: int
-    ) -> list[tuple[Candidate, float]]:
-        """Best first, at most half the slots per category, and a share of slots for fresh items."""
-        order = np.argsort(-scores, kind="stable")
-        per_category = max(2, math.ceil(k / 2))
-        explore = round(k * self.settings.fresh_item_slots)
-        picked: list[tuple[Candidate, float]] = []
-        counts: dict[str, int] = {}
-        fresh_pool = [i for i in order if candidates[i].source == "fresh"]
-        for i in order:
-            c = candidates[i]
-            if c.source == "fresh" and explore:
-                continue  # fresh items compete for the exploration slots below
-            cat = catalogue[c.item_id].category
-            if counts.get(cat, 0) >= per_category:
-                continue
-            picked.append((c, float(scores[i])))
-            counts[cat] = counts.get(cat, 0) + 1
-            if len(picked) == k - min(explore, len(fresh_pool)):
-                break
-        for i in fresh_pool[:explore]:
-            if len(picked) >= k:
-                break
-            picked.append((candidates[i], float(scores[i])))
-        if len(picked) < k:  # the diversity cap was too strict for this candidate set
-            chosen = {c.item_id for c, _ in picked}
-            for i in order:
-                if candidates[i].item_id not in chosen:
-                    picked.append((candidates[i], float(scores[i])))
-                    if len(picked) == k:
-                        break
-        return picked
-
+    @staticmethod
     def _explain(
-        self, c: Candidate, score: float, catalogue: dict[str, Item], because: str | None, known: dict[str, Item]
+        ids: list[str], titles: list[str], categories: list[str], pos: int, score: float, source: int, because: int
     ) -> Recommended:
-        item = catalogue[c.item_id]
-        ref = known.get(because) if because else None
-        because_title = (ref.title or because) if ref else because
-        if c.source == "fresh":
-            reason = f"New in {item.category}" + (f", like {because_title}" if because_title else "")
+        because_id = ids[because] if because >= 0 else None
+        because_title = (titles[because] or because_id) if because_id else None
+        name = SOURCES[source]
+        if source == FRESH:
+            reason = f"New in {categories[pos]}" + (f", like {because_title}" if because_title else "")
         elif because_title:
             reason = f"Because you viewed {because_title}"
-        elif c.source == "trending":
+        elif source == TRENDING:
             reason = "Popular right now"
         else:
             reason = "Matches your recent activity"
-        return Recommended(c.item_id, score, c.source, reason, [because] if because else [], item.title, item.category)
-
-
-def _features(item: Item) -> list[int]:
-    return item_feature_vector(item.category, item.price, item.title, item.text)
+        return Recommended(
+            ids[pos], score, name, reason, [because_id] if because_id else [], titles[pos], categories[pos]
+        )
 
 
 def _ms(started: float) -> float:

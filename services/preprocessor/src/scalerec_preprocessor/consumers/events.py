@@ -36,6 +36,7 @@ class _Plan:
     new_ids: list[str] = field(default_factory=list)
     index_rows: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
     histories: dict[str, list[r.HistoryEntry]] = field(default_factory=dict)
+    buyers: set[str] = field(default_factory=set)
     duplicates: int = 0
     erased: int = 0
 
@@ -141,7 +142,10 @@ class EventsConsumer:
                 b"p:locale": (last.context.locale or "").encode(),
             }
             # Every purchase ever, not just the recent history: the ranker never recommends them again.
-            profile.update(r.purchase_cells(e) for e in user_events if e.type is EventType.PURCHASE)
+            purchases = [r.purchase_cells(e) for e in user_events if e.type is EventType.PURCHASE]
+            if purchases:
+                profile.update(purchases)
+                plan.buyers.add(user_id)
             profiles.append((s.profile_key(user_id), profile))
             plan.histories[user_id] = interest[-self.history_len :]
         self.store.put_many(s.INTERACTIONS, interactions)
@@ -179,5 +183,8 @@ class EventsConsumer:
                 },
                 self.cache_ttl,
             )
+            # The cached "everything bought" set is now short: the next read refills it from the store.
+            if plan.buyers:
+                self.cache.delete_many([r.bought_cache_key(self.keys, u) for u in sorted(plan.buyers)])
         except Exception as exc:  # the cache is an optimisation; the store has it all
             log.info("cache update skipped: %s", exc)

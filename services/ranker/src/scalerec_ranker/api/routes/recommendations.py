@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
-from scalerec_core.telemetry import inject_headers
-from scalerec_events.topics import Topic
 
 from scalerec_ranker.recommend import Recommendation, Recommender, impression_payload
 
@@ -38,6 +35,7 @@ class RecommendationsOut(BaseModel):
     scorer: str
     history_source: str
     took_ms: float
+    candidates_scored: int
     items: list[ItemOut]
 
     @classmethod
@@ -51,6 +49,7 @@ class RecommendationsOut(BaseModel):
             scorer=rec.scorer,
             history_source=rec.history_source,
             took_ms=rec.took_ms,
+            candidates_scored=rec.candidates_scored,
             items=[ItemOut(**i.__dict__) for i in rec.items],
         )
 
@@ -89,20 +88,8 @@ async def recommendations(
 
 
 def _publish_impression(request: Request, rec: Recommendation, device: str | None) -> None:
-    """Impressions feed online metrics; losing one must never fail or slow the request."""
-    producer = request.app.state.producer
-
-    async def send() -> None:
-        try:
-            await producer.send(
-                Topic.IMPRESSIONS, impression_payload(rec, device), key=rec.user_id.encode(), headers=inject_headers()
-            )
-        except Exception as exc:
-            log.info("impression not published: %s", exc)
-
-    task = asyncio.create_task(send())
-    request.app.state.background.add(task)
-    task.add_done_callback(request.app.state.background.discard)
+    """Impressions feed online metrics; they are batched in the background, never awaited here."""
+    request.app.state.impressions.publish(impression_payload(rec, device), rec.user_id.encode())
 
 
 class SimilarOut(BaseModel):
@@ -114,7 +101,7 @@ class SimilarOut(BaseModel):
 @router.get("/items/{item_id}/similar", response_model=SimilarOut, summary="Items similar to an item")
 async def similar(request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10) -> SimilarOut:
     rec = _recommender(request)
-    known = await asyncio.to_thread(rec.items, [item_id])
+    known = await rec.lookup([item_id])
     if item_id not in known:
         raise HTTPException(
             404,
@@ -126,11 +113,11 @@ async def similar(request: Request, item_id: str, k: Annotated[int, Query(ge=1, 
     model = rec.models.current
     neighbours = []
     if model is not None:
-        neighbours = [(i, s, "item_cf") for i, s in model.neighbors.get(item_id, [])[:k]]
-        vec = model.item_vector(item_id)
+        neighbours = [(i, s, "item_cf") for i, s in model.model.neighbors.get(item_id, [])[:k]]
+        vec = model.model.item_vector(item_id)
         if not neighbours and vec is not None:
-            neighbours = [(i, s, "retrieval") for i, s in model.nearest_items(vec, k + 1) if i != item_id][:k]
-    catalogue = await asyncio.to_thread(rec.items, [i for i, _, _ in neighbours])
+            neighbours = [(i, s, "retrieval") for i, s in model.model.nearest_items(vec, k + 1) if i != item_id][:k]
+    catalogue = await rec.lookup([i for i, _, _ in neighbours])
     items = [
         ItemOut(
             item_id=i,
@@ -142,7 +129,7 @@ async def similar(request: Request, item_id: str, k: Annotated[int, Query(ge=1, 
             category=catalogue[i].category,
         )
         for i, s, src in neighbours
-        if i in catalogue
+        if i in catalogue and catalogue[i].available
     ]
     return SimilarOut(item_id=item_id, model_version=model.version if model else None, items=items)
 
@@ -162,5 +149,5 @@ async def current_model(request: Request) -> ModelOut:
         model_version=model.version if model else None,
         scorer=request.app.state.scorer.name,
         last_error=manager.last_error,
-        card=model.card if model else {},
+        card=model.model.card if model else {},
     )
