@@ -12,7 +12,7 @@ STAMP := $(VENV)/.scalerec-installed
 STACK := scripts/stack/stack.sh
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-stack test test-fast test-e2e lint helm stack-up stack-down loadtest serve clean
+.PHONY: venv demo demo-stack test test-fast test-e2e lint helm tools bench stack-up stack-down loadtest serve clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,17 @@ demo-stack: venv
 helm:
 	@scripts/helm/install-helm.sh >/dev/null
 
+# Debian tools the benchmarks (and their smoke tests) drive: wrk as the HTTP load generator.
+tools:
+	@command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null; }; } \
+		|| { echo "wrk is needed (as root: apt-get install -y wrk)" >&2; exit 1; }
+
+# Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first.
+bench: venv tools
+	$(BIN)/python benchmarks/ranker_throughput.py --profile
+	$(BIN)/python benchmarks/ingest_throughput.py
+
 stack-up:
 	$(STACK) up
 
@@ -45,7 +56,7 @@ stack-down:
 	$(STACK) down
 
 # Everything: the real servers are started first and stopped after, whatever the outcome.
-test: venv helm
+test: venv helm tools
 	$(STACK) up
 	@rc=0; $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 

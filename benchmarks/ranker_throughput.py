@@ -244,6 +244,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="uvicorn workers, ranker and floor")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--users", type=int, default=3000, help="user ids u00000.. asked for")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the first row (fills caches)")
     ap.add_argument("--profile", action="store_true", help="py-spy the ranker during the best run")
     ap.add_argument("--json", type=Path, help="write the table as JSON too")
     args = ap.parse_args()
@@ -294,7 +295,7 @@ def main() -> int:
             raise RuntimeError(f"the ranker never answered from the model; see {tmp / 'ranker.log'}")
         for _ in range(50):  # every worker warm
             httpx.get(f"{url}/v1/recommendations", params={"user_id": "u00002", "k": 10}, timeout=10)
-        wrk(url, 8, 2, args.wrk_threads, args.users, script)  # warm-up, not recorded
+        wrk(url, 8, args.warmup, args.wrk_threads, args.users, script)  # warm-up, not recorded
         for c in conns:
             results.append(wrk(url, c, args.duration, args.wrk_threads, args.users, script))
         if args.profile:

@@ -97,7 +97,14 @@ def make_scorer(url: str, *, repository: Path) -> Scorer:
     if scheme == "onnxruntime":
         from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 
-        return OnnxRuntimeScorer(repository)
+        # onnxruntime://?inline=1&threads=1&max_batch_rows=32 (see OnnxRuntimeScorer)
+        q = _query(url)
+        return OnnxRuntimeScorer(
+            repository,
+            intra_op_threads=int(q.get("threads", 1)),
+            max_batch_rows=int(q.get("max_batch_rows", 32)),
+            inline=q.get("inline", "0").lower() in ("1", "true", "yes"),
+        )
     if scheme == "triton":
         from scalerec_adapters.triton_scorer import TritonScorer
 

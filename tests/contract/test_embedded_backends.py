@@ -254,3 +254,20 @@ async def test_bad_input_and_unknown_output_raise_scorer_unavailable(tmp_path: P
     with pytest.raises(ScorerUnavailable, match="inference failed"):
         await scorer.infer("m", 1, {"ids": np.zeros((1, FEATURES), dtype=np.float32)}, ["scores"])
     await scorer.close()
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_concurrent_requests_of_one_shape_run_in_fewer_executions(tmp_path: Path, inline: bool) -> None:
+    """The in-process micro-batcher: N concurrent batch-1 requests, fewer than N runs, each caller its own rows."""
+    write_tiny_model(tmp_path / "m" / "1", scale=2.0, external_data=False)
+    scorer = OnnxRuntimeScorer(tmp_path, inline=inline, max_batch_rows=16)
+    await scorer.load("m", 1)
+    rng = np.random.default_rng(0)
+    requests = [{"ids": rng.integers(0, 10, (1, FEATURES)).astype(np.int64)} for _ in range(64)]
+    runs_before = scorer.runs
+    results = await asyncio.gather(*(scorer.infer("m", 1, r, ["scores"]) for r in requests))
+    runs = scorer.runs - runs_before
+    assert runs < len(requests), f"{runs} runs for {len(requests)} concurrent requests"
+    for req, res in zip(requests, results, strict=True):
+        np.testing.assert_allclose(res["scores"], req["ids"] * 2.0 + 1)
+    await scorer.close()

@@ -73,12 +73,18 @@ class OnnxRuntimeScorer(Scorer):
         providers: Sequence[str] = ("CPUExecutionProvider",),
         warm_up: bool = True,
         max_batch_rows: int = 32,
+        inline: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.intra_op_threads = intra_op_threads
         self.providers = list(providers)
         self.warm_up = warm_up
         self.max_batch_rows = max(1, max_batch_rows)
+        # inline: run on the event loop's thread. For a model that takes well under a millisecond
+        # the hop to a thread and back (a GIL hand-over each way) costs more than the model; a
+        # process per core (WORKERS) then keeps every core busy. Off for large models, whose runs
+        # release the GIL long enough for the loop to serve HTTP meanwhile.
+        self.inline = inline
         self._sessions: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
@@ -179,6 +185,8 @@ class OnnxRuntimeScorer(Scorer):
         if len(rows) != 1 or not all(a.ndim for a in arrays.values()):  # not batchable: run alone
             loop = asyncio.get_running_loop()
             self.runs += 1
+            if self.inline:
+                return self._infer(model, version, arrays, outputs)
             return await loop.run_in_executor(self._executor, self._infer, model, version, arrays, outputs)
         key = (model, int(version), tuple(outputs))
         queue = self._queues.setdefault(key, _Queue())
@@ -194,8 +202,12 @@ class OnnxRuntimeScorer(Scorer):
         model, version, outputs = key
         loop = asyncio.get_running_loop()
         try:
+            if self.inline:
+                await asyncio.sleep(0)  # let the requests parsed in this loop iteration join the batch
             while queue.pending:
-                batch, rest, rows = [], [], 0
+                batch: list[_Pending] = []
+                rest: list[_Pending] = []
+                rows = 0
                 first = queue.pending[0]
                 shape = {k: v.shape[1:] for k, v in first.inputs.items()}
                 for p in queue.pending:
@@ -212,7 +224,10 @@ class OnnxRuntimeScorer(Scorer):
                     stacked = {k: np.concatenate([p.inputs[k] for p in batch]) for k in shape}
                 self.runs += 1
                 try:
-                    out = await loop.run_in_executor(self._executor, self._infer, model, version, stacked, outputs)
+                    if self.inline:
+                        out = self._infer(model, version, stacked, outputs)
+                    else:
+                        out = await loop.run_in_executor(self._executor, self._infer, model, version, stacked, outputs)
                 except Exception as exc:
                     for p in batch:
                         if not p.future.done():

@@ -19,7 +19,9 @@ from onnx import numpy_helper
 from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 from scalerec_adapters.scoring import ScorerUnavailable
 from scalerec_adapters.triton_scorer import FallbackScorer, TritonScorer, last_backend
+from scalerec_features import HISTORY_LEN
 from scalerec_models.repository import RANKER_MODEL, USER_TOWER_MODEL, write_model_version
+from scalerec_ranker.config import RankerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +81,15 @@ async def test_triton_scores_equal_onnxruntime_and_torch(triton: Any, make_input
 
 
 async def test_dynamic_batching_merges_concurrent_requests(triton: Any, make_inputs: Any) -> None:
+    """Full-size requests as the ranker sends them (history HISTORY_LEN, candidates padded to MAX_CANDIDATES):
+    N concurrent ones run in fewer than N executions."""
     scorer = TritonScorer(triton.url, repository=triton.source, timeout=30)
+    full = RankerSettings.model_fields["max_candidates"].default
     try:
         await scorer.load(RANKER_MODEL, 1)
         before = await scorer.statistics(RANKER_MODEL, 1)
         rng = np.random.default_rng(3)
-        requests = [make_inputs(rng, 1, 20, 50) for _ in range(300)]
+        requests = [make_inputs(rng, 1, HISTORY_LEN, full) for _ in range(300)]
         results = await asyncio.gather(*(scorer.infer(RANKER_MODEL, 1, r, ["scores"]) for r in requests))
         assert len(results) == 300
         stats = (await scorer.statistics(RANKER_MODEL, 1))["model_stats"][0]

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from scalerec_adapters.bus import OutgoingMessage
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_adapters.scoring import ScorerUnavailable
 from scalerec_adapters.store import StoreUnavailable
 from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
+from scalerec_events.models import Item
+from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
+from scalerec_models.data import FIRST_ITEM
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
 from scalerec_storage import schema as s
@@ -23,6 +32,8 @@ from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import train_version
 
 from tests.unit.services.ingest import ingest_shop
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -153,3 +164,132 @@ def test_the_fallback_is_never_empty_once_data_exists(tmp_path: Path) -> None:
     assert len(baselines.trending) > 0
     assert baselines.generation == generation + 1
     store.close()
+
+
+# -- the precomputed item state -------------------------------------------------------------------
+
+
+def _recommended(client: TestClient, user: str, k: int = 10) -> list[dict]:
+    r = client.get("/v1/recommendations", params={"user_id": user, "k": k})
+    assert r.status_code == 200, r.text
+    assert r.json()["fallback"] is False
+    return r.json()["items"]
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_catalogue_changes_reach_the_served_items_without_a_restart(client: TestClient, world: World) -> None:
+    """A change on the items topic reaches the ranker's item table: a new title is shown, an item made
+    unavailable is no longer recommended, and the request path never re-reads the catalogue for it."""
+    user = world.shop.users[5]
+    top = _recommended(client, user)[0]["item_id"]
+    original = next(i for i in world.shop.items if i.item_id == top)
+    producer = client.app.state.producer  # type: ignore[attr-defined]
+
+    def publish(item: Item) -> None:
+        message = OutgoingMessage(item.model_dump_json().encode(), item.item_id.encode())
+        client.portal.call(producer.send_batch, Topic.ITEMS, [message])
+
+    publish(original.model_copy(update={"title": "Renamed while serving"}))
+    _wait_for(lambda: any(i["title"] == "Renamed while serving" for i in _recommended(client, user)))
+    publish(original.model_copy(update={"available": False}))
+    _wait_for(lambda: top not in {i["item_id"] for i in _recommended(client, user, 50)})
+    table = client.app.state.models.current.table  # type: ignore[attr-defined]
+    assert not table.available[table.position[top]]
+    publish(original)  # as it was, for the other tests
+    _wait_for(lambda: bool(table.available[table.position[top]]))
+
+
+async def test_a_version_built_during_catalogue_changes_misses_none_of_them(world: World) -> None:
+    """Activation builds the new version's table in a thread from a snapshot; updates that arrive
+    meanwhile go to the old table at once and to the new one before the swap."""
+    from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
+    from scalerec_ranker.items import ItemRow
+    from scalerec_ranker.models import ModelManager
+
+    scorer = OnnxRuntimeScorer(world.repository, inline=True)
+    manager = ModelManager(scorer, world.repository, unload_grace_s=0)
+    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
+    assert await manager.activate(1)
+    old = manager.current
+    assert old is not None
+    slow_build = manager._build
+
+    def build(version: int, rows: list[ItemRow]) -> object:
+        time.sleep(0.5)  # the window in which the update below arrives
+        return slow_build(version, rows)
+
+    manager._build = build  # type: ignore[method-assign]
+    item = world.shop.items[0]
+    activation = asyncio.create_task(manager.activate(2))
+    await asyncio.sleep(0.1)
+    manager.apply_items([ItemRow.of(item.model_copy(update={"title": "changed mid-build", "available": False}))])
+    assert old.table.titles[old.table.position[item.item_id]] == "changed mid-build"
+    assert await activation
+    new = manager.current
+    assert new is not None and new.version == 2 and new is not old
+    pos = new.table.position[item.item_id]
+    assert new.table.titles[pos] == "changed mid-build" and not new.table.available[pos]
+    await manager.close()
+    await scorer.close()
+
+
+def test_explanations_are_never_shown_below_the_similarity_threshold(client: TestClient, world: World) -> None:
+    model = client.app.state.models.current  # type: ignore[attr-defined]
+    threshold = client.app.state.settings.explain_min_similarity  # type: ignore[attr-defined]
+    table, unit = model.table, model.unit
+    shown = 0
+    for user in world.shop.users[:40]:
+        for item in _recommended(client, user):
+            for because in item["because"]:
+                a, b = table.model_index[table.position[item["item_id"]]], table.model_index[table.position[because]]
+                assert float(unit[a] @ unit[b]) >= threshold - 1e-6, (item, because)
+                shown += 1
+    assert shown, "no explanation at all: the threshold test proves nothing"
+    # And the other way round: with a threshold no pair reaches, nothing is explained.
+    picked = np.arange(FIRST_ITEM, min(FIRST_ITEM + 10, table.size))
+    history = np.arange(FIRST_ITEM + 10, min(FIRST_ITEM + 40, table.size))
+    assert (model.explain(picked, history, 1.01) == -1).all()
+
+
+def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path) -> None:
+    """A few-second smoke run: it starts the ranker and the floor, drives both with wrk, prints the table."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/ranker_throughput.py",
+            "--data-dir",
+            str(world.data_dir),
+            "--duration",
+            "1",
+            "--connections",
+            "1,4",
+            "--workers",
+            "1",
+            "--users",
+            str(len(world.shop.users)),
+            "--warmup",
+            "1",
+            "--profile",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "floor req/s" in r.stdout and "model scoring" in r.stdout
+    report = json.loads(out.read_text())
+    assert [row["connections"] for row in report["rows"]] == [1, 4]
+    assert all(row["rps"] > 0 and row["floor_rps"] > 0 and row["errors"] == 0 for row in report["rows"])
+    assert all(row["candidates_per_request"] > 0 for row in report["rows"])

@@ -15,7 +15,11 @@ class RankerSettings(ServiceSettings):
     port: int = Field(default=8084, ge=1, le=65535)
     model_repository: Path = Path("model_repository")
     model_name: str = "scalerec_ranker"
-    scorer_url: str = Field(default="onnxruntime://", description="onnxruntime:// or triton://host:8001.")
+    scorer_url: str = Field(
+        default="onnxruntime://?inline=1",
+        description="onnxruntime://[?inline=1&threads=N&max_batch_rows=N] or triton://host:8001. "
+        "inline=1 scores on the event loop (best for models under ~1 ms; one worker process per core).",
+    )
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
     candidates_per_source: int = Field(default=200, ge=1)

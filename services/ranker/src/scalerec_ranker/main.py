@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 def build_scorer(settings: RankerSettings) -> Scorer:
     """Triton first when configured, in-process onnxruntime behind it; the baseline is the last resort."""
-    local = make_scorer("onnxruntime://", repository=settings.model_repository)
     if settings.scorer_url.startswith("onnxruntime"):
-        return local
+        return make_scorer(settings.scorer_url, repository=settings.model_repository)
+    local = make_scorer("onnxruntime://?inline=1", repository=settings.model_repository)
     from scalerec_adapters.triton_scorer import FallbackScorer
 
     return FallbackScorer(make_scorer(settings.scorer_url, repository=settings.model_repository), local)
