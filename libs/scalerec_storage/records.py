@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore, prefix_successor
 from scalerec_events.models import Event, EventType, Item, TrainingExample
-from scalerec_features import FEATURE_VERSION, context_features, item_feature_vector
+from scalerec_features import FEATURE_VERSION, item_feature_vector
 
 from scalerec_storage import schema as s
 
@@ -38,27 +38,29 @@ class HistoryEntry:
 
     @classmethod
     def from_list(cls, raw: Sequence[str | int]) -> HistoryEntry:
-        return cls(str(raw[0]), int(raw[1]), str(raw[2]), str(raw[3]))
+        item, ts, etype, event_id = raw
+        return cls(str(item), int(ts), str(etype), str(event_id))
 
 
 # ---------------------------------------------------------------- interactions
 
 
-def interaction_cells(event: Event) -> dict[bytes, bytes]:
+# One cell per interaction: [item, ts_ms, type, value, session, device, locale]. One cell instead of six
+# is most of the write cost of an event; the model context (hour, weekday, ...) is derivable from it.
+INTERACTION = b"e:d"
+
+
+def interaction_cells(event: Event, ts_ms: int | None = None) -> dict[bytes, bytes]:
     ctx = event.context
-    return {
-        b"e:item": event.item_id.encode(),
-        b"e:type": event.type.value.encode(),
-        b"e:ts": str(event.ts_ms).encode(),
-        b"e:value": b"" if event.value is None else repr(event.value).encode(),
-        b"e:ctx": json.dumps(context_features(event.ts_ms, ctx.device, ctx.locale)).encode(),
-        b"e:session": (ctx.session_id or "").encode(),
-    }
+    ts = event.ts_ms if ts_ms is None else ts_ms
+    packed = [event.item_id, ts, event.type.value, event.value, ctx.session_id, ctx.device, ctx.locale]
+    return {INTERACTION: json.dumps(packed).encode()}
 
 
 def _entry(row_key: bytes, cells: dict[bytes, bytes]) -> HistoryEntry:
     event_id = row_key.rsplit(s.SEP, 1)[-1].decode()
-    return HistoryEntry(cells[b"e:item"].decode(), int(cells[b"e:ts"]), cells[b"e:type"].decode(), event_id)
+    item, ts, etype = json.loads(cells[INTERACTION])[:3]
+    return HistoryEntry(item, int(ts), etype, event_id)
 
 
 def recent_history(
@@ -68,7 +70,7 @@ def recent_history(
     prefix = s.user_prefix(user_id)
     start = prefix + s.reversed_ts_key(before_ts_ms - 1) if before_ts_ms is not None else None
     out: list[HistoryEntry] = []
-    cols = [b"e:item", b"e:ts", b"e:type"]
+    cols = [INTERACTION]
     if start is None:
         rows = store.scan(s.INTERACTIONS, prefix=prefix, columns=cols, limit=limit, batch_size=min(limit, 1000))
     else:
@@ -142,6 +144,11 @@ def cached_user_state(
     return history, bought, source
 
 
+def timeline_cache_key(keys: CacheKeys, user_id: str) -> str:
+    """The preprocessor's own copy of a user's last interest entries (never written by anyone else)."""
+    return keys.key("timeline", FEATURE_VERSION, user_id)
+
+
 def merge_history(current: Sequence[HistoryEntry], new: Iterable[HistoryEntry], limit: int) -> list[HistoryEntry]:
     """Union by event_id, oldest first, the last ``limit`` kept (re-delivery safe)."""
     by_id = {h.event_id: h for h in current}
@@ -153,15 +160,15 @@ def merge_history(current: Sequence[HistoryEntry], new: Iterable[HistoryEntry], 
 
 def count_interactions(store: WideColumnStore, user_id: str | None = None) -> int:
     prefix = s.user_prefix(user_id) if user_id else None
-    return sum(1 for _ in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e:ts"], batch_size=5000))
+    return sum(1 for _ in store.scan(s.INTERACTIONS, prefix=prefix, columns=[INTERACTION], batch_size=5000))
 
 
 PURCHASED = b"p:bought:"
 
 
-def purchase_cells(event: Event) -> tuple[bytes, bytes]:
+def purchase_cells(event: Event, ts_ms: int | None = None) -> tuple[bytes, bytes]:
     """A profile cell per purchased item (idempotent: a re-delivered purchase rewrites the same cell)."""
-    return PURCHASED + event.item_id.encode(), str(event.ts_ms).encode()
+    return PURCHASED + event.item_id.encode(), str(event.ts_ms if ts_ms is None else ts_ms).encode()
 
 
 def purchased_items(store: WideColumnStore, user_id: str) -> set[str]:
@@ -211,9 +218,10 @@ def fresh_items(store: WideColumnStore, limit: int) -> list[str]:
 # ---------------------------------------------------------------- item statistics
 
 
-def item_daily_cells(event: Event) -> tuple[bytes, dict[bytes, bytes]]:
+def item_daily_cells(event: Event, ts_ms: int | None = None) -> tuple[bytes, dict[bytes, bytes]]:
     """One cell per event: a re-delivered event rewrites its own cell instead of counting twice."""
-    return s.item_daily_key(event.ts_ms, event.item_id), {f"c:{event.type.value}:{event.event_id}".encode(): b"1"}
+    key = s.item_daily_key(event.ts_ms if ts_ms is None else ts_ms, event.item_id)
+    return key, {f"c:{event.type.value}:{event.event_id}".encode(): b"1"}
 
 
 def item_scores(store: WideColumnStore, since_day: str | None = None) -> dict[str, float]:
@@ -231,8 +239,9 @@ def item_scores(store: WideColumnStore, since_day: str | None = None) -> dict[st
 # ---------------------------------------------------------------- training examples
 
 
-def example_cells(example: TrainingExample) -> dict[bytes, bytes]:
-    return {b"x:json": example.model_dump_json().encode()}
+def example_cells(example: TrainingExample | bytes) -> dict[bytes, bytes]:
+    """An example's row; pass its JSON when it is already serialised (the bus carries the same bytes)."""
+    return {b"x:json": example if isinstance(example, bytes) else example.model_dump_json().encode()}
 
 
 def scan_examples(store: WideColumnStore, batch_size: int = 2000) -> Iterator[TrainingExample]:
@@ -256,7 +265,7 @@ def erase_user(
     interaction_rows: list[bytes] = []
     event_ids: list[bytes] = []
     daily: dict[bytes, list[bytes]] = defaultdict(list)
-    for key, cells in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e:item", b"e:ts", b"e:type"]):
+    for key, cells in store.scan(s.INTERACTIONS, prefix=prefix, columns=[INTERACTION]):
         entry = _entry(key, cells)
         interaction_rows.append(key)
         event_ids.append(entry.event_id.encode())
@@ -271,7 +280,9 @@ def erase_user(
     store.delete_many(s.EVENT_INDEX, event_ids)
     store.delete(s.PROFILES, s.profile_key(user_id))
     with contextlib.suppress(Exception):
-        cache.delete_many([history_cache_key(keys, user_id), bought_cache_key(keys, user_id)])
+        cache.delete_many(
+            [history_cache_key(keys, user_id), bought_cache_key(keys, user_id), timeline_cache_key(keys, user_id)]
+        )
     return {"interactions": len(interaction_rows), "examples": len(example_rows)}
 
 

@@ -39,6 +39,7 @@ from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_cli.synthetic import ShopConfig, generate_shop
 from scalerec_events.models import Event, Item
+from scalerec_storage import records as r
 from scalerec_storage import schema as s
 
 REPO = Path(__file__).resolve().parents[2]
@@ -364,7 +365,7 @@ def stored_event_ids(store: WideColumnStore, users: Sequence[str]) -> list[str]:
     """Event ids of every interactions row of ``users`` (a list: a duplicate would show twice)."""
     out: list[str] = []
     for user in users:
-        for key, _ in store.scan(s.INTERACTIONS, prefix=s.user_prefix(user), columns=[b"e:ts"], batch_size=5000):
+        for key, _ in store.scan(s.INTERACTIONS, prefix=s.user_prefix(user), columns=[r.INTERACTION], batch_size=5000):
             out.append(key.rsplit(s.SEP, 1)[-1].decode())
     return out
 

@@ -147,15 +147,20 @@ class SqliteStore(WideColumnStore):
         return {f.encode(): (now_ms + int(ttl[f]) * 1000 if ttl.get(f) else None) for f in spec.families}
 
     def _cells(
-        self, spec: TableSpec, row: bytes, cells: Mapping[bytes, bytes], now_ms: int
+        self,
+        spec: TableSpec,
+        row: bytes,
+        cells: Mapping[bytes, bytes],
+        now_ms: int,
+        expiry: Mapping[bytes, int | None] | None = None,
     ) -> list[tuple[bytes, bytes, bytes, int, int | None]]:
-        expiry = self._expiry(spec, now_ms)
+        expiry = self._expiry(spec, now_ms) if expiry is None else expiry
         row = as_bytes(row, "row key")
         out = []
         for col, value in cells.items():
             col = as_bytes(col, "column")
-            family, sep, _ = col.partition(b":")
-            if not sep or family not in expiry:
+            family = col.split(b":", 1)[0] if b":" in col else None
+            if family not in expiry:
                 raise ValueError(
                     f"table {spec.name!r}: column {col!r} is not 'family:qualifier' with a family in {spec.families}"
                 )
@@ -229,7 +234,8 @@ class SqliteStore(WideColumnStore):
         """All rows in ONE transaction: either every cell is written or none (the preprocessor relies on it)."""
         spec = self._run("put_many", lambda _: self._spec(table))
         now = int(time.time() * 1000)
-        cells = [c for row, row_cells in rows for c in self._cells(spec, row, row_cells, now)]
+        expiry = self._expiry(spec, now)  # once per call, not once per row
+        cells = [c for row, row_cells in rows for c in self._cells(spec, row, row_cells, now, expiry)]
         if not cells:
             return
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Plan:
-    examples: list[TrainingExample] = field(default_factory=list)
+    examples: list[tuple[bytes, bytes]] = field(default_factory=list)  # (user key, example JSON)
     new_ids: list[str] = field(default_factory=list)
     index_rows: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
     histories: dict[str, list[r.HistoryEntry]] = field(default_factory=dict)
@@ -77,8 +77,7 @@ class EventsConsumer:
             if plan.examples:
                 headers = tuple(inject_headers())
                 await self.producer.send_batch(
-                    Topic.EXAMPLES,
-                    [OutgoingMessage(x.model_dump_json().encode(), x.user_id.encode(), headers) for x in plan.examples],
+                    Topic.EXAMPLES, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
                 )
             await asyncio.to_thread(self._finish, plan)
         self.stored += len(plan.new_ids)
@@ -97,7 +96,8 @@ class EventsConsumer:
         fresh = [e for i, e in unique.items() if i.encode() not in seen]
         plan.duplicates += len(unique) - len(fresh)
         tombstones = r.erased_at(self.store, sorted({e.user_id for e in fresh}))
-        kept = [e for e in fresh if e.ts_ms > tombstones.get(e.user_id, -1)]
+        ts = {e.event_id: e.ts_ms for e in fresh}  # computed once: ts_ms is not free
+        kept = [e for e in fresh if ts[e.event_id] > tombstones.get(e.user_id, -1)]
         plan.erased = len(fresh) - len(kept)
         if not kept:
             return plan
@@ -106,35 +106,46 @@ class EventsConsumer:
         for e in kept:
             by_user[e.user_id].append(e)
         items = r.get_item_features(self.store, sorted({e.item_id for e in kept}))
+        timelines = self._timelines(by_user, ts)
+        # A user without a profile row has no stored interactions yet: nothing to scan for.
+        unknown = sorted(u for u in by_user if u not in timelines)
+        with_profile = self.store.get_many(s.PROFILES, [s.profile_key(u) for u in unknown], columns=[b"p:last_ts"])
+        for u in unknown:
+            if s.profile_key(u) not in with_profile:
+                timelines[u] = []
         interactions, daily, profiles, examples_rows = [], [], [], []
         for user_id, user_events in by_user.items():
-            ts = {e.event_id: e.ts_ms for e in user_events}  # computed once: ts_ms is not free
             user_events.sort(key=lambda e: (ts[e.event_id], e.event_id))
             last_ts = ts[user_events[-1].event_id]
-            stored = r.recent_history(self.store, user_id, self.history_len * 2, before_ts_ms=last_ts + 1)
-            timeline = r.merge_history(
-                stored,
-                (r.HistoryEntry(e.item_id, ts[e.event_id], e.type.value, e.event_id) for e in user_events),
-                limit=self.history_len * 2 + len(user_events),
+            known = timelines.get(user_id)
+            if known is None:  # not cached, or events older than the cached tail: the store has it all
+                stored = r.recent_history(self.store, user_id, self.history_len * 2, before_ts_ms=last_ts + 1)
+                known = [h for h in stored if h.type != EventType.IMPRESSION.value]
+            interest = r.merge_history(
+                known,
+                (
+                    r.HistoryEntry(e.item_id, ts[e.event_id], e.type.value, e.event_id)
+                    for e in user_events
+                    if e.type is not EventType.IMPRESSION
+                ),
+                limit=len(known) + len(user_events),
             )
-            interest = [h for h in timeline if h.type != EventType.IMPRESSION.value]
             interest_ts = [h.ts_ms for h in interest]
             for e in user_events:
                 e_ts = ts[e.event_id]
                 key = s.interaction_key(user_id, e_ts, e.event_id)
-                interactions.append((key, r.interaction_cells(e)))
-                daily.append(r.item_daily_cells(e))
+                interactions.append((key, r.interaction_cells(e, e_ts)))
+                daily.append(r.item_daily_cells(e, e_ts))
                 plan.index_rows.append((e.event_id.encode(), {b"m:row": key}))
                 plan.new_ids.append(e.event_id)
                 if e.type is EventType.IMPRESSION:
                     continue
                 # Point in time: only what happened strictly before this event.
-                before = interest[
-                    max(0, bisect_left(interest_ts, e_ts) - self.history_len) : bisect_left(interest_ts, e_ts)
-                ]
-                example = self._example(e, e_ts, [h.item_id for h in before], items)
-                plan.examples.append(example)
-                examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(example)))
+                cut = bisect_left(interest_ts, e_ts)
+                before = interest[max(0, cut - self.history_len) : cut]
+                payload = self._example(e, e_ts, [h.item_id for h in before], items).model_dump_json().encode()
+                plan.examples.append((user_id.encode(), payload))
+                examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(payload)))
             last = user_events[-1]
             profile = {
                 b"p:last_ts": str(last_ts).encode(),
@@ -142,7 +153,7 @@ class EventsConsumer:
                 b"p:locale": (last.context.locale or "").encode(),
             }
             # Every purchase ever, not just the recent history: the ranker never recommends them again.
-            purchases = [r.purchase_cells(e) for e in user_events if e.type is EventType.PURCHASE]
+            purchases = [r.purchase_cells(e, ts[e.event_id]) for e in user_events if e.type is EventType.PURCHASE]
             if purchases:
                 profile.update(purchases)
                 plan.buyers.add(user_id)
@@ -154,9 +165,35 @@ class EventsConsumer:
         self.store.put_many(s.PROFILES, profiles)
         return plan
 
+    def _timelines(self, by_user: dict[str, list[Event]], ts: dict[str, int]) -> dict[str, list[r.HistoryEntry]]:
+        """Each user's last interest entries from the cache, where they are enough for this batch.
+
+        The cache holds the last ``history_len`` entries this preprocessor wrote.  They are the
+        whole point-in-time history of every event newer than all of them (or of any event, when
+        the user has fewer): no per-user store scan for a user seen recently.  Anything else — a
+        miss, a late event — reads the store.
+        """
+        keys = {u: r.timeline_cache_key(self.keys, u) for u in by_user}
+        try:
+            hits = self.cache.get_many(list(keys.values()))
+        except Exception:
+            return {}
+        out = {}
+        for user_id, key in keys.items():
+            raw = hits.get(key)
+            if raw is None:
+                continue
+            tail = [r.HistoryEntry.from_list(x) for x in json.loads(raw)]
+            first = min(ts[e.event_id] for e in by_user[user_id])
+            if len(tail) < self.history_len or not tail or first > tail[-1].ts_ms:
+                out[user_id] = tail
+        return out
+
     def _example(self, e: Event, ts_ms: int, history: list[str], items: dict[str, list[int]]) -> TrainingExample:
         features = items.get(e.item_id) or [0, 0]
-        return TrainingExample(
+        # Built from already-validated parts: construct, do not validate again (a third of the batch's time).
+        return TrainingExample.model_construct(
+            schema_version=1,
             event_id=e.event_id,
             user_id=e.user_id,
             item_id=e.item_id,
@@ -176,13 +213,12 @@ class EventsConsumer:
         if not plan.histories:
             return
         try:
-            self.cache.set_many(
-                {
-                    r.history_cache_key(self.keys, user): json.dumps([h.to_list() for h in hist]).encode()
-                    for user, hist in plan.histories.items()
-                },
-                self.cache_ttl,
-            )
+            values = {}
+            for user, hist in plan.histories.items():
+                value = json.dumps([h.to_list() for h in hist]).encode()
+                values[r.history_cache_key(self.keys, user)] = value  # what the ranker reads
+                values[r.timeline_cache_key(self.keys, user)] = value  # what the next batch starts from
+            self.cache.set_many(values, self.cache_ttl)
             # The cached "everything bought" set is now short: the next read refills it from the store.
             if plan.buyers:
                 self.cache.delete_many([r.bought_cache_key(self.keys, u) for u in sorted(plan.buyers)])
