@@ -159,8 +159,8 @@ class SqliteStore(WideColumnStore):
         out = []
         for col, value in cells.items():
             col = as_bytes(col, "column")
-            family = col.split(b":", 1)[0] if b":" in col else None
-            if family not in expiry:
+            family, sep, _ = col.partition(b":")
+            if not sep or family not in expiry:
                 raise ValueError(
                     f"table {spec.name!r}: column {col!r} is not 'family:qualifier' with a family in {spec.families}"
                 )
