@@ -59,7 +59,10 @@ def interaction_cells(event: Event, ts_ms: int | None = None) -> dict[bytes, byt
 
 def _entry(row_key: bytes, cells: dict[bytes, bytes]) -> HistoryEntry:
     event_id = row_key.rsplit(s.SEP, 1)[-1].decode()
-    item, ts, etype = json.loads(cells[INTERACTION])[:3]
+    packed = cells.get(INTERACTION)
+    if packed is None:  # written before interactions were packed: e:item, e:ts, e:type, ...
+        return HistoryEntry(cells[b"e:item"].decode(), int(cells[b"e:ts"]), cells[b"e:type"].decode(), event_id)
+    item, ts, etype = json.loads(packed)[:3]
     return HistoryEntry(item, int(ts), etype, event_id)
 
 
@@ -70,7 +73,7 @@ def recent_history(
     prefix = s.user_prefix(user_id)
     start = prefix + s.reversed_ts_key(before_ts_ms - 1) if before_ts_ms is not None else None
     out: list[HistoryEntry] = []
-    cols = [INTERACTION]
+    cols = [b"e"]  # the family: packed rows have one cell, older rows their six
     if start is None:
         rows = store.scan(s.INTERACTIONS, prefix=prefix, columns=cols, limit=limit, batch_size=min(limit, 1000))
     else:
@@ -160,7 +163,7 @@ def merge_history(current: Sequence[HistoryEntry], new: Iterable[HistoryEntry], 
 
 def count_interactions(store: WideColumnStore, user_id: str | None = None) -> int:
     prefix = s.user_prefix(user_id) if user_id else None
-    return sum(1 for _ in store.scan(s.INTERACTIONS, prefix=prefix, columns=[INTERACTION], batch_size=5000))
+    return sum(1 for _ in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e"], batch_size=5000))
 
 
 PURCHASED = b"p:bought:"
@@ -265,7 +268,7 @@ def erase_user(
     interaction_rows: list[bytes] = []
     event_ids: list[bytes] = []
     daily: dict[bytes, list[bytes]] = defaultdict(list)
-    for key, cells in store.scan(s.INTERACTIONS, prefix=prefix, columns=[INTERACTION]):
+    for key, cells in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e"]):
         entry = _entry(key, cells)
         interaction_rows.append(key)
         event_ids.append(entry.event_id.encode())
