@@ -140,6 +140,33 @@ class TrainingExample(_Strict):
     label_conversion: int
 
 
+class ImpressedItem(_Strict):
+    item_id: str
+    position: int = Field(ge=0)
+    source: str
+    score: float | None = None
+
+
+class Impression(_Strict):
+    """What one recommendation answer showed (``events.impressions``): the exposure side of online metrics.
+
+    Written by the ranker, read by the evaluator; feedback events point back to it through
+    ``context.request_id``.
+    """
+
+    schema_version: Literal[1] = 1
+    request_id: str
+    user_id: str
+    model_version: int | None = None
+    variant: str | None = None
+    fallback: bool = False
+    fallback_reason: str | None = None
+    scorer: str | None = None
+    items: list[ImpressedItem] = Field(default_factory=list)
+    context: Context = Context()
+    ts_ms: int
+
+
 class ModelAnnouncement(_Strict):
     """A trained model version (``models.candidate``) or a promoted one (``models.promoted``)."""
 

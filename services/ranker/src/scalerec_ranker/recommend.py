@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import numpy as np
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
-from scalerec_events.models import EventType
+from scalerec_events.models import Context, EventType, ImpressedItem, Impression
 from scalerec_features import HISTORY_LEN, context_features
 from scalerec_models import repository as repo
 from scalerec_models.data import FIRST_ITEM
@@ -320,16 +319,23 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-def impression_payload(rec: Recommendation, device: str | None) -> bytes:
-    return json.dumps(
-        {
-            "request_id": rec.request_id,
-            "user_id": rec.user_id,
-            "model_version": rec.model_version,
-            "fallback": rec.fallback,
-            "device": device,
-            "items": [i.item_id for i in rec.items],
-            "sources": [i.source for i in rec.items],
-            "ts_ms": int(time.time() * 1000),
-        }
-    ).encode()
+def impression_payload(rec: Recommendation, device: str | None, locale: str | None = None) -> bytes:
+    """The answer as an :class:`Impression` (built from values this process made: constructed, not re-validated)."""
+    items = [
+        ImpressedItem.model_construct(item_id=i.item_id, position=n, source=i.source, score=i.score)
+        for n, i in enumerate(rec.items)
+    ]
+    impression = Impression.model_construct(
+        schema_version=1,
+        request_id=rec.request_id,
+        user_id=rec.user_id,
+        model_version=rec.model_version,
+        variant=None,
+        fallback=rec.fallback,
+        fallback_reason=rec.fallback_reason,
+        scorer=rec.scorer,
+        items=items,
+        context=Context.model_construct(device=device, locale=locale),
+        ts_ms=int(time.time() * 1000),
+    )
+    return impression.model_dump_json(exclude_none=True).encode()

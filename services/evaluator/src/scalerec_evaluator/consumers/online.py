@@ -6,14 +6,13 @@ recommendation they answer), so CTR and conversion rate are measured per variant
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
-from scalerec_events.models import CONVERSION_TYPES, Event, EventType
+from scalerec_events.models import CONVERSION_TYPES, Event, EventType, Impression
 from scalerec_events.topics import Topic
 
 
@@ -29,10 +28,10 @@ class OnlineMetrics:
         for m in messages:
             try:
                 if m.topic == Topic.IMPRESSIONS:
-                    imp = json.loads(m.value)
-                    variant = _variant(imp.get("model_version"), imp.get("fallback", False))
+                    imp = Impression.model_validate_json(m.value)
+                    variant = _variant(imp.model_version, imp.fallback)
                     self.requests[variant] += 1
-                    self.impressions[variant] += len(imp.get("items", []))
+                    self.impressions[variant] += len(imp.items)
                 else:
                     ev = Event.model_validate_json(m.value)
                     if ev.context.request_id is None:

@@ -83,13 +83,13 @@ async def recommendations(
             },
         )
     rec = await _recommender(request).recommend(user_id, k, device, locale, exclude or ())
-    _publish_impression(request, rec, device)
+    _publish_impression(request, rec, device, locale)
     return RecommendationsOut.of(rec)
 
 
-def _publish_impression(request: Request, rec: Recommendation, device: str | None) -> None:
+def _publish_impression(request: Request, rec: Recommendation, device: str | None, locale: str | None) -> None:
     """Impressions feed online metrics; they are batched in the background, never awaited here."""
-    request.app.state.impressions.publish(impression_payload(rec, device), rec.user_id.encode())
+    request.app.state.impressions.publish(impression_payload(rec, device, locale), rec.user_id.encode())
 
 
 class SimilarOut(BaseModel):
