@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from bisect import bisect_left
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +60,9 @@ class EventsConsumer:
         self.stored = 0
         self.duplicates = 0
         self.dropped_erased = 0
+        # The timelines this process last wrote, parsed: reused when the cache still holds those bytes.
+        self._parsed: OrderedDict[str, tuple[bytes, list[r.HistoryEntry]]] = OrderedDict()
+        self._parsed_max = 200_000
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult()
@@ -183,7 +186,11 @@ class EventsConsumer:
             raw = hits.get(key)
             if raw is None:
                 continue
-            tail = [r.HistoryEntry.from_list(x) for x in json.loads(raw)]
+            known = self._parsed.get(user_id)
+            if known is not None and known[0] == raw:
+                tail = known[1]
+            else:
+                tail = [r.HistoryEntry.from_list(x) for x in json.loads(raw)]
             first = min(ts[e.event_id] for e in by_user[user_id])
             if len(tail) < self.history_len or not tail or first > tail[-1].ts_ms:
                 out[user_id] = tail
@@ -219,6 +226,11 @@ class EventsConsumer:
                 values[r.history_cache_key(self.keys, user)] = value  # what the ranker reads
                 values[r.timeline_cache_key(self.keys, user)] = value  # what the next batch starts from
             self.cache.set_many(values, self.cache_ttl)
+            for user, hist in plan.histories.items():
+                self._parsed[user] = (values[r.timeline_cache_key(self.keys, user)], hist)
+                self._parsed.move_to_end(user)
+            while len(self._parsed) > self._parsed_max:
+                self._parsed.popitem(last=False)
             # The cached "everything bought" set is now short: the next read refills it from the store.
             if plan.buyers:
                 self.cache.delete_many([r.bought_cache_key(self.keys, u) for u in sorted(plan.buyers)])
