@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scalerec_core.auth import PRINCIPAL, KeyRing
+
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -180,50 +182,73 @@ def _caller_key(headers: Mapping[bytes, bytes]) -> str | None:
 
 
 class _Guard:
-    """Auth and rate limit as plain ASGI (no per-request task, unlike ``@app.middleware``)."""
+    """Authentication and rate limits as plain ASGI (no per-request task, unlike ``@app.middleware``).
 
-    def __init__(self, app: ASGIApp, api_keys: frozenset[str], limiter: RateLimiter) -> None:
+    With a key ring every path but the health and docs ones needs a known key (401); the
+    verified caller goes into the ASGI scope for the routes' scope checks (403).  Rate limits
+    are per verified key, else per client address; failed authentications count against the
+    address, so guessing keys is throttled too.
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyRing | None, limiter: RateLimiter) -> None:
         self.app = app
-        self.api_keys = api_keys
+        self.keys = keys
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())
-        key = _caller_key(headers)
-        if self.api_keys and key not in self.api_keys:
-            response = error_response(401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>")
-            await response(scope, receive, send)
-            return
         client = scope.get("client")
-        caller = key or (client[0] if client else "unknown")
+        address = client[0] if client else "unknown"
+        caller = address
+        if self.keys is not None:
+            principal = self.keys.verify(_caller_key(dict(scope.get("headers") or ())))
+            if principal is None:
+                if not self.limiter.allow(f"auth-failure:{address}"):
+                    await self._too_many(scope, receive, send)
+                    return
+                response = error_response(
+                    401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>"
+                )
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+            scope[PRINCIPAL] = principal
+            caller = principal.key_id
         if not self.limiter.allow(caller):
-            response = error_response(429, f"rate limit of {self.limiter.rate:g} requests/s exceeded", retry_after_s=1)
-            response.headers["retry-after"] = "1"
-            await response(scope, receive, send)
+            await self._too_many(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _too_many(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(429, f"rate limit of {self.limiter.rate:g} requests/s exceeded", retry_after_s=1)
+        response.headers["retry-after"] = "1"
+        await response(scope, receive, send)
 
 
 def install_common(
     app: FastAPI,
     *,
     service: str,
-    api_keys: frozenset[str] = frozenset(),
+    keys: KeyRing | None,
     max_body_bytes: int = 4 * 1024 * 1024,
     rate_limit_per_second: float = 0,
     readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> None:
-    """Health endpoints, error handlers, auth, rate and size limits, HTTP tracing."""
+    """Health endpoints, error handlers, auth, rate and size limits, HTTP tracing.
+
+    ``keys`` None means the service runs open (AUTH=disabled); it is logged loudly.
+    """
     from scalerec_core.telemetry import install_http_tracing
 
+    if keys is None:
+        log.warning("%s runs with AUTH=disabled: every route is open to anyone who can reach it", service)
     _install_error_handlers(app)
     limiter = RateLimiter(rate_limit_per_second)
     checks = dict(readiness or {})
     # Added innermost first: the body limit is outermost, then tracing, then the guard.
-    app.add_middleware(_Guard, api_keys=api_keys, limiter=limiter)
+    app.add_middleware(_Guard, keys=keys, limiter=limiter)
     install_http_tracing(app, service)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 

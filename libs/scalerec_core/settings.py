@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scalerec_core.auth import KeyRing
+
 
 class ServiceSettings(BaseSettings):
     """Fields every service shares: where its backends live and how it reports."""
@@ -48,7 +50,13 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str = Field(default="http://127.0.0.1:4318", description="OTLP/HTTP endpoint.")
     api_keys: str = Field(
         default="",
-        description="Comma-separated API keys accepted in the X-API-Key header or as a bearer token. Empty: no auth.",
+        description="Comma-separated API keys (X-API-Key header or bearer token), each with its scopes: "
+        "key:ingest+serve+erase+admin; a key without ':' has every scope.",
+    )
+    auth: Literal["enabled", "disabled"] = Field(
+        default="enabled",
+        description="enabled: every route but health needs a key with its scope, and a service without "
+        "API_KEYS refuses to start. disabled: open (the demo and `scalerec serve` only).",
     )
 
     def resolved_bus_url(self) -> str:
@@ -61,5 +69,14 @@ class ServiceSettings(BaseSettings):
         """Consumer group id for ``name`` in this deployment: two deployments on one Kafka never share a group."""
         return f"{self.deployment}.{name}"
 
-    def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+    def key_ring(self) -> KeyRing | None:
+        """The accepted keys; None when AUTH=disabled. Raises when auth is on and no key is configured."""
+        if self.auth == "disabled":
+            return None
+        ring = KeyRing.parse(self.api_keys)
+        if not ring:
+            raise ValueError(
+                f"{self.service_name}: no API_KEYS configured; set API_KEYS (key:scope+scope,...) "
+                "or AUTH=disabled to run open"
+            )
+        return ring

@@ -34,7 +34,7 @@ class Pipeline:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     data_dir: Path = tmp_path_factory.mktemp("pipeline")
     shop = generate_shop(ShopConfig(users=1200, items=600, events_per_user=25, seed=11))
-    cluster = LocalCluster(data_dir, env={"MODEL_SIZE": "demo", "TRAIN_AFTER_EXAMPLES": "0"})
+    cluster = LocalCluster(data_dir, env={"MODEL_SIZE": "demo", "TRAIN_AFTER_EXAMPLES": "0", "AUTH": "disabled"})
     cluster.start_all()
     try:
         asyncio.run(driver.post_batches(f"{cluster.url('collector')}/v1/items", "items", shop.items, 500))

@@ -174,6 +174,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
             "STORE_URL": stack.store_url,
             "CACHE_URL": stack.cache_url,
             "DEPLOYMENT": deployment,
+            "AUTH": "disabled",
             "MODEL_SIZE": "demo",
             "TRAIN_AFTER_EXAMPLES": "0",
             "MAX_EPOCHS": "8",

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     env = dict(e.split("=", 1) for e in args.env)
     env.setdefault("MODEL_SIZE", args.model_size)
     env.setdefault("TRAIN_AFTER_EXAMPLES", "0")
+    # The demo runs open on loopback; a deployment sets API_KEYS (see README, "Access").
+    env.setdefault("AUTH", "disabled")
     report: dict[str, Any] = {}
     cluster = LocalCluster(args.data_dir, env=env)
     with stages.stage("generate a synthetic shop"):
@@ -90,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         with stages.stage("start the five services"):
             cluster.start_all()
             console.print("  " + ", ".join(f"{s} :{cluster.ports[s]}" for s in cluster.services))
+            if env.get("AUTH") == "disabled":
+                console.print(
+                    "  AUTH=disabled: open APIs on loopback for the demo (services refuse to start so elsewhere)"
+                )
         report["result"] = _pipeline(cluster, shop, stages, console)
     finally:
         cluster.stop_all()

@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     env = dict(e.split("=", 1) for e in args.env)
+    if "API_KEYS" not in env:
+        env.setdefault("AUTH", "disabled")
     cluster = LocalCluster(args.data_dir, env=env, ports={s: args.base_port + i for i, s in enumerate(SERVICES)})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -27,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for service in SERVICES:
             print(f"{service:13s} {cluster.url(service)}   (OpenAPI: {cluster.url(service)}/docs)")
+        if env.get("AUTH") == "disabled":
+            print("AUTH=disabled: the APIs are open to anyone who can reach these ports (give --env API_KEYS=...)")
         print(f"logs in {cluster.log_dir}; Ctrl-C stops everything")
         stop.wait()
     except KeyboardInterrupt:

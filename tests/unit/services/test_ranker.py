@@ -65,7 +65,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 @pytest.fixture
 def client(world: World) -> Iterator[TestClient]:
-    settings = RankerSettings(data_dir=world.data_dir, model_repository=world.repository, scoring_timeout_ms=5000)
+    settings = RankerSettings(
+        data_dir=world.data_dir, model_repository=world.repository, scoring_timeout_ms=5000, auth="disabled"
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 

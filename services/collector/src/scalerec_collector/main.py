@@ -47,7 +47,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
     install_common(
         app,
         service="collector",
-        api_keys=settings.api_key_set(),
+        keys=settings.key_ring(),
         max_body_bytes=settings.max_body_bytes,
         rate_limit_per_second=settings.rate_limit_per_second,
         readiness={"bus": bus_ready},

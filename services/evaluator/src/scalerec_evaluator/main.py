@@ -69,6 +69,6 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
     async def store_ok() -> bool:
         return await app.state.backends.store_healthy()
 
-    install_common(app, service="evaluator", api_keys=settings.api_key_set(), readiness={"store": store_ok})
+    install_common(app, service="evaluator", keys=settings.key_ring(), readiness={"store": store_ok})
     app.include_router(reports.router)
     return app

@@ -79,7 +79,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
     install_common(
         app,
         service="preprocessor",
-        api_keys=settings.api_key_set(),
+        keys=settings.key_ring(),
         readiness={"consumers": consuming, "store": store_ok},
     )
     app.include_router(status.router)

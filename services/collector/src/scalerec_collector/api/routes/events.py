@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
+from scalerec_core.auth import Scope, require
 from scalerec_events.models import Event
 from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
 from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(prefix="/v1", tags=["events"], dependencies=[require(Scope.INGEST)])
 
 _EXAMPLE = {
     "events": [

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ValidationError
+from scalerec_core.auth import Scope, require
 from scalerec_core.http import validation_errors
 from scalerec_events.models import ErasureRequest
 from scalerec_events.topics import Topic
@@ -15,7 +16,7 @@ from scalerec_events.topics import Topic
 from scalerec_collector.api.ingest import publish
 from scalerec_collector.deps import ProducerDep
 
-router = APIRouter(prefix="/v1", tags=["privacy"])
+router = APIRouter(prefix="/v1", tags=["privacy"], dependencies=[require(Scope.ERASE)])
 
 
 class ErasureAccepted(BaseModel):

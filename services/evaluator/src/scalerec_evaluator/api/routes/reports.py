@@ -6,9 +6,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from scalerec_core.auth import Scope, require
 from scalerec_models import repository as repo
 
-router = APIRouter(prefix="/v1", tags=["evaluation"])
+router = APIRouter(prefix="/v1", tags=["evaluation"], dependencies=[require(Scope.ADMIN)])
 
 
 @router.get("/reports", summary="Every evaluated model version, oldest first")

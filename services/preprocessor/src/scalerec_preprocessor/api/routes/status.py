@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
+from scalerec_core.auth import Scope, require
 from scalerec_storage import records as r
 
-router = APIRouter(prefix="/v1", tags=["status"])
+router = APIRouter(prefix="/v1", tags=["status"], dependencies=[require(Scope.ADMIN)])
 
 
 class WorkerStats(BaseModel):

@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
+from scalerec_core.auth import Scope, require
 
 from scalerec_ranker.recommend import Recommendation, Recommender, impression_payload
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["recommendations"])
+router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
 
 Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
 

@@ -6,10 +6,11 @@ from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel
+from scalerec_core.auth import Scope, require
 
 from scalerec_trainer.jobs import Job
 
-router = APIRouter(prefix="/v1", tags=["training"])
+router = APIRouter(prefix="/v1", tags=["training"], dependencies=[require(Scope.ADMIN)])
 
 
 class JobView(BaseModel):

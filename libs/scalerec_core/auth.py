@@ -1,0 +1,117 @@
+"""API keys with scopes: every route but health needs a key, and the key must carry the route's scope.
+
+``API_KEYS`` lists keys, comma-separated, each with the scopes it carries after a colon,
+joined by ``+``: ``k-app:ingest+serve,k-ops:admin+erase``.  A key without a colon carries
+every scope (one key for a whole dev setup).  The scopes:
+
+- ``ingest``: POST events and items (collector);
+- ``serve``: recommendations, similar items, the served model (ranker);
+- ``erase``: DELETE a user (collector);
+- ``admin``: train, evaluate, promote, reports, stats, a user's stored history.
+
+A service with no keys refuses to start unless ``AUTH=disabled`` says it runs open (the
+demo and ``scalerec serve`` do, and say so).  Keys are looked up by their SHA-256, so the
+lookup's timing says nothing about how much of a guess was right, and the key itself is
+never kept, logged or put in a metric label: callers are named by a short digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+
+class Scope(StrEnum):
+    INGEST = "ingest"
+    SERVE = "serve"
+    ERASE = "erase"
+    ADMIN = "admin"
+
+
+ALL_SCOPES = frozenset(Scope)
+PRINCIPAL = "scalerec.principal"  # where the guard leaves the verified caller in the ASGI scope
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller: a short digest of its key (never the key) and what it may do."""
+
+    key_id: str
+    scopes: frozenset[Scope]
+
+
+OPEN = Principal("open", ALL_SCOPES)
+
+
+class KeyRing:
+    def __init__(self, keys: dict[str, frozenset[Scope]]) -> None:
+        self._by_digest = {hashlib.sha256(k.encode()).digest(): (k, s) for k, s in keys.items()}
+
+    @classmethod
+    def parse(cls, spec: str) -> KeyRing:
+        """``key[:scope+scope],...`` → a key ring; a ValueError names an unknown scope."""
+        keys: dict[str, frozenset[Scope]] = {}
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            key, sep, scopes = part.partition(":")
+            key = key.strip()
+            if not key:
+                raise ValueError("API_KEYS has an entry with an empty key")
+            if not sep:
+                keys[key] = ALL_SCOPES
+                continue
+            try:
+                keys[key] = frozenset(Scope(s.strip()) for s in scopes.split("+") if s.strip())
+            except ValueError as exc:
+                raise ValueError(
+                    f"API_KEYS: unknown scope in {scopes!r}; scopes are {', '.join(s.value for s in Scope)}"
+                ) from exc
+        return cls(keys)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_digest)
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def verify(self, key: str | None) -> Principal | None:
+        if not key:
+            return None
+        digest = hashlib.sha256(key.encode()).digest()
+        found = self._by_digest.get(digest)
+        if found is None or not hmac.compare_digest(found[0].encode(), key.encode()):
+            return None
+        return Principal(digest[:6].hex(), found[1])
+
+
+# Declared so that OpenAPI lists both ways to send a key and /docs has an Authorize button;
+# the guard middleware has already verified whichever was sent.
+_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key with the route's scope")
+_BEARER = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
+
+
+def require(scope: Scope) -> Any:
+    """A dependency that lets a request through only if its verified key carries ``scope`` (403 otherwise)."""
+
+    async def check(
+        request: Request,
+        _key: Annotated[str | None, Security(_API_KEY_HEADER)],
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    ) -> Principal:
+        principal: Principal | None = request.scope.get(PRINCIPAL)
+        if principal is None:  # AUTH=disabled
+            return OPEN
+        if scope not in principal.scopes:
+            have = ", ".join(sorted(s.value for s in principal.scopes)) or "none"
+            raise HTTPException(403, f"this API key lacks the {scope.value!r} scope (it has: {have})")
+        return principal
+
+    return Depends(check)

@@ -1,0 +1,66 @@
+"""Closed by default: scoped keys, 401 without a key, 403 with the wrong scope, nothing starts without keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from scalerec_collector.config import CollectorSettings
+from scalerec_collector.main import create_app as collector_app
+from scalerec_core.auth import ALL_SCOPES, KeyRing, Scope
+from scalerec_preprocessor.config import PreprocessorSettings
+from scalerec_preprocessor.main import create_app as preprocessor_app
+
+
+def test_key_ring_parses_scopes_and_verifies_keys() -> None:
+    ring = KeyRing.parse(" app:ingest+serve , ops:admin+erase, all ")
+    assert len(ring) == 3
+    app = ring.verify("app")
+    assert app is not None and app.scopes == {Scope.INGEST, Scope.SERVE}
+    assert ring.verify("all").scopes == ALL_SCOPES  # type: ignore[union-attr]
+    assert ring.verify("ap") is None and ring.verify("") is None and ring.verify(None) is None
+    assert "app" not in app.key_id  # callers are named by a digest, never by the key
+    with pytest.raises(ValueError, match="unknown scope"):
+        KeyRing.parse("k:ingest+root")
+
+
+@pytest.mark.parametrize("make", [collector_app, preprocessor_app])
+def test_a_service_without_keys_refuses_to_start(tmp_path: Path, make: object) -> None:
+    settings_cls = CollectorSettings if make is collector_app else PreprocessorSettings
+    with pytest.raises(ValueError, match="no API_KEYS configured"):
+        make(settings_cls(data_dir=tmp_path))  # type: ignore[operator]
+    make(settings_cls(data_dir=tmp_path, auth="disabled"))  # type: ignore[operator]  # told to run open
+
+
+def test_routes_need_a_key_with_their_scope(tmp_path: Path) -> None:
+    settings = CollectorSettings(data_dir=tmp_path, api_keys="serve-only:serve,ingest:ingest,eraser:erase")
+    event = {
+        "event_id": "e1",
+        "user_id": "u1",
+        "item_id": "i1",
+        "type": "view",
+        "timestamp": "2026-11-27T10:00:00Z",
+    }
+    with TestClient(collector_app(settings)) as c:
+        assert c.get("/healthz").status_code == 200  # health stays open
+        assert c.get("/healthz/../v1/events").status_code in (401, 404, 405)  # matched exactly, not by prefix
+        r = c.post("/v1/events", json={"events": [event]})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        r = c.post("/v1/events", json={"events": [event]}, headers={"X-API-Key": "serve-only"})
+        assert r.status_code == 403 and "'ingest' scope" in r.json()["detail"]
+        r = c.post("/v1/events", json={"events": [event]}, headers={"Authorization": "Bearer ingest"})
+        assert r.status_code == 202, r.text
+        assert c.delete("/v1/users/u1", headers={"X-API-Key": "ingest"}).status_code == 403
+        assert c.delete("/v1/users/u1", headers={"X-API-Key": "eraser"}).status_code == 202
+        schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
+        assert {s["type"] for s in schemes.values()} >= {"apiKey", "http"}  # /docs shows Authorize
+
+
+def test_failed_authentications_are_rate_limited(tmp_path: Path) -> None:
+    settings = CollectorSettings(data_dir=tmp_path, api_keys="k", rate_limit_per_second=2)
+    with TestClient(collector_app(settings)) as c:
+        codes = [
+            c.post("/v1/events", json={"events": []}, headers={"X-API-Key": "guess"}).status_code for _ in range(10)
+        ]
+    assert codes[0] == 401 and 429 in codes
