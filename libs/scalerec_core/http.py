@@ -25,6 +25,7 @@ from scalerec_core.auth import PRINCIPAL, KeyRing
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+READY_CACHE_S = 1.5
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -256,14 +257,29 @@ def install_common(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: dependencies reachable")
-    async def readyz() -> JSONResponse:
+    # Probes come every few seconds from every kubelet and load balancer: the checks (a Kafka admin
+    # call, a store ping) run at most once per READY_CACHE_S, concurrent probes share one run.
+    last: dict[str, Any] = {"at": -1e9, "results": {}, "task": None}
+
+    async def run_checks() -> dict[str, bool]:
         results: dict[str, bool] = {}
         for name, check in checks.items():
             try:
                 results[name] = bool(await asyncio.wait_for(check(), timeout=2.0))
             except Exception:
                 results[name] = False
+        last["at"], last["results"] = time.monotonic(), results
+        return results
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: dependencies reachable (cached for a second or two)")
+    async def readyz() -> JSONResponse:
+        if time.monotonic() - last["at"] < READY_CACHE_S:
+            results = last["results"]
+        else:
+            task = last["task"]
+            if task is None or task.done():
+                task = last["task"] = asyncio.ensure_future(run_checks())
+            results = await asyncio.shield(task)
         ok = all(results.values())
         return JSONResponse(
             status_code=200 if ok else 503, content={"status": "ready" if ok else "degraded", "checks": results}

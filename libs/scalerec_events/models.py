@@ -16,7 +16,12 @@ SCHEMA_VERSION = 1
 # Clocks drift; anything further ahead than this is a client bug, not an event.
 MAX_FUTURE_SKEW = timedelta(minutes=10)
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=r"^[^\s/]+$")]
+# User, item and event ids: 1-128 characters of ASCII letters, digits and ``_ - . : @ ~``.  No row-key
+# separator, no whitespace, control, bidi or zero-width characters, nothing Unicode normalisation could
+# change: an id is the same bytes everywhere (row keys, cache keys, logs).
+ID_MAX_LENGTH = 128
+ID_PATTERN = r"^[A-Za-z0-9_\-.:@~]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 
 class EventType(StrEnum):

@@ -105,3 +105,23 @@ def test_items_and_erasure_go_on_their_own_topics(client: TestClient) -> None:
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/events", "/v1/items", "/v1/users/{user_id}"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("user_id", "u1|u2"),  # the row-key separator
+        ("user_id", "u1\x00"),  # NUL
+        ("item_id", "i\u202e1"),  # right-to-left override
+        ("event_id", "e\u200b1"),  # zero-width space
+        ("user_id", "e\u0301"),  # a combining accent: NFC would change it
+        ("item_id", " i1"),  # whitespace
+        ("user_id", "u" * 129),  # too long
+    ],
+)
+def test_hostile_identifiers_are_rejected_naming_the_field(client: TestClient, field: str, value: str) -> None:
+    r = client.post("/v1/events", json={"events": [_event(1), _event(2, **{field: value})]})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["accepted"] == 1 and body["rejected"] == 1
+    assert body["errors"][0]["field"] == f"events[1].{field}"

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
+from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 
 from scalerec_ranker.recommend import Recommendation, Recommender, impression_payload
 
@@ -62,7 +63,7 @@ def _recommender(request: Request) -> Recommender:
 @router.get("/recommendations", response_model=RecommendationsOut, summary="Recommendations for a user")
 async def recommendations(
     request: Request,
-    user_id: Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[^\s/]+$")],
+    user_id: Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
     k: Annotated[int | None, Query(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = None,
     device: Device | None = None,
     locale: Annotated[str | None, Query(max_length=16)] = None,
