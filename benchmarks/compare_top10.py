@@ -29,7 +29,12 @@ async def main() -> None:
     d = args.data_dir.resolve()
     extra = {"candidates_per_source": args.candidates_per_source} if args.candidates_per_source else {}
     settings = RankerSettings(
-        data_dir=d, model_repository=d / "model_repository", log_level="WARNING", fresh_item_slots=0, auth="disabled", **extra
+        data_dir=d,
+        model_repository=d / "model_repository",
+        log_level="WARNING",
+        fresh_item_slots=0,
+        auth="disabled",
+        **extra,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -146,26 +147,57 @@ class _TooLarge(Exception):
 
 
 class RateLimiter:
-    """Token bucket per caller (API key, else client address)."""
+    """Requests per caller in windows of ``burst / per_second`` seconds, counted by the ``limits`` library.
 
-    def __init__(self, per_second: float, burst: float | None = None) -> None:
+    The counters live in ``storage_url``: ``memory://`` (this process) or the deployment's
+    Memcached (``memcached://h1:11211,h2:11211``), so every replica draws on one budget per
+    caller.  A counter store that fails or is slow lets requests through: a broken cache
+    degrades the limit, never the API.  Its calls time out after ``timeout_s`` and, once one
+    fails, the store is left alone for ``backoff_s`` so a black-holed Memcached costs one
+    timeout per back-off period, not one per request.
+    """
+
+    def __init__(
+        self,
+        per_second: float,
+        burst: float | None = None,
+        storage_url: str = "memory://",
+        timeout_s: float = 0.05,
+        backoff_s: float = 5.0,
+    ) -> None:
         self.rate = per_second
         self.burst = burst or max(1.0, per_second * 2)
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.backoff_s = backoff_s
+        self._limiter: Any = None
+        self._skip_until = 0.0
+        if per_second > 0:
+            from limits import RateLimitItemPerSecond
+            from limits.storage import storage_from_string
+            from limits.strategies import FixedWindowRateLimiter
+
+            options: dict[str, Any] = {}
+            if storage_url.startswith("memcached://"):
+                options = {"connect_timeout": timeout_s, "timeout": timeout_s}
+            amount = max(1, int(self.burst))
+            self._item = RateLimitItemPerSecond(amount, max(1, math.ceil(amount / per_second)))
+            self._limiter = FixedWindowRateLimiter(storage_from_string(storage_url, **options))
 
     def allow(self, caller: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic()
-        tokens, last = self._buckets.get(caller, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[caller] = (tokens, now)
-            return False
-        self._buckets[caller] = (tokens - 1, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
-        return True
+        return self.wait_seconds(caller) == 0
+
+    def wait_seconds(self, caller: str) -> int:
+        """0 when ``caller`` may go ahead (the hit is counted), else whole seconds until its window resets."""
+        if self._limiter is None or time.monotonic() < self._skip_until:
+            return 0
+        try:
+            if self._limiter.hit(self._item, "scalerec", caller):
+                return 0
+            reset_at = self._limiter.get_window_stats(self._item, "scalerec", caller).reset_time
+        except Exception as exc:
+            self._skip_until = time.monotonic() + self.backoff_s
+            log.warning("rate-limit counters unavailable (%s); not limiting for %.0f s", exc, self.backoff_s)
+            return 0
+        return max(1, math.ceil(reset_at - time.time()))
 
 
 # Matched exactly: "/healthz-debug" or "/docs/../v1/..." are not open.
@@ -206,8 +238,9 @@ class _Guard:
         if self.keys is not None:
             principal = self.keys.verify(_caller_key(dict(scope.get("headers") or ())))
             if principal is None:
-                if not self.limiter.allow(f"auth-failure:{address}"):
-                    await self._too_many(scope, receive, send)
+                wait = self.limiter.wait_seconds(f"auth-failure:{address}")
+                if wait:
+                    await self._too_many(wait, scope, receive, send)
                     return
                 response = error_response(
                     401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>"
@@ -217,14 +250,15 @@ class _Guard:
                 return
             scope[PRINCIPAL] = principal
             caller = principal.key_id
-        if not self.limiter.allow(caller):
-            await self._too_many(scope, receive, send)
+        wait = self.limiter.wait_seconds(caller)
+        if wait:
+            await self._too_many(wait, scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    async def _too_many(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(429, f"rate limit of {self.limiter.rate:g} requests/s exceeded", retry_after_s=1)
-        response.headers["retry-after"] = "1"
+    async def _too_many(self, wait_s: int, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(429, f"rate limit of {self.limiter.rate:g} requests/s exceeded", retry_after_s=wait_s)
+        response.headers["retry-after"] = str(wait_s)
         await response(scope, receive, send)
 
 
@@ -235,6 +269,7 @@ def install_common(
     keys: KeyRing | None,
     max_body_bytes: int = 4 * 1024 * 1024,
     rate_limit_per_second: float = 0,
+    rate_limit_storage: str = "memory://",
     readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> None:
     """Health endpoints, error handlers, auth, rate and size limits, HTTP tracing.
@@ -246,7 +281,7 @@ def install_common(
     if keys is None:
         log.warning("%s runs with AUTH=disabled: every route is open to anyone who can reach it", service)
     _install_error_handlers(app)
-    limiter = RateLimiter(rate_limit_per_second)
+    limiter = RateLimiter(rate_limit_per_second, storage_url=rate_limit_storage)
     checks = dict(readiness or {})
     # Added innermost first: the body limit is outermost, then tracing, then the guard.
     app.add_middleware(_Guard, keys=keys, limiter=limiter)

@@ -53,6 +53,12 @@ class ServiceSettings(BaseSettings):
         description="Comma-separated API keys (X-API-Key header or bearer token), each with its scopes: "
         "key:ingest+serve+erase+admin; a key without ':' has every scope.",
     )
+    rate_limit_per_second: float = Field(
+        default=0,
+        ge=0,
+        description="Requests per second per API key (or client address when open), counted in CACHE_URL "
+        "so that every replica shares one budget (memory:// counts per process); 0 disables.",
+    )
     auth: Literal["enabled", "disabled"] = Field(
         default="enabled",
         description="enabled: every route but health needs a key with its scope, and a service without "
@@ -68,6 +74,10 @@ class ServiceSettings(BaseSettings):
     def group(self, name: str) -> str:
         """Consumer group id for ``name`` in this deployment: two deployments on one Kafka never share a group."""
         return f"{self.deployment}.{name}"
+
+    def rate_limit_storage(self) -> str:
+        """Where rate-limit counters live: the deployment's Memcached when there is one."""
+        return self.cache_url.split("?", 1)[0] if self.cache_url.startswith("memcached://") else "memory://"
 
     def key_ring(self) -> KeyRing | None:
         """The accepted keys; None when AUTH=disabled. Raises when auth is on and no key is configured."""

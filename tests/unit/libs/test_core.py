@@ -17,6 +17,7 @@ def test_rate_limiter_allows_a_burst_then_refuses() -> None:
     limiter = RateLimiter(per_second=1, burst=3)
     assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
     assert limiter.allow("b")  # per caller
+    assert 1 <= limiter.wait_seconds("a") <= 3  # what Retry-After says: the rest of the window
 
 
 def test_trace_context_travels_through_message_headers() -> None:

@@ -15,9 +15,6 @@ class CollectorSettings(ServiceSettings):
     max_batch_events: int = Field(default=1000, ge=1, description="Most events in one POST /v1/events.")
     max_batch_items: int = Field(default=1000, ge=1, description="Most items in one POST /v1/items.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
-    rate_limit_per_second: float = Field(
-        default=0, ge=0, description="Requests per second per API key (or client address); 0 disables."
-    )
     dedupe_window: int = Field(
         default=200_000, ge=0, description="Recent event_ids remembered to drop retried duplicates at the edge."
     )

@@ -48,8 +48,9 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         app,
         service="collector",
         keys=settings.key_ring(),
-        max_body_bytes=settings.max_body_bytes,
         rate_limit_per_second=settings.rate_limit_per_second,
+        rate_limit_storage=settings.rate_limit_storage(),
+        max_body_bytes=settings.max_body_bytes,
         readiness={"bus": bus_ready},
     )
     app.include_router(events.router)

@@ -69,6 +69,13 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
     async def store_ok() -> bool:
         return await app.state.backends.store_healthy()
 
-    install_common(app, service="evaluator", keys=settings.key_ring(), readiness={"store": store_ok})
+    install_common(
+        app,
+        service="evaluator",
+        keys=settings.key_ring(),
+        rate_limit_per_second=settings.rate_limit_per_second,
+        rate_limit_storage=settings.rate_limit_storage(),
+        readiness={"store": store_ok},
+    )
     app.include_router(reports.router)
     return app

@@ -80,6 +80,8 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         app,
         service="preprocessor",
         keys=settings.key_ring(),
+        rate_limit_per_second=settings.rate_limit_per_second,
+        rate_limit_storage=settings.rate_limit_storage(),
         readiness={"consumers": consuming, "store": store_ok},
     )
     app.include_router(status.router)

@@ -57,6 +57,13 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     async def store_ok() -> bool:
         return await app.state.backends.store_healthy()
 
-    install_common(app, service="trainer", keys=settings.key_ring(), readiness={"store": store_ok})
+    install_common(
+        app,
+        service="trainer",
+        keys=settings.key_ring(),
+        rate_limit_per_second=settings.rate_limit_per_second,
+        rate_limit_storage=settings.rate_limit_storage(),
+        readiness={"store": store_ok},
+    )
     app.include_router(train.router)
     return app
