@@ -224,3 +224,34 @@ def test_locust_reaches_both_services_by_url() -> None:
         assert env["COLLECTOR_URL"] == f"http://{RELEASE}-collector:8081"
         assert env["RANKER_URL"] == f"http://{RELEASE}-ranker:8084"
         assert c["command"] == ["locust"] and "--locustfile=/locust/locustfile.py" in c["args"]
+
+
+# Who may write the model repository: the trainer (new versions) and the evaluator, the one
+# promotion writer (champion file, config.pbtxt's served versions). Readers mount it read-only.
+MODEL_REPOSITORY_WRITERS = {"trainer", "evaluator"}
+MODEL_REPOSITORY_READERS = {"ranker", "triton"}
+
+
+def test_model_repository_is_writable_only_by_the_trainer_and_the_evaluator(scenario: Rendered) -> None:
+    seen = set()
+    for name in MODEL_REPOSITORY_WRITERS | MODEL_REPOSITORY_READERS:
+        d = next((o for o in scenario.of_kind("Deployment") if o["metadata"]["name"] == f"{RELEASE}-{name}"), None)
+        if d is None:
+            continue
+        seen.add(name)
+        spec = d["spec"]["template"]["spec"]
+        (c,) = [c for c in spec["containers"] if c["name"] == name]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "model-repository"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "model-repository"]
+        writer = name in MODEL_REPOSITORY_WRITERS
+        where = f"{scenario.scenario}: {name}"
+        assert mount.get("readOnly", False) is not writer, f"{where}: mount {mount}"
+        if "persistentVolumeClaim" in volume:
+            assert volume["persistentVolumeClaim"].get("readOnly", False) is not writer, f"{where}: {volume}"
+        else:  # objectStorage: a local mirror; writers must upload what they write, readers never do
+            (sync,) = [s for s in spec.get("initContainers", []) if s["name"] == "model-sync"]
+            script = sync["args"][0]
+            uploads = '/models "$REMOTE"' in script
+            assert uploads is writer, f"{where}: {script}"
+            assert '"$REMOTE" /models' in script, f"{where}: writers read the others' versions too"
+    assert seen >= {"evaluator", "ranker"}, seen

@@ -265,9 +265,10 @@ Volumes every scalerec pod needs with a read-only root filesystem:
 
 {{/*
 Native sidecar (init container with restartPolicy Always) that mirrors the model
-repository from/to object storage. Readers: main containers start only after the
-first download (startupProbe on a marker file). The trainer uploads; on SIGTERM it
-uploads once more so a finished Job's last version is not lost. (list $root $c)
+repository from/to object storage. Main containers start only after the first sync
+(startupProbe on a marker file). Readers mirror the remote; writers (the trainer, and
+the evaluator, which promotes) copy both ways and sync once more on SIGTERM, so a
+finished Job's last version or a promotion is not lost. (list $root $c)
 */}}
 {{- define "scalerec.modelSyncSidecar" -}}
 {{- $root := index . 0 -}}
@@ -275,7 +276,8 @@ uploads once more so a finished Job's last version is not lost. (list $root $c)
 {{- $os := $root.Values.modelRepository.objectStorage -}}
 {{- $dir := $root.Values.modelRepository.mountPath -}}
 {{- $upload := eq $c.modelRepositoryAccess "write" -}}
-{{- $cmd := ternary (printf "rclone copy %s \"$REMOTE\"" $dir) (printf "rclone sync \"$REMOTE\" %s" $dir) $upload -}}
+{{- /* Writers (trainer, evaluator) also read what the others wrote (versions, champion): two-way copy, newer file wins. */ -}}
+{{- $cmd := ternary (printf "rclone copy --update \"$REMOTE\" %s && rclone copy --update %s \"$REMOTE\"" $dir $dir) (printf "rclone sync \"$REMOTE\" %s" $dir) $upload -}}
 - name: model-sync
   image: "{{ $os.image.repository }}:{{ $os.image.tag }}"
   imagePullPolicy: {{ $os.image.pullPolicy }}
