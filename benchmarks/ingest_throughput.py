@@ -24,7 +24,7 @@ from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_cli.synthetic import ShopConfig, generate_shop
-from scalerec_events.topics import Topic
+from scalerec_events.topics import Topic, topic_name
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_storage import schema as s
 
@@ -60,15 +60,19 @@ async def main() -> None:
     started = time.perf_counter()
     producer = bus.producer()
     for i in range(0, n, 1000):
-        await producer.send_batch(Topic.EVENTS_RAW, [OutgoingMessage(v, k) for k, v in payloads[i : i + 1000]])
+        await producer.send_batch(
+            topic_name(Topic.EVENTS_RAW), [OutgoingMessage(v, k) for k, v in payloads[i : i + 1000]]
+        )
     bus_s = time.perf_counter() - started
     raw_s = _raw_insert(tmp / "raw_bus.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 1000, "FULL")
     rows.append(("bus append (collector → log), batches of 1000", n / bus_s, n / raw_s))
 
     store = SqliteStore(tmp / "store.db")
     store.ensure_tables(s.tables())
-    consumer = EventsConsumer(store, MemoryCache(), CacheKeys("bench"), producer, 50, 3600)
-    messages = [Message(Topic.EVENTS_RAW, 0, i, k, v) for i, (k, v) in enumerate(payloads)]
+    consumer = EventsConsumer(
+        store, MemoryCache(), CacheKeys("bench"), producer, 50, 3600, examples_topic=topic_name(Topic.EXAMPLES)
+    )
+    messages = [Message(topic_name(Topic.EVENTS_RAW), 0, i, k, v) for i, (k, v) in enumerate(payloads)]
     started = time.perf_counter()
     for i in range(0, n, 2000):
         await consumer.handle(messages[i : i + 2000])

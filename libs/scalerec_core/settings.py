@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from scalerec_events.topics import DEFAULT_DEPLOYMENT, DEPLOYMENT_PATTERN, Topic, TopicSpec, all_topics, topic_name
 
 from scalerec_core.auth import KeyRing
 
@@ -24,8 +25,10 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "scalerec"
     deployment: str = Field(
-        default="scalerec",
-        description="Namespace for topics' consumer groups, HBase tables and cache keys.",
+        default=DEFAULT_DEPLOYMENT,
+        pattern=DEPLOYMENT_PATTERN,
+        description="Namespace for topic names (<DEPLOYMENT>.events.raw.v1, ...), consumer groups, HBase tables "
+        "and cache keys: deployments sharing one Kafka, HBase or Memcached never see each other's data.",
     )
     data_dir: Path = Field(
         default=Path("var"),
@@ -70,6 +73,14 @@ class ServiceSettings(BaseSettings):
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{(self.data_dir / 'store.db').resolve()}"
+
+    def topic(self, topic: Topic) -> str:
+        """Name of ``topic`` in this deployment: two deployments on one Kafka never read each other's events."""
+        return topic_name(topic, self.deployment)
+
+    def topics(self) -> list[TopicSpec]:
+        """Every topic of this deployment (and its dead-letter twin), as the bus creates them."""
+        return all_topics(self.topic_partitions, self.deployment)
 
     def group(self, name: str) -> str:
         """Consumer group id for ``name`` in this deployment: two deployments on one Kafka never share a group."""

@@ -16,7 +16,6 @@ from scalerec_adapters.cache import Cache
 from scalerec_adapters.factory import make_bus, make_cache, make_store
 from scalerec_adapters.store import StoreUnavailable, WideColumnStore
 from scalerec_core.settings import ServiceSettings
-from scalerec_events.topics import all_topics
 
 from scalerec_storage.schema import tables
 
@@ -53,7 +52,7 @@ class Backends:
         bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id=client_id)
         store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
         await bus.start()
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        await bus.ensure_topics(settings.topics())
         await _ensure_tables(store)
         return cls(bus, store, make_cache(settings.cache_url) if cache else None)
 

@@ -125,6 +125,31 @@ plus `name`. Use: $c := include "scalerec.component" (list $ "ranker") | fromYam
 {{- default (include "scalerec.componentName" (list . "data")) .Values.persistence.data.existingClaim -}}
 {{- end -}}
 
+{{/*
+A service's DEPLOYMENT and CONSUMER_GROUP as its settings will read them (env, tpl'd), with
+the settings' defaults; topic and consumer-group names are derived from them exactly as
+scalerec_events.topics.topic_name and ServiceSettings.group do (tests/charts compares the two).
+(list $root $c)
+*/}}
+{{- define "scalerec.deployment" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- tpl (toString (default "scalerec" (get (default dict $c.env) "DEPLOYMENT"))) $root -}}
+{{- end -}}
+
+{{/* <DEPLOYMENT>.<topic suffix>: (list $root $c "events.raw.v1") */}}
+{{- define "scalerec.topic" -}}
+{{- printf "%s.%s" (include "scalerec.deployment" (list (index . 0) (index . 1))) (index . 2) -}}
+{{- end -}}
+
+{{/* <DEPLOYMENT>.<CONSUMER_GROUP>.<stream>: (list $root $c "events") */}}
+{{- define "scalerec.consumerGroup" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $group := tpl (toString (default $c.name (get (default dict $c.env) "CONSUMER_GROUP"))) $root -}}
+{{- printf "%s.%s.%s" (include "scalerec.deployment" (list $root $c)) $group (index . 2) -}}
+{{- end -}}
+
 {{/* Service name and gRPC port of Triton, for the ranker's SCORER_URL. */}}
 {{- define "scalerec.tritonGrpcUrl" -}}
 {{- printf "triton://%s:%v" (include "scalerec.componentName" (list . "triton")) .Values.components.triton.ports.grpc -}}

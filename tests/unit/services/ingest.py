@@ -10,7 +10,7 @@ from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_cli.synthetic import Shop
-from scalerec_events.topics import Topic
+from scalerec_events.topics import Topic, topic_name
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_storage import schema as s
@@ -22,10 +22,17 @@ async def ingest_shop(data_dir: Path, shop: Shop) -> None:
     await bus.start()
     store = SqliteStore(data_dir / "store.db")
     store.ensure_tables(s.tables())
-    items = [Message(Topic.ITEMS, 0, n, None, i.model_dump_json().encode()) for n, i in enumerate(shop.items)]
+    items = [
+        Message(topic_name(Topic.ITEMS), 0, n, None, i.model_dump_json().encode()) for n, i in enumerate(shop.items)
+    ]
     await ItemsConsumer(store).handle(items)
-    events = EventsConsumer(store, MemoryCache(), CacheKeys("scalerec"), bus.producer(), 50, 60)
-    msgs = [Message(Topic.EVENTS_RAW, 0, n, None, e.model_dump_json().encode()) for n, e in enumerate(shop.events)]
+    events = EventsConsumer(
+        store, MemoryCache(), CacheKeys("scalerec"), bus.producer(), 50, 60, examples_topic=topic_name(Topic.EXAMPLES)
+    )
+    msgs = [
+        Message(topic_name(Topic.EVENTS_RAW), 0, n, None, e.model_dump_json().encode())
+        for n, e in enumerate(shop.events)
+    ]
     for i in range(0, len(msgs), 2000):
         await events.handle(msgs[i : i + 2000])
     store.close()

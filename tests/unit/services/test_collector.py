@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from scalerec_collector.config import CollectorSettings
 from scalerec_collector.main import create_app
-from scalerec_events.topics import Topic
+from scalerec_events.topics import Topic, topic_name
 
 
 def _event(i: int, **over: object) -> dict[str, object]:
@@ -41,14 +41,14 @@ def test_accepts_a_batch_and_puts_every_event_on_the_bus(client: TestClient) -> 
     r = client.post("/v1/events", json={"events": [_event(i) for i in range(5)]})
     assert r.status_code == 202
     assert r.json() == {"accepted": 5, "duplicates": 0, "rejected": 0, "errors": []}
-    assert _bus_count(client, Topic.EVENTS_RAW) == 5
+    assert _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 5
 
 
 def test_a_resent_event_id_is_acknowledged_but_not_sent_twice(client: TestClient) -> None:
     client.post("/v1/events", json={"events": [_event(1), _event(2)]})
     r = client.post("/v1/events", json={"events": [_event(1), _event(2), _event(3), _event(3)]})
     assert r.json()["accepted"] == 1 and r.json()["duplicates"] == 3
-    assert _bus_count(client, Topic.EVENTS_RAW) == 3
+    assert _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 3
 
 
 def test_each_invalid_event_is_named_and_the_rest_accepted(client: TestClient) -> None:
@@ -98,8 +98,8 @@ def test_items_and_erasure_go_on_their_own_topics(client: TestClient) -> None:
     assert r.status_code == 202 and r.json()["accepted"] == 1 and r.json()["errors"][0]["field"] == "items[1].price"
     r = client.delete("/v1/users/u1")
     assert r.status_code == 202 and r.json()["user_id"] == "u1"
-    assert _bus_count(client, Topic.ITEMS) == 1
-    assert _bus_count(client, Topic.ERASURE) == 1
+    assert _bus_count(client, topic_name(Topic.ITEMS)) == 1
+    assert _bus_count(client, topic_name(Topic.ERASURE)) == 1
 
 
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:
@@ -125,3 +125,15 @@ def test_hostile_identifiers_are_rejected_naming_the_field(client: TestClient, f
     body = r.json()
     assert body["accepted"] == 1 and body["rejected"] == 1
     assert body["errors"][0]["field"] == f"events[1].{field}"
+
+
+def test_a_deployment_publishes_to_its_own_topics(tmp_path: Path) -> None:
+    settings = CollectorSettings(data_dir=tmp_path, deployment="prod", api_keys="k1")
+    with TestClient(create_app(settings), headers={"X-API-Key": "k1"}) as c:
+        assert c.post("/v1/events", json={"events": [_event(1), _event(2)]}).status_code == 202
+        assert c.post("/v1/items", json={"items": [{"item_id": "i1"}]}).status_code == 202
+        assert c.delete("/v1/users/u1").status_code == 202
+        assert _bus_count(c, "prod.events.raw.v1") == 2
+        assert _bus_count(c, "prod.items.upsert.v1") == 1
+        assert _bus_count(c, "prod.users.erasure.v1") == 1
+        assert _bus_count(c, topic_name(Topic.EVENTS_RAW)) == 0

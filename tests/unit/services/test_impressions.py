@@ -5,7 +5,7 @@ from __future__ import annotations
 from scalerec_adapters.bus import Message
 from scalerec_evaluator.consumers.online import OnlineMetrics
 from scalerec_events.models import Impression
-from scalerec_events.topics import Topic
+from scalerec_events.topics import Topic, topic_name
 from scalerec_ranker.recommend import Recommendation, Recommended, impression_payload
 
 
@@ -24,9 +24,9 @@ async def test_ranker_impressions_are_valid_models_the_evaluator_counts() -> Non
     assert parsed.model_version == 3 and [i.position for i in parsed.items] == [0, 1, 2, 3, 4]
     assert parsed.context.device == "mobile" and parsed.items[0].source == "retrieval"
 
-    online = OnlineMetrics()
-    messages = [Message(Topic.IMPRESSIONS, 0, n, b"u1", p) for n, p in enumerate(payloads)]
-    broken = Message(Topic.IMPRESSIONS, 0, 9, b"u1", b'{"request_id": "x"}')
+    online = OnlineMetrics(impressions_topic=topic_name(Topic.IMPRESSIONS))
+    messages = [Message(topic_name(Topic.IMPRESSIONS), 0, n, b"u1", p) for n, p in enumerate(payloads)]
+    broken = Message(topic_name(Topic.IMPRESSIONS), 0, 9, b"u1", b'{"request_id": "x"}')
     result = await online.handle([*messages, broken])
     summary = online.summary()
     assert summary["model_v3"]["requests"] == 2 and summary["model_v3"]["impressions"] == 9

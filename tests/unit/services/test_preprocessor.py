@@ -13,7 +13,7 @@ from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_events.models import ErasureRequest, Event, Item
-from scalerec_events.topics import Topic
+from scalerec_events.topics import Topic, topic_name
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
@@ -37,7 +37,7 @@ def _events(user: str, items: list[str], start: int = 0) -> list[Message]:
             type="view",
             timestamp=T0 + timedelta(minutes=start + n),
         )
-        out.append(_msg(Topic.EVENTS_RAW, e.model_dump_json().encode(), start + n))
+        out.append(_msg(topic_name(Topic.EVENTS_RAW), e.model_dump_json().encode(), start + n))
     return out
 
 
@@ -48,7 +48,15 @@ class World:
         self.cache = MemoryCache()
         self.keys = CacheKeys("test")
         self.bus = bus
-        self.events = EventsConsumer(self.store, self.cache, self.keys, bus.producer(), history_len=50, cache_ttl=60)
+        self.events = EventsConsumer(
+            self.store,
+            self.cache,
+            self.keys,
+            bus.producer(),
+            history_len=50,
+            cache_ttl=60,
+            examples_topic=topic_name(Topic.EXAMPLES),
+        )
 
 
 @pytest.fixture
@@ -96,7 +104,7 @@ async def test_hot_history_lands_in_the_cache(world: World) -> None:
 
 
 async def test_poison_messages_are_reported_not_fatal(world: World) -> None:
-    batch = [*_events("u1", ["a"]), _msg(Topic.EVENTS_RAW, b"{not json", 9)]
+    batch = [*_events("u1", ["a"]), _msg(topic_name(Topic.EVENTS_RAW), b"{not json", 9)]
     result = await world.events.handle(batch)
     assert len(result.poison) == 1 and "invalid event" in result.poison[0][1]
     assert r.count_interactions(world.store) == 1
@@ -107,7 +115,7 @@ async def test_erasure_removes_everything_and_drops_late_events(world: World) ->
     await world.events.handle(_events("u9", ["a"]))
     erasure = ErasureConsumer(world.store, world.cache, world.keys)
     req = ErasureRequest(request_id="r1", user_id="u1", requested_at=T0 + timedelta(hours=1))
-    await erasure.handle([_msg(Topic.ERASURE, req.model_dump_json().encode(), 0)])
+    await erasure.handle([_msg(topic_name(Topic.ERASURE), req.model_dump_json().encode(), 0)])
     assert r.count_interactions(world.store, "u1") == 0
     assert r.count_interactions(world.store, "u9") == 1
     assert all(x.user_id != "u1" for x in r.scan_examples(world.store))
@@ -123,14 +131,14 @@ async def test_items_go_to_the_catalogue_and_fresh_index(world: World) -> None:
         Item(item_id="i1", category="shoes", price=50, title="Trail runner", created_at=T0),
         Item(item_id="i2", category="hats", created_at=T0 + timedelta(days=1)),
     ]
-    await consumer.handle([_msg(Topic.ITEMS, i.model_dump_json().encode(), n) for n, i in enumerate(items)])
+    await consumer.handle([_msg(topic_name(Topic.ITEMS), i.model_dump_json().encode(), n) for n, i in enumerate(items)])
     assert set(r.get_items(world.store, ["i1", "i2", "nope"])) == {"i1", "i2"}
     assert r.fresh_items(world.store, 10) == ["i2", "i1"]
 
 
 async def test_every_purchase_is_remembered_beyond_the_recent_history(world: World) -> None:
     buy = Event(event_id="buy-1", user_id="u5", item_id="bought-long-ago", type="purchase", timestamp=T0)
-    await world.events.handle([_msg(Topic.EVENTS_RAW, buy.model_dump_json().encode(), 0)])
+    await world.events.handle([_msg(topic_name(Topic.EVENTS_RAW), buy.model_dump_json().encode(), 0)])
     # Far more than history_len later events push the purchase out of the recent history...
     await world.events.handle(_events("u5", [f"v{n}" for n in range(60)], start=1))
     assert "bought-long-ago" not in {h.item_id for h in r.recent_history(world.store, "u5", 50)}
@@ -142,7 +150,7 @@ async def test_examples_carry_the_items_content_features(world: World) -> None:
     from scalerec_features import item_feature_vector
 
     item = Item(item_id="shoe", category="running shoes", price=89.0, title="Trail runner mesh")
-    await ItemsConsumer(world.store).handle([_msg(Topic.ITEMS, item.model_dump_json().encode(), 0)])
+    await ItemsConsumer(world.store).handle([_msg(topic_name(Topic.ITEMS), item.model_dump_json().encode(), 0)])
     await world.events.handle(_events("u7", ["shoe"]))
     example = next(x for x in r.scan_examples(world.store) if x.item_id == "shoe")
     expected = item_feature_vector(item.category, item.price, item.title, item.text)

@@ -22,7 +22,7 @@ from scalerec_adapters.scoring import ScorerUnavailable
 from scalerec_adapters.store import StoreUnavailable
 from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
 from scalerec_events.models import Item
-from scalerec_events.topics import Topic
+from scalerec_events.topics import Topic, topic_name
 from scalerec_models import repository as repo
 from scalerec_models.data import FIRST_ITEM
 from scalerec_ranker.config import RankerSettings
@@ -197,7 +197,7 @@ def test_catalogue_changes_reach_the_served_items_without_a_restart(client: Test
 
     def publish(item: Item) -> None:
         message = OutgoingMessage(item.model_dump_json().encode(), item.item_id.encode())
-        client.portal.call(producer.send_batch, Topic.ITEMS, [message])
+        client.portal.call(producer.send_batch, topic_name(Topic.ITEMS), [message])
 
     publish(original.model_copy(update={"title": "Renamed while serving"}))
     _wait_for(lambda: any(i["title"] == "Renamed while serving" for i in _recommended(client, user)))

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from scalerec_adapters.factory import make_bus
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_events.topics import all_topics
 
 from scalerec_collector.api.routes import events, items, users
 from scalerec_collector.config import CollectorSettings, get_settings
@@ -24,7 +23,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         bootstrap(settings)
         bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="collector")
         await bus.start()
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        await bus.ensure_topics(settings.topics())
         app.state.bus = bus
         app.state.producer = bus.producer()
         app.state.recent_ids = RecentIds(settings.dedupe_window)

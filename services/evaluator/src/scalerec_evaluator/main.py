@@ -29,11 +29,11 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         bus, store = backends.bus, backends.store
         settings.model_repository.mkdir(parents=True, exist_ok=True)
         evaluator = Evaluator(settings, store, bus.producer())
-        online = OnlineMetrics()
+        online = OnlineMetrics(impressions_topic=settings.topic(Topic.IMPRESSIONS))
         workers = [
             ConsumerWorker(
                 bus,
-                [Topic.MODELS_CANDIDATE],
+                [settings.topic(Topic.MODELS_CANDIDATE)],
                 settings.group(settings.consumer_group),
                 CandidatesConsumer(evaluator).handle,
                 max_records=10,
@@ -41,7 +41,7 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             ),
             ConsumerWorker(
                 bus,
-                [Topic.IMPRESSIONS, Topic.EVENTS_RAW],
+                [settings.topic(Topic.IMPRESSIONS), settings.topic(Topic.EVENTS_RAW)],
                 settings.group(f"{settings.consumer_group}.online"),
                 online.handle,
                 max_records=2000,

@@ -74,7 +74,7 @@ class Evaluator:
                         metrics={k: float(v) for k, v in report["models"][f"model_v{version}"].items()},
                     )
                     await self.producer.send(
-                        Topic.MODELS_PROMOTED,
+                        self.settings.topic(Topic.MODELS_PROMOTED),
                         ann.model_dump_json().encode(),
                         key=repo.RANKER_MODEL.encode(),
                         headers=inject_headers(),

@@ -18,6 +18,14 @@ class PreprocessorSettings(ServiceSettings):
     user_cache_ttl_seconds: int = Field(default=3600, ge=0)
     max_retries: int = Field(default=5, ge=0, description="Attempts before a failing batch's messages go to the DLQ.")
 
+    def stream_group(self, stream: str) -> str:
+        """Consumer group of one input stream (items, events, erasure): ``<DEPLOYMENT>.<CONSUMER_GROUP>.<stream>``.
+
+        The chart's KEDA ScaledObject watches the lag of ``stream_group("events")``; tests/charts
+        checks it against this method.
+        """
+        return self.group(f"{self.consumer_group}.{stream}")
+
 
 @lru_cache
 def get_settings() -> PreprocessorSettings:

@@ -31,24 +31,36 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         assert cache is not None
         keys = CacheKeys(settings.deployment)
         events = EventsConsumer(
-            store, cache, keys, bus.producer(), settings.history_len, settings.user_cache_ttl_seconds
+            store,
+            cache,
+            keys,
+            bus.producer(),
+            settings.history_len,
+            settings.user_cache_ttl_seconds,
+            examples_topic=settings.topic(Topic.EXAMPLES),
         )
         items = ItemsConsumer(store)
         erasure = ErasureConsumer(store, cache, keys)
-        group = settings.group(settings.consumer_group)
         workers = {
             "items": ConsumerWorker(
-                bus, [Topic.ITEMS], f"{group}.items", items.handle, max_records=settings.poll_max_records, name="items"
+                bus,
+                [settings.topic(Topic.ITEMS)],
+                settings.stream_group("items"),
+                items.handle,
+                max_records=settings.poll_max_records,
+                name="items",
             ),
             "events": ConsumerWorker(
                 bus,
-                [Topic.EVENTS_RAW],
-                f"{group}.events",
+                [settings.topic(Topic.EVENTS_RAW)],
+                settings.stream_group("events"),
                 events.handle,
                 max_records=settings.poll_max_records,
                 name="events",
             ),
-            "erasure": ConsumerWorker(bus, [Topic.ERASURE], f"{group}.erasure", erasure.handle, name="erasure"),
+            "erasure": ConsumerWorker(
+                bus, [settings.topic(Topic.ERASURE)], settings.stream_group("erasure"), erasure.handle, name="erasure"
+            ),
         }
         app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
         app.state.workers = workers

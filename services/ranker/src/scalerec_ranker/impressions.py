@@ -16,14 +16,14 @@ from collections import deque
 
 from scalerec_adapters.bus import OutgoingMessage, Producer
 from scalerec_core.telemetry import inject_headers
-from scalerec_events.topics import Topic
 
 log = logging.getLogger(__name__)
 
 
 class ImpressionPublisher:
-    def __init__(self, producer: Producer, interval_s: float = 0.05, max_buffered: int = 50_000) -> None:
+    def __init__(self, producer: Producer, topic: str, interval_s: float = 0.05, max_buffered: int = 50_000) -> None:
         self.producer = producer
+        self.topic = topic
         self.interval_s = interval_s
         self._buffer: deque[OutgoingMessage] = deque(maxlen=max_buffered)
         self._task: asyncio.Task[None] | None = None
@@ -51,7 +51,7 @@ class ImpressionPublisher:
         batch = list(self._buffer)
         self._buffer.clear()
         try:
-            await self.producer.send_batch(Topic.IMPRESSIONS, batch)
+            await self.producer.send_batch(self.topic, batch)
             self.sent += len(batch)
         except Exception as exc:
             self.failed += len(batch)

@@ -67,16 +67,21 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         baselines.start()
         group = settings.group(f"{settings.consumer_group_prefix}-{uuid.uuid4().hex[:8]}")
         promotions = ConsumerWorker(
-            bus, [Topic.MODELS_PROMOTED], group, PromotionsConsumer(models).handle, name="promotions"
+            bus, [settings.topic(Topic.MODELS_PROMOTED)], group, PromotionsConsumer(models).handle, name="promotions"
         )
         promotions.start()
         catalogue = ConsumerWorker(
-            bus, [Topic.ITEMS], group, CatalogueConsumer(models).handle, name="catalogue", max_records=2000
+            bus,
+            [settings.topic(Topic.ITEMS)],
+            group,
+            CatalogueConsumer(models).handle,
+            name="catalogue",
+            max_records=2000,
         )
         catalogue.start()
         app.state.store, app.state.cache, app.state.scorer, app.state.models = store, cache, scorer, models
         app.state.producer = bus.producer()
-        impressions = app.state.impressions = ImpressionPublisher(app.state.producer)
+        impressions = app.state.impressions = ImpressionPublisher(app.state.producer, settings.topic(Topic.IMPRESSIONS))
         impressions.start()
         app.state.recommender = Recommender(settings, store, cache, scorer, models, baselines)
         try:

@@ -31,7 +31,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         examples = ExamplesConsumer(trainer, settings.train_after_examples)
         worker = ConsumerWorker(
             bus,
-            [Topic.EXAMPLES],
+            [settings.topic(Topic.EXAMPLES)],
             settings.group(settings.consumer_group),
             examples.handle,
             max_records=2000,

@@ -178,7 +178,7 @@ def _write_version(
 
 
 async def announce_candidate(producer: Producer, settings: TrainerSettings, outcome: TrainOutcome) -> None:
-    """Tell the evaluator a new version is ready (``scalerec.models.candidate.v1``)."""
+    """Tell the evaluator a new version is ready (``<DEPLOYMENT>.models.candidate.v1``)."""
     announcement = ModelAnnouncement(
         model=repo.RANKER_MODEL,
         version=outcome.version,
@@ -189,7 +189,7 @@ async def announce_candidate(producer: Producer, settings: TrainerSettings, outc
         feature_version=outcome.card["feature_version"],
     )
     await producer.send(
-        Topic.MODELS_CANDIDATE,
+        settings.topic(Topic.MODELS_CANDIDATE),
         announcement.model_dump_json().encode(),
         key=repo.RANKER_MODEL.encode(),
         headers=inject_headers(),

@@ -1,7 +1,7 @@
 """``python -m scalerec_trainer.train``: one training run, then exit (the Kubernetes Job/CronJob entry point).
 
 Same settings and same pipeline as the service's ``POST /v1/train``; the new
-version is announced on ``scalerec.models.candidate.v1`` for the evaluator.
+version is announced on ``<DEPLOYMENT>.models.candidate.v1`` for the evaluator.
 Under ``torchrun --nproc_per_node=N`` every rank trains its shard (DistributedDataParallel,
 gloo on CPU, nccl on GPU); only rank 0 writes the version and announces it, the others exit 0.
 """
@@ -15,7 +15,6 @@ import sys
 
 from scalerec_adapters.factory import make_bus, make_store
 from scalerec_core.service import bootstrap
-from scalerec_events.topics import all_topics
 from scalerec_storage.schema import tables
 
 from scalerec_trainer.config import TrainerSettings, get_settings
@@ -56,7 +55,7 @@ async def _run(settings: TrainerSettings, distributed: bool) -> int:
     bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="trainer-job")
     await bus.start()
     try:
-        await bus.ensure_topics(all_topics(settings.topic_partitions))
+        await bus.ensure_topics(settings.topics())
         await asyncio.to_thread(store.ensure_tables, tables())
         await asyncio.to_thread(_barrier, distributed)
         try:

@@ -1,4 +1,4 @@
-"""scalerec.models.candidate.v1 → evaluate every candidate (and promote the better ones)."""
+"""<DEPLOYMENT>.models.candidate.v1 → evaluate every candidate (and promote the better ones)."""
 
 from __future__ import annotations
 

@@ -13,11 +13,12 @@ from pydantic import ValidationError
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
 from scalerec_events.models import CONVERSION_TYPES, Event, EventType, Impression
-from scalerec_events.topics import Topic
 
 
 class OnlineMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, impressions_topic: str) -> None:
+        # Impressions and feedback events arrive through one group; the topic tells them apart.
+        self.impressions_topic = impressions_topic
         self.impressions: dict[str, int] = defaultdict(int)
         self.requests: dict[str, int] = defaultdict(int)
         self.clicks: dict[str, int] = defaultdict(int)
@@ -27,7 +28,7 @@ class OnlineMetrics:
         result = BatchResult()
         for m in messages:
             try:
-                if m.topic == Topic.IMPRESSIONS:
+                if m.topic == self.impressions_topic:
                     imp = Impression.model_validate_json(m.value)
                     variant = _variant(imp.model_version, imp.fallback)
                     self.requests[variant] += 1

@@ -1,4 +1,4 @@
-"""scalerec.users.erasure.v1 → remove a user's data from the store, the counters, examples and the cache."""
+"""<DEPLOYMENT>.users.erasure.v1 → remove a user's data from the store, the counters, examples and the cache."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scalerec.events.raw.v1 → interactions, item counters, profiles, point-in-time examples, hot history.
+"""<DEPLOYMENT>.events.raw.v1 → interactions, item counters, profiles, point-in-time examples, hot history.
 
 Every write is idempotent (row keys carry the event_id), and the dedupe index is
 written last: a crash anywhere in a batch means the batch is re-delivered and
@@ -22,7 +22,6 @@ from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult
 from scalerec_core.telemetry import consume_span, inject_headers
 from scalerec_events.models import CONVERSION_TYPES, Event, EventType, TrainingExample
-from scalerec_events.topics import Topic
 from scalerec_features import CONTEXT_FIELDS, context_features
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
@@ -50,8 +49,11 @@ class EventsConsumer:
         producer: Producer,
         history_len: int,
         cache_ttl: int,
+        *,
+        examples_topic: str,
     ) -> None:
         self.store = store
+        self.examples_topic = examples_topic
         self.cache = cache
         self.keys = keys
         self.producer = producer
@@ -80,7 +82,7 @@ class EventsConsumer:
             if plan.examples:
                 headers = tuple(inject_headers())
                 await self.producer.send_batch(
-                    Topic.EXAMPLES, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
+                    self.examples_topic, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
                 )
             await asyncio.to_thread(self._finish, plan)
         self.stored += len(plan.new_ids)

@@ -1,4 +1,4 @@
-"""scalerec.items.upsert.v1 → the catalogue and the fresh-items index."""
+"""<DEPLOYMENT>.items.upsert.v1 → the catalogue and the fresh-items index."""
 
 from __future__ import annotations
 

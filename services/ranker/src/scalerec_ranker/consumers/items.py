@@ -1,4 +1,4 @@
-"""scalerec.items.upsert.v1 → this process's catalogue and the served version's item table.
+"""<DEPLOYMENT>.items.upsert.v1 → this process's catalogue and the served version's item table.
 
 Every replica reads the topic in a group of its own (like model announcements), so a
 price, title or availability change reaches every ranker without a restart; the

@@ -1,4 +1,4 @@
-"""scalerec.models.promoted.v1 → hot swap to the promoted version.
+"""<DEPLOYMENT>.models.promoted.v1 → hot swap to the promoted version.
 
 Every replica reads announcements in a consumer group of its own, so each one swaps.
 """

@@ -1,4 +1,4 @@
-"""scalerec.training.examples.v1 → counts new examples and triggers training after TRAIN_AFTER_EXAMPLES."""
+"""<DEPLOYMENT>.training.examples.v1 → counts new examples and triggers training after TRAIN_AFTER_EXAMPLES."""
 
 from __future__ import annotations
 

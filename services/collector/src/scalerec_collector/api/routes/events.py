@@ -63,7 +63,7 @@ async def post_events(
         seen_in_batch.add(event.event_id)
         fresh.append(event)
     if fresh:
-        await publish(producer, Topic.EVENTS_RAW, fresh, lambda e: e.user_id, "events")
+        await publish(producer, settings.topic(Topic.EVENTS_RAW), fresh, lambda e: e.user_id, "events")
         recent.add_all([e.event_id for e in fresh])
     return IngestResult(
         accepted=len(fresh), duplicates=len(events) - len(fresh), rejected=len({e.index for e in errors}), errors=errors

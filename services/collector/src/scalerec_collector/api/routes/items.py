@@ -47,5 +47,5 @@ async def post_items(
     items, errors = split_valid(payload, "items", Item, settings.max_batch_items, "item_id")
     if not items:
         raise reject_all(errors, "item")
-    await publish(producer, Topic.ITEMS, items, lambda i: i.item_id, "items")
+    await publish(producer, settings.topic(Topic.ITEMS), items, lambda i: i.item_id, "items")
     return IngestResult(accepted=len(items), rejected=len({e.index for e in errors}), errors=errors)

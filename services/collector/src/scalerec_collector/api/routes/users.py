@@ -14,7 +14,7 @@ from scalerec_events.models import ErasureRequest
 from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import publish
-from scalerec_collector.deps import ProducerDep
+from scalerec_collector.deps import ProducerDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["privacy"], dependencies=[require(Scope.ERASE)])
 
@@ -31,11 +31,13 @@ class ErasureAccepted(BaseModel):
     response_model=ErasureAccepted,
     summary="Erase everything known about a user",
 )
-async def erase_user(user_id: Annotated[str, Path(max_length=128)], producer: ProducerDep) -> ErasureAccepted:
+async def erase_user(
+    user_id: Annotated[str, Path(max_length=128)], producer: ProducerDep, settings: SettingsDep
+) -> ErasureAccepted:
     """Carried on its own topic; the preprocessor removes the user's history, counters, examples and cache."""
     try:
         request = ErasureRequest(request_id=uuid.uuid4().hex, user_id=user_id, requested_at=datetime.now(UTC))
     except ValidationError as exc:
         raise HTTPException(422, {"message": "invalid user_id", "errors": validation_errors(exc)}) from exc
-    await publish(producer, Topic.ERASURE, [request], lambda r: r.user_id, "erasures")
+    await publish(producer, settings.topic(Topic.ERASURE), [request], lambda r: r.user_id, "erasures")
     return ErasureAccepted(request_id=request.request_id, user_id=user_id)
