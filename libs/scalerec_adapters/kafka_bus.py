@@ -19,9 +19,19 @@ Choices that matter to callers:
   its committed offset; a member that keeps a partition continues from where it was instead, so
   a rebalance does not hand the same uncommitted messages to the same member twice.
 
+* **Topics** are created with ``replication_factor`` replicas and, when given,
+  ``min.insync.replicas``: with ``acks=all`` a write then needs that many live copies, so 3/2
+  survives one broker down without losing an acknowledged event.  Per-topic configs of the
+  registry (``models.promoted`` is compacted) are applied on creation.  A topic that already
+  exists is left as it is: changing its replication is an operator's reassignment, not ours.
+* **Compression** (``compression_type``, default none) is done by the producer; consumers need
+  the same codec (lz4, snappy and zstd come from ``cramjam``, the ``kafka`` extra's
+  ``aiokafka[lz4]``), so an unavailable codec stops the bus at construction.
+
 Query parameters of ``kafka://`` URLs (all optional) map to constructor keywords:
-``replication_factor``, ``send_timeout_s``, ``request_timeout_ms``, ``join_timeout_s``,
-``linger_ms``, ``session_timeout_ms``, ``heartbeat_interval_ms``.
+``replication_factor``, ``min_insync_replicas``, ``compression_type``, ``send_timeout_s``,
+``request_timeout_ms``, ``join_timeout_s``, ``linger_ms``, ``session_timeout_ms``,
+``heartbeat_interval_ms``.  The Helm chart renders the first three from its ``kafka`` values.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition, codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -54,8 +64,24 @@ log = logging.getLogger(__name__)
 
 # Kafka's TOPIC_ALREADY_EXISTS error code: ensure_topics leaves existing topics as they are.
 _TOPIC_ALREADY_EXISTS = 36
-_INT_PARAMS = ("replication_factor", "request_timeout_ms", "linger_ms", "session_timeout_ms", "heartbeat_interval_ms")
+_INT_PARAMS = (
+    "replication_factor",
+    "min_insync_replicas",
+    "request_timeout_ms",
+    "linger_ms",
+    "session_timeout_ms",
+    "heartbeat_interval_ms",
+)
 _FLOAT_PARAMS = ("send_timeout_s", "join_timeout_s")
+_STR_PARAMS = ("compression_type",)
+# aiokafka's codecs; all but gzip need cramjam.
+_CODECS = {
+    "none": None,
+    "gzip": codec.has_gzip,
+    "snappy": codec.has_snappy,
+    "lz4": codec.has_lz4,
+    "zstd": codec.has_zstd,
+}
 
 
 class BusUnavailable(RuntimeError):
@@ -240,17 +266,33 @@ class KafkaEventBus(EventBus):
     """Topics, keyed partitions and consumer groups on a Kafka cluster."""
 
     def __init__(self, bootstrap_servers: str, default_partitions: int, client_id: str, **query_params: Any) -> None:
-        unknown = set(query_params) - set(_INT_PARAMS) - set(_FLOAT_PARAMS)
+        known = _INT_PARAMS + _FLOAT_PARAMS + _STR_PARAMS
+        unknown = set(query_params) - set(known)
         if unknown:
-            raise ValueError(
-                f"unknown kafka:// URL parameter(s) {sorted(unknown)}; known: {sorted(_INT_PARAMS + _FLOAT_PARAMS)}"
-            )
+            raise ValueError(f"unknown kafka:// URL parameter(s) {sorted(unknown)}; known: {sorted(known)}")
         params: dict[str, Any] = {k: int(v) for k, v in query_params.items() if k in _INT_PARAMS}
         params.update({k: float(v) for k, v in query_params.items() if k in _FLOAT_PARAMS})
         self.bootstrap_servers = bootstrap_servers
         self.default_partitions = default_partitions
         self.client_id = client_id
         self.replication_factor: int = params.get("replication_factor", 1)
+        # 0 = the broker's default (min.insync.replicas=1 unless the cluster sets it).
+        self.min_insync_replicas: int = params.get("min_insync_replicas", 0)
+        if self.replication_factor < 1 or not 0 <= self.min_insync_replicas <= self.replication_factor:
+            raise ValueError(
+                f"kafka:// replication_factor={self.replication_factor} min_insync_replicas="
+                f"{self.min_insync_replicas}: need replication_factor >= 1 and min_insync_replicas <= it "
+                "(acks=all writes would be refused otherwise)"
+            )
+        self.compression_type: str = str(query_params.get("compression_type", "none"))
+        if self.compression_type not in _CODECS:
+            raise ValueError(f"kafka:// compression_type={self.compression_type!r}: one of {sorted(_CODECS)}")
+        available = _CODECS[self.compression_type]
+        if available is not None and not available():
+            raise ValueError(
+                f"kafka:// compression_type={self.compression_type}: its codec is not installed "
+                "(pip install 'aiokafka[lz4]', which the scalerec-libs[kafka] extra pulls in)"
+            )
         self.send_timeout_s: float = params.get("send_timeout_s", 30.0)
         self.join_timeout_s: float = params.get("join_timeout_s", 15.0)
         self._request_timeout_ms: int = params.get("request_timeout_ms", 10_000)
@@ -311,16 +353,7 @@ class KafkaEventBus(EventBus):
                 existing = set(await admin.list_topics())
                 missing = [s for s in specs if s.name not in existing]
                 if missing:
-                    new = [
-                        NewTopic(
-                            s.name,
-                            num_partitions=s.partitions,
-                            replication_factor=self.replication_factor,
-                            topic_configs={"retention.ms": str(s.retention_ms)} if s.retention_ms else {},
-                        )
-                        for s in missing
-                    ]
-                    resp = await admin.create_topics(new)
+                    resp = await admin.create_topics(self.new_topics(missing))
                     for name, code, *rest in resp.topic_errors:
                         if code not in (0, _TOPIC_ALREADY_EXISTS):
                             msg = rest[0] if rest else ""
@@ -338,6 +371,25 @@ class KafkaEventBus(EventBus):
             finally:
                 with contextlib.suppress(Exception):
                     await admin.close()
+
+    def new_topics(self, specs: Sequence[TopicSpec]) -> list[NewTopic]:
+        """What ``ensure_topics`` asks Kafka to create for ``specs``: partitions, replication, configs."""
+        out = []
+        for s in specs:
+            configs = dict(s.configs)
+            if s.retention_ms:
+                configs["retention.ms"] = str(s.retention_ms)
+            if self.min_insync_replicas:
+                configs["min.insync.replicas"] = str(self.min_insync_replicas)
+            out.append(
+                NewTopic(
+                    s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=self.replication_factor,
+                    topic_configs=configs,
+                )
+            )
+        return out
 
     async def _wait_for_leaders(self, admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:
         while True:
@@ -373,6 +425,7 @@ class KafkaEventBus(EventBus):
                     acks="all",
                     enable_idempotence=True,
                     partitioner=_crc32_partitioner,
+                    compression_type=None if self.compression_type == "none" else self.compression_type,
                     linger_ms=self._linger_ms,
                     request_timeout_ms=self._request_timeout_ms,
                     retry_backoff_ms=200,

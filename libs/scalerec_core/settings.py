@@ -36,7 +36,9 @@ class ServiceSettings(BaseSettings):
     )
     bus_url: str = Field(
         default="",
-        description="sqlite:///path/bus.db (embedded) or kafka://host:9092[,host:9092]. Empty: embedded under DATA_DIR.",
+        description="sqlite:///path/bus.db (embedded) or kafka://host:9092[,host:9092][?replication_factor=3"
+        "&min_insync_replicas=2&compression_type=lz4...] (parameters in scalerec_adapters/kafka_bus.py). "
+        "Empty: embedded under DATA_DIR.",
     )
     store_url: str = Field(
         default="",

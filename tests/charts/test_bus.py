@@ -84,3 +84,40 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def _kafka_bus(bus_url: str) -> Any:
+    from scalerec_adapters.factory import make_bus
+
+    return make_bus(bus_url, partitions=24, client_id="test")
+
+
+def test_prod_topics_are_created_replicated_with_min_insync_replicas() -> None:
+    r = rendered("prod-gpu")
+    settings = _preprocessor_settings(r)
+    for name in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
+        assert _env(r, name)["BUS_URL"] == settings.bus_url, f"{name}: every service creates topics alike"
+    bus = _kafka_bus(settings.bus_url)  # what the service's Backends.open builds from BUS_URL
+    assert (bus.replication_factor, bus.min_insync_replicas, bus.compression_type) == (3, 2, "lz4")
+    created = {t.name: t for t in bus.new_topics(settings.topics())}
+    assert set(created) == {s.name for s in settings.topics()}
+    for t in created.values():
+        assert t.replication_factor == 3 and t.topic_configs["min.insync.replicas"] == "2", t.name
+    assert created["prod.models.promoted.v1"].topic_configs["cleanup.policy"] == "compact"
+    assert created["prod.events.raw.v1"].num_partitions == 24
+
+
+def test_a_single_broker_kafka_takes_one_replica(tmp_path: Path) -> None:
+    values = _merge(BACKENDS, {"kafka": {"replicationFactor": 1, "minInsyncReplicas": 1, "compression": "none"}})
+    bus = _kafka_bus(_env(_render(tmp_path, values), "ranker")["BUS_URL"])
+    (topic,) = bus.new_topics(_preprocessor_settings(_render(tmp_path, values)).topics()[:1])
+    assert topic.replication_factor == 1 and bus.compression_type == "none"
+
+
+def test_min_insync_replicas_above_the_replication_factor_does_not_render(tmp_path: Path) -> None:
+    from tests.charts.helm import run_helm, template_args
+
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(_merge(BACKENDS, {"kafka": {"replicationFactor": 2, "minInsyncReplicas": 3}})))
+    proc = run_helm(template_args(["-f", str(path)]), check=False)
+    assert proc.returncode != 0 and "minInsyncReplicas" in proc.stderr

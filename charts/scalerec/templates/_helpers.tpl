@@ -165,7 +165,8 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- $c := index . 1 -}}
 {{- $env := dict "HOST" "0.0.0.0" "PORT" (toString $c.port) "DATA_DIR" $root.Values.persistence.data.mountPath -}}
 {{- with tpl (toString $root.Values.kafka.bootstrap) $root -}}
-{{- $_ := set $env "BUS_URL" (printf "kafka://%s" .) -}}
+{{- $k := $root.Values.kafka -}}
+{{- $_ := set $env "BUS_URL" (printf "kafka://%s?replication_factor=%v&min_insync_replicas=%v&compression_type=%s" . (int $k.replicationFactor) (int $k.minInsyncReplicas) $k.compression) -}}
 {{- end -}}
 {{- with tpl (toString $root.Values.hbase.thrift) $root -}}
 {{- $_ := set $env "STORE_URL" (printf "hbase://%s?pool=%v" . $root.Values.hbase.pool) -}}
@@ -438,6 +439,9 @@ and then needs no backends, claims or Secret).
 {{- $embedded := or (not $v.kafka.bootstrap) (not $v.hbase.thrift) -}}
 {{- if and (include "scalerec.anyService" .) $embedded (not $v.persistence.data.shared) -}}
 {{- fail "kafka.bootstrap and hbase.thrift are empty (embedded SQLite backends) but persistence.data.shared=false: each pod would get its own bus and store. Set the backends, or persistence.data.shared=true (single node)." -}}
+{{- end -}}
+{{- if gt (int $v.kafka.minInsyncReplicas) (int $v.kafka.replicationFactor) -}}
+{{- fail (printf "kafka.minInsyncReplicas (%v) > kafka.replicationFactor (%v): Kafka would refuse every acks=all write." $v.kafka.minInsyncReplicas $v.kafka.replicationFactor) -}}
 {{- end -}}
 {{- if and $v.components.preprocessor.keda.enabled (not $v.kafka.bootstrap) -}}
 {{- fail "components.preprocessor.keda.enabled needs kafka.bootstrap: KEDA scales on Kafka consumer lag." -}}
