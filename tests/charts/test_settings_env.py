@@ -116,3 +116,21 @@ def test_component_env_overrides_generated_and_default_env() -> None:
     assert len(env) == len(set(env)), "each env name once"
     values = {e["name"]: e.get("value") for e in ranker["env"]}
     assert values["BUS_URL"] == "kafka://other:9092" and values["LOG_LEVEL"] == "WARNING"
+
+
+def test_memcached_statefulset_pods_are_addressed_one_by_one() -> None:
+    r = render(
+        [
+            "--set",
+            "memcached.servers={ext:11211}",
+            "--set",
+            "memcached.statefulSet.name=scalerec-mc",
+            "--set",
+            "memcached.statefulSet.service=mc-headless",
+            "--set",
+            "memcached.statefulSet.replicas=2",
+        ]
+    )
+    (ranker,) = [c for _, s, c in service_containers(r) if s == "ranker"]
+    env = {e["name"]: e.get("value") for e in ranker["env"]}
+    assert env["CACHE_URL"] == "memcached://ext:11211,scalerec-mc-0.mc-headless:11211,scalerec-mc-1.mc-headless:11211"

@@ -47,4 +47,10 @@ def test_in_cluster_values_point_the_app_at_the_stacks_backends(tmp_path: Path) 
     env = {e["name"]: e.get("value") for e in ranker["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["BUS_URL"].split("?")[0] == "kafka://scalerec-kafka:9092"
     assert env["STORE_URL"].startswith("hbase://scalerec-hbase-thrift:9090")
-    assert env["CACHE_URL"] == "memcached://scalerec-memcached:11211"
+    # One address per Memcached pod (StatefulSet pod DNS names through its headless Service),
+    # as many as the stack runs: consistent hashing must see every node.
+    replicas = in_cluster["memcached"]["replicaCount"]
+    assert in_cluster["memcached"]["architecture"] == "high-availability"  # a StatefulSet, stable pod names
+    assert in_cluster["memcached"]["service"]["clusterIP"] == "None"  # headless: pod DNS records exist
+    pods = [f"scalerec-memcached-{i}.scalerec-memcached:11211" for i in range(replicas)]
+    assert replicas == 3 and env["CACHE_URL"] == "memcached://" + ",".join(pods)

@@ -150,6 +150,28 @@ scalerec_events.topics.topic_name and ServiceSettings.group do (tests/charts com
 {{- printf "%s.%s.%s" (include "scalerec.deployment" (list $root $c)) $group (index . 2) -}}
 {{- end -}}
 
+{{/*
+Memcached nodes, comma-separated: memcached.servers, then one address per pod of
+memcached.statefulSet (<name>-<i>.<headless service>:<port>), so that the client's
+consistent hashing sees every node.
+*/}}
+{{- define "scalerec.memcachedServers" -}}
+{{- $root := . -}}
+{{- $servers := list -}}
+{{- range $root.Values.memcached.servers -}}
+{{- $servers = append $servers (tpl (toString .) $root) -}}
+{{- end -}}
+{{- $sts := $root.Values.memcached.statefulSet -}}
+{{- if and $sts.name (gt (int $sts.replicas) 0) -}}
+{{- $name := tpl (toString $sts.name) $root -}}
+{{- $service := default $name (tpl (toString $sts.service) $root) -}}
+{{- range $i := until (int $sts.replicas) -}}
+{{- $servers = append $servers (printf "%s-%d.%s:%v" $name $i $service $sts.port) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $servers -}}
+{{- end -}}
+
 {{/* Service name and gRPC port of Triton, for the ranker's SCORER_URL. */}}
 {{- define "scalerec.tritonGrpcUrl" -}}
 {{- printf "triton://%s:%v" (include "scalerec.componentName" (list . "triton")) .Values.components.triton.ports.grpc -}}
@@ -171,12 +193,8 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- with tpl (toString $root.Values.hbase.thrift) $root -}}
 {{- $_ := set $env "STORE_URL" (printf "hbase://%s?pool=%v" . $root.Values.hbase.pool) -}}
 {{- end -}}
-{{- if $root.Values.memcached.servers -}}
-{{- $servers := list -}}
-{{- range $root.Values.memcached.servers -}}
-{{- $servers = append $servers (tpl (toString .) $root) -}}
-{{- end -}}
-{{- $_ := set $env "CACHE_URL" (printf "memcached://%s" (join "," $servers)) -}}
+{{- with include "scalerec.memcachedServers" $root -}}
+{{- $_ := set $env "CACHE_URL" (printf "memcached://%s" .) -}}
 {{- end -}}
 {{- if $c.modelRepositoryAccess -}}
 {{- $_ := set $env "MODEL_REPOSITORY" $root.Values.modelRepository.mountPath -}}
