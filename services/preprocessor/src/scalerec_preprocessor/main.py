@@ -18,6 +18,7 @@ from scalerec_preprocessor.config import PreprocessorSettings, get_settings
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
+from scalerec_preprocessor.deps import Consumers
 
 
 def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
@@ -52,7 +53,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         }
         app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
         app.state.workers = workers
-        app.state.consumers = {"events": events, "items": items, "erasure": erasure}
+        app.state.consumers = Consumers(events=events, items=items, erasure=erasure)
         for worker in workers.values():
             worker.start()
         try:
