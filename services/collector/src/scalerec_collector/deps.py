@@ -1,4 +1,7 @@
-"""Typed accessors for what the lifespan put on app.state (used with Depends)."""
+"""Typed accessors for what the lifespan put on app.state (used with Depends).
+
+Async so that FastAPI calls them on the event loop instead of hopping to a thread per request.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from scalerec_collector.config import CollectorSettings
 from scalerec_collector.dedupe import RecentIds
 
 
-def _settings(request: Request) -> CollectorSettings:
+async def _settings(request: Request) -> CollectorSettings:
     return request.app.state.settings
 
 
-def _producer(request: Request) -> Producer:
+async def _producer(request: Request) -> Producer:
     return request.app.state.producer
 
 
-def _recent(request: Request) -> RecentIds:
+async def _recent(request: Request) -> RecentIds:
     return request.app.state.recent_ids
 
 
