@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic
@@ -65,7 +66,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ScaleRec preprocessor",
-        version="1.0.0",
+        version=__version__,
         description="Consumes raw events, items and erasure requests; keeps features and histories; emits examples.",
         lifespan=lifespan,
     )
