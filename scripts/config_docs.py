@@ -10,7 +10,8 @@ import importlib
 import sys
 from pathlib import Path
 
-SERVICES = ("collector", "preprocessor", "trainer", "ranker", "evaluator")
+from scalerec_events.contracts import SERVICES
+
 OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
