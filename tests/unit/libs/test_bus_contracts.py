@@ -11,18 +11,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
+from scalerec_events import models as m
 from scalerec_events.contracts import CONTRACTS, SERVICES, payload_models
-from scalerec_events.models import (
-    Context,
-    ErasureRequest,
-    Event,
-    EventType,
-    ImpressedItem,
-    Impression,
-    Item,
-    ModelAnnouncement,
-    TrainingExample,
-)
 from scalerec_events.topics import Topic
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,7 +50,7 @@ def test_a_service_consumes_exactly_the_topics_the_registry_says(service: str) -
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_topic_a_service_touches_is_declared_for_it(service: str) -> None:
-    mentioned = set().union(*(_topics_in(m) for m in _sources(service)))
+    mentioned = set().union(*(_topics_in(module) for module in _sources(service)))
     declared = {c.topic for c in CONTRACTS if service in c.consumers or service in c.producers}
     produced = {c.topic for c in CONTRACTS if service in c.producers}
     assert mentioned <= declared, f"{service} uses topics the registry does not give it: {mentioned - declared}"
@@ -73,23 +63,20 @@ def test_every_topic_has_a_contract_with_a_producer_and_a_consumer() -> None:
 
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+ONE = {"event_id": "e1", "user_id": "u1", "item_id": "i1"}
 SAMPLES: dict[type[BaseModel], BaseModel] = {
-    Event: Event(
-        event_id="e1",
-        user_id="u1",
-        item_id="i1",
-        type=EventType.RATING,
+    m.Event: m.Event(
+        **ONE,
+        type=m.EventType.RATING,
         value=4.5,
         timestamp=NOW,
-        context=Context(device="mobile", locale="de-DE", request_id="r1", model_version=3),
+        context=m.Context(device="mobile", locale="de-DE", request_id="r1", model_version=3),
     ),
-    Item: Item(item_id="i1", category="books", price=9.5, title="T", attributes={"pages": 300, "new": True}),
-    ErasureRequest: ErasureRequest(request_id="r1", user_id="u1", requested_at=NOW),
-    TrainingExample: TrainingExample(
-        event_id="e1",
-        user_id="u1",
-        item_id="i1",
-        type=EventType.PURCHASE,
+    m.Item: m.Item(item_id="i1", category="books", price=9.5, attributes={"pages": 300, "new": True}),
+    m.ErasureRequest: m.ErasureRequest(request_id="r1", user_id="u1", requested_at=NOW),
+    m.TrainingExample: m.TrainingExample(
+        **ONE,
+        type=m.EventType.PURCHASE,
         ts_ms=1,
         history=["i0"],
         context={"hour": 3},
@@ -97,14 +84,13 @@ SAMPLES: dict[type[BaseModel], BaseModel] = {
         label_click=1,
         label_conversion=1,
     ),
-    Impression: Impression(
+    m.Impression: m.Impression(
         request_id="r1",
         user_id="u1",
-        model_version=3,
-        items=[ImpressedItem(item_id="i1", position=0, source="retrieval", score=0.5)],
+        items=[m.ImpressedItem(item_id="i1", position=0, source="retrieval", score=0.5)],
         ts_ms=1,
     ),
-    ModelAnnouncement: ModelAnnouncement(model="scalerec_ranker", version=3, repository="/m", created_at=NOW),
+    m.ModelAnnouncement: m.ModelAnnouncement(model="scalerec_ranker", version=3, repository="/m", created_at=NOW),
 }
 
 
