@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 
-from scalerec_ranker.deps import ImpressionsDep, ModelsDep, RecommenderDep, ScorerDep, SettingsDep
+from scalerec_ranker.deps import ImpressionsDep, RecommenderDep
 from scalerec_ranker.recommend import Recommendation, impression_payload
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class RecommendationsOut(BaseModel):
 @router.get("/recommendations", response_model=RecommendationsOut, summary="Recommendations for a user")
 async def recommendations(
     recommender: RecommenderDep,
-    settings: SettingsDep,
     impressions: ImpressionsDep,
     user_id: Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
     k: Annotated[int | None, Query(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = None,
@@ -73,6 +72,7 @@ async def recommendations(
     ``fallback`` is true (with ``fallback_reason``) when the answer came from a baseline: unknown user,
     no promoted model, or a scorer that could not answer.
     """
+    settings = recommender.settings
     k = k or settings.default_k
     if k > settings.max_k:
         raise HTTPException(
@@ -137,11 +137,12 @@ class ModelOut(BaseModel):
 
 
 @router.get("/model", response_model=ModelOut, summary="The model version being served")
-async def current_model(manager: ModelsDep, scorer: ScorerDep) -> ModelOut:
+async def current_model(rec: RecommenderDep) -> ModelOut:
+    manager = rec.models
     model = manager.current
     return ModelOut(
         model_version=model.version if model else None,
-        scorer=scorer.name,
+        scorer=rec.scorer.name,
         last_error=manager.last_error,
         card=model.model.card if model else {},
     )
