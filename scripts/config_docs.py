@@ -10,8 +10,11 @@ import importlib
 import sys
 from pathlib import Path
 
-SERVICES = ("collector", "preprocessor", "trainer", "ranker", "evaluator")
+from scalerec_events.contracts import SERVICES
+
 OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+# What a default derived from other fields is computed from here: the variables' own names.
+_NAMES = {"data_dir": "DATA_DIR"}
 
 
 def render() -> str:
@@ -25,11 +28,14 @@ def render() -> str:
     ]
     for service in SERVICES:
         module = importlib.import_module(f"scalerec_{service}.config")
-        cls = next(v for k, v in vars(module).items() if k.endswith("Settings") and k != "ServiceSettings")
+        cls = next(v for k, v in vars(module).items() if k.endswith("Settings") and v.__module__ == module.__name__)
         lines += [f"## {service}", "", "| variable | default | description |", "|---|---|---|"]
         for name, field in cls.model_fields.items():
             default = "(required)" if field.is_required() else repr(field.default).replace("|", "\\|")
-            if name == "data_dir" or name == "model_repository":
+            if field.default_factory_takes_validated_data:
+                # A default derived from other fields: shown with those fields' variable names.
+                default = f"`{field.get_default(call_default_factory=True, validated_data=_NAMES)}`"
+            elif name == "data_dir":
                 default = f"`{field.default}`"
             desc = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name.upper()}` | {default} | {desc} |")

@@ -9,7 +9,8 @@ Choices that matter to callers and operators:
   are therefore not applied here: HBase splits regions by size as tables grow, and an operator
   who wants regions from the first write creates the table beforehand in the HBase shell
   (``create '<ns>_<table>', 'f', SPLITS => [...]``); ``ensure_tables`` leaves an existing table
-  as it is.  Row keys are salted (see DESIGN §3), so writes spread as soon as regions split.
+  as it is.  Row keys start with a salt (a hash bucket of the user or item id,
+  ``scalerec_storage.schema.salt``), so writes spread as soon as regions split.
 * **Batches are not transactions.**  ``put_many`` sends ``batch_size`` rows per round trip; HBase
   makes each row atomic, not the batch.  Writers are idempotent (event ids), so a retried batch
   after a failure re-writes the same cells.

@@ -1,7 +1,8 @@
 """Scoring on NVIDIA Triton over gRPC, and the fallback chain the ranker layers on top.
 
 ``TritonScorer`` talks to a Triton started with ``--model-control-mode=explicit``
-(STYLE.md: explicit load/unload, never polling).  Why each piece:
+(explicit load and unload calls, never polling: Triton's docs advise against POLL in
+production, where a version folder still being written could be loaded half-copied).  Why each piece:
 
 * **Explicit versions.**  ``load(model, v)`` (re)loads the model with a version policy of
   *what is already loaded* plus ``v`` (a config override on ``load_model``), so loading

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -319,3 +319,18 @@ def install_common(
         return JSONResponse(
             status_code=200 if ok else 503, content={"status": "ready" if ok else "degraded", "checks": results}
         )
+
+
+def from_app_state(name: str) -> Any:
+    """``Depends()`` on what the lifespan stored as ``app.state.<name>``, for a service's ``deps.py``.
+
+    Used as ``SettingsDep = Annotated[RankerSettings, from_app_state("settings")]``: routes declare
+    the type they get, which mypy checks, instead of reading ``request.app.state``. The provider is
+    async so that FastAPI calls it on the event loop, not through the thread pool, on every request.
+    """
+
+    async def provide(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    provide.__name__ = provide.__qualname__ = f"app_state_{name}"
+    return Depends(provide)

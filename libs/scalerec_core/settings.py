@@ -9,7 +9,7 @@ the environment at import time: a service builds its settings inside
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,3 +103,18 @@ class ServiceSettings(BaseSettings):
                 "or AUTH=disabled to run open"
             )
         return ring
+
+
+def _repository_under_data_dir(validated: dict[str, Any]) -> Path:
+    # Pydantic passes the fields validated so far (data_dir comes first) and skips this when one failed.
+    return Path(validated["data_dir"]) / "model_repository"
+
+
+class ModelRepositorySettings(ServiceSettings):
+    """Settings of a service that reads or writes the model repository (trainer, evaluator, ranker)."""
+
+    model_repository: Path = Field(
+        default_factory=_repository_under_data_dir,
+        description="Triton model repository folder; under DATA_DIR unless set, so that a service started "
+        "in a checkout never writes into the committed example model_repository/.",
+    )

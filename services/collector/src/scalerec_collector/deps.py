@@ -1,28 +1,15 @@
-"""Typed accessors for what the lifespan put on app.state (used with Depends)."""
+"""What routes take from the lifespan's app.state, typed (``Annotated[..., Depends()]``)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
 from scalerec_adapters.bus import Producer
+from scalerec_core.http import from_app_state
 
 from scalerec_collector.config import CollectorSettings
 from scalerec_collector.dedupe import RecentIds
 
-
-def _settings(request: Request) -> CollectorSettings:
-    return request.app.state.settings
-
-
-def _producer(request: Request) -> Producer:
-    return request.app.state.producer
-
-
-def _recent(request: Request) -> RecentIds:
-    return request.app.state.recent_ids
-
-
-SettingsDep = Annotated[CollectorSettings, Depends(_settings)]
-ProducerDep = Annotated[Producer, Depends(_producer)]
-RecentIdsDep = Annotated[RecentIds, Depends(_recent)]
+SettingsDep = Annotated[CollectorSettings, from_app_state("settings")]
+ProducerDep = Annotated[Producer, from_app_state("producer")]
+RecentIdsDep = Annotated[RecentIds, from_app_state("recent_ids")]

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from scalerec_adapters.factory import make_bus
+from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 
@@ -34,7 +35,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ScaleRec collector",
-        version="1.0.0",
+        version=__version__,
         description="Accepts events, items and erasure requests; every accepted message is durable on the bus.",
         lifespan=lifespan,
     )

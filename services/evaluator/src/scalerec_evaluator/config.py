@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field
-from scalerec_core.settings import ServiceSettings
+from scalerec_core.settings import ModelRepositorySettings
 
 
-class EvaluatorSettings(ServiceSettings):
+class EvaluatorSettings(ModelRepositorySettings):
     service_name: str = "evaluator"
     host: str = "127.0.0.1"
     port: int = Field(default=8085, ge=1, le=65535)
-    model_repository: Path = Path("model_repository")
     consumer_group: str = "evaluator"
     holdout_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Newest share of time held out.")
     max_eval_users: int = Field(default=2000, ge=10)

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic
@@ -60,7 +61,7 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ScaleRec evaluator",
-        version="1.0.0",
+        version=__version__,
         description="Offline metrics per model version, champion/challenger gate, online metrics per variant.",
         lifespan=lifespan,
     )

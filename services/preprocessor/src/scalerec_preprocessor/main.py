@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic
@@ -18,6 +19,7 @@ from scalerec_preprocessor.config import PreprocessorSettings, get_settings
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
+from scalerec_preprocessor.deps import Consumers
 
 
 def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
@@ -64,7 +66,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         }
         app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
         app.state.workers = workers
-        app.state.consumers = {"events": events, "items": items, "erasure": erasure}
+        app.state.consumers = Consumers(events=events, items=items, erasure=erasure)
         for worker in workers.values():
             worker.start()
         try:
@@ -76,7 +78,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ScaleRec preprocessor",
-        version="1.0.0",
+        version=__version__,
         description="Consumes raw events, items and erasure requests; keeps features and histories; emits examples.",
         lifespan=lifespan,
     )

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field
-from scalerec_core.settings import ServiceSettings
+from scalerec_core.settings import ModelRepositorySettings
 
 
-class RankerSettings(ServiceSettings):
+class RankerSettings(ModelRepositorySettings):
     service_name: str = "ranker"
     host: str = "127.0.0.1"
     port: int = Field(default=8084, ge=1, le=65535)
-    model_repository: Path = Path("model_repository")
     model_name: str = "scalerec_ranker"
     scorer_url: str = Field(
         default="onnxruntime://?inline=1",

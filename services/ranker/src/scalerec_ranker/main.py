@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from scalerec_adapters.factory import make_scorer
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic
@@ -97,7 +98,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ScaleRec ranker",
-        version="1.0.0",
+        version=__version__,
         description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
         lifespan=lifespan,
     )

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from scalerec_core.settings import ServiceSettings
+from scalerec_core.settings import ModelRepositorySettings
 
 
-class TrainerSettings(ServiceSettings):
+class TrainerSettings(ModelRepositorySettings):
     service_name: str = "trainer"
     host: str = "127.0.0.1"
     port: int = Field(default=8083, ge=1, le=65535)
-    model_repository: Path = Path("model_repository")
     consumer_group: str = "trainer"
     train_after_examples: int = Field(
         default=0, ge=0, description="Train automatically after this many new examples; 0 turns it off."

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from scalerec_adapters.worker import ConsumerWorker
+from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic
@@ -48,7 +49,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ScaleRec trainer",
-        version="1.0.0",
+        version=__version__,
         description="Trains retrieval and ranking models, exports ONNX, writes Triton model versions.",
         lifespan=lifespan,
     )

@@ -5,37 +5,37 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from scalerec_core.auth import Scope, require
 from scalerec_models import repository as repo
+
+from scalerec_evaluator.deps import EvaluatorDep, OnlineDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["evaluation"], dependencies=[require(Scope.ADMIN)])
 
 
 @router.get("/reports", summary="Every evaluated model version, oldest first")
-async def reports(request: Request) -> dict[str, Any]:
-    evaluator = request.app.state.evaluator
+async def reports(evaluator: EvaluatorDep, settings: SettingsDep) -> dict[str, Any]:
     items = await asyncio.to_thread(evaluator.reports)
-    champion = repo.read_champion(request.app.state.settings.model_repository, repo.RANKER_MODEL)
+    champion = repo.read_champion(settings.model_repository, repo.RANKER_MODEL)
     return {"champion": champion, "reports": items}
 
 
 @router.get("/reports/{version}", summary="The evaluation report of one model version")
-async def report(request: Request, version: int) -> dict[str, Any]:
-    found = await asyncio.to_thread(request.app.state.evaluator.report, version)
+async def report(evaluator: EvaluatorDep, version: int) -> dict[str, Any]:
+    found = await asyncio.to_thread(evaluator.report, version)
     if found is None:
         raise HTTPException(404, f"no report for model version {version} (not evaluated yet, or unknown)")
     return found
 
 
 @router.post("/evaluate/{version}", summary="Evaluate (and maybe promote) a model version now")
-async def evaluate(request: Request, version: int) -> dict[str, Any]:
-    repository = request.app.state.settings.model_repository
-    if version not in repo.list_versions(repository, repo.RANKER_MODEL):
+async def evaluate(evaluator: EvaluatorDep, settings: SettingsDep, version: int) -> dict[str, Any]:
+    if version not in repo.list_versions(settings.model_repository, repo.RANKER_MODEL):
         raise HTTPException(404, f"model version {version} is not in the model repository")
-    return await request.app.state.evaluator.evaluate(version)
+    return await evaluator.evaluate(version)
 
 
 @router.get("/online", summary="Online metrics per model version (CTR, conversion rate)")
-async def online(request: Request) -> dict[str, Any]:
-    return {"variants": request.app.state.online.summary()}
+async def online(metrics: OnlineDep) -> dict[str, Any]:
+    return {"variants": metrics.summary()}

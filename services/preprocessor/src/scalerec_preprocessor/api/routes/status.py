@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
 from scalerec_storage import records as r
+
+from scalerec_preprocessor.deps import ConsumersDep, StoreDep, WorkersDep
 
 router = APIRouter(prefix="/v1", tags=["status"], dependencies=[require(Scope.ADMIN)])
 
@@ -30,22 +32,20 @@ class Stats(BaseModel):
 
 
 @router.get("/stats", response_model=Stats, summary="Consumer progress and counts")
-async def stats(request: Request) -> Stats:
-    workers = request.app.state.workers
-    consumers = request.app.state.consumers
+async def stats(workers: WorkersDep, consumers: ConsumersDep) -> Stats:
     out = {}
     for name, w in workers.items():
         out[name] = WorkerStats(
             processed=w.processed, dead_lettered=w.dead_lettered, lag=await w.lag(), failing=w.failing
         )
-    ev = consumers["events"]
+    ev = consumers.events
     return Stats(
         workers=out,
         events_stored=ev.stored,
         duplicates_dropped=ev.duplicates,
         dropped_after_erasure=ev.dropped_erased,
-        items_stored=consumers["items"].stored,
-        users_erased=consumers["erasure"].erased,
+        items_stored=consumers.items.stored,
+        users_erased=consumers.erasure.erased,
     )
 
 
@@ -57,8 +57,6 @@ class HistoryItem(BaseModel):
 
 
 @router.get("/users/{user_id}/history", response_model=list[HistoryItem], summary="A user's recent history")
-async def history(
-    request: Request, user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
-) -> list[HistoryItem]:
-    entries = await asyncio.to_thread(r.recent_history, request.app.state.store, user_id, limit)
+async def history(store: StoreDep, user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[HistoryItem]:
+    entries = await asyncio.to_thread(r.recent_history, store, user_id, limit)
     return [HistoryItem(**e.__dict__) for e in entries]

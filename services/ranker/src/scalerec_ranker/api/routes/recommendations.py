@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 
-from scalerec_ranker.recommend import Recommendation, Recommender, impression_payload
+from scalerec_ranker.deps import ImpressionsDep, RecommenderDep
+from scalerec_ranker.recommend import Recommendation, impression_payload
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
@@ -56,13 +57,10 @@ class RecommendationsOut(BaseModel):
         )
 
 
-def _recommender(request: Request) -> Recommender:
-    return request.app.state.recommender
-
-
 @router.get("/recommendations", response_model=RecommendationsOut, summary="Recommendations for a user")
 async def recommendations(
-    request: Request,
+    recommender: RecommenderDep,
+    impressions: ImpressionsDep,
     user_id: Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
     k: Annotated[int | None, Query(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = None,
     device: Device | None = None,
@@ -74,7 +72,7 @@ async def recommendations(
     ``fallback`` is true (with ``fallback_reason``) when the answer came from a baseline: unknown user,
     no promoted model, or a scorer that could not answer.
     """
-    settings = request.app.state.settings
+    settings = recommender.settings
     k = k or settings.default_k
     if k > settings.max_k:
         raise HTTPException(
@@ -84,14 +82,10 @@ async def recommendations(
                 "errors": [{"field": "k", "message": f"at most {settings.max_k}"}],
             },
         )
-    rec = await _recommender(request).recommend(user_id, k, device, locale, exclude or ())
-    _publish_impression(request, rec, device, locale)
+    rec = await recommender.recommend(user_id, k, device, locale, exclude or ())
+    # Impressions feed online metrics; they are batched in the background, never awaited here.
+    impressions.publish(impression_payload(rec, device, locale), rec.user_id.encode())
     return RecommendationsOut.of(rec)
-
-
-def _publish_impression(request: Request, rec: Recommendation, device: str | None, locale: str | None) -> None:
-    """Impressions feed online metrics; they are batched in the background, never awaited here."""
-    request.app.state.impressions.publish(impression_payload(rec, device, locale), rec.user_id.encode())
 
 
 class SimilarOut(BaseModel):
@@ -101,8 +95,7 @@ class SimilarOut(BaseModel):
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarOut, summary="Items similar to an item")
-async def similar(request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10) -> SimilarOut:
-    rec = _recommender(request)
+async def similar(rec: RecommenderDep, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10) -> SimilarOut:
     known = await rec.lookup([item_id])
     if item_id not in known:
         raise HTTPException(
@@ -144,12 +137,12 @@ class ModelOut(BaseModel):
 
 
 @router.get("/model", response_model=ModelOut, summary="The model version being served")
-async def current_model(request: Request) -> ModelOut:
-    manager = request.app.state.models
+async def current_model(rec: RecommenderDep) -> ModelOut:
+    manager = rec.models
     model = manager.current
     return ModelOut(
         model_version=model.version if model else None,
-        scorer=request.app.state.scorer.name,
+        scorer=rec.scorer.name,
         last_error=manager.last_error,
         card=model.model.card if model else {},
     )

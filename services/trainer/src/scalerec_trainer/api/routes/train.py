@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
 
+from scalerec_trainer.deps import TrainerDep
 from scalerec_trainer.jobs import Job
 
 router = APIRouter(prefix="/v1", tags=["training"], dependencies=[require(Scope.ADMIN)])
@@ -31,20 +32,20 @@ class JobView(BaseModel):
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, summary="Start a training run")
-async def train(request: Request) -> JobView:
+async def train(trainer: TrainerDep) -> JobView:
     """Trains on every example before the holdout window; the new version is announced as a candidate."""
-    job, started = request.app.state.trainer.submit(reason="api")
+    job, started = trainer.submit(reason="api")
     return JobView.of(job, already_running=not started)
 
 
 @router.get("/train/{job_id}", response_model=JobView, summary="A training run's status")
-async def job_status(request: Request, job_id: str) -> JobView:
-    job = request.app.state.trainer.jobs.get(job_id)
+async def job_status(trainer: TrainerDep, job_id: str) -> JobView:
+    job = trainer.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, f"no training job {job_id!r}")
     return JobView.of(job)
 
 
 @router.get("/train", response_model=list[JobView], summary="All training runs of this process")
-async def jobs(request: Request) -> list[JobView]:
-    return [JobView.of(j) for j in request.app.state.trainer.jobs.values()]
+async def jobs(trainer: TrainerDep) -> list[JobView]:
+    return [JobView.of(j) for j in trainer.jobs.values()]

@@ -1,0 +1,55 @@
+"""The operator routes of the preprocessor, trainer and evaluator, in process on embedded backends.
+
+They read what each service's lifespan built (through its ``deps`` providers): an answer here
+means the route found the right object.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from scalerec_evaluator.config import EvaluatorSettings
+from scalerec_evaluator.main import create_app as evaluator_app
+from scalerec_preprocessor.config import PreprocessorSettings
+from scalerec_preprocessor.main import create_app as preprocessor_app
+from scalerec_trainer.config import TrainerSettings
+from scalerec_trainer.main import create_app as trainer_app
+
+
+def test_preprocessor_reports_its_consumers_and_a_users_history(tmp_path: Path) -> None:
+    with TestClient(preprocessor_app(PreprocessorSettings(data_dir=tmp_path, auth="disabled"))) as client:
+        stats = client.get("/v1/stats")
+        assert stats.status_code == 200, stats.text
+        body = stats.json()
+        assert set(body["workers"]) == {"items", "events", "erasure"}
+        assert body["events_stored"] == body["items_stored"] == body["users_erased"] == 0
+        history = client.get("/v1/users/u1/history", params={"limit": 5})
+        assert history.status_code == 200, history.text
+        assert history.json() == []
+
+
+def test_trainer_runs_a_job_and_reports_it(tmp_path: Path) -> None:
+    settings = TrainerSettings(data_dir=tmp_path, model_repository=tmp_path / "models", auth="disabled")
+    with TestClient(trainer_app(settings)) as client:
+        started = client.post("/v1/train")
+        assert started.status_code == 202, started.text
+        job_id = started.json()["job_id"]
+        deadline = time.monotonic() + 30
+        while (job := client.get(f"/v1/train/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        assert job["status"] == "failed" and job["error"]  # nothing to train on yet
+        assert [j["job_id"] for j in client.get("/v1/train").json()] == [job_id]
+        assert client.get("/v1/train/nope").status_code == 404
+
+
+def test_evaluator_reports_nothing_before_any_candidate(tmp_path: Path) -> None:
+    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=tmp_path / "models", auth="disabled")
+    with TestClient(evaluator_app(settings)) as client:
+        assert client.get("/v1/reports").json() == {"champion": None, "reports": []}
+        assert client.get("/v1/reports/1").status_code == 404
+        missing = client.post("/v1/evaluate/1")
+        assert missing.status_code == 404 and "not in the model repository" in missing.text
+        assert client.get("/v1/online").json() == {"variants": {}}
