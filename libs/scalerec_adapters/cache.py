@@ -6,6 +6,7 @@ A cache is never the source of truth: a miss or an unreachable cache means
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
@@ -42,6 +43,10 @@ class Cache(ABC):
     def close(self) -> None: ...
 
 
+# What Memcached's text protocol cannot carry in a key (checked once per key: on the request path).
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 class CacheKeys:
     """``<deployment>:<kind>:v<version>:<id>`` — bump a kind's version to invalidate all of it at once."""
 
@@ -51,7 +56,7 @@ class CacheKeys:
     def key(self, kind: str, version: int, ident: str) -> str:
         # Memcached keys: <= 250 bytes, no spaces or control characters.
         raw = f"{self._prefix}:{kind}:v{version}:{ident}"
-        if len(raw) > 240 or any(c.isspace() for c in raw):
+        if len(raw) > 240 or _UNSAFE.search(raw):
             import hashlib
 
             raw = f"{self._prefix}:{kind}:v{version}:h:{hashlib.sha1(ident.encode()).hexdigest()}"

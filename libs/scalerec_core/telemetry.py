@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExpo
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -34,7 +35,10 @@ def setup_telemetry(service: str, exporter: str = "none", endpoint: str = "http:
         return
     _configured = True
     resource = Resource.create({"service.name": service, "service.namespace": "scalerec"})
-    tracer_provider = TracerProvider(resource=resource)
+    # With nowhere to send spans, record none: trace context still flows (ids are made and
+    # propagated through HTTP and bus headers), but no span is built per request.
+    sampler = ALWAYS_OFF if exporter == "none" else None
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     readers = []
     if exporter == "console":
         tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))

@@ -85,6 +85,30 @@ async def test_consumer_subscribed_before_the_topic_exists_gets_its_messages(tmp
         await bus.close()
 
 
+async def test_an_idle_consumer_polls_less_often_and_a_message_brings_it_back(tmp_path: Path) -> None:
+    """An idle topic costs a serving process a few polls a second, not forty; traffic resets the pace."""
+    bus = SqliteEventBus(tmp_path / "bus.db", poll_interval_ms=25, idle_poll_interval_ms=200)
+    await bus.start()
+    try:
+        consumer = await bus.consumer(["quiet"], "g")
+        polls = 0
+        poll_once = consumer._poll_once  # type: ignore[attr-defined]
+
+        def counting(max_records: int) -> list:  # type: ignore[type-arg]
+            nonlocal polls
+            polls += 1
+            return poll_once(max_records)
+
+        consumer._poll_once = counting  # type: ignore[attr-defined,method-assign]
+        assert await consumer.getmany(timeout_ms=1000) == []
+        assert polls <= 10, f"{polls} polls in an idle second (25 ms steady polling would be ~40)"
+        await bus.producer().send_batch("quiet", [OutgoingMessage(b"m", key=b"k")])
+        assert len(await drain(consumer, 1)) == 1
+        assert consumer._idle_sleep == bus.poll_interval_s  # type: ignore[attr-defined]
+    finally:
+        await bus.close()
+
+
 async def test_retention_drops_old_messages_but_never_reuses_offsets(tmp_path: Path) -> None:
     bus = SqliteEventBus(tmp_path / "bus.db")
     bus.RETENTION_CHECK_S = 0  # check on every append instead of once a minute

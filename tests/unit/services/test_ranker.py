@@ -25,6 +25,7 @@ from scalerec_events.models import Item
 from scalerec_events.topics import Topic, topic_name
 from scalerec_models import repository as repo
 from scalerec_models.data import FIRST_ITEM
+from scalerec_ranker.api.routes.recommendations import ItemOut, RecommendationsOut
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
 from scalerec_storage import schema as s
@@ -94,6 +95,11 @@ def test_a_known_user_gets_scored_explained_recommendations(client: TestClient, 
     explained = [i for i in body["items"] if i["because"]]
     assert explained and all(set(i["because"]) <= history for i in explained)
     assert all(i["reason"] for i in body["items"])
+    # Serialised from the recommender's dataclasses, yet exactly the documented schema.
+    assert r.headers["content-type"] == "application/json"
+    assert set(body) == set(RecommendationsOut.model_fields)
+    assert all(set(i) == set(ItemOut.model_fields) for i in body["items"])
+    assert RecommendationsOut.model_validate_json(r.content).model_dump(mode="json") == body
 
 
 def test_swap_under_concurrent_load_drops_no_request(client: TestClient, world: World) -> None:

@@ -101,6 +101,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         version=__version__,
         description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
         lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
 
