@@ -15,6 +15,7 @@ from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
+from scalerec_core.telemetry import FASTAPI_TELEMETRY
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_storage.backends import Backends
@@ -101,7 +102,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         version=__version__,
         description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
         lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        telemetry=FASTAPI_TELEMETRY,
     )
     app.state.settings = settings
 
