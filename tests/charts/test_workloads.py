@@ -3,6 +3,7 @@ non-root pods, a PDB and a Service per Deployment, Triton on a GPU, KEDA, torchr
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tests.charts.helm import RELEASE, Rendered, pod_spec, rendered
@@ -255,3 +256,16 @@ def test_model_repository_is_writable_only_by_the_trainer_and_the_evaluator(scen
             assert uploads is writer, f"{where}: {script}"
             assert '"$REMOTE" /models' in script, f"{where}: writers read the others' versions too"
     assert seen >= {"evaluator", "ranker"}, seen
+
+
+def test_ranker_runs_one_worker_per_requested_cpu(scenario: Rendered) -> None:
+    """Without a CPU limit the pod has no cgroup quota: WORKERS=0 would fork one worker (and one model
+    activation) per CPU of the node, far past the memory limit. The chart derives it from the request."""
+    ranker = next((d for d in scenario.of_kind("Deployment") if d["metadata"]["name"] == f"{RELEASE}-ranker"), None)
+    if ranker is None:
+        return  # a scenario without the ranker
+    c = ranker["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    cpu = str(c["resources"]["requests"]["cpu"])
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    assert env["WORKERS"] == str(max(1, math.ceil(cores))), (cpu, env["WORKERS"])

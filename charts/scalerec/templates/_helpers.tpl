@@ -202,6 +202,13 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- if and (eq $c.name "ranker") $root.Values.components.triton.enabled -}}
 {{- $_ := set $env "SCORER_URL" (include "scalerec.tritonGrpcUrl" $root) -}}
 {{- end -}}
+{{- /* The ranker runs one worker process per CPU it requests (without a CPU limit there is no
+     cgroup quota, and WORKERS=0 would start one worker, each with its model, per CPU of the node). */ -}}
+{{- if eq $c.name "ranker" -}}
+{{- $cpu := toString (dig "requests" "cpu" "1" (default dict $c.resources)) -}}
+{{- $cores := hasSuffix "m" $cpu | ternary (divf (trimSuffix "m" $cpu | float64) 1000) (float64 $cpu) -}}
+{{- $_ := set $env "WORKERS" (toString (max 1 (int (ceil $cores)))) -}}
+{{- end -}}
 {{- toYaml $env -}}
 {{- end -}}
 
