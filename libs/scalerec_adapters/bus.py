@@ -17,6 +17,10 @@ from scalerec_events.topics import TopicSpec
 Headers = Sequence[tuple[str, bytes]]
 
 
+class BusUnavailable(RuntimeError):
+    """The bus could not be reached (or did not accept a write) before the deadline."""
+
+
 @dataclass(frozen=True)
 class Message:
     topic: str

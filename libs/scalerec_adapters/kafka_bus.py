@@ -58,7 +58,16 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 from scalerec_events.topics import TopicSpec
 
-from scalerec_adapters.bus import Consumer, EventBus, Headers, Message, OutgoingMessage, Producer, partition_for
+from scalerec_adapters.bus import (
+    BusUnavailable,
+    Consumer,
+    EventBus,
+    Headers,
+    Message,
+    OutgoingMessage,
+    Producer,
+    partition_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +91,6 @@ _CODECS = {
     "lz4": codec.has_lz4,
     "zstd": codec.has_zstd,
 }
-
-
-class BusUnavailable(RuntimeError):
-    """Kafka could not be reached (or did not accept a write) before the deadline."""
 
 
 def _retriable(exc: BaseException) -> bool:

@@ -4,6 +4,14 @@ At-least-once: offsets are committed only after the handler returned, i.e. after
 its writes are durable.  Transient failures (a store or bus that is down) are
 retried with backoff for as long as it takes — nothing is dropped; messages the
 handler declares poison go to the topic's dead-letter twin with the reason.
+
+A message that parses but makes the handler fail deterministically (any exception
+that is not a backend being away) must not block its partition forever: the batch
+is then retried one message at a time, and a message that fails ``max_retries``
+attempts goes to the dead-letter topic with the exception as the reason, and the
+partition moves on.  Retries re-run the batch the worker already holds: the worker
+stays in its consumer group (leaving and rejoining for each retry would rebalance
+every other member of the group each time).
 """
 
 from __future__ import annotations
@@ -20,9 +28,30 @@ from pydantic import BaseModel, ValidationError
 from scalerec_core.telemetry import meter
 from scalerec_events.topics import dlq
 
-from scalerec_adapters.bus import Consumer, EventBus, Message
+from scalerec_adapters.bus import BusUnavailable, Consumer, EventBus, Message
+from scalerec_adapters.resilience import CircuitOpen
+from scalerec_adapters.scoring import ScorerUnavailable
+from scalerec_adapters.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+# A backend that is away: retried for as long as it takes, never counted towards ``max_retries``.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError, TimeoutError
+    StoreUnavailable,
+    BusUnavailable,
+    ScorerUnavailable,
+    CircuitOpen,
+)
+DEFAULT_MAX_RETRIES = 5
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+class _Stopping(Exception):
+    """The worker was asked to stop while retrying: leave the batch uncommitted."""
 
 
 @dataclass
@@ -60,6 +89,7 @@ class ConsumerWorker:
         max_records: int = 500,
         poll_timeout_ms: int = 500,
         max_backoff_s: float = 10.0,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         name: str = "worker",
     ) -> None:
         self.bus = bus
@@ -69,6 +99,8 @@ class ConsumerWorker:
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
         self.max_backoff_s = max_backoff_s
+        # Attempts a message gets before it is dead-lettered (0 behaves as 1: no retry).
+        self.max_retries = max(1, max_retries)
         self.name = name
         self.consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -109,7 +141,10 @@ class ConsumerWorker:
                 messages = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
                 if not messages:
                     continue
-                result = await self.handler(messages)
+                try:
+                    result = await self._handle(messages)
+                except _Stopping:
+                    return  # not committed: another member (or the next start) reads the batch again
                 if result.poison:
                     await self._dead_letter(result.poison)
                 await self.consumer.commit()
@@ -120,13 +155,82 @@ class ConsumerWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Not committed: the same messages come back after the backoff (or to another member).
+                # The bus itself failed (poll, dead-letter or commit): rejoin from the committed offsets so
+                # uncommitted messages are read again.
                 self.failing = True
-                log.warning("%s: batch failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__, exc, backoff)
+                log.warning("%s: bus failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__, exc, backoff)
                 await self._reset_consumer()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff * (1 + random.random() * 0.2))
+                await self._sleep(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
+
+    async def _handle(self, messages: Sequence[Message]) -> BatchResult:
+        """Run the handler over a batch the worker holds until it succeeds; isolate and dead-letter poison."""
+        try:
+            return await self._attempt(messages)
+        except _Deterministic as first:
+            if len(messages) == 1:
+                return await self._retry_one(messages[0], first.cause, attempts=1)
+            log.warning(
+                "%s: batch of %d failed (%s); retrying its messages one at a time",
+                self.name,
+                len(messages),
+                _reason(first.cause),
+            )
+        result = BatchResult()
+        for message in messages:
+            try:
+                one = await self._attempt([message])
+            except _Deterministic as failure:
+                # The batch attempt counts as this message's first.
+                one = await self._retry_one(message, failure.cause, attempts=2)
+            result.poison.extend(one.poison)
+        return result
+
+    async def _retry_one(self, message: Message, cause: Exception, attempts: int) -> BatchResult:
+        backoff = 0.2
+        while attempts < self.max_retries:
+            log.warning(
+                "%s: %s/%d/%d failed (attempt %d of %d): %s",
+                self.name,
+                message.topic,
+                message.partition,
+                message.offset,
+                attempts,
+                self.max_retries,
+                _reason(cause),
+            )
+            await self._sleep(backoff)
+            backoff = min(self.max_backoff_s, backoff * 2)
+            attempts += 1
+            try:
+                return await self._attempt([message])
+            except _Deterministic as failure:
+                cause = failure.cause
+        return BatchResult(poison=[(message, f"failed {attempts} attempts: {_reason(cause)}")])
+
+    async def _attempt(self, messages: Sequence[Message]) -> BatchResult:
+        """One handler call; transient failures are retried here with backoff, without limit and uncounted."""
+        backoff = 0.2
+        while True:
+            if self._stopping.is_set():
+                raise _Stopping
+            try:
+                result = await self.handler(messages)
+                self.failing = False
+                return result
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise _Deterministic(exc) from exc
+                self.failing = True
+                log.warning("%s: batch failed (%s); retrying in %.1fs", self.name, _reason(exc), backoff)
+                await self._sleep(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds * (1 + random.random() * 0.2))
 
     async def _reset_consumer(self) -> None:
         """Rejoin from the committed offsets so uncommitted messages are read again."""
@@ -151,3 +255,15 @@ class ConsumerWorker:
             )
         self.dead_lettered += len(poison)
         self._dlq_counter.add(len(poison), {"worker": self.name})
+
+
+class _Deterministic(Exception):
+    """The handler failed with an error that is not a backend being away: retrying will likely fail again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -79,3 +79,79 @@ def test_parse_batch_separates_poison_with_the_reason() -> None:
     parsed, result = parse_batch(messages, ErasureRequest, "erasure request")
     assert [r.user_id for _, r in parsed] == ["u1"]
     assert len(result.poison) == 1 and result.poison[0][1].startswith("invalid erasure request")
+
+
+async def test_a_message_failing_after_parsing_goes_to_the_dlq_after_max_retries_and_the_partition_moves_on(
+    tmp_path: Path,
+) -> None:
+    bus = SqliteEventBus(tmp_path / "bus.db")
+    await bus.start()
+    await bus.ensure_topics([TopicSpec("t", 1), TopicSpec(dlq("t"), 1)])
+    for i in range(3):
+        await bus.producer().send("t", f"m{i}".encode())
+    await bus.producer().send("t", b"bad")
+    for i in range(3, 6):
+        await bus.producer().send("t", f"m{i}".encode())
+    attempts: dict[bytes, int] = {}
+    joins = {"n": 0}
+    real_consumer = bus.consumer
+
+    async def counting_consumer(topics, group_id):  # type: ignore[no-untyped-def]
+        joins["n"] += 1
+        return await real_consumer(topics, group_id)
+
+    bus.consumer = counting_consumer  # type: ignore[method-assign]
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        for m in messages:
+            attempts[m.value] = attempts.get(m.value, 0) + 1
+            if m.value == b"bad":
+                raise KeyError("price bucket for 'bad'")
+        return BatchResult()
+
+    worker = ConsumerWorker(bus, ["t"], "g", handler, poll_timeout_ms=50, max_retries=3, max_backoff_s=0.01)
+    worker.start()
+    await _wait(lambda: worker.dead_lettered == 1 and attempts.get(b"m5", 0) >= 1)
+    await worker.stop()
+    assert attempts[b"bad"] == 3  # exactly MAX_RETRIES attempts
+    # Messages before the poison in its batch ran once in the batch and once alone; later ones exactly once.
+    assert all(attempts[f"m{i}".encode()] <= 2 for i in range(3))
+    assert all(attempts[f"m{i}".encode()] == 1 for i in range(3, 6))
+    assert joins["n"] == 1  # retries never left and rejoined the group
+    consumer = await bus.consumer([dlq("t")], "inspect")
+    dead = await consumer.getmany(timeout_ms=500)
+    assert [m.value for m in dead] == [b"bad"]
+    reason = (dead[0].header("x-dlq-reason") or b"").decode()
+    assert "3 attempts" in reason and "KeyError" in reason and "price bucket" in reason
+    assert dead[0].header("x-dlq-source") == b"t/0/3"
+    await consumer.stop()
+    # Everything is committed: the partition moved past the poison.
+    consumer = await bus.consumer(["t"], "g")
+    assert await consumer.getmany(timeout_ms=100) == []
+    await consumer.stop()
+    await bus.close()
+
+
+async def test_a_backend_outage_is_never_dead_lettered_however_long_it_lasts(tmp_path: Path) -> None:
+    from scalerec_adapters.store import StoreUnavailable
+
+    bus = SqliteEventBus(tmp_path / "bus.db")
+    await bus.start()
+    await bus.ensure_topics([TopicSpec("t", 1), TopicSpec(dlq("t"), 1)])
+    await bus.producer().send("t", b"m")
+    failures = {"left": 8}
+    seen: list[bytes] = []
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise StoreUnavailable("HBase down")
+        seen.extend(m.value for m in messages)
+        return BatchResult()
+
+    worker = ConsumerWorker(bus, ["t"], "g", handler, poll_timeout_ms=50, max_retries=2, max_backoff_s=0.01)
+    worker.start()
+    await _wait(lambda: seen == [b"m"])
+    await worker.stop()
+    assert worker.dead_lettered == 0
+    await bus.close()

@@ -16,7 +16,14 @@ class PreprocessorSettings(ServiceSettings):
     poll_max_records: int = Field(default=2000, ge=1, description="Most messages handled in one batch.")
     history_len: int = Field(default=50, ge=1, le=1000, description="Recent items kept per user in the hot cache.")
     user_cache_ttl_seconds: int = Field(default=3600, ge=0)
-    max_retries: int = Field(default=5, ge=0, description="Attempts before a failing batch's messages go to the DLQ.")
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        description=(
+            "Attempts a message that fails after parsing (not a backend outage, which is retried without limit) "
+            "gets before it goes to the DLQ with the reason; 0 means 1."
+        ),
+    )
 
     def stream_group(self, stream: str) -> str:
         """Consumer group of one input stream (items, events, erasure): ``<DEPLOYMENT>.<CONSUMER_GROUP>.<stream>``.

@@ -51,6 +51,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
                 settings.stream_group("items"),
                 items.handle,
                 max_records=settings.poll_max_records,
+                max_retries=settings.max_retries,
                 name="items",
             ),
             "events": ConsumerWorker(
@@ -59,10 +60,16 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
                 settings.stream_group("events"),
                 events.handle,
                 max_records=settings.poll_max_records,
+                max_retries=settings.max_retries,
                 name="events",
             ),
             "erasure": ConsumerWorker(
-                bus, [settings.topic(Topic.ERASURE)], settings.stream_group("erasure"), erasure.handle, name="erasure"
+                bus,
+                [settings.topic(Topic.ERASURE)],
+                settings.stream_group("erasure"),
+                erasure.handle,
+                max_retries=settings.max_retries,
+                name="erasure",
             ),
         }
         app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
