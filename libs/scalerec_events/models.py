@@ -6,6 +6,7 @@ services can trust what they read from the bus.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -22,6 +23,14 @@ MAX_FUTURE_SKEW = timedelta(minutes=10)
 ID_MAX_LENGTH = 128
 ID_PATTERN = r"^[A-Za-z0-9_\-.:@~]+$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+
+# Size caps on what callers send (documented in docs/operations.md).  With them an item serialises to
+# well under MAX_ITEM_BYTES, and the collector still checks the encoded size against the bus's limit.
+MAX_ATTRIBUTES = 64
+ATTRIBUTE_KEY_MAX_LENGTH = 64
+ATTRIBUTE_VALUE_MAX_LENGTH = 1024
+# Sum over the map of key and value lengths (values as text).
+ATTRIBUTES_MAX_CHARS = 16 * 1024
 
 
 class EventType(StrEnum):
@@ -46,7 +55,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Context(_Strict):
+class _Input(_Strict):
+    """What callers send (through the collector): NaN and Infinity are refused in every float, nested too.
+
+    JSON has no NaN, but Python's parser (and many clients) accept ``NaN``/``Infinity`` tokens; one
+    such value would poison every sum and mean it reaches (popularity, price buckets, metrics).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Context(_Input):
     device: Device | None = None
     locale: Annotated[str, StringConstraints(max_length=16)] | None = None
     location: Annotated[str, StringConstraints(max_length=64)] | None = None
@@ -61,7 +80,13 @@ def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
-class Event(_Strict):
+def _not_in_future(ts: datetime) -> datetime:
+    if ts > datetime.now(UTC) + MAX_FUTURE_SKEW:
+        raise ValueError(f"{ts.isoformat()} is more than {MAX_FUTURE_SKEW} in the future")
+    return ts
+
+
+class Event(_Input):
     schema_version: Literal[1] = 1
     event_id: Id
     user_id: Id
@@ -73,10 +98,8 @@ class Event(_Strict):
 
     @field_validator("timestamp")
     @classmethod
-    def _not_in_future(cls, ts: datetime) -> datetime:
-        ts = _aware(ts).astimezone(UTC)
-        if ts > datetime.now(UTC) + MAX_FUTURE_SKEW:
-            raise ValueError(f"timestamp {ts.isoformat()} is more than {MAX_FUTURE_SKEW} in the future")
+    def _timestamp_bounded(cls, ts: datetime) -> datetime:
+        ts = _not_in_future(_aware(ts).astimezone(UTC))
         if ts.year < 2000:
             raise ValueError(f"timestamp {ts.isoformat()} is before 2000")
         return ts
@@ -92,34 +115,61 @@ class Event(_Strict):
         return int(self.timestamp.timestamp() * 1000)
 
 
-AttributeValue = str | int | float | bool
+AttributeValue = Annotated[str, StringConstraints(max_length=ATTRIBUTE_VALUE_MAX_LENGTH)] | int | float | bool
+AttributeKey = Annotated[str, StringConstraints(max_length=ATTRIBUTE_KEY_MAX_LENGTH)]
 
 
-class Item(_Strict):
+class Item(_Input):
     schema_version: Literal[1] = 1
     item_id: Id
     category: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "unknown"
     price: float | None = Field(default=None, ge=0, le=1e9)
     title: Annotated[str, StringConstraints(max_length=512)] = ""
     text: Annotated[str, StringConstraints(max_length=8192)] = ""
-    attributes: dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue] = Field(default_factory=dict)
-    created_at: datetime | None = None
+    attributes: dict[AttributeKey, AttributeValue] = Field(
+        default_factory=dict,
+        description=(
+            f"At most {MAX_ATTRIBUTES} entries, keys up to {ATTRIBUTE_KEY_MAX_LENGTH} characters, text values up to "
+            f"{ATTRIBUTE_VALUE_MAX_LENGTH}, {ATTRIBUTES_MAX_CHARS} characters of keys and values in all."
+        ),
+    )
+    created_at: datetime | None = Field(default=None, description="Not more than 10 minutes in the future.")
     available: bool = True
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attribute_values(cls, attrs: Any) -> Any:
+        """One clear error per bad value (the union's own would list one complaint per member type)."""
+        if not isinstance(attrs, dict):
+            return attrs
+        for key, value in attrs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"attribute {str(key)[:64]!r}: {value} is not a finite number")
+            if isinstance(value, str) and len(value) > ATTRIBUTE_VALUE_MAX_LENGTH:
+                raise ValueError(
+                    f"attribute {str(key)[:64]!r}: {len(value)} characters, at most {ATTRIBUTE_VALUE_MAX_LENGTH}"
+                )
+            if not isinstance(value, str | int | float | bool):
+                raise ValueError(f"attribute {str(key)[:64]!r}: must be a string, number or boolean")
+        return attrs
 
     @field_validator("attributes")
     @classmethod
     def _few_attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
-        if len(attrs) > 64:
-            raise ValueError("at most 64 attributes")
+        if len(attrs) > MAX_ATTRIBUTES:
+            raise ValueError(f"{len(attrs)} attributes, at most {MAX_ATTRIBUTES}")
+        chars = sum(len(k) + len(str(v)) for k, v in attrs.items())
+        if chars > ATTRIBUTES_MAX_CHARS:
+            raise ValueError(f"{chars} characters of keys and values, at most {ATTRIBUTES_MAX_CHARS}")
         return attrs
 
     @field_validator("created_at")
     @classmethod
     def _created_utc(cls, ts: datetime | None) -> datetime | None:
-        return None if ts is None else _aware(ts).astimezone(UTC)
+        return None if ts is None else _not_in_future(_aware(ts).astimezone(UTC))
 
 
-class ErasureRequest(_Strict):
+class ErasureRequest(_Input):
     schema_version: Literal[1] = 1
     request_id: Id
     user_id: Id

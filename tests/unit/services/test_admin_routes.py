@@ -28,6 +28,10 @@ def test_preprocessor_reports_its_consumers_and_a_users_history(tmp_path: Path) 
         history = client.get("/v1/users/u1/history", params={"limit": 5})
         assert history.status_code == 200, history.text
         assert history.json() == []
+        for bad in ("u1%7Cu2", "u1%00", "%E2%80%8Bu1", "u" * 129):
+            hostile = client.get(f"/v1/users/{bad}/history")
+            assert hostile.status_code == 422, hostile.text
+            assert hostile.json()["errors"][0]["field"] == "user_id"
 
 
 def test_trainer_runs_a_job_and_reports_it(tmp_path: Path) -> None:

@@ -137,3 +137,89 @@ def test_a_deployment_publishes_to_its_own_topics(tmp_path: Path) -> None:
         assert _bus_count(c, "prod.items.upsert.v1") == 1
         assert _bus_count(c, "prod.users.erasure.v1") == 1
         assert _bus_count(c, topic_name(Topic.EVENTS_RAW)) == 0
+
+
+def _item(i: int, **over: object) -> dict[str, object]:
+    return {"item_id": f"i{i}", "category": "shoes", "title": f"item {i}", **over}
+
+
+def _raw_post(client: TestClient, path: str, body: str) -> dict[str, object]:
+    # NaN and Infinity are not JSON, but Python's parser (and many clients) accept the tokens.
+    r = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_nan_and_infinity_are_refused_anywhere_in_a_payload_naming_the_field(client: TestClient) -> None:
+    good = '{"event_id":"e1","user_id":"u1","item_id":"i1","type":"click","timestamp":"2026-05-01T12:00:00Z"}'
+    nan = good.replace('"type":"click"', '"type":"rating","value":NaN').replace("e1", "e2")
+    body = _raw_post(client, "/v1/events", '{"events":[' + good + "," + nan + "]}")
+    assert body["accepted"] == 1 and [e["field"] for e in body["errors"]] == ["events[1].value"]  # type: ignore[index]
+    items = (
+        '{"items":[{"item_id":"i1"},{"item_id":"i2","attributes":{"weight":Infinity}},'
+        '{"item_id":"i3","attributes":{"w":-Infinity}},{"item_id":"i4","price":NaN}]}'
+    )
+    body = _raw_post(client, "/v1/items", items)
+    assert body["accepted"] == 1 and body["rejected"] == 3
+    errors = body["errors"]
+    assert [e["field"] for e in errors] == ["items[1].attributes", "items[2].attributes", "items[3].price"]  # type: ignore[union-attr,index]
+    assert "'weight'" in errors[0]["message"] and "finite" in errors[0]["message"]  # type: ignore[index]
+
+
+def test_attribute_strings_and_maps_are_capped_naming_the_field(client: TestClient) -> None:
+    from scalerec_events.models import ATTRIBUTE_VALUE_MAX_LENGTH, ATTRIBUTES_MAX_CHARS
+
+    big_map = {f"k{n}": "v" * 500 for n in range(ATTRIBUTES_MAX_CHARS // 500 + 1)}
+    r = client.post(
+        "/v1/items",
+        json={
+            "items": [
+                _item(1),
+                _item(2, attributes={"brand": "x" * (ATTRIBUTE_VALUE_MAX_LENGTH + 1)}),
+                _item(3, attributes=big_map),
+                _item(4, attributes={f"k{n}": n for n in range(65)}),
+            ]
+        },
+    )
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and body["rejected"] == 3
+    by_index = {e["index"]: e for e in body["errors"]}
+    assert by_index[1]["field"] == "items[1].attributes" and "'brand'" in by_index[1]["message"]
+    assert by_index[2]["field"] == "items[2].attributes" and "characters" in by_index[2]["message"]
+    assert by_index[3]["field"] == "items[3].attributes" and "65 attributes" in by_index[3]["message"]
+
+
+def test_created_at_far_in_the_future_is_refused(client: TestClient) -> None:
+    r = client.post("/v1/items", json={"items": [_item(1), _item(2, created_at="2999-01-01T00:00:00Z")]})
+    body = r.json()
+    assert body["accepted"] == 1 and body["errors"][0]["field"] == "items[1].created_at"
+    assert "future" in body["errors"][0]["message"]
+
+
+def test_an_item_too_large_for_the_bus_gets_413_for_that_element_and_nothing_half_accepted(tmp_path: Path) -> None:
+    settings = CollectorSettings(data_dir=tmp_path, max_message_bytes=4096, auth="disabled")
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/items", json={"items": [_item(1), _item(2, text="t" * 4000), _item(3)]})
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["accepted"] == 2 and body["rejected"] == 1
+        assert body["errors"][0] | {"message": ""} == {
+            "index": 1,
+            "id": "i2",
+            "field": "items[1]",
+            "message": "",
+            "status": 413,
+        }
+        assert _bus_count(c, topic_name(Topic.ITEMS)) == 2
+        alone = c.post("/v1/items", json={"items": [_item(4, text="t" * 4000)]})
+        assert alone.status_code == 413 and "items[0]" in alone.text
+        assert _bus_count(c, topic_name(Topic.ITEMS)) == 2
+
+
+@pytest.mark.parametrize("user_id", ["u1%7Cu2", "u1%00", "%E2%80%AEu1", "u" * 129])
+def test_erasure_path_ids_follow_the_id_rules(client: TestClient, user_id: str) -> None:
+    r = client.delete(f"/v1/users/{user_id}")
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "user_id"
+    assert _bus_count(client, topic_name(Topic.ERASURE)) == 0

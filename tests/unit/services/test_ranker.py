@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -301,3 +302,26 @@ def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path)
     assert [row["connections"] for row in report["rows"]] == [1, 4]
     assert all(row["rps"] > 0 and row["floor_rps"] > 0 and row["errors"] == 0 for row in report["rows"])
     assert all(row["candidates_per_request"] > 0 for row in report["rows"])
+
+
+@pytest.mark.parametrize("bad", ["i1|i2", "i1\x00", "i\u202e1", "i\u200b1", "i" * 129])
+def test_hostile_item_ids_in_exclude_and_the_path_are_422_naming_the_field(
+    client: TestClient, world: World, bad: str
+) -> None:
+    user = world.shop.events[0].user_id
+    r = client.get("/v1/recommendations", params={"user_id": user, "exclude": ["i1", bad]})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "exclude[1]"
+    similar = client.get(f"/v1/items/{quote(bad, safe='')}/similar")
+    assert similar.status_code == 422, similar.text
+    assert similar.json()["errors"][0]["field"] == "item_id"
+
+
+def test_exclude_is_capped(client: TestClient, world: World) -> None:
+    from scalerec_ranker.api.routes.recommendations import MAX_EXCLUDE
+
+    user = world.shop.events[0].user_id
+    ids = [f"i{n}" for n in range(MAX_EXCLUDE + 1)]
+    r = client.get("/v1/recommendations", params={"user_id": user, "exclude": ids})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "exclude"
+    assert client.get("/v1/recommendations", params={"user_id": user, "exclude": ids[:-1]}).status_code == 200

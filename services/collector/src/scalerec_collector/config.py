@@ -15,6 +15,14 @@ class CollectorSettings(ServiceSettings):
     max_batch_events: int = Field(default=1000, ge=1, description="Most events in one POST /v1/events.")
     max_batch_items: int = Field(default=1000, ge=1, description="Most items in one POST /v1/items.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=4096,
+        description=(
+            "Largest bus message (value, key and headers): keep it at or under Kafka's max.request.size and the "
+            "topic's max.message.bytes (1 MiB by default). A larger item is refused with 413 for that element."
+        ),
+    )
     dedupe_window: int = Field(
         default=200_000, ge=0, description="Recent event_ids remembered to drop retried duplicates at the edge."
     )

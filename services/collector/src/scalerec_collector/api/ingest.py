@@ -21,6 +21,12 @@ class ElementError(BaseModel):
     id: str | None = None
     field: str
     message: str
+    # 422: the element is invalid; 413: it is valid but too large for the bus.
+    status: int = 422
+
+
+# Room left in a bus message for its key (an id, at most 128 bytes) and headers (trace context).
+_ENVELOPE_BYTES = 1024
 
 
 class IngestResult(BaseModel):
@@ -31,9 +37,15 @@ class IngestResult(BaseModel):
 
 
 def split_valid(
-    payload: Any, key: str, model: type[M], max_len: int, id_field: str
+    payload: Any, key: str, model: type[M], max_len: int, id_field: str, max_message_bytes: int | None = None
 ) -> tuple[list[M], list[ElementError]]:
-    """Validate ``payload[key]`` element by element; raise a 4xx when the batch itself is malformed."""
+    """Validate ``payload[key]`` element by element; raise a 4xx when the batch itself is malformed.
+
+    With ``max_message_bytes``, a valid element whose encoding would not fit in one bus message is
+    refused here (status 413 for that element), before anything of the batch is published: the bus
+    would refuse it after the elements before it were already appended, and the caller would get a
+    503 for a batch that was partly accepted.
+    """
     if not isinstance(payload, dict) or key not in payload:
         raise HTTPException(422, f"body must be an object with a '{key}' list")
     elements = payload[key]
@@ -46,12 +58,28 @@ def split_valid(
     valid: list[M] = []
     errors: list[ElementError] = []
     for i, raw in enumerate(elements):
+        ident = raw.get(id_field) if isinstance(raw, dict) else None
+        ident_str = str(ident)[:200] if ident is not None else None
         try:
-            valid.append(model.model_validate(raw))
+            element = model.model_validate(raw)
         except ValidationError as exc:
-            ident = raw.get(id_field) if isinstance(raw, dict) else None
             for err in validation_errors(exc, prefix=f"{key}[{i}]"):
-                errors.append(ElementError(index=i, id=str(ident) if ident is not None else None, **err))
+                errors.append(ElementError(index=i, id=ident_str, field=err["field"], message=err["message"]))
+            continue
+        if max_message_bytes is not None:
+            size = len(element.model_dump_json().encode()) + _ENVELOPE_BYTES
+            if size > max_message_bytes:
+                errors.append(
+                    ElementError(
+                        index=i,
+                        id=ident_str,
+                        field=f"{key}[{i}]",
+                        message=f"{size} bytes on the bus, over its limit of {max_message_bytes} (MAX_MESSAGE_BYTES)",
+                        status=413,
+                    )
+                )
+                continue
+        valid.append(element)
     return valid, errors
 
 
@@ -76,7 +104,9 @@ async def publish(producer: Producer, topic: str, records: Sequence[M], key_of: 
 
 
 def reject_all(errors: list[ElementError], kind: str) -> HTTPException:
+    """422, or 413 when every element was refused only for its size."""
     fields = ", ".join(sorted({e.field for e in errors})[:10])
+    code = 413 if errors and all(e.status == 413 for e in errors) else 422
     return HTTPException(
-        422, {"message": f"every {kind} was rejected: {fields}", "errors": [e.model_dump() for e in errors]}
+        code, {"message": f"every {kind} was rejected: {fields}", "errors": [e.model_dump() for e in errors]}
     )

@@ -34,8 +34,9 @@ _EXAMPLE = {
     summary="Create or update catalogue items",
     responses={
         400: {"description": "Malformed JSON"},
-        413: {"description": "Too large"},
-        422: {"description": "Invalid"},
+        413: {"description": "Batch or body too large, or every item too large for the bus"},
+        422: {"description": "Every item was invalid (each error names its field)"},
+        503: {"description": "Bus unavailable; nothing was accepted, retry"},
     },
 )
 async def post_items(
@@ -43,8 +44,14 @@ async def post_items(
     settings: SettingsDep,
     producer: ProducerDep,
 ) -> IngestResult:
-    """Upserts by ``item_id``; content (category, price, title, text) makes new items recommendable at once."""
-    items, errors = split_valid(payload, "items", Item, settings.max_batch_items, "item_id")
+    """Upserts by ``item_id``; content (category, price, title, text) makes new items recommendable at once.
+
+    Each item is checked on its own: an invalid one is reported in ``errors`` with status 422 and the
+    field at fault, one too large for the bus with status 413; the rest of the batch is accepted.
+    """
+    items, errors = split_valid(
+        payload, "items", Item, settings.max_batch_items, "item_id", max_message_bytes=settings.max_message_bytes
+    )
     if not items:
         raise reject_all(errors, "item")
     await publish(producer, settings.topic(Topic.ITEMS), items, lambda i: i.item_id, "items")

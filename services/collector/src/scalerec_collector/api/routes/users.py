@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ValidationError
 from scalerec_core.auth import Scope, require
 from scalerec_core.http import validation_errors
-from scalerec_events.models import ErasureRequest
+from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, ErasureRequest
 from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import publish
@@ -32,7 +32,9 @@ class ErasureAccepted(BaseModel):
     summary="Erase everything known about a user",
 )
 async def erase_user(
-    user_id: Annotated[str, Path(max_length=128)], producer: ProducerDep, settings: SettingsDep
+    user_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
+    producer: ProducerDep,
+    settings: SettingsDep,
 ) -> ErasureAccepted:
     """Carried on its own topic; the preprocessor removes the user's history, counters, examples and cache."""
     try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
+from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 from scalerec_storage import records as r
 
 from scalerec_preprocessor.deps import ConsumersDep, StoreDep, WorkersDep
@@ -57,6 +58,10 @@ class HistoryItem(BaseModel):
 
 
 @router.get("/users/{user_id}/history", response_model=list[HistoryItem], summary="A user's recent history")
-async def history(store: StoreDep, user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[HistoryItem]:
+async def history(
+    store: StoreDep,
+    user_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[HistoryItem]:
     entries = await asyncio.to_thread(r.recent_history, store, user_id, limit)
     return [HistoryItem(**e.__dict__) for e in entries]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, TypeAdapter
 from scalerec_core.auth import Scope, require
-from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
+from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, Id
 
 from scalerec_ranker.deps import ImpressionsDep, RecommenderDep
 from scalerec_ranker.recommend import Recommendation, impression_payload
@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
 
 Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
+# Most item ids one request may exclude (a screenful or a few pages of them).
+MAX_EXCLUDE = 500
 
 
 class ItemOut(BaseModel):
@@ -60,7 +62,13 @@ async def recommendations(
     k: Annotated[int | None, Query(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = None,
     device: Device | None = None,
     locale: Annotated[str | None, Query(max_length=16)] = None,
-    exclude: Annotated[list[str] | None, Query(description="Item ids not to recommend (e.g. on screen now)")] = None,
+    exclude: Annotated[
+        list[Id] | None,
+        Query(
+            max_length=MAX_EXCLUDE,
+            description=f"Item ids not to recommend (e.g. on screen now), at most {MAX_EXCLUDE}, same rules as item_id",
+        ),
+    ] = None,
 ) -> Response:
     """Each item carries its candidate source, a score, and a reason naming the history item behind it.
 
@@ -90,7 +98,11 @@ class SimilarOut(BaseModel):
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarOut, summary="Items similar to an item")
-async def similar(rec: RecommenderDep, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10) -> SimilarOut:
+async def similar(
+    rec: RecommenderDep,
+    item_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
+    k: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> SimilarOut:
     known = await rec.lookup([item_id])
     if item_id not in known:
         raise HTTPException(
