@@ -161,6 +161,20 @@ def checkpoint_path(cfg: ModelConfig, name: str) -> Path | None:
     return Path(cfg.checkpoint_dir) / f"{name}.ckpt.pt" if cfg.checkpoint_dir else None
 
 
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """Tensors and plain data only (``weights_only``): unpickling a file may not run code from it.
+
+    A checkpoint that holds anything else (or is corrupt) is ignored with a warning and the run
+    starts over: refusing to start would wedge a Job that restarts on the same file.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        log.warning("ignoring checkpoint %s, it does not load as plain weights: %s", path, str(exc)[:300])
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write-then-rename, so a Job killed mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +230,8 @@ def _train_loop(
     first, last, spent = 1, 1, 0.0
     ckpt = checkpoint_path(cfg, name)
     fp = _fingerprint(name, windows, model, cfg) if ckpt else ""
-    if ckpt and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = _load_checkpoint(ckpt) if ckpt and ckpt.exists() else None
+    if ckpt and state is not None:
         if state.get("fingerprint") == fp:
             model.load_state_dict(state["model"])
             for opt, st in zip(opts, state["optimizers"], strict=True):

@@ -100,7 +100,7 @@ def test_two_gloo_processes_train_one_model(tmp_path: Path) -> None:
     os.environ.pop("WORLD_SIZE", None)
     mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ddp_seconds = time.perf_counter() - started
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     for name in ("ranker", "two_tower"):
         assert r0[name].keys() == r1[name].keys()
         for key, value in r0[name].items():

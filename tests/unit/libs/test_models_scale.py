@@ -70,7 +70,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(KeyboardInterrupt):
         train_ranker(split, split.n_items, feats, _cfg(tmp_path))
     monkeypatch.setattr(training, "_save_checkpoint", saved)
-    ckpt = torch.load(tmp_path / "ranker.ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ranker.ckpt.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and not ckpt["done"]
 
     model, info = train_ranker(split, split.n_items, feats, _cfg(tmp_path))
@@ -130,3 +130,34 @@ def test_streaming_builder_gives_the_same_model_inputs() -> None:
         assert x.dtype == y.dtype and np.array_equal(x, y), name
     assert np.array_equal(a.val_context, b.val_context) and np.array_equal(a.test_target, b.test_target)
     assert len(InteractionsBuilder().build()) == 0
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['PWNED']).write_text('ran')",))
+
+
+def test_a_checkpoint_that_would_run_code_is_ignored_not_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.set_num_threads(1)
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED", str(marker))
+    torch.save({"fingerprint": "x", "payload": _RunsCode()}, tmp_path / "ranker.ckpt.pt")
+    split = leave_one_out(Interactions.from_records(_rows()))
+    _, info = train_ranker(split, split.n_items, split.item_features, _cfg(tmp_path, epochs=1))
+    assert not marker.exists()  # weights_only: the file's code never ran
+    assert info["epochs_run"] == 1.0  # and training started over instead of wedging
+
+
+def test_every_torch_load_in_the_code_is_weights_only() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[3]
+    calls = []
+    for folder in ("libs", "services", "cli", "scripts", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            for match in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", path.read_text()):
+                calls.append((path.relative_to(root), match.group(0)))
+    assert calls
+    assert [c for c in calls if "weights_only=True" not in c[1]] == []
