@@ -42,6 +42,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from scalerec_models.integrity import DIGESTS_KEY, file_digests
+
 __all__ = [
     "CARD_FILE",
     "CHAMPION_FILE",
@@ -489,6 +491,7 @@ def write_model_version(
             "files": {
                 p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file() and p.name != CARD_FILE
             },
+            DIGESTS_KEY: file_digests(staging, exclude={CARD_FILE}),
         }
         (staging / CARD_FILE).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
         _fsync_tree(staging)

@@ -267,3 +267,22 @@ def test_committed_model_repository_is_valid_and_follows_the_contract() -> None:
     total = sum(f.stat().st_size for f in committed.rglob("*") if f.is_file())
     assert total < 1_000_000, f"the committed example repository is {total} bytes; keep it under 1 MB"
     assert all(os.access(f, os.R_OK) for f in committed.rglob("*"))
+
+
+def test_integrity_digests_catch_a_changed_missing_or_added_file(tmp_path: Path) -> None:
+    from scalerec_models.integrity import IntegrityError, file_digests, verify_files
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"weights")
+    (folder / "vocab.json").write_text("{}")
+    card = {"sha256": file_digests(folder)}
+    verify_files(folder, card)
+    (folder / "model.onnx").write_bytes(b"weightz")
+    with pytest.raises(IntegrityError, match="model.onnx does not match"):
+        verify_files(folder, card)
+    (folder / "model.onnx").unlink()
+    with pytest.raises(IntegrityError, match="model.onnx is missing"):
+        verify_files(folder, card)
+    with pytest.raises(IntegrityError, match="no sha256"):
+        verify_files(folder, {})

@@ -325,3 +325,32 @@ def test_exclude_is_capped(client: TestClient, world: World) -> None:
     r = client.get("/v1/recommendations", params={"user_id": user, "exclude": ids})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "exclude"
     assert client.get("/v1/recommendations", params={"user_id": user, "exclude": ids[:-1]}).status_code == 200
+
+
+def test_a_tampered_model_version_is_refused_and_the_previous_one_keeps_serving(world: World, tmp_path: Path) -> None:
+    repository = tmp_path / "model_repository"
+    shutil.copytree(world.repository, repository)
+    card = repo.read_card(repository, repo.RANKER_MODEL, 1)
+    assert card["sha256"][repo.MODEL_FILE] and set(card["sha256"]) == set(card["files"])
+    for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+        for v in (3, 4, 5):
+            shutil.copytree(repository / model / "1", repository / model / str(v))
+    onnx = repository / repo.RANKER_MODEL / "3" / repo.MODEL_FILE
+    onnx.write_bytes(onnx.read_bytes()[:-1] + bytes([onnx.read_bytes()[-1] ^ 1]))  # one bit flipped
+    (repository / repo.USER_TOWER_MODEL / "4" / "extra.py").write_text("import os\n")  # a file the trainer never wrote
+    settings = RankerSettings(
+        data_dir=world.data_dir, model_repository=repository, scoring_timeout_ms=5000, auth="disabled"
+    )
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/model").json()["model_version"] == 1
+        manager = c.app.state.models  # type: ignore[attr-defined]
+        assert not c.portal.call(manager.activate, 3)
+        body = c.get("/v1/model").json()
+        assert body["model_version"] == 1
+        assert "IntegrityError" in body["last_error"] and "model.onnx does not match its sha256" in body["last_error"]
+        assert c.get("/v1/recommendations", params={"user_id": world.shop.users[0], "k": 3}).status_code == 200
+        assert not c.portal.call(manager.activate, 4)
+        assert "extra.py is not in the card" in c.get("/v1/model").json()["last_error"]
+        assert c.portal.call(manager.activate, 5)  # an intact copy is served
+        body = c.get("/v1/model").json()
+        assert body["model_version"] == 5 and body["last_error"] is None

@@ -21,6 +21,7 @@ import numpy as np
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.store import WideColumnStore
 from scalerec_models import repository as repo
+from scalerec_models.integrity import verify_files
 from scalerec_models.runtime import ModelVersion
 
 from scalerec_ranker.items import Catalogue, ItemRow
@@ -110,7 +111,20 @@ class ModelManager:
             return True
 
     def _build(self, version: int, rows: list[ItemRow]) -> ServingModel:
+        self._verify(version)
         return ServingModel.build(ModelVersion.load(self.repository, version), rows)
+
+    def _verify(self, version: int) -> None:
+        """Every file of the version (ranker, and user tower if any) as its card recorded it, before any is read.
+
+        A tampered or damaged file raises IntegrityError, which ``activate`` reports in ``last_error``
+        while the previous version (or the baseline) keeps serving.
+        """
+        for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+            folder = self.repository / model / str(version)
+            if model == repo.USER_TOWER_MODEL and not folder.exists():
+                continue
+            verify_files(folder, repo.read_card(self.repository, model, version), exclude={repo.CARD_FILE})
 
     async def _warm_up(self, model: ServingModel, has_tower: bool) -> None:
         """One full-size request: the shape every request has, so the first real one pays nothing extra."""
