@@ -141,8 +141,11 @@ class TrainingExample(_Strict):
     context: dict[str, int]
     # Item features as of ts_ms (category, price bucket, popularity so far).
     item: dict[str, int]
-    label_click: int
-    label_conversion: int
+    label_click: int = Field(description="1 unless the event is a view.")
+    label_conversion: int = Field(
+        description="1 when the event is a conversion (scalerec_events.labels.is_conversion: add to cart, "
+        "purchase, or a rating >= 4); the trainer's conversion head learns the same rule from type and value."
+    )
 
 
 class ImpressedItem(_Strict):
