@@ -41,6 +41,15 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from scalerec_features.serving import (
+    NUMPY_TO_TRITON,
+    RANKER_MODEL,
+    SERVING_CONTRACTS,
+    USER_TOWER_MODEL,
+    TensorSpec,
+    check_contract,
+    dims_compatible,
+)
 
 __all__ = [
     "CARD_FILE",
@@ -76,9 +85,6 @@ CHAMPION_FILE = "champion"
 CONFIG_FILE = "config.pbtxt"
 CONFIGS_DIR = "configs"
 
-RANKER_MODEL = "scalerec_ranker"
-USER_TOWER_MODEL = "scalerec_user_tower"
-
 # ONNX protobuf files cannot exceed 2 GiB; weights go to external data well before that,
 # so the graph itself stays small enough to load and inspect cheaply.
 EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -89,23 +95,6 @@ FP16_MIN_ELEMENTS = 1024
 
 class ModelRepositoryError(RuntimeError):
     """The repository or a model file is not in the shape Triton and the scorers expect."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a served model, as Triton sees it (batch dimension left out)."""
-
-    name: str
-    dtype: str  # numpy dtype name: "int64", "float32", ...
-    dims: tuple[int, ...]  # without the batch dim; -1 = dynamic
-
-    @property
-    def triton_dtype(self) -> str:
-        """The config.pbtxt data type (``TYPE_INT64``...)."""
-        try:
-            return _NUMPY_TO_TRITON[self.dtype]
-        except KeyError:
-            raise ModelRepositoryError(f"tensor {self.name!r}: dtype {self.dtype!r} has no Triton type") from None
 
 
 @dataclass(frozen=True)
@@ -130,51 +119,7 @@ class ServingOptions:
         return sizes
 
 
-_NUMPY_TO_TRITON = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "bfloat16": "TYPE_BF16",
-    "object": "TYPE_STRING",
-    "bytes": "TYPE_STRING",
-}
-_TRITON_TO_NUMPY = {v: k for k, v in _NUMPY_TO_TRITON.items() if k != "bytes"}
-
-
-def _spec(name: str, dtype: str, *dims: int) -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(dims))
-
-
-# The serving contract between the trainer's exports and the ranker (B = batch, L = history
-# length, N = candidates, D = embedding size; all dynamic except the feature counts).
-SERVING_CONTRACTS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    RANKER_MODEL: (
-        (
-            _spec("history", "int64", -1),
-            _spec("context", "int64", 4),
-            _spec("candidates", "int64", -1),
-            _spec("candidate_features", "int64", -1, 10),
-        ),
-        (
-            _spec("scores", "float32", -1),
-            _spec("p_click", "float32", -1),
-            _spec("p_conversion", "float32", -1),
-        ),
-    ),
-    USER_TOWER_MODEL: (
-        (_spec("history", "int64", -1), _spec("context", "int64", 4)),
-        (_spec("user_embedding", "float32", -1),),
-    ),
-}
+_TRITON_TO_NUMPY = {v: k for k, v in NUMPY_TO_TRITON.items() if k != "bytes"}
 
 
 # --------------------------------------------------------------------------- ONNX schema
@@ -214,36 +159,6 @@ def tensor_specs_from_onnx(onnx_path: Path) -> tuple[list[TensorSpec], list[Tens
     inputs = [_value_info_spec(v, batched=True) for v in model.graph.input if v.name not in initialisers]
     outputs = [_value_info_spec(v, batched=True) for v in model.graph.output]
     return inputs, outputs
-
-
-def check_contract(model: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> list[str]:
-    """Differences between a model's schema and the serving contract for its name ([] when it conforms
-    or when the name has no contract)."""
-    if model not in SERVING_CONTRACTS:
-        return []
-    want_in, want_out = SERVING_CONTRACTS[model]
-    problems: list[str] = []
-    for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
-        have_by_name = {t.name: t for t in have}
-        for spec in want:
-            got = have_by_name.get(spec.name)
-            if got is None:
-                problems.append(f"{model}: {kind} {spec.name!r} missing (contract wants {spec.dtype} {spec.dims})")
-            elif got.dtype != spec.dtype or not _dims_compatible(spec.dims, got.dims):
-                problems.append(
-                    f"{model}: {kind} {spec.name!r} is {got.dtype} {got.dims}, contract wants {spec.dtype} {spec.dims}"
-                )
-        extra = set(have_by_name) - {s.name for s in want}
-        if extra and kind == "input":
-            problems.append(f"{model}: inputs {sorted(extra)} are not in the serving contract")
-    return problems
-
-
-def _dims_compatible(declared: Sequence[int], actual: Sequence[int]) -> bool:
-    """-1 on either side matches any size; the rank must agree."""
-    return len(declared) == len(actual) and all(
-        a == b or a == -1 or b == -1 for a, b in zip(declared, actual, strict=False)
-    )
 
 
 def _external_files(model: onnx.ModelProto) -> list[str]:
@@ -733,9 +648,9 @@ def _validate_config(path: Path, model_dir: Path, problems: list[str]) -> None:
                 dims = tuple(tensor.dims)
                 if not batched:
                     got_dims = (-1, *got.dims)  # the ONNX batch dim is part of the shape when not batched
-                    if not _dims_compatible(dims, got_dims):
+                    if not dims_compatible(dims, got_dims):
                         problems.append(f"{where}: {kind} {tensor.name!r} dims {dims} vs ONNX {got_dims} (v{v})")
-                elif not _dims_compatible(dims, got.dims):
+                elif not dims_compatible(dims, got.dims):
                     problems.append(f"{where}: {kind} {tensor.name!r} dims {dims} vs ONNX {got.dims} in version {v}")
             if kind == "input":
                 undeclared = set(actual_by_name) - {t.name for t in declared}

@@ -180,3 +180,23 @@ def test_the_conversion_head_learns_the_one_definition_of_a_conversion() -> None
     assert data.conversion().tolist() == [is_conversion(t, v) for t, v in rows]
     assert is_conversion(EventType.PURCHASE, None) and is_conversion("rating", 4.0)
     assert not is_conversion("rating", 3.5) and not is_conversion("click", 5.0)
+
+
+def test_one_device_list_for_the_wire_the_feature_and_the_ranker() -> None:
+    from typing import get_args
+
+    from scalerec_events import models as events
+    from scalerec_features import DEVICES, Device, context_features
+
+    # The events' Literal is restated until scalerec_events imports scalerec_features.Device: it must not drift.
+    assert get_args(events.Device) == get_args(Device)
+    assert ("unknown", *get_args(Device)) == DEVICES
+    # The device feature is an index the models were trained on: it never moves.
+    assert [context_features(0, d)[2] for d in ("desktop", "mobile", "tablet", "tv", "other", None)] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        0,
+    ]

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, TypeAdapter
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
+from scalerec_features import Device
 
 from scalerec_ranker.deps import ImpressionsDep, RecommenderDep
 from scalerec_ranker.recommend import Recommendation, impression_payload
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
-
-Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
 
 
 class ItemOut(BaseModel):
