@@ -62,7 +62,7 @@ from scalerec_models.onnx_graph import (
     load_graph,
     tensor_specs_from_onnx,
 )
-from scalerec_models.triton import (
+from scalerec_models.triton.config import (
     CONFIG_FILE,
     CONFIGS_DIR,
     MODEL_FILE,
@@ -71,8 +71,8 @@ from scalerec_models.triton import (
     merge_specs,
     parse_config,
     served_versions,
-    validate_config,
 )
+from scalerec_models.triton.validation import validate_config
 
 __all__ = [
     "CARD_FILE",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from scalerec_features.serving import TensorSpec
 
@@ -13,17 +13,7 @@ from scalerec_models.onnx_graph import ModelRepositoryError
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-__all__ = [
-    "CONFIGS_DIR",
-    "CONFIG_FILE",
-    "MODEL_FILE",
-    "ServingOptions",
-    "config_pbtxt",
-    "merge_specs",
-    "model_config",
-    "parse_config",
-    "served_versions",
-]
+P = ParamSpec("P")
 
 MODEL_FILE = "model.onnx"  # Triton's default file name for the onnxruntime backend
 CONFIG_FILE = "config.pbtxt"
@@ -122,31 +112,18 @@ def model_config(
     return config
 
 
-def config_pbtxt(
-    model: str,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    *,
-    versions: Iterable[int],
-    options: ServingOptions = ServingOptions(),
-    kind: str = "KIND_GPU",
-    model_filename: str = MODEL_FILE,
-    backend: str = "onnxruntime",
-) -> str:
-    """Text of a Triton ``config.pbtxt`` for an ONNX model: :func:`model_config` in protobuf text format."""
-    from google.protobuf import text_format
+def _as_text(build: Callable[P, ModelConfig]) -> Callable[P, str]:
+    def text(*args: P.args, **kwargs: P.kwargs) -> str:
+        from google.protobuf import text_format
 
-    config = model_config(
-        model,
-        inputs,
-        outputs,
-        versions=versions,
-        options=options,
-        kind=kind,
-        model_filename=model_filename,
-        backend=backend,
-    )
-    return text_format.MessageToString(config)
+        return text_format.MessageToString(build(*args, **kwargs))
+
+    text.__doc__ = f"Text of a Triton ``config.pbtxt`` (protobuf text format) of :func:`{build.__name__}`."
+    return text
+
+
+# Same arguments as model_config; what set_served_versions writes and tests read.
+config_pbtxt = _as_text(model_config)
 
 
 def parse_config(text: str) -> ModelConfig:
