@@ -264,6 +264,7 @@ def export_repository(args: argparse.Namespace, model: Any) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "libs"))
+    from scalerec_features.serving import RANKER
     from scalerec_models.repository import write_model_version
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,8 +274,8 @@ def export_repository(args: argparse.Namespace, model: Any) -> None:
             model.float().cpu(),
             example,
             str(path),
-            input_names=["history", "context", "candidates", "candidate_features"],
-            output_names=["scores", "p_click", "p_conversion"],
+            input_names=list(RANKER.input_names),
+            output_names=list(RANKER.output_names),
             dynamic_axes={
                 "history": {0: "B", 1: "L"},
                 "context": {0: "B"},

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from scalerec_features.definitions import Device as _Device
 
 SCHEMA_VERSION = 1
 # Clocks drift; anything further ahead than this is a client bug, not an event.
@@ -48,7 +49,8 @@ POSITIVE_TYPES = frozenset(
 )
 CONVERSION_TYPES = frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})
 
-Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
+# The one device list: the features encode it, the wire accepts it.
+Device = _Device
 
 
 class _Strict(BaseModel):
@@ -191,8 +193,11 @@ class TrainingExample(_Strict):
     context: dict[str, int]
     # Item features as of ts_ms (category, price bucket, popularity so far).
     item: dict[str, int]
-    label_click: int
-    label_conversion: int
+    label_click: int = Field(description="1 unless the event is a view.")
+    label_conversion: int = Field(
+        description="1 when the event is a conversion (scalerec_events.labels.is_conversion: add to cart, "
+        "purchase, or a rating >= 4); the trainer's conversion head learns the same rule from type and value."
+    )
 
 
 class ImpressedItem(_Strict):

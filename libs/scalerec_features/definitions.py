@@ -6,13 +6,17 @@ import hashlib
 import math
 import re
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
 FEATURE_VERSION = 1
 
 # Longest history a model sees (most recent last).
 HISTORY_LEN = 50
 
-DEVICES = ("unknown", "desktop", "mobile", "tablet", "tv", "other")
+# The devices a client may name (the events' and the ranker's request models take this type).  The
+# feature is the index in DEVICES, 0 for none or unknown: append only, or bump FEATURE_VERSION.
+Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
+DEVICES: tuple[str, ...] = ("unknown", *get_args(Device))
 LOCALE_BUCKETS = 64
 CONTEXT_FIELDS = ("hour", "weekday", "device", "locale")
 CONTEXT_CARDINALITIES = (24, 7, len(DEVICES), LOCALE_BUCKETS)

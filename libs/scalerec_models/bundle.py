@@ -5,14 +5,14 @@ A version directory written by :func:`scalerec_models.export.export` holds::
     ranker.onnx          scalerec_ranker: history, context, candidates, candidate_features -> scores, p_click, p_conversion
     user_tower.onnx      scalerec_user_tower: history, context -> user_embedding
     item_embeddings.npy  [V, D] float32, row = item index
-    item_features.npy    [V, 10] int64 content features by item index (the training-time catalogue)
+    item_features.npy    [V, ITEM_FEATURE_LEN] int64 content features by item index (the training-time catalogue)
     vocab.json           ItemVocab (0 = pad, 1 = unknown, items from 2; or hashed buckets)
     config.json          ModelConfig (history_len, dims, ...)
 
 :class:`ModelBundle` turns request data (item ids, context lists, candidate
 ids and feature vectors) into exactly the arrays the ONNX contract expects, so
 the ranker, the evaluator and Triton clients cannot disagree on padding or
-indexing.  See docs/models.md for the contract.
+indexing.  The tensors are scalerec_features.serving's contract; docs/models.md explains it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scalerec_features import ITEM_FEATURE_LEN
+from scalerec_features import CONTEXT_FIELDS, ITEM_FEATURE_LEN
+from scalerec_features.serving import CANDIDATE_FEATURES, CANDIDATES, CONTEXT, HISTORY, RANKER, USER_TOWER
 
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import FIRST_ITEM, ItemVocab
@@ -34,10 +35,11 @@ ITEM_FEATURES_FILE = "item_features.npy"
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "config.json"
 
-RANKER_INPUTS = ("history", "context", "candidates", "candidate_features")
-RANKER_OUTPUTS = ("scores", "p_click", "p_conversion")
-USER_TOWER_INPUTS = ("history", "context")
-USER_TOWER_OUTPUTS = ("user_embedding",)
+# Tensor names, in the order the ONNX graphs take and give them (scalerec_features.serving owns them).
+RANKER_INPUTS = RANKER.input_names
+RANKER_OUTPUTS = RANKER.output_names
+USER_TOWER_INPUTS = USER_TOWER.input_names
+USER_TOWER_OUTPUTS = USER_TOWER.output_names
 
 
 class ModelBundle:
@@ -74,10 +76,12 @@ class ModelBundle:
 
     @staticmethod
     def encode_context(contexts: Sequence[Sequence[int]]) -> np.ndarray:
-        """[B, 4] int64 from ``context_features`` lists."""
+        """[B, len(CONTEXT_FIELDS)] int64 from ``context_features`` lists."""
         ctx = np.asarray(contexts, dtype=np.int64).reshape(len(contexts), -1)
-        if ctx.shape[1] != 4:
-            raise ValueError(f"context must have 4 values [hour, weekday, device, locale], got {ctx.shape[1]}")
+        if ctx.shape[1] != len(CONTEXT_FIELDS):
+            raise ValueError(
+                f"context must have {len(CONTEXT_FIELDS)} values [{', '.join(CONTEXT_FIELDS)}], got {ctx.shape[1]}"
+            )
         return ctx
 
     def features_of(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -91,7 +95,7 @@ class ModelBundle:
         candidates: Sequence[Sequence[str]],
         candidate_features: Sequence[Sequence[Sequence[int]] | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """-> (candidates [B, N] int64, candidate_features [B, N, 10] int64), right-padded with 0.
+        """-> (candidates [B, N] int64, candidate_features [B, N, ITEM_FEATURE_LEN] int64), right-padded with 0.
 
         Features given by the caller (the live catalogue) win; otherwise the
         training-time table is used.  A new item keeps index 1 but is ranked
@@ -125,16 +129,16 @@ class ModelBundle:
             raise ValueError("histories, contexts and candidates must have one entry per request")
         cand, feats = self.encode_candidates(candidates, candidate_features)
         return {
-            "history": self.encode_history(histories),
-            "context": self.encode_context(contexts),
-            "candidates": cand,
-            "candidate_features": feats,
+            HISTORY.name: self.encode_history(histories),
+            CONTEXT.name: self.encode_context(contexts),
+            CANDIDATES.name: cand,
+            CANDIDATE_FEATURES.name: feats,
         }
 
     def user_tower_inputs(
         self, histories: Sequence[Sequence[str]], contexts: Sequence[Sequence[int]]
     ) -> dict[str, np.ndarray]:
-        return {"history": self.encode_history(histories), "context": self.encode_context(contexts)}
+        return {HISTORY.name: self.encode_history(histories), CONTEXT.name: self.encode_context(contexts)}
 
     # ------------------------------------------------------------ in-process scoring
 

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scalerec_events.labels import CONVERSION_RATING, CONVERSION_TYPES
+from scalerec_events.models import EventType
 from scalerec_features import ITEM_FEATURE_LEN, context_features, item_feature_vector, stable_hash
 
 PAD = 0
 UNKNOWN = 1
 FIRST_ITEM = 2
-# Event types that count as a conversion (the second head's label).  A rating counts when it is >= 4.
-CONVERSION_TYPES = frozenset({"add_to_cart", "purchase"})
-CONVERSION_RATING = 4.0
+# The conversion head's label is scalerec_events.labels.is_conversion, applied to whole columns.
+_CONVERSION_TYPE_NAMES = sorted(t.value for t in CONVERSION_TYPES)
 
 
 @dataclass
@@ -68,9 +69,10 @@ class Interactions:
         )
 
     def conversion(self) -> np.ndarray:
-        """Bool per row: the conversion head's label."""
-        is_type = np.isin(self.type.astype(str), list(CONVERSION_TYPES))
-        rated = (self.type.astype(str) == "rating") & (np.nan_to_num(self.value, nan=0.0) >= CONVERSION_RATING)
+        """Bool per row: the conversion head's label (:func:`scalerec_events.labels.is_conversion` per row)."""
+        types = self.type.astype(str)
+        is_type = np.isin(types, _CONVERSION_TYPE_NAMES)
+        rated = (types == EventType.RATING.value) & (np.nan_to_num(self.value, nan=0.0) >= CONVERSION_RATING)
         return is_type | rated
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from scalerec_features import ITEM_FEATURE_LEN
+from scalerec_features.serving import CANDIDATE_FEATURES, CANDIDATES, CONTEXT, HISTORY
 
 from scalerec_models.bundle import RANKER_INPUTS, RANKER_OUTPUTS, USER_TOWER_INPUTS, USER_TOWER_OUTPUTS
 from scalerec_models.networks import SeqRanker, TwoTower
@@ -31,10 +32,10 @@ def _param_bytes(model: torch.nn.Module) -> int:
 def example_ranker_inputs(history_len: int, batch: int = 2, n: int = 3, n_items: int = 10) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
-        "history": torch.randint(0, n_items, (batch, history_len), generator=g),
-        "context": torch.tensor([[12, 3, 1, 5]] * batch, dtype=torch.int64),
-        "candidates": torch.randint(1, n_items, (batch, n), generator=g),
-        "candidate_features": torch.randint(0, 16, (batch, n, ITEM_FEATURE_LEN), generator=g),
+        HISTORY.name: torch.randint(0, n_items, (batch, history_len), generator=g),
+        CONTEXT.name: torch.tensor([[12, 3, 1, 5]] * batch, dtype=torch.int64),
+        CANDIDATES.name: torch.randint(1, n_items, (batch, n), generator=g),
+        CANDIDATE_FEATURES.name: torch.randint(0, 16, (batch, n, ITEM_FEATURE_LEN), generator=g),
     }
 
 
@@ -69,14 +70,14 @@ def _export(
 
 
 def export_ranker(model: SeqRanker, path: str | Path, external_data: bool | None = None) -> Path:
-    """Write ``scalerec_ranker``: history [B, L], context [B, 4], candidates [B, N], candidate_features [B, N, 10]."""
+    """Write ``scalerec_ranker`` with the tensors of scalerec_features.serving.RANKER (batch, L and N dynamic)."""
     batch, n = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("candidates", min=1, max=1 << 20)
     ex = example_ranker_inputs(model.cfg.history_len, n_items=min(10, model.feature_table.shape[0]))
     dyn = {
-        "history": {0: batch},
-        "context": {0: batch},
-        "candidates": {0: batch, 1: n},
-        "candidate_features": {0: batch, 1: n},
+        HISTORY.name: {0: batch},
+        CONTEXT.name: {0: batch},
+        CANDIDATES.name: {0: batch, 1: n},
+        CANDIDATE_FEATURES.name: {0: batch, 1: n},
     }
     return _export(
         model, tuple(ex[k] for k in RANKER_INPUTS), Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data
@@ -93,16 +94,16 @@ class _UserTower(torch.nn.Module):
 
 
 def export_user_tower(model: TwoTower, history_len: int, path: str | Path, external_data: bool | None = None) -> Path:
-    """Write ``scalerec_user_tower``: history [B, L], context [B, 4] -> user_embedding [B, D]."""
+    """Write ``scalerec_user_tower`` with the tensors of scalerec_features.serving.USER_TOWER (batch dynamic)."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     ex = example_ranker_inputs(history_len, n_items=min(10, model.feature_table.shape[0]))
     return _export(
         _UserTower(model),
-        (ex["history"], ex["context"]),
+        tuple(ex[k] for k in USER_TOWER_INPUTS),
         Path(path),
         USER_TOWER_INPUTS,
         USER_TOWER_OUTPUTS,
-        {"history": {0: batch}, "context": {0: batch}},
+        {HISTORY.name: {0: batch}, CONTEXT.name: {0: batch}},
         external_data,
     )
 
@@ -125,6 +126,6 @@ def ranker_parity(model: SeqRanker, path: str | Path, inputs: dict[str, np.ndarr
 @torch.no_grad()
 def user_tower_parity(model: TwoTower, path: str | Path, inputs: dict[str, np.ndarray]) -> float:
     model.eval()
-    ref = model(torch.from_numpy(inputs["history"]), torch.from_numpy(inputs["context"])).numpy()
+    ref = model(*(torch.from_numpy(inputs[k]) for k in USER_TOWER_INPUTS)).numpy()
     got = _ort(Path(path)).run(list(USER_TOWER_OUTPUTS), {k: inputs[k] for k in USER_TOWER_INPUTS})[0]
     return float(np.abs(ref - got).max())

@@ -20,8 +20,15 @@ folders whose name is not an integer) and renamed into place; configs and the
 champion file are replaced with ``os.replace``.  A reader (Triton, the ranker's
 embedded scorer, the evaluator) never sees half a version.
 
-This module needs numpy and onnx only (no torch, no tritonclient at import time), so
-the trainer, the evaluator and the ranker can all use it.
+This module owns the folders, versions, cards and the champion file.  The jobs around
+it live next door and are re-exported here, so ``from scalerec_models import repository``
+keeps working: the serving contract (:mod:`scalerec_features.serving`), reading ONNX
+graphs (:mod:`scalerec_models.onnx_graph`), the fp16 variant (:mod:`scalerec_models.fp16`),
+and rendering and validating Triton configs (:mod:`scalerec_models.triton`).
+
+It needs numpy and onnx only at import time (no torch, no tritonclient), so the trainer, the
+evaluator and the ranker can all import it; writing or reading a ``config.pbtxt`` needs
+tritonclient (its ``ModelConfig`` protobuf).
 """
 
 from __future__ import annotations
@@ -32,17 +39,41 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from scalerec_features.serving import (
+    RANKER_MODEL,
+    SERVING_CONTRACTS,
+    USER_TOWER_MODEL,
+    TensorSpec,
+    check_contract,
+)
 
+from scalerec_models.fp16 import convert_to_fp16
 from scalerec_models.integrity import DIGESTS_KEY, file_digests
+from scalerec_models.onnx_graph import (
+    EXTERNAL_DATA_THRESHOLD,
+    ModelRepositoryError,
+    external_files,
+    load_graph,
+    tensor_specs_from_onnx,
+)
+from scalerec_models.triton.config import (
+    CONFIG_FILE,
+    CONFIGS_DIR,
+    MODEL_FILE,
+    ServingOptions,
+    config_pbtxt,
+    merge_specs,
+    parse_config,
+    served_versions,
+)
+from scalerec_models.triton.validation import validate_config
 
 __all__ = [
     "CARD_FILE",
@@ -71,197 +102,9 @@ __all__ = [
     "write_model_version",
 ]
 
-MODEL_FILE = "model.onnx"
 MODEL_FILE_FP16 = "model.fp16.onnx"
 CARD_FILE = "card.json"
 CHAMPION_FILE = "champion"
-CONFIG_FILE = "config.pbtxt"
-CONFIGS_DIR = "configs"
-
-RANKER_MODEL = "scalerec_ranker"
-USER_TOWER_MODEL = "scalerec_user_tower"
-
-# ONNX protobuf files cannot exceed 2 GiB; weights go to external data well before that,
-# so the graph itself stays small enough to load and inspect cheaply.
-EXTERNAL_DATA_THRESHOLD = 1 << 30
-# Initialisers smaller than this stay fp32 in the fp16 variant: converting biases and
-# layer-norm scales buys nothing and costs accuracy.
-FP16_MIN_ELEMENTS = 1024
-
-
-class ModelRepositoryError(RuntimeError):
-    """The repository or a model file is not in the shape Triton and the scorers expect."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a served model, as Triton sees it (batch dimension left out)."""
-
-    name: str
-    dtype: str  # numpy dtype name: "int64", "float32", ...
-    dims: tuple[int, ...]  # without the batch dim; -1 = dynamic
-
-    @property
-    def triton_dtype(self) -> str:
-        """The config.pbtxt data type (``TYPE_INT64``...)."""
-        try:
-            return _NUMPY_TO_TRITON[self.dtype]
-        except KeyError:
-            raise ModelRepositoryError(f"tensor {self.name!r}: dtype {self.dtype!r} has no Triton type") from None
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """How a model is served; stored in each version's card so configs can be regenerated."""
-
-    max_batch_size: int = 256
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_microseconds: int = 500
-    gpu_instances: int = 1
-    cpu_instances: int = 1
-
-    def preferred(self) -> list[int]:
-        if self.preferred_batch_sizes:
-            return sorted({b for b in self.preferred_batch_sizes if 0 < b <= self.max_batch_size})
-        # Powers of two from 1/4 of the maximum up: the sizes a GPU kernel is tuned for, and
-        # large enough that batching pays, small enough that the queue delay is rarely hit.
-        sizes, b = [], max(1, self.max_batch_size // 4)
-        while b <= self.max_batch_size:
-            sizes.append(b)
-            b *= 2
-        return sizes
-
-
-_NUMPY_TO_TRITON = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "bfloat16": "TYPE_BF16",
-    "object": "TYPE_STRING",
-    "bytes": "TYPE_STRING",
-}
-_TRITON_TO_NUMPY = {v: k for k, v in _NUMPY_TO_TRITON.items() if k != "bytes"}
-
-
-def _spec(name: str, dtype: str, *dims: int) -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(dims))
-
-
-# The serving contract between the trainer's exports and the ranker (B = batch, L = history
-# length, N = candidates, D = embedding size; all dynamic except the feature counts).
-SERVING_CONTRACTS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    RANKER_MODEL: (
-        (
-            _spec("history", "int64", -1),
-            _spec("context", "int64", 4),
-            _spec("candidates", "int64", -1),
-            _spec("candidate_features", "int64", -1, 10),
-        ),
-        (
-            _spec("scores", "float32", -1),
-            _spec("p_click", "float32", -1),
-            _spec("p_conversion", "float32", -1),
-        ),
-    ),
-    USER_TOWER_MODEL: (
-        (_spec("history", "int64", -1), _spec("context", "int64", 4)),
-        (_spec("user_embedding", "float32", -1),),
-    ),
-}
-
-
-# --------------------------------------------------------------------------- ONNX schema
-
-
-def _onnx_dtype(elem_type: int) -> str:
-    if elem_type == TensorProto.STRING:
-        return "object"
-    if elem_type == TensorProto.BFLOAT16:
-        return "bfloat16"
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
-
-
-def _value_info_spec(value: onnx.ValueInfoProto, *, batched: bool) -> TensorSpec:
-    tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-    if batched:
-        if not dims:
-            raise ModelRepositoryError(f"tensor {value.name!r} is a scalar but the model is batched")
-        dims = dims[1:]
-    return TensorSpec(value.name, _onnx_dtype(tensor.elem_type), tuple(dims))
-
-
-def _load_graph(onnx_path: Path) -> onnx.ModelProto:
-    # Never load external data here: a production ranker's embedding table is tens of GB.
-    return onnx.load(str(onnx_path), load_external_data=False)
-
-
-def tensor_specs_from_onnx(onnx_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of an ONNX graph as Triton sees them: the first dim is the batch and is dropped.
-
-    Graph inputs that are also initialisers (old exporters list weights as inputs) are
-    not model inputs and are skipped.
-    """
-    model = _load_graph(Path(onnx_path))
-    initialisers = {init.name for init in model.graph.initializer}
-    inputs = [_value_info_spec(v, batched=True) for v in model.graph.input if v.name not in initialisers]
-    outputs = [_value_info_spec(v, batched=True) for v in model.graph.output]
-    return inputs, outputs
-
-
-def check_contract(model: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> list[str]:
-    """Differences between a model's schema and the serving contract for its name ([] when it conforms
-    or when the name has no contract)."""
-    if model not in SERVING_CONTRACTS:
-        return []
-    want_in, want_out = SERVING_CONTRACTS[model]
-    problems: list[str] = []
-    for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
-        have_by_name = {t.name: t for t in have}
-        for spec in want:
-            got = have_by_name.get(spec.name)
-            if got is None:
-                problems.append(f"{model}: {kind} {spec.name!r} missing (contract wants {spec.dtype} {spec.dims})")
-            elif got.dtype != spec.dtype or not _dims_compatible(spec.dims, got.dims):
-                problems.append(
-                    f"{model}: {kind} {spec.name!r} is {got.dtype} {got.dims}, contract wants {spec.dtype} {spec.dims}"
-                )
-        extra = set(have_by_name) - {s.name for s in want}
-        if extra and kind == "input":
-            problems.append(f"{model}: inputs {sorted(extra)} are not in the serving contract")
-    return problems
-
-
-def _dims_compatible(declared: Sequence[int], actual: Sequence[int]) -> bool:
-    """-1 on either side matches any size; the rank must agree."""
-    return len(declared) == len(actual) and all(
-        a == b or a == -1 or b == -1 for a, b in zip(declared, actual, strict=False)
-    )
-
-
-def _external_files(model: onnx.ModelProto) -> list[str]:
-    """Relative paths of the external-data files a graph refers to (deduplicated, in order)."""
-    seen: dict[str, None] = {}
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                tensors.append(attr.t)
-    for tensor in tensors:
-        if tensor.data_location == TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    seen.setdefault(entry.value, None)
-    return list(seen)
 
 
 # --------------------------------------------------------------------------- versions
@@ -349,8 +192,8 @@ def _copy_onnx(source: Path, target_dir: Path, *, target_name: str = MODEL_FILE)
     A file that inlines more than EXTERNAL_DATA_THRESHOLD bytes of weights is rewritten with
     its weights in ``<target_name>.data`` so the graph stays small and far below protobuf's 2 GiB cap.
     """
-    graph = _load_graph(source)
-    external = _external_files(graph)
+    graph = load_graph(source)
+    external = external_files(graph)
     if not external and source.stat().st_size > EXTERNAL_DATA_THRESHOLD:
         full = onnx.load(str(source))
         onnx.save_model(
@@ -372,61 +215,6 @@ def _copy_onnx(source: Path, target_dir: Path, *, target_name: str = MODEL_FILE)
             raise ModelRepositoryError(f"{source}: external data location {location!r} escapes the version folder")
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-
-
-def convert_to_fp16(source: Path, target: Path) -> None:
-    """Write a weight-only fp16 variant of an ONNX model; inputs, outputs and arithmetic stay fp32.
-
-    Why weight-only: scoring is memory-bound (embedding rows and weights read per request),
-    so halving the bytes read is the gain; keeping fp32 arithmetic keeps the scores close.
-    Embedding tables (initialisers read only by ``Gather``) are stored fp16 and the *gathered
-    rows* are cast back, so the full table is never materialised in fp32.  Other large
-    initialisers are stored fp16 behind a ``Cast`` (constant-folded by onnxruntime at load,
-    so only the file shrinks).
-    """
-    model = onnx.load(str(source))
-    graph = model.graph
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, i))
-    new_inits, prefix_nodes = [], []
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < FP16_MIN_ELEMENTS:
-            new_inits.append(init)
-            continue
-        array = numpy_helper.to_array(init, base_dir=str(source.parent)).astype(np.float16)
-        half_name = f"{init.name}__fp16"
-        new_inits.append(numpy_helper.from_array(array, half_name))
-        uses = consumers.get(init.name, [])
-        if uses and all(node.op_type == "Gather" and idx == 0 for node, idx in uses):
-            for node, _ in uses:
-                node.input[0] = half_name
-                original_out = node.output[0]
-                gathered = f"{original_out}__fp16"
-                node.output[0] = gathered
-                cast = helper.make_node("Cast", [gathered], [original_out], to=TensorProto.FLOAT)
-                # Insert right after the Gather to keep the graph topologically sorted.
-                position = list(graph.node).index(node) + 1
-                graph.node.insert(position, cast)
-        else:
-            prefix_nodes.append(helper.make_node("Cast", [half_name], [init.name], to=TensorProto.FLOAT))
-    del graph.initializer[:]
-    graph.initializer.extend(new_inits)
-    for node in reversed(prefix_nodes):
-        graph.node.insert(0, node)
-    total = sum(int(np.prod(i.dims)) * 2 for i in new_inits)
-    if total > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            model,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=f"{target.name}.data",
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(model, str(target))
 
 
 def write_model_version(
@@ -526,90 +314,12 @@ def remove_version(repository: Path, model: str, version: int) -> None:
 # --------------------------------------------------------------------------- configs
 
 
-def _merge_specs(per_version: list[list[TensorSpec]], what: str, model: str) -> list[TensorSpec]:
-    """One spec per tensor name across served versions; dims that differ become -1, dtypes must agree."""
-    merged: dict[str, TensorSpec] = {}
-    for specs in per_version:
-        for spec in specs:
-            old = merged.get(spec.name)
-            if old is None:
-                merged[spec.name] = spec
-                continue
-            if old.dtype != spec.dtype or len(old.dims) != len(spec.dims):
-                raise ModelRepositoryError(
-                    f"{model}: {what} {spec.name!r} is {old.dtype}{old.dims} in one served version and "
-                    f"{spec.dtype}{spec.dims} in another; they cannot share one config"
-                )
-            dims = tuple(a if a == b else -1 for a, b in zip(old.dims, spec.dims, strict=False))
-            merged[spec.name] = TensorSpec(spec.name, spec.dtype, dims)
-    return list(merged.values())
-
-
-def _tensor_block(key: str, specs: Sequence[TensorSpec]) -> str:
-    rows = []
-    for spec in specs:
-        dims = ", ".join(str(d) for d in spec.dims) if spec.dims else ""
-        rows.append(f'  {{\n    name: "{spec.name}"\n    data_type: {spec.triton_dtype}\n    dims: [ {dims} ]\n  }}')
-    return f"{key} [\n" + ",\n".join(rows) + "\n]\n"
-
-
-def config_pbtxt(
-    model: str,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    *,
-    versions: Iterable[int],
-    options: ServingOptions = ServingOptions(),
-    kind: str = "KIND_GPU",
-    model_filename: str = MODEL_FILE,
-    backend: str = "onnxruntime",
-) -> str:
-    """Text of a Triton ``config.pbtxt`` for an ONNX model.
-
-    ``backend="python"`` gives the same schema for a Python-backend model (used by the
-    tests and by deployments whose Triton build lacks the onnxruntime backend).
-    """
-    served = sorted(set(versions))
-    if not served:
-        raise ModelRepositoryError(f"{model}: a config must serve at least one version")
-    count = options.gpu_instances if kind == "KIND_GPU" else options.cpu_instances
-    head = [f'name: "{model}"']
-    if backend == "onnxruntime":
-        head += [
-            'platform: "onnxruntime_onnx"',
-            'backend: "onnxruntime"',
-            f'default_model_filename: "{model_filename}"',
-        ]
-    else:
-        head += [f'backend: "{backend}"']
-    text = "\n".join(head) + "\n"
-    text += f"max_batch_size: {options.max_batch_size}\n"
-    text += f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, served))} ] }} }}\n"
-    text += _tensor_block("input", inputs)
-    text += _tensor_block("output", outputs)
-    text += f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n"
-    if options.max_batch_size > 0:
-        preferred = ", ".join(map(str, options.preferred()))
-        text += (
-            "dynamic_batching {\n"
-            f"  preferred_batch_size: [ {preferred} ]\n"
-            f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n"
-            "}\n"
-        )
-    return text
-
-
 def read_served_versions(repository: Path, model: str) -> list[int]:
     """The versions in ``config.pbtxt``'s ``version_policy`` ([] when there is no config yet)."""
     path = _model_dir(repository, model) / CONFIG_FILE
     if not path.is_file():
         return []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("version_policy:") and "versions:" in line:
-            inside = line.split("[", 1)[1].split("]", 1)[0]
-            return sorted(int(v) for v in inside.replace(",", " ").split())
-    return []
+    return served_versions(parse_config(path.read_text()))
 
 
 def set_served_versions(repository: Path, model: str, versions: Iterable[int]) -> None:
@@ -634,13 +344,9 @@ def set_served_versions(repository: Path, model: str, versions: Iterable[int]) -
         i, o = tensor_specs_from_onnx(model_dir / str(v) / MODEL_FILE)
         all_inputs.append(i)
         all_outputs.append(o)
-    inputs = _merge_specs(all_inputs, "input", model)
-    outputs = _merge_specs(all_outputs, "output", model)
-    serving = dict(read_card(repository, model, wanted[-1]).get("serving", {}))
-    serving.pop("fp16", None)
-    if "preferred_batch_sizes" in serving:
-        serving["preferred_batch_sizes"] = tuple(serving["preferred_batch_sizes"])
-    options = ServingOptions(**serving)
+    inputs = merge_specs(all_inputs, "input", model)
+    outputs = merge_specs(all_outputs, "output", model)
+    options = ServingOptions.from_card(read_card(repository, model, wanted[-1]))
 
     def render(kind: str, filename: str = MODEL_FILE) -> str:
         return config_pbtxt(
@@ -660,92 +366,6 @@ def set_served_versions(repository: Path, model: str, versions: Iterable[int]) -
 # --------------------------------------------------------------------------- validation
 
 
-def _parse_config(path: Path) -> Any:
-    """Parse with Triton's own protobuf schema (tritonclient), so a typo fails here, not in Triton."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse(path.read_text(), config)
-    return config
-
-
-def _validate_config(path: Path, model_dir: Path, problems: list[str]) -> None:
-    where = str(path)
-    try:
-        config = _parse_config(path)
-    except Exception as exc:  # text_format.ParseError and friends: report, keep validating the rest
-        problems.append(f"{where}: not a valid Triton ModelConfig: {exc}")
-        return
-    from tritonclient.grpc import model_config_pb2
-
-    if config.name and config.name != model_dir.name:
-        problems.append(f"{where}: name {config.name!r} differs from its folder {model_dir.name!r}")
-    is_python = config.backend == "python"
-    if not is_python and config.platform != "onnxruntime_onnx" and config.backend != "onnxruntime":
-        problems.append(f"{where}: expected platform onnxruntime_onnx or backend python, found {config.platform!r}")
-    batched = config.max_batch_size > 0
-    if config.HasField("dynamic_batching"):
-        too_big = [b for b in config.dynamic_batching.preferred_batch_size if b > config.max_batch_size]
-        if too_big:
-            problems.append(f"{where}: preferred_batch_size {too_big} exceeds max_batch_size {config.max_batch_size}")
-    versions = list_versions(model_dir.parent, model_dir.name)
-    if config.version_policy.HasField("specific"):
-        served = list(config.version_policy.specific.versions)
-        for v in served:
-            if v not in versions:
-                problems.append(f"{where}: version_policy serves version {v}, which is not on disk")
-        served = [v for v in served if v in versions]
-    elif config.version_policy.HasField("all"):
-        served = versions
-    else:  # Triton's default policy: latest 1
-        served = versions[-1:]
-    if not served:
-        problems.append(f"{where}: no version to serve")
-    filename = config.default_model_filename or (("model.py") if is_python else MODEL_FILE)
-    for v in served:
-        vdir = model_dir / str(v)
-        if is_python and not (vdir / "model.py").is_file() and not (model_dir / "model.py").is_file():
-            problems.append(f"{where}: python backend but {vdir}/model.py is missing")
-        onnx_path = vdir / (MODEL_FILE if is_python else filename)
-        if not onnx_path.is_file():
-            if not is_python:
-                problems.append(f"{where}: version {v} has no {onnx_path.name}")
-            continue
-        try:
-            graph = _load_graph(onnx_path)
-            onnx_in, onnx_out = tensor_specs_from_onnx(onnx_path)
-        except Exception as exc:
-            problems.append(f"{onnx_path}: unreadable ONNX: {exc}")
-            continue
-        for location in _external_files(graph):
-            if not (vdir / location).is_file():
-                problems.append(f"{onnx_path}: external data {location!r} is missing")
-        for kind, declared, actual in (("input", config.input, onnx_in), ("output", config.output, onnx_out)):
-            actual_by_name = {t.name: t for t in actual}
-            for tensor in declared:
-                got = actual_by_name.get(tensor.name)
-                dtype = _TRITON_TO_NUMPY.get(model_config_pb2.DataType.Name(tensor.data_type), "?")
-                if got is None:
-                    problems.append(f"{where}: {kind} {tensor.name!r} is not in version {v}'s ONNX graph")
-                    continue
-                if got.dtype != dtype:
-                    problems.append(
-                        f"{where}: {kind} {tensor.name!r} is {dtype} in the config, {got.dtype} in version {v}"
-                    )
-                dims = tuple(tensor.dims)
-                if not batched:
-                    got_dims = (-1, *got.dims)  # the ONNX batch dim is part of the shape when not batched
-                    if not _dims_compatible(dims, got_dims):
-                        problems.append(f"{where}: {kind} {tensor.name!r} dims {dims} vs ONNX {got_dims} (v{v})")
-                elif not _dims_compatible(dims, got.dims):
-                    problems.append(f"{where}: {kind} {tensor.name!r} dims {dims} vs ONNX {got.dims} in version {v}")
-            if kind == "input":
-                undeclared = set(actual_by_name) - {t.name for t in declared}
-                if undeclared:
-                    problems.append(f"{where}: version {v}'s ONNX inputs {sorted(undeclared)} are not in the config")
-
-
 def validate_repository(repository: Path) -> list[str]:
     """Every problem Triton would hit loading this repository (empty list = loadable).
 
@@ -762,10 +382,10 @@ def validate_repository(repository: Path) -> list[str]:
         if not config.is_file():
             problems.append(f"{model_dir}: no {CONFIG_FILE}")
             continue
-        _validate_config(config, model_dir, problems)
-        for variant in sorted((model_dir / CONFIGS_DIR).glob("*.pbtxt")):
-            _validate_config(variant, model_dir, problems)
-        for v in list_versions(repository, model_dir.name):
+        versions = list_versions(repository, model_dir.name)
+        for path in (config, *sorted((model_dir / CONFIGS_DIR).glob("*.pbtxt"))):
+            validate_config(path, model_dir, versions, problems)
+        for v in versions:
             onnx_path = model_dir / str(v) / MODEL_FILE
             if onnx_path.is_file():
                 try:
@@ -779,6 +399,6 @@ def validate_repository(repository: Path) -> list[str]:
         except ModelRepositoryError as exc:
             problems.append(str(exc))
             champion = None
-        if champion is not None and champion not in list_versions(repository, model_dir.name):
+        if champion is not None and champion not in versions:
             problems.append(f"{model_dir}: champion version {champion} is not on disk")
     return problems

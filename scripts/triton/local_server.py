@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -175,17 +176,15 @@ def make_python_backend_repository(
             os.rename(staging, vdir)
         newest = model_dir / str(served[-1]) / "model.onnx"
         inputs, outputs = tensor_specs_from_onnx(newest)
-        serving = dict(read_card(source, model, served[-1]).get("serving", {}))
-        serving.pop("fp16", None)
-        serving["preferred_batch_sizes"] = tuple(serving.get("preferred_batch_sizes", ()))
+        options = ServingOptions.from_card(read_card(source, model, served[-1]))
         if max_queue_delay_us is not None:
-            serving["max_queue_delay_microseconds"] = max_queue_delay_us
+            options = dataclasses.replace(options, max_queue_delay_microseconds=max_queue_delay_us)
         text = config_pbtxt(
             model,
             inputs,
             outputs,
             versions=served,
-            options=ServingOptions(**serving),
+            options=options,
             kind=kind,
             backend="python",
         )

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "libs"))
 
 from scalerec_features import HISTORY_LEN
+from scalerec_features.serving import CANDIDATE_FEATURES, CANDIDATES, CONTEXT, HISTORY, RANKER, USER_EMBEDDING
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import FIRST_ITEM, ItemVocab
 from scalerec_models.repository import (
@@ -99,12 +100,12 @@ def build_ranker(path: Path, *, seed: int = 0, vocab: int = VOCAB, dim: int = DI
         nodes,
         "scalerec_example_ranker",
         [
-            helper.make_tensor_value_info("history", i64, ["B", "L"]),
-            helper.make_tensor_value_info("context", i64, ["B", 4]),
-            helper.make_tensor_value_info("candidates", i64, ["B", "N"]),
-            helper.make_tensor_value_info("candidate_features", i64, ["B", "N", 10]),
+            helper.make_tensor_value_info(HISTORY.name, i64, ["B", "L"]),
+            helper.make_tensor_value_info(CONTEXT.name, i64, ["B", *CONTEXT.dims]),
+            helper.make_tensor_value_info(CANDIDATES.name, i64, ["B", "N"]),
+            helper.make_tensor_value_info(CANDIDATE_FEATURES.name, i64, ["B", "N", CANDIDATE_FEATURES.dims[-1]]),
         ],
-        [helper.make_tensor_value_info(name, f32, ["B", "N"]) for name in ("scores", "p_click", "p_conversion")],
+        [helper.make_tensor_value_info(name, f32, ["B", "N"]) for name in RANKER.output_names],
         initialisers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="scalerec-example")
@@ -117,7 +118,7 @@ def build_ranker(path: Path, *, seed: int = 0, vocab: int = VOCAB, dim: int = DI
 def build_user_tower(path: Path, *, seed: int = 0, vocab: int = VOCAB, dim: int = DIM) -> Path:
     """The contract's user tower: (history, context) -> user_embedding [B, D]."""
     w = _weights(seed, vocab, dim)
-    nodes = [*_user_nodes(), helper.make_node("Identity", ["user"], ["user_embedding"])]
+    nodes = [*_user_nodes(), helper.make_node("Identity", ["user"], [USER_EMBEDDING.name])]
     initialisers = [numpy_helper.from_array(w[k], k) for k in ("item_table", "context_table", "vocab")]
     initialisers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
     i64 = TensorProto.INT64
@@ -125,10 +126,10 @@ def build_user_tower(path: Path, *, seed: int = 0, vocab: int = VOCAB, dim: int 
         nodes,
         "scalerec_example_user_tower",
         [
-            helper.make_tensor_value_info("history", i64, ["B", "L"]),
-            helper.make_tensor_value_info("context", i64, ["B", 4]),
+            helper.make_tensor_value_info(HISTORY.name, i64, ["B", "L"]),
+            helper.make_tensor_value_info(CONTEXT.name, i64, ["B", *CONTEXT.dims]),
         ],
-        [helper.make_tensor_value_info("user_embedding", TensorProto.FLOAT, ["B", dim])],
+        [helper.make_tensor_value_info(USER_EMBEDDING.name, TensorProto.FLOAT, ["B", dim])],
         initialisers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="scalerec-example")

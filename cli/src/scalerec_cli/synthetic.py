@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scalerec_events.models import Context, Event, EventType, Item
+from scalerec_features import Device
 
 __all__ = [
     "DEVICE_NAMES",
@@ -194,7 +195,7 @@ _REFERRERS = ("direct", "search", "email", "social", "ads")
 # ----------------------------------------------------------------------------------- behaviour knobs
 
 # Device effects (index order = DEVICE_NAMES).  Mobile: more, shorter views, fewer conversions.
-DEVICE_NAMES = ("mobile", "desktop", "tablet")
+DEVICE_NAMES: tuple[Device, ...] = ("mobile", "desktop", "tablet")
 DEVICE_SHARES = (0.55, 0.35, 0.10)
 _PEAK_HOUR = np.array([20.5, 13.0, 21.0])  # UTC hour around which a device's users shop
 _VIEWS_PER_SESSION = np.array([6.5, 4.5, 5.5])  # mean of the geometric session length
@@ -687,7 +688,7 @@ def _event_models(
             else:  # a rating on a later visit, from the user's usual device
                 device, sid = DEVICE_NAMES[int(users.device[u])], f"{user_ids[u]}-r{-1 - s:05d}"
             ctx = contexts[(s, first)] = Context(
-                device=device,  # type: ignore[arg-type]  # one of DEVICE_NAMES, all valid devices
+                device=device,
                 locale=LOCALES[int(users.locale[u])],
                 session_id=sid,
                 referrer=_REFERRERS[int(sess.referrer[s])] if first and s >= 0 else None,

@@ -166,3 +166,37 @@ def test_interactions_from_records() -> None:
     )
     assert data.conversion().tolist() == [True, True]
     assert data.context[1].tolist() == [1, 2, 3, 4]
+
+
+def test_the_conversion_head_learns_the_one_definition_of_a_conversion() -> None:
+    from scalerec_events.labels import is_conversion
+    from scalerec_events.models import EventType
+
+    rows = [(t.value, v) for t in EventType for v in (None, 1.0, 3.5, 4.0, 5.0)]
+    data = Interactions.from_records(
+        {"user_id": "u", "item_id": "i", "ts_ms": 1_700_000_000_000 + n, "type": t, "value": v}
+        for n, (t, v) in enumerate(rows)
+    )
+    assert data.conversion().tolist() == [is_conversion(t, v) for t, v in rows]
+    assert is_conversion(EventType.PURCHASE, None) and is_conversion("rating", 4.0)
+    assert not is_conversion("rating", 3.5) and not is_conversion("click", 5.0)
+
+
+def test_one_device_list_for_the_wire_the_feature_and_the_ranker() -> None:
+    from typing import get_args
+
+    from scalerec_events import models as events
+    from scalerec_features import DEVICES, Device, context_features
+
+    # The events' Literal is restated until scalerec_events imports scalerec_features.Device: it must not drift.
+    assert get_args(events.Device) == get_args(Device)
+    assert ("unknown", *get_args(Device)) == DEVICES
+    # The device feature is an index the models were trained on: it never moves.
+    assert [context_features(0, d)[2] for d in ("desktop", "mobile", "tablet", "tv", "other", None)] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        0,
+    ]

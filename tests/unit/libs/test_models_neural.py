@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from scalerec_features import ITEM_FEATURE_LEN, item_feature_vector  # noqa: E402
+from scalerec_features.serving import RANKER, USER_TOWER, ServingContract, check_contract  # noqa: E402
 from scalerec_models.ann import AnnIndex  # noqa: E402
 from scalerec_models.bundle import ModelBundle  # noqa: E402
 from scalerec_models.config import model_config  # noqa: E402
@@ -22,6 +23,7 @@ from scalerec_models.data import UNKNOWN, Interactions  # noqa: E402
 from scalerec_models.networks import SeqRanker  # noqa: E402
 from scalerec_models.onnx_export import export_ranker, ranker_parity  # noqa: E402
 from scalerec_models.pipeline import TrainedModels, check_parity, export, train_models  # noqa: E402
+from scalerec_models.repository import tensor_specs_from_onnx  # noqa: E402
 
 CATEGORIES = ("jazz", "metal", "opera")
 PER_CATEGORY = 12
@@ -96,6 +98,17 @@ def test_export_writes_the_serving_contract(version: Path, trained: TrainedModel
     assert inputs["candidate_features"].shape.dim[2].dim_value == ITEM_FEATURE_LEN
     emb = np.load(version / "item_embeddings.npy")
     assert emb.shape == (trained.vocab.size, trained.config.tower_dim) and emb.dtype == np.float32
+
+
+@pytest.mark.parametrize(("file", "contract"), [("ranker.onnx", RANKER), ("user_tower.onnx", USER_TOWER)])
+def test_exported_onnx_is_the_serving_contract(version: Path, file: str, contract: ServingContract) -> None:
+    """What the trainer exports is exactly what scalerec_features.serving promises the ranker and Triton."""
+    inputs, outputs = tensor_specs_from_onnx(version / file)
+    for have, want in ((inputs, contract.inputs), (outputs, contract.outputs)):
+        assert [(t.name, t.dtype, len(t.dims)) for t in have] == [(t.name, t.dtype, len(t.dims)) for t in want]
+        for got, spec in zip(have, want, strict=True):  # fixed sizes (context, item features) are exact
+            assert all(w in (-1, g) for g, w in zip(got.dims, spec.dims, strict=True)), (got, spec)
+    assert check_contract(contract.model, inputs, outputs) == []
 
 
 def test_onnx_matches_torch_for_both_models(version: Path, trained: TrainedModels) -> None:

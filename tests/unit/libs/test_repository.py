@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,13 @@ def _parse(path: Path) -> model_config_pb2.ModelConfig:
     config = model_config_pb2.ModelConfig()
     text_format.Parse(path.read_text(), config)
     return config
+
+
+def _edited(text: str, edit: Callable[[model_config_pb2.ModelConfig], object]) -> str:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(text, config)
+    edit(config)
+    return text_format.MessageToString(config)
 
 
 def test_tensor_specs_drop_the_batch_dim_and_keep_dynamic_dims(tmp_path: Path) -> None:
@@ -220,11 +228,11 @@ def test_validate_repository_reports_what_triton_would_reject(tmp_path: Path) ->
     problems = validate_repository(r)
     assert any("'item_ids' is not in version 1" in p for p in problems)
     assert any("['items'] are not in the config" in p for p in problems)
-    config.write_text(good.replace("versions: [ 1 ]", "versions: [ 1, 4 ]"))
+    config.write_text(_edited(good, lambda c: c.version_policy.specific.versions.append(4)))
     assert any("version 4, which is not on disk" in p for p in validate_repository(r))
     config.write_text(good.replace("max_batch_size: 256", "max_batch_size: 256\nmax_batchsize: 3"))
     assert any("not a valid Triton ModelConfig" in p for p in validate_repository(r))
-    config.write_text(good.replace("dims: [ -1 ]", "dims: [ -1, 2 ]", 1))
+    config.write_text(_edited(good, lambda c: c.input[0].dims.append(2)))
     assert any("dims" in p for p in validate_repository(r))
     config.write_text(good)
     (r / "m" / "champion").write_text("7\n")
@@ -286,3 +294,79 @@ def test_integrity_digests_catch_a_changed_missing_or_added_file(tmp_path: Path)
         verify_files(folder, card)
     with pytest.raises(IntegrityError, match="no sha256"):
         verify_files(folder, {})
+
+
+def _concatenated_config(
+    model: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    *,
+    versions: list[int],
+    options: ServingOptions,
+    kind: str,
+    model_filename: str,
+    backend: str,
+) -> str:
+    """How config.pbtxt was written before it was built as a ModelConfig protobuf (string concatenation),
+    kept as the reference the protobuf rendering must equal once parsed."""
+
+    def block(key: str, specs: list[TensorSpec]) -> str:
+        rows = [
+            f'  {{\n    name: "{t.name}"\n    data_type: {t.triton_dtype}\n    dims: [ {", ".join(map(str, t.dims))} ]\n  }}'
+            for t in specs
+        ]
+        return f"{key} [\n" + ",\n".join(rows) + "\n]\n"
+
+    count = options.gpu_instances if kind == "KIND_GPU" else options.cpu_instances
+    head = [f'name: "{model}"']
+    if backend == "onnxruntime":
+        head += [
+            'platform: "onnxruntime_onnx"',
+            'backend: "onnxruntime"',
+            f'default_model_filename: "{model_filename}"',
+        ]
+    else:
+        head += [f'backend: "{backend}"']
+    text = "\n".join(head) + "\n" + f"max_batch_size: {options.max_batch_size}\n"
+    text += f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, sorted(set(versions))))} ] }} }}\n"
+    text += block("input", inputs) + block("output", outputs)
+    text += f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n"
+    if options.max_batch_size > 0:
+        text += (
+            f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, options.preferred()))} ]\n"
+            f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n}}\n"
+        )
+    return text
+
+
+@pytest.mark.parametrize(
+    ("options", "kind", "model_filename", "backend"),
+    [
+        (ServingOptions(), "KIND_GPU", "model.onnx", "onnxruntime"),
+        (
+            ServingOptions(max_batch_size=64, preferred_batch_sizes=(8, 64), cpu_instances=3),
+            "KIND_CPU",
+            "model.onnx",
+            "onnxruntime",
+        ),
+        (
+            ServingOptions(max_queue_delay_microseconds=100, gpu_instances=2),
+            "KIND_GPU",
+            "model.fp16.onnx",
+            "onnxruntime",
+        ),
+        (ServingOptions(max_batch_size=0), "KIND_CPU", "model.onnx", "python"),
+    ],
+)
+def test_the_protobuf_config_parses_to_what_string_concatenation_wrote(
+    options: ServingOptions, kind: str, model_filename: str, backend: str
+) -> None:
+    from scalerec_features.serving import RANKER
+
+    inputs = [*RANKER.inputs, TensorSpec("flags", "bool", ()), TensorSpec("half", "float16", (2, -1, 3))]
+    args = dict(versions=[3, 1, 3], options=options, kind=kind, model_filename=model_filename, backend=backend)
+    new = repo.config_pbtxt(RANKER.model, inputs, list(RANKER.outputs), **args)
+    old = _concatenated_config(RANKER.model, inputs, list(RANKER.outputs), **args)
+    assert text_format.Parse(new, model_config_pb2.ModelConfig()) == text_format.Parse(
+        old, model_config_pb2.ModelConfig()
+    )

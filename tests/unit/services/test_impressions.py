@@ -32,3 +32,30 @@ async def test_ranker_impressions_are_valid_models_the_evaluator_counts() -> Non
     assert summary["model_v3"]["requests"] == 2 and summary["model_v3"]["impressions"] == 9
     assert summary["baseline"]["requests"] == 1
     assert [m.offset for m, _ in result.poison] == [9]  # an impression that is not one goes to the DLQ
+
+
+async def test_online_conversions_are_the_ones_the_model_is_trained_on() -> None:
+    from datetime import UTC, datetime
+
+    from scalerec_events.models import Context, Event
+
+    online = OnlineMetrics(impressions_topic=topic_name(Topic.IMPRESSIONS))
+    feedback = [
+        Event(
+            event_id=f"e{n}",
+            user_id="u1",
+            item_id="i0",
+            type=kind,
+            value=value,
+            timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+            context=Context(request_id="r1", model_version=3),
+        )
+        for n, (kind, value) in enumerate([("purchase", None), ("rating", 5.0), ("rating", 2.0), ("click", None)])
+    ]
+    messages = [
+        Message(topic_name(Topic.EVENTS_RAW), 0, n, b"u1", e.model_dump_json().encode()) for n, e in enumerate(feedback)
+    ]
+    await online.handle(messages)
+    # A purchase and a rating of 5 convert (scalerec_events.labels.is_conversion); a rating of 2 does not.
+    assert online.summary()["model_v3"]["conversions"] == 2
+    assert online.summary()["model_v3"]["clicks"] == 1

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from scalerec_adapters.bus import Message
 from scalerec_adapters.worker import BatchResult
-from scalerec_events.models import CONVERSION_TYPES, Event, EventType, Impression
+from scalerec_events.labels import is_conversion
+from scalerec_events.models import Event, EventType, Impression
 
 
 class OnlineMetrics:
@@ -40,7 +41,7 @@ class OnlineMetrics:
                     variant = _variant(ev.context.model_version, ev.context.model_version is None)
                     if ev.type is EventType.CLICK:
                         self.clicks[variant] += 1
-                    elif ev.type in CONVERSION_TYPES:
+                    elif is_conversion(ev.type, ev.value):
                         self.conversions[variant] += 1
             except (ValidationError, ValueError) as exc:
                 result.poison.append((m, f"unreadable: {exc}"))

@@ -21,7 +21,8 @@ from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult
 from scalerec_core.telemetry import consume_span, inject_headers
-from scalerec_events.models import CONVERSION_TYPES, Event, EventType, TrainingExample
+from scalerec_events.labels import is_conversion
+from scalerec_events.models import Event, EventType, TrainingExample
 from scalerec_features import CONTEXT_FIELDS, context_features
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
@@ -213,7 +214,7 @@ class EventsConsumer:
             context=dict(zip(CONTEXT_FIELDS, context_features(ts_ms, e.context.device, e.context.locale), strict=True)),
             item={"category": features[0], "price_bucket": features[1]},
             label_click=int(e.type is not EventType.VIEW),
-            label_conversion=int(e.type in CONVERSION_TYPES),
+            label_conversion=int(is_conversion(e.type, e.value)),
         )
 
     def _finish(self, plan: _Plan) -> None:

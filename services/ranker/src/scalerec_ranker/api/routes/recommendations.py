@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, TypeAdapter
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, Id
+from scalerec_features import Device
 
 from scalerec_ranker.deps import ImpressionsDep, RecommenderDep
 from scalerec_ranker.recommend import Recommendation, impression_payload
@@ -16,7 +17,6 @@ from scalerec_ranker.recommend import Recommendation, impression_payload
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
 
-Device = Literal["desktop", "mobile", "tablet", "tv", "other"]
 # Most item ids one request may exclude (a screenful or a few pages of them).
 MAX_EXCLUDE = 500
 
