@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalerec_core.auth import PRINCIPAL, KeyRing
+
+if TYPE_CHECKING:
+    from scalerec_core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -264,19 +267,22 @@ class _Guard:
 
 def install_common(
     app: FastAPI,
+    settings: ServiceSettings,
     *,
     service: str,
-    keys: KeyRing | None,
     max_body_bytes: int = 4 * 1024 * 1024,
-    rate_limit_per_second: float = 0,
-    rate_limit_storage: str = "memory://",
     readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> None:
     """Health endpoints, error handlers, auth, rate and size limits, HTTP tracing.
 
-    ``keys`` None means the service runs open (AUTH=disabled); it is logged loudly.
+    Keys and rate limits come from ``settings`` (one place for every service); with AUTH=disabled
+    the service runs open, which is logged loudly.
     """
     from scalerec_core.telemetry import install_http_tracing
+
+    keys = settings.key_ring()
+    rate_limit_per_second = settings.rate_limit_per_second
+    rate_limit_storage = settings.rate_limit_storage()
 
     if keys is None:
         log.warning("%s runs with AUTH=disabled: every route is open to anyone who can reach it", service)

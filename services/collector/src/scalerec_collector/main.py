@@ -48,10 +48,8 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
 
     install_common(
         app,
+        settings,
         service="collector",
-        keys=settings.key_ring(),
-        rate_limit_per_second=settings.rate_limit_per_second,
-        rate_limit_storage=settings.rate_limit_storage(),
         max_body_bytes=settings.max_body_bytes,
         readiness={"bus": bus_ready},
     )

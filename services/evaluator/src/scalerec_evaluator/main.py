@@ -74,10 +74,8 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
 
     install_common(
         app,
+        settings,
         service="evaluator",
-        keys=settings.key_ring(),
-        rate_limit_per_second=settings.rate_limit_per_second,
-        rate_limit_storage=settings.rate_limit_storage(),
         readiness={"store": store_ok},
     )
     app.include_router(reports.router)

@@ -112,10 +112,8 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
     # Readiness does not wait for a model: without one the ranker still serves the flagged baseline.
     install_common(
         app,
+        settings,
         service="ranker",
-        keys=settings.key_ring(),
-        rate_limit_per_second=settings.rate_limit_per_second,
-        rate_limit_storage=settings.rate_limit_storage(),
         readiness={"scorer": scorer_ok},
     )
     app.include_router(recommendations.router)

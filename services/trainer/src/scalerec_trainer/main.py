@@ -62,10 +62,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
     install_common(
         app,
+        settings,
         service="trainer",
-        keys=settings.key_ring(),
-        rate_limit_per_second=settings.rate_limit_per_second,
-        rate_limit_storage=settings.rate_limit_storage(),
         readiness={"store": store_ok},
     )
     app.include_router(train.router)
