@@ -127,6 +127,7 @@ class Pod:
     """What `podman run` needs, taken from one rendered Deployment."""
 
     image: str
+    env: dict[str, str]
     args: list[str]  # flags before the image
     command: list[str]  # after the image
     uid: int
@@ -158,9 +159,8 @@ def pod(image: str, models: Path) -> Pod:
     if security.get("allowPrivilegeEscalation") is False:
         args += ["--security-opt", "no-new-privileges"]
 
-    for e in c.get("env", []):
-        value = e["value"] if "value" in e else secret_value(e["valueFrom"]["secretKeyRef"])
-        args += ["--env", f"{e['name']}={value}"]
+    env = {e["name"]: e["value"] if "value" in e else secret_value(e["valueFrom"]["secretKeyRef"]) for e in c["env"]}
+    args += [f"--env={name}={value}" for name, value in env.items()]
     memory = c.get("resources", {}).get("limits", {}).get("memory")
     if memory:
         args += ["--memory", podman_size(memory)]
@@ -199,7 +199,7 @@ def pod(image: str, models: Path) -> Pod:
     # The import check starts where the container does: the package of `python -m PKG`, or a locustfile.
     locustfiles = [a.split("=", 1)[1] for a in command if a.startswith("--locustfile=")]
     start_points = locustfiles or [f"scalerec_{image}"]
-    return Pod(c["image"], args, command, uid, ports, probe_paths, start_points)
+    return Pod(c["image"], env, args, command, uid, ports, probe_paths, start_points)
 
 
 @dataclass
@@ -301,3 +301,14 @@ def test_unreached_modules_are_not_called(image: str) -> None:
     source = "\n".join(p.read_text() for p in (REPO / "services" / image / "src").rglob("*.py"))
     for module, function in NOT_REACHED[image].items():
         assert function not in source, f"{image} calls {function}, so it reaches {module}: its image needs it"
+
+
+@pytest.mark.parametrize("running", ["ranker"], indirect=True)
+def test_ranker_serves_the_champion_from_its_read_only_repository(running: Running) -> None:
+    """The ranker's image scores with onnxruntime the champion it reads from the read-only repository mount."""
+    test_answers_its_probes(running)
+    champion = int((REPO / "model_repository" / "scalerec_ranker" / "champion").read_text().split()[0])
+    request = urllib.request.Request(running.url("/v1/model"), headers={"X-API-Key": running.pod.env["API_KEYS"]})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        model = json.load(response)
+    assert (model["model_version"], model["last_error"]) == (champion, None), model
