@@ -70,7 +70,7 @@ images:
 
 # Build, then run each image as the chart runs it: probes answer, everything it imports is there.
 test-images: venv helm images
-	$(BIN)/pytest tests/images $(PYTEST_ARGS)
+	SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/images $(PYTEST_ARGS)
 
 test-fast: venv
 	SCALEREC_REAL_BACKENDS=0 $(BIN)/pytest tests/unit tests/contract -x -q
