@@ -1,6 +1,7 @@
 # ScaleRec — two commands do all set-up on a fresh machine:
 #   make demo   the whole pipeline on embedded backends, with a report
 #   make test   unit, contract, chart, integration (real Kafka, HBase, Memcached, Triton) and end-to-end tests
+#   make test-images  the images built with podman and run as the chart runs them (not in `make test`)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,9 +11,10 @@ PYPROJECTS := libs/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyprojec
 # The stamp is remade only when a pyproject changes, so torch (a few GB) is installed once and reused.
 STAMP := $(VENV)/.scalerec-installed
 STACK := scripts/stack/stack.sh
+IMAGES_BUILD := scripts/images/build.sh
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-stack test test-fast test-e2e lint helm tools bench stack-up stack-down loadtest serve clean
+.PHONY: venv demo demo-stack test test-fast test-e2e test-images images lint helm tools bench stack-up stack-down loadtest serve clean
 
 venv: $(STAMP)
 
@@ -55,10 +57,20 @@ stack-up:
 stack-down:
 	$(STACK) down
 
-# Everything: the real servers are started first and stopped after, whatever the outcome.
+# Everything but the images: the real servers are started first and stopped after, whatever the outcome.
 test: venv helm tools
 	$(STACK) up
-	@rc=0; $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+	@rc=0; $(BIN)/pytest tests --ignore=tests/images $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+
+# The images from the project's Dockerfiles, built with podman here (as root: it installs podman,
+# buildah, runc and debootstrap, and makes the base image once). IMAGES=all adds the trainer
+# (torch: several GB). docs/kubernetes.md "Images" has the times and sizes.
+images:
+	$(IMAGES_BUILD)
+
+# Build, then run each image as the chart runs it: probes answer, everything it imports is there.
+test-images: venv helm images
+	SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/images $(PYTEST_ARGS)
 
 test-fast: venv
 	SCALEREC_REAL_BACKENDS=0 $(BIN)/pytest tests/unit tests/contract -x -q

@@ -216,6 +216,17 @@ def test_api_keys_come_from_a_secret_never_a_plain_value() -> None:
             assert r.get("Secret", secret)
 
 
+def test_every_service_gets_the_api_keys() -> None:
+    """Every ScaleRec service refuses to start without API_KEYS (AUTH=enabled): the preprocessor and
+    the trainer did, under the chart, until tests/images ran the pods it renders."""
+    for scenario in ("dev", "prod-gpu"):
+        r = rendered(scenario)
+        for service in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
+            d = r.get("Deployment", f"{RELEASE}-{service}")
+            names = {e["name"] for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+            assert "API_KEYS" in names, f"{scenario}: {service} gets no API_KEYS and would not start"
+
+
 def test_locust_reaches_both_services_by_url() -> None:
     r = rendered("everything")
     for role in ("master", "worker"):
