@@ -1,7 +1,7 @@
 # ScaleRec — two commands do all set-up on a fresh machine:
 #   make demo   the whole pipeline on embedded backends, with a report
-#   make test   unit, contract, chart, integration (real Kafka, HBase, Memcached, Triton) and end-to-end tests
-#   make test-images  the images built with podman and run as the chart runs them (not in `make test`)
+#   make test   unit, contract, chart, images (built with podman, run as the chart runs them),
+#               integration (real Kafka, HBase, Memcached, Triton) and end-to-end tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -57,10 +57,11 @@ stack-up:
 stack-down:
 	$(STACK) down
 
-# Everything but the images: the real servers are started first and stopped after, whatever the outcome.
-test: venv helm tools
+# Everything: the images are built (cached after the first run), the real servers are started first
+# and stopped after, whatever the outcome.
+test: venv helm tools images
 	$(STACK) up
-	@rc=0; $(BIN)/pytest tests --ignore=tests/images $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
 # The images from the project's Dockerfiles, built with podman here (as root: it installs podman,
 # buildah, runc and debootstrap, and makes the base image once). IMAGES=all adds the trainer
