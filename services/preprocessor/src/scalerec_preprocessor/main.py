@@ -22,8 +22,6 @@ from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_preprocessor.deps import Consumers
 
-ERASURE_BATCH = 500
-
 
 def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -46,23 +44,33 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         )
         items = ItemsConsumer(store)
         erasure = ErasureConsumer(store, cache, keys)
-        # Erasures come few at a time and each scans a user's rows: smaller batches.
-        streams = {
-            "items": (Topic.ITEMS, items.handle, settings.poll_max_records),
-            "events": (Topic.EVENTS_RAW, events.handle, settings.poll_max_records),
-            "erasure": (Topic.ERASURE, erasure.handle, ERASURE_BATCH),
-        }
         workers = {
-            name: ConsumerWorker(
+            "items": ConsumerWorker(
                 bus,
-                [settings.topic(topic)],
-                settings.stream_group(name),
-                handle,
-                max_records=max_records,
+                [settings.topic(Topic.ITEMS)],
+                settings.stream_group("items"),
+                items.handle,
+                max_records=settings.poll_max_records,
                 max_retries=settings.max_retries,
-                name=name,
-            )
-            for name, (topic, handle, max_records) in streams.items()
+                name="items",
+            ),
+            "events": ConsumerWorker(
+                bus,
+                [settings.topic(Topic.EVENTS_RAW)],
+                settings.stream_group("events"),
+                events.handle,
+                max_records=settings.poll_max_records,
+                max_retries=settings.max_retries,
+                name="events",
+            ),
+            "erasure": ConsumerWorker(
+                bus,
+                [settings.topic(Topic.ERASURE)],
+                settings.stream_group("erasure"),
+                erasure.handle,
+                max_retries=settings.max_retries,
+                name="erasure",
+            ),
         }
         app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
         app.state.workers = workers
