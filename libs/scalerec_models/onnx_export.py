@@ -108,7 +108,7 @@ def export_user_tower(model: TwoTower, history_len: int, path: str | Path, exter
     )
 
 
-def _ort(path: Path):
+def _ort(path: Path) -> Any:
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
