@@ -83,8 +83,11 @@ test-e2e: venv
 serve: venv
 	$(BIN)/scalerec serve
 
+# Locust against `make serve` (or any stack: COLLECTOR_URL, RANKER_URL). Its CSV files, log and own HTML
+# report (locust.html) are kept in LOADTEST_DIR, where `scalerec report` (default --data-dir var/demo) finds them.
+LOADTEST_DIR ?= var/demo/loadtest
 loadtest: venv
-	$(BIN)/python loadtests/run.py
+	$(BIN)/python loadtests/run.py --csv-dir $(LOADTEST_DIR)
 
 lint: venv
 	$(BIN)/ruff check libs services cli tests scripts loadtests benchmarks
