@@ -28,6 +28,7 @@ $(STAMP): $(PYPROJECTS)
 	$(BIN)/pip install -q --no-deps nvidia-pytriton
 	@touch $@
 
+# Writes var/demo/report.json and the HTML report var/demo/report.html (the path is printed at the end).
 demo: venv
 	$(BIN)/scalerec demo
 
