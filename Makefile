@@ -41,11 +41,13 @@ demo-stack: venv
 helm:
 	@scripts/helm/install-helm.sh >/dev/null
 
-# Debian tools the benchmarks (and their smoke tests) drive: wrk as the HTTP load generator.
+# Debian tools the tests and benchmarks drive: wrk as the HTTP load generator (benchmarks), chromium to
+# render the HTML report in a real browser (tests/e2e/test_report_browser.py, through Playwright).
+DEBIAN_TOOLS := wrk chromium
 tools:
-	@command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null; }; } \
-		|| { echo "wrk is needed (as root: apt-get install -y wrk)" >&2; exit 1; }
+	@for pkg in $(DEBIAN_TOOLS); do command -v $$pkg >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq $$pkg >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq $$pkg >/dev/null; }; } \
+		|| { echo "$$pkg is needed (as root: apt-get install -y $$pkg)" >&2; exit 1; }; done
 
 # Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first.
 bench: venv tools
