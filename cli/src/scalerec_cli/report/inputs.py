@@ -15,7 +15,6 @@ that is present but malformed is an error naming the file and the field.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -282,7 +281,3 @@ def load(
     if loadtest_dir is not None and data.loadtest is None:
         raise ReportInputError(f"{loadtest_dir}: no {LOCUST_PREFIX}_stats.csv (run loadtests/run.py --csv-dir there)")
     return data
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
