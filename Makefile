@@ -28,6 +28,7 @@ $(STAMP): $(PYPROJECTS)
 	$(BIN)/pip install -q --no-deps nvidia-pytriton
 	@touch $@
 
+# Writes var/demo/report.json and the HTML report var/demo/report.html (the path is printed at the end).
 demo: venv
 	$(BIN)/scalerec demo
 
@@ -40,11 +41,13 @@ demo-stack: venv
 helm:
 	@scripts/helm/install-helm.sh >/dev/null
 
-# Debian tools the benchmarks (and their smoke tests) drive: wrk as the HTTP load generator.
+# Debian tools the tests and benchmarks drive: wrk as the HTTP load generator (benchmarks), chromium to
+# render the HTML report in a real browser (tests/e2e/test_report_browser.py, through Playwright).
+DEBIAN_TOOLS := wrk chromium
 tools:
-	@command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null; }; } \
-		|| { echo "wrk is needed (as root: apt-get install -y wrk)" >&2; exit 1; }
+	@for pkg in $(DEBIAN_TOOLS); do command -v $$pkg >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq $$pkg >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq $$pkg >/dev/null; }; } \
+		|| { echo "$$pkg is needed (as root: apt-get install -y $$pkg)" >&2; exit 1; }; done
 
 # Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first.
 bench: venv tools
@@ -83,8 +86,11 @@ test-e2e: venv
 serve: venv
 	$(BIN)/scalerec serve
 
+# Locust against `make serve` (or any stack: COLLECTOR_URL, RANKER_URL). Its CSV files, log and own HTML
+# report (locust.html) are kept in LOADTEST_DIR, where `scalerec report` (default --data-dir var/demo) finds them.
+LOADTEST_DIR ?= var/demo/loadtest
 loadtest: venv
-	$(BIN)/python loadtests/run.py
+	$(BIN)/python loadtests/run.py --csv-dir $(LOADTEST_DIR)
 
 lint: venv
 	$(BIN)/ruff check libs services cli tests scripts loadtests benchmarks

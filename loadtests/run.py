@@ -11,7 +11,6 @@ nothing was requested at all — a load test that measured nothing must not pass
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -19,73 +18,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+from scalerec_cli.locust_stats import AGGREGATED, EndpointStats, Failure, parse_failures, parse_stats
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
-AGGREGATED = "Aggregated"
-
-
-@dataclass(frozen=True)
-class EndpointStats:
-    """One row of Locust's ``*_stats.csv``: an endpoint (``name``) or the ``Aggregated`` total."""
-
-    method: str
-    name: str
-    requests: int
-    failures: int
-    rps: float
-    p50: float
-    p95: float
-    p99: float
-    max: float
-
-
-@dataclass(frozen=True)
-class Failure:
-    method: str
-    name: str
-    error: str
-    occurrences: int
-
-
-def _number(value: str | None) -> float:
-    """Locust writes ``N/A`` for percentiles of an endpoint without requests."""
-    try:
-        return float(value) if value not in (None, "", "N/A") else math.nan
-    except ValueError:
-        return math.nan
-
-
-def parse_stats(path: Path) -> list[EndpointStats]:
-    """Rows of ``<prefix>_stats.csv`` (endpoints first, ``Aggregated`` last, as Locust writes them)."""
-    with path.open(newline="") as f:
-        return [
-            EndpointStats(
-                method=row.get("Type", "") or "",
-                name=row["Name"],
-                requests=int(row["Request Count"]),
-                failures=int(row["Failure Count"]),
-                rps=_number(row.get("Requests/s")),
-                p50=_number(row.get("50%")),
-                p95=_number(row.get("95%")),
-                p99=_number(row.get("99%")),
-                max=_number(row.get("Max Response Time")),
-            )
-            for row in csv.DictReader(f)
-        ]
-
-
-def parse_failures(path: Path) -> list[Failure]:
-    """Rows of ``<prefix>_failures.csv``; none when the file is missing (Locust writes it only with --csv)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return [
-            Failure(row.get("Method", ""), row.get("Name", ""), row.get("Error", ""), int(row.get("Occurrences") or 0))
-            for row in csv.DictReader(f)
-        ]
+__all__ = ["AGGREGATED", "EndpointStats", "Failure", "main", "parse_failures", "parse_stats"]
 
 
 def _json_number(value: object) -> object:
@@ -129,6 +69,7 @@ def verdict(rows: Sequence[EndpointStats], locust_rc: int) -> tuple[int, str]:
 
 
 def build_command(args: argparse.Namespace, csv_prefix: Path) -> list[str]:
+    html = ["--html", str(args.html)] if args.html else []
     return [
         sys.executable,
         "-m",
@@ -151,6 +92,7 @@ def build_command(args: argparse.Namespace, csv_prefix: Path) -> list[str]:
         "1",
         "--loglevel",
         "WARNING",
+        *html,
     ]
 
 
@@ -162,7 +104,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-time", default=env.get("LOCUST_RUN_TIME", "30s"), help="e.g. 30s, 5m")
     parser.add_argument("--collector-url", default=env.get("COLLECTOR_URL"), help="default http://127.0.0.1:8081")
     parser.add_argument("--ranker-url", default=env.get("RANKER_URL"), help="default http://127.0.0.1:8084")
-    parser.add_argument("--csv-dir", type=Path, help="keep Locust's CSV files and log here (default: a temp dir)")
+    parser.add_argument(
+        "--csv-dir",
+        type=Path,
+        help="keep Locust's CSV files, log and HTML report (locust.html) here (default: a temp dir, nothing kept)",
+    )
+    parser.add_argument("--html", type=Path, help="write Locust's own HTML report here (default: CSV_DIR/locust.html)")
     parser.add_argument("--summary-json", type=Path, help="also write the table as JSON here")
     parser.add_argument("--locustfile", type=Path, default=LOCUSTFILE, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -208,6 +155,10 @@ def run(args: argparse.Namespace, csv_dir: Path) -> int:
                 indent=2,
             )
         )
+    if args.html and args.html.exists():
+        print(f"Locust's HTML report: {args.html}")
+    if args.csv_dir:
+        print(f"CSV files and log in {args.csv_dir}")
     print(message)
     return status
 
@@ -216,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.csv_dir:
         args.csv_dir.mkdir(parents=True, exist_ok=True)
+        if args.html is None:
+            args.html = args.csv_dir / "locust.html"
         return run(args, args.csv_dir)
     with tempfile.TemporaryDirectory(prefix="scalerec-loadtest-") as tmp:
         return run(args, Path(tmp))

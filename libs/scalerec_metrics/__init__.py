@@ -2,6 +2,7 @@
 
 from scalerec_metrics.ranking import (
     FullRankingResult,
+    RankingCurve,
     auc,
     catalogue_coverage,
     evaluate_full_ranking,
@@ -14,6 +15,7 @@ from scalerec_metrics.ranking import (
 
 __all__ = [
     "FullRankingResult",
+    "RankingCurve",
     "auc",
     "catalogue_coverage",
     "evaluate_full_ranking",

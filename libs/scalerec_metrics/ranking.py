@@ -105,6 +105,30 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: Sequence[Iter
     return ranks.astype(np.int64)
 
 
+def _hit_rate_of_ranks(ranks: np.ndarray, k: int) -> float:
+    return float((ranks < k).mean()) if ranks.size else 0.0
+
+
+def _ndcg_of_ranks(ranks: np.ndarray, k: int) -> float:
+    """One relevant item per case: its ideal DCG is 1, so NDCG is the discounted gain of its rank."""
+    if not ranks.size:
+        return 0.0
+    return float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+
+
+@dataclass(frozen=True)
+class RankingCurve:
+    """HR@K and NDCG@K at several cut-offs, from one set of ranks: how quality grows with the list's length.
+
+    ``hr[i]`` and ``ndcg[i]`` are the values at ``k[i]``.  The evaluator's report keeps one per model
+    (``curves``) next to the @10 figures; the HTML report plots them.
+    """
+
+    k: list[int]
+    hr: list[float]
+    ndcg: list[float]
+
+
 @dataclass
 class FullRankingResult:
     """Aggregate of a full-ranking leave-one-out run."""
@@ -114,14 +138,22 @@ class FullRankingResult:
 
     @property
     def hit_rate(self) -> float:
-        return float((self.ranks < self.k).mean()) if self.ranks.size else 0.0
+        return _hit_rate_of_ranks(self.ranks, self.k)
 
     @property
     def ndcg(self) -> float:
-        if not self.ranks.size:
-            return 0.0
-        gains = np.where(self.ranks < self.k, 1.0 / np.log2(self.ranks + 2.0), 0.0)
-        return float(gains.mean())
+        return _ndcg_of_ranks(self.ranks, self.k)
+
+    def curve(self, ks: Iterable[int]) -> RankingCurve:
+        """HR and NDCG at each of ``ks`` (sorted, duplicates dropped): ranks are known, so any K is free."""
+        cuts = sorted(set(ks))
+        if not cuts or cuts[0] <= 0:
+            raise ValueError(f"cut-offs must be positive, got {cuts}")
+        return RankingCurve(
+            k=cuts,
+            hr=[_hit_rate_of_ranks(self.ranks, k) for k in cuts],
+            ndcg=[_ndcg_of_ranks(self.ranks, k) for k in cuts],
+        )
 
     @property
     def mrr(self) -> float:

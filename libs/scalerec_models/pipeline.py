@@ -42,7 +42,7 @@ from scalerec_models.config import ModelConfig, model_config
 from scalerec_models.data import FIRST_ITEM, Interactions, ItemVocab, leave_one_out, to_sequences
 from scalerec_models.networks import SeqRanker, TwoTower
 from scalerec_models.onnx_export import export_ranker, export_user_tower, ranker_parity, user_tower_parity
-from scalerec_models.training import evaluate_model, train_ranker, train_two_tower
+from scalerec_models.training import EpochRecord, evaluate_model, train_ranker, train_two_tower
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class TrainedModels:
     ranker: SeqRanker
     two_tower: TwoTower
     metrics: dict[str, float] = field(default_factory=dict)
+    # Per model ("ranker", "two_tower"), one record per epoch: the card's ``training_history``.
+    history: dict[str, list[EpochRecord]] = field(default_factory=dict)
 
 
 def _vocab_for(
@@ -136,7 +138,8 @@ def train_models(
                 metrics[f"{name}.{k}"] = v
         metrics["ranker.best_epoch"] = r_info["best_epoch"]
         metrics["two_tower.best_epoch"] = t_info["best_epoch"]
-    return TrainedModels(cfg, vocab, features, ranker, tower, metrics)
+    history = {"ranker": r_info["history"], "two_tower": t_info["history"]}
+    return TrainedModels(cfg, vocab, features, ranker, tower, metrics, history)
 
 
 @torch.no_grad()

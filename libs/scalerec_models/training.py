@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -35,6 +35,14 @@ from scalerec_models.data import FIRST_ITEM, LeaveOneOut, Sequences
 from scalerec_models.networks import BPR, SeqRanker, TwoTower, unknown_dropout
 
 log = logging.getLogger(__name__)
+
+# One epoch of a run, as the model card keeps it (``training_history``): the mean training loss, NDCG@10
+# on the validation item (None without a holdout) and the seconds since the run started.
+EpochRecord = TypedDict("EpochRecord", {"epoch": int, "loss": float, "val_ndcg@10": float | None, "seconds": float})
+# What a training run returns: the best epoch and its validation score, epochs run, and every epoch's record.
+TrainInfo = TypedDict(
+    "TrainInfo", {"best_epoch": float, "val_ndcg@10": float, "epochs_run": float, "history": list[EpochRecord]}
+)
 
 
 @dataclass
@@ -209,7 +217,7 @@ def _train_loop(
     progress: bool,
     name: str,
     generators: Sequence[torch.Generator] = (),
-) -> dict[str, float]:
+) -> TrainInfo:
     """Epochs of length-bucketed batches, with early stopping, time budget, checkpoints and optional DDP.
 
     Distributed (a process group of > 1): every rank draws the same batch
@@ -226,6 +234,7 @@ def _train_loop(
     amp = autocast_for(device, cfg.amp)
     n = len(windows.inputs)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
+    history: list[EpochRecord] = []
     rng = np.random.default_rng(cfg.seed)
     first, last, spent = 1, 1, 0.0
     ckpt = checkpoint_path(cfg, name)
@@ -242,6 +251,7 @@ def _train_loop(
                 g.set_state(st)
             best, best_epoch, bad, spent = state["best"], state["best_epoch"], state["bad"], state["elapsed"]
             best_state = state["best_state"]
+            history = list(state.get("history", []))
             first = last = state["epoch"] + 1
             if main:
                 log.info("%s resumes from %s after epoch %d (best %.4f)", name, ckpt, state["epoch"], best)
@@ -308,6 +318,14 @@ def _train_loop(
         score = validate() if validate is not None and main else -1.0
         # Rank 0's numbers decide for everybody: identical early-stopping and time-budget decisions.
         score, elapsed = dd.broadcast_object((score, elapsed))
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total / max(seen, 1),
+                "val_ndcg@10": score if validate is not None else None,
+                "seconds": round(elapsed, 3),
+            }
+        )
         if validate is None:
             stop = elapsed > cfg.time_budget_s
             if progress and main and bar is None:
@@ -349,6 +367,7 @@ def _train_loop(
                     "best_epoch": best_epoch,
                     "bad": bad,
                     "best_state": best_state,
+                    "history": history,
                     "elapsed": elapsed,
                     "done": stop or epoch == epochs,
                 },
@@ -361,7 +380,12 @@ def _train_loop(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return {"best_epoch": float(best_epoch or epoch), "val_ndcg@10": max(best, 0.0), "epochs_run": float(epoch)}
+    return {
+        "best_epoch": float(best_epoch or epoch),
+        "val_ndcg@10": max(best, 0.0),
+        "epochs_run": float(epoch),
+        "history": history,
+    }
 
 
 def train_ranker(
@@ -371,7 +395,7 @@ def train_ranker(
     cfg: ModelConfig,
     progress: bool = False,
     init: SeqRanker | None = None,
-) -> tuple[SeqRanker, dict[str, float]]:
+) -> tuple[SeqRanker, TrainInfo]:
     """Train the sequential ranker: full softmax (or sampled with ``cfg.negatives``) on every prefix.
 
     With a LeaveOneOut split, early-stops on validation NDCG@10; with plain
@@ -430,7 +454,7 @@ def train_two_tower(
     init: TwoTower | None = None,
     max_pairs: int = 2048,
     uniform_negatives: int = 0,
-) -> tuple[TwoTower, dict[str, float]]:
+) -> tuple[TwoTower, TrainInfo]:
     """Train the two-tower model with sampled softmax: in-batch negatives with logQ correction.
 
     The other positives of the batch are negatives; since popular items are

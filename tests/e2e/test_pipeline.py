@@ -54,6 +54,27 @@ def test_promoted_model_beats_popularity(pipeline: Pipeline) -> None:
     assert all(i["source"] and i["reason"] for i in rec["items"])
 
 
+def test_the_evaluation_keeps_curves_and_the_card_the_training_history(pipeline: Pipeline) -> None:
+    """What the HTML report plots: HR/NDCG at several K per model, and loss/validation NDCG per epoch."""
+    from scalerec_models import repository as repo
+
+    report, version = pipeline.report, pipeline.job["version"]
+    assert set(report["curves"]) == set(report["models"])
+    for name, curve in report["curves"].items():
+        at10 = curve["k"].index(10)
+        assert curve["ndcg"][at10] == pytest.approx(report["models"][name]["ndcg@10"])
+        assert curve["hr"][at10] == pytest.approx(report["models"][name]["hr@10"])
+        assert curve["hr"] == sorted(curve["hr"]) and curve["ndcg"] == sorted(curve["ndcg"])
+    card = repo.read_card(pipeline.cluster.data_dir / "model_repository", repo.RANKER_MODEL, version)
+    history = card["training_history"]
+    assert set(history) == {"ranker", "two_tower"}
+    for model, epochs in history.items():
+        assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1)), model
+        assert all(e["loss"] > 0 and 0 <= e["val_ndcg@10"] <= 1 for e in epochs), model
+    best = card["metrics"]["ranker.best_epoch"]
+    assert max(history["ranker"], key=lambda e: e["val_ndcg@10"])["epoch"] == best
+
+
 def test_known_user_never_gets_items_they_bought(pipeline: Pipeline) -> None:
     bought: dict[str, set[str]] = {}
     for e in pipeline.shop.events:

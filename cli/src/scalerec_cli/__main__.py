@@ -11,8 +11,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scalerec", description="ScaleRec command line")
     sub = parser.add_subparsers(dest="command", required=True)
     from scalerec_cli import demo, serve
+    from scalerec_cli.report import command as report
 
     demo.add_parser(sub)
+    report.add_parser(sub)
     serve.add_parser(sub)
     try:
         from scalerec_cli import eval_dataset

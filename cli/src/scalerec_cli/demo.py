@@ -22,6 +22,7 @@ from rich.table import Table
 
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
+from scalerec_cli.report import DEMO_REPORT_FILE
 from scalerec_cli.synthetic import ShopConfig, generate_shop, shop_summary
 
 
@@ -34,7 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="Embedded backends' files (wiped first)")
     p.add_argument("--keep", action="store_true", help="Do not wipe --data-dir first")
     p.add_argument("--model-size", default="demo", choices=["demo", "small", "large"])
-    p.add_argument("--json", type=Path, help="Also write the report as JSON to this path")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="Also write the report as JSON to this path (it is always kept as DATA_DIR/report.json)",
+    )
+    p.add_argument(
+        "--html",
+        type=Path,
+        help="Write the HTML report here (default DATA_DIR/report.html; `scalerec report` rebuilds it later)",
+    )
+    p.add_argument("--no-html", action="store_true", help="Write no HTML report")
     p.add_argument(
         "--env",
         action="append",
@@ -80,7 +91,16 @@ def run(args: argparse.Namespace) -> int:
     env.setdefault("TRAIN_AFTER_EXAMPLES", "0")
     # The demo runs open on loopback; a deployment sets API_KEYS (see README, "Access").
     env.setdefault("AUTH", "disabled")
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "config": {
+            "users": args.users,
+            "items": args.items,
+            "events_per_user": args.events_per_user,
+            "seed": args.seed,
+            "model_size": env["MODEL_SIZE"],
+            "backends": ", ".join(f"{k}={env[k]}" for k in sorted(env) if k.endswith("_URL")) or "embedded",
+        }
+    }
     cluster = LocalCluster(args.data_dir, env=env)
     with stages.stage("generate a synthetic shop"):
         shop = generate_shop(
@@ -102,13 +122,24 @@ def run(args: argparse.Namespace) -> int:
     report["stages_seconds"] = stages.seconds
     report["total_seconds"] = round(sum(stages.seconds.values()), 2)
     _print_report(console, report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        console.print(f"report written to {args.json}")
+    _write_reports(console, report, args)
     model = report["result"]["evaluation"]["models"]
     mine = model[f"model_v{report['result']['version']}"]["ndcg@10"]
     return 0 if mine > model["popularity"]["ndcg@10"] else 1
+
+
+def _write_reports(console: Console, report: dict[str, Any], args: argparse.Namespace) -> None:
+    """JSON into the data folder (what `scalerec report` reads), optionally a copy, then the HTML page."""
+    text = json.dumps(report, indent=2, default=str)
+    for path in [args.data_dir / DEMO_REPORT_FILE] + ([args.json] if args.json else []):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        console.print(f"JSON report written to {path}")
+    if not args.no_html:
+        from scalerec_cli.report import command
+
+        html = command.build(args.data_dir, out=args.html)
+        console.print(f"[bold]HTML report written to {html.resolve()}[/]")
 
 
 def _pipeline(cluster: LocalCluster, shop: Any, stages: Stages, console: Console) -> dict[str, Any]:

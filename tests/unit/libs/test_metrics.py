@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from scalerec_metrics import (
+    FullRankingResult,
     auc,
     catalogue_coverage,
     evaluate_full_ranking,
@@ -83,3 +84,19 @@ def test_full_ranking_evaluator_by_hand() -> None:
     assert res.hit_rate == pytest.approx(1 / 3)
     assert res.ndcg == pytest.approx((1 / math.log2(3)) / 3)
     assert res.as_dict()["mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+
+
+def test_ranking_curve_by_hand_and_consistent_with_the_single_cut_off() -> None:
+    res = FullRankingResult(ranks=np.array([0, 1, 3, 12]), k=10)
+    curve = res.curve([10, 1, 5, 5, 20])
+    assert curve.k == [1, 5, 10, 20]
+    assert curve.hr == pytest.approx([1 / 4, 3 / 4, 3 / 4, 1.0])
+    gains = [1.0, 1 / math.log2(3), 1 / math.log2(5), 1 / math.log2(14)]
+    assert curve.ndcg[0] == pytest.approx(gains[0] / 4)
+    assert curve.ndcg[1] == pytest.approx(sum(gains[:3]) / 4)
+    assert curve.ndcg[3] == pytest.approx(sum(gains) / 4)
+    # The value at K=10 is exactly the one the @10 metrics report.
+    assert (curve.hr[2], curve.ndcg[2]) == (res.hit_rate, res.ndcg)
+    assert all(a <= b for a, b in zip(curve.ndcg, curve.ndcg[1:], strict=False))
+    with pytest.raises(ValueError, match="positive"):
+        res.curve([0, 5])

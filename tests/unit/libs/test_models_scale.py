@@ -77,6 +77,13 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pyt
     assert info["epochs_run"] == 4.0  # epochs 3 and 4 ran after the restart
     assert info["best_epoch"] == ref["best_epoch"]
     assert info["val_ndcg@10"] == pytest.approx(ref["val_ndcg@10"], abs=1e-6)
+    # The per-epoch history (the model card's training curve) survives the restart: epochs 1-2 come from
+    # the checkpoint, 3-4 from the resumed run, and they match the uninterrupted run's.
+    assert [h["epoch"] for h in ref["history"]] == [h["epoch"] for h in info["history"]] == [1, 2, 3, 4]
+    for a, b in zip(ref["history"], info["history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["loss"] > 0
+        assert b["val_ndcg@10"] == pytest.approx(a["val_ndcg@10"], abs=1e-6)
+    assert max(h["val_ndcg@10"] or 0.0 for h in info["history"]) == pytest.approx(info["val_ndcg@10"])
     for (k, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), k
     # Finished: a rerun trains no further and keeps the result.

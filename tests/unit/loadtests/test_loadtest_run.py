@@ -91,7 +91,10 @@ def test_verdict(requests: int, failures: int, locust_rc: int, status: int) -> N
 def test_summary_json_is_valid_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run is faked (no Locust) so only the reporting path is exercised."""
 
+    commands: list[list[str]] = []
+
     def fake_call(command: list[str], **_: object) -> int:
+        commands.append(command)
         prefix = Path(command[command.index("--csv") + 1])
         prefix.with_name(prefix.name + "_stats.csv").write_text(STATS)
         prefix.with_name(prefix.name + "_failures.csv").write_text(FAILURES)
@@ -102,6 +105,10 @@ def test_summary_json_is_valid_json(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     status = run.main(["--run-time", "1s", "--csv-dir", str(tmp_path / "csv"), "--summary-json", str(out)])
     summary = json.loads(out.read_text())
     assert status == 1 and summary["ok"] is False
+    # Locust's own HTML report is written next to the CSV files unless --html says elsewhere.
+    assert commands[0][commands[0].index("--html") + 1] == str(tmp_path / "csv" / "locust.html")
+    run.main(["--run-time", "1s", "--csv-dir", str(tmp_path / "csv"), "--html", str(tmp_path / "mine.html")])
+    assert commands[1][commands[1].index("--html") + 1] == str(tmp_path / "mine.html")
     assert summary["endpoints"][2]["p95"] is None and summary["failures"][0]["occurrences"] == 2
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
-from scalerec_metrics import catalogue_coverage, evaluate_full_ranking
+from scalerec_metrics import RankingCurve, catalogue_coverage, evaluate_full_ranking
 from scalerec_models import repository as repo
 from scalerec_models.baselines import ItemKNN, Popularity
 from scalerec_models.data import FIRST_ITEM, ItemVocab
@@ -21,6 +22,8 @@ from scalerec_evaluator.holdout import Holdout
 log = logging.getLogger(__name__)
 
 K = 10
+# Cut-offs of the HR@K / NDCG@K curves in the report (those above the catalogue's size are dropped).
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -59,7 +62,8 @@ def model_scores(repository: Path, version: int, h: Holdout, scorer: OnnxRuntime
     return score
 
 
-def evaluate(name: str, fn: ScoreFn, h: Holdout) -> dict[str, float]:
+def evaluate(name: str, fn: ScoreFn, h: Holdout) -> tuple[dict[str, float], RankingCurve]:
+    """The @K metrics the gate reads, and HR/NDCG at every cut-off of ``CURVE_KS`` from the same ranks."""
     started = time.perf_counter()
     rows = np.arange(len(h.users))
     result = evaluate_full_ranking(fn, rows, np.asarray(h.targets), h.exclusions(), k=K, batch_size=128)
@@ -72,21 +76,30 @@ def evaluate(name: str, fn: ScoreFn, h: Holdout) -> dict[str, float]:
     metrics["coverage@10"] = catalogue_coverage(tops, len(h.items))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     log.info("%s: %s", name, metrics)
-    return metrics
+    curve = result.curve([k for k in CURVE_KS if k <= max(len(h.items), 1)] or [1])
+    return metrics, curve
 
 
 def evaluate_version(repository: Path, version: int, champion: int | None, h: Holdout) -> dict[str, Any]:
+    """``models``: the flat @10 metrics per model (what the gate and announcements read);
+    ``curves``: per model, a :class:`RankingCurve` as a dict (HR and NDCG at each cut-off)."""
     scorer = OnnxRuntimeScorer(repository)
-    models: dict[str, dict[str, float]] = {
+    runs: dict[str, tuple[dict[str, float], RankingCurve]] = {
         "popularity": evaluate("popularity", _baseline_scores(h, Popularity()), h),
         "item_cf": evaluate("item_cf", _baseline_scores(h, ItemKNN(k=100)), h),
         f"model_v{version}": evaluate(f"model_v{version}", model_scores(repository, version, h, scorer), h),
     }
     if champion is not None and champion != version:
         try:
-            models[f"model_v{champion}"] = evaluate(
+            runs[f"model_v{champion}"] = evaluate(
                 f"model_v{champion}", model_scores(repository, champion, h, scorer), h
             )
         except Exception as exc:  # a champion that cannot be scored any more loses its seat
             log.warning("champion %d could not be evaluated: %s", champion, exc)
-    return {"users": len(h.users), "items": len(h.items), "k": K, "models": models}
+    return {
+        "users": len(h.users),
+        "items": len(h.items),
+        "k": K,
+        "models": {name: metrics for name, (metrics, _) in runs.items()},
+        "curves": {name: asdict(curve) for name, (_, curve) in runs.items()},
+    }

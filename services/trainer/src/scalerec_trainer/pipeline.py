@@ -156,6 +156,7 @@ def _write_version(
         files["item_neighbors"] = write_item_neighbors(interactions, trained.vocab, Path(tmp) / NEIGHBORS_FILE)
         card = {
             "metrics": trained.metrics,
+            "training_history": trained.history,
             "data_window": window.to_card(),
             "feature_version": FEATURE_VERSION,
             "model_size": settings.model_size,

@@ -1,0 +1,283 @@
+"""What the HTML report is built from, as typed models, and how it is read from a demo's data folder.
+
+A finished ``scalerec demo`` leaves in its ``--data-dir``:
+
+- ``report.json`` — the demo's own report (:class:`DemoReport`: data summary, stage times, the
+  evaluator's report with its HR@K/NDCG@K curves, sample recommendations);
+- ``model_repository/`` — each version's ``card.json`` with ``training_history`` (one record per epoch);
+- ``experiment.json`` when an online experiment ran (:class:`ExperimentResult`, per-variant results);
+- ``loadtest/locust_stats.csv`` (and ``locust.html``) after ``make loadtest``.
+
+Everything optional may be missing: the report then says so in its section instead of failing.  A file
+that is present but malformed is an error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from scalerec_metrics import RankingCurve
+from scalerec_models import repository as repo
+
+from scalerec_cli.locust_stats import AGGREGATED, EndpointStats, parse_stats
+from scalerec_cli.report import DEMO_REPORT_FILE, EXPERIMENT_FILE, LOADTEST_DIR, MODEL_REPOSITORY_DIR
+
+# loadtests/run.py's --csv prefix: locust_stats.csv, locust_failures.csv, locust.html.
+LOCUST_PREFIX = "locust"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ReportInputError(ValueError):
+    """A report input that exists but cannot be used (missing, unreadable or malformed); says which."""
+
+
+class _Lenient(BaseModel):
+    # Producers may add fields (a newer demo, the experiments API): the report reads what it knows.
+    model_config = ConfigDict(extra="ignore")
+
+
+# ----------------------------------------------------------------------------------------- demo report
+
+
+class Evaluation(_Lenient):
+    """The evaluator's report of the demo's model version (``GET /v1/reports/{version}``)."""
+
+    users: int
+    items: int
+    k: int = 10
+    models: dict[str, dict[str, float]]
+    curves: dict[str, RankingCurve] = Field(default_factory=dict)
+    version: int
+    champion_before: int | None = None
+    metric: str = "ndcg@10"
+    promoted: bool
+    decision: str
+
+
+class SampleItem(_Lenient):
+    item_id: str
+    title: str = ""
+    category: str = ""
+    source: str = ""
+    reason: str = ""
+    score: float | None = None
+
+
+class Sample(_Lenient):
+    """One answer of the ranker (``GET /v1/recommendations``) as the demo asked for it."""
+
+    user_id: str
+    model_version: int | None = None
+    variant: str | None = None
+    fallback: bool = False
+    fallback_reason: str | None = None
+    scorer: str = ""
+    took_ms: float | None = None
+    items: list[SampleItem]
+
+
+class TrainSummary(_Lenient):
+    seconds: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class DemoResult(_Lenient):
+    ingested: dict[str, dict[str, int]] = Field(default_factory=dict)
+    preprocessor: dict[str, int] = Field(default_factory=dict)
+    version: int
+    train: TrainSummary
+    evaluation: Evaluation
+    samples: list[Sample] = Field(default_factory=list)
+
+
+class DemoReport(_Lenient):
+    """``scalerec demo``'s report (``report.json`` in its data folder, and ``--json``)."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, float]
+    stages_seconds: dict[str, float]
+    total_seconds: float
+    result: DemoResult
+
+
+# ------------------------------------------------------------------------------------------ experiment
+
+
+class VariantResult(_Lenient):
+    """One variant of an online experiment: exposure, outcomes and CTR with its confidence interval.
+
+    ``ci_low``/``ci_high`` bound the variant's CTR; ``diff_ci_low``/``diff_ci_high`` (challengers) bound
+    the difference of its CTR to the control's, at the experiment's ``confidence``.
+    """
+
+    variant: str
+    model_version: int
+    share: float | None = Field(default=None, ge=0, le=1)
+    impressions: int = Field(ge=0)
+    clicks: int = Field(ge=0)
+    conversions: int = Field(default=0, ge=0)
+    ctr: float = Field(ge=0, le=1)
+    ci_low: float
+    ci_high: float
+    conversion_rate: float | None = Field(default=None, ge=0, le=1)
+    ndcg_at_10: float | None = Field(default=None, alias="ndcg@10")
+    diff_ci_low: float | None = None
+    diff_ci_high: float | None = None
+    p_value: float | None = Field(default=None, ge=0, le=1)
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VariantResult:
+        if self.clicks > self.impressions:
+            raise ValueError(f"variant {self.variant!r}: {self.clicks} clicks from {self.impressions} impressions")
+        if not self.ci_low <= self.ci_high:
+            raise ValueError(f"variant {self.variant!r}: ci_low {self.ci_low} > ci_high {self.ci_high}")
+        return self
+
+
+class ExperimentResult(_Lenient):
+    """An experiment's per-variant results (``experiment.json`` in the demo's data folder)."""
+
+    experiment_id: str
+    name: str = ""
+    control: str = "champion"
+    status: str | None = None
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    method: str | None = Field(default=None, description="How the intervals were computed, e.g. a z-test.")
+    srm_p_value: float | None = Field(default=None, ge=0, le=1, description="Sample-ratio-mismatch check.")
+    decision: str | None = None
+    winner: str | None = None
+    variants: list[VariantResult] = Field(min_length=1)
+
+
+# ------------------------------------------------------------------------------------- training curve
+
+
+@dataclass(frozen=True)
+class EpochPoint:
+    epoch: int
+    loss: float
+    val_ndcg: float | None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One model of one version: its per-epoch history from the card."""
+
+    version: int
+    model: str  # "ranker", "two_tower"
+    epochs: list[EpochPoint]
+
+
+# ------------------------------------------------------------------------------------------ load test
+
+
+@dataclass(frozen=True)
+class LoadTest:
+    folder: Path
+    endpoints: list[EndpointStats]  # without the total row
+    total: EndpointStats | None
+    html: Path | None  # Locust's own report, when it wrote one
+
+
+@dataclass
+class ReportData:
+    """Everything one HTML report shows."""
+
+    demo: DemoReport
+    source: Path
+    training: list[TrainingRun] = field(default_factory=list)
+    experiment: ExperimentResult | None = None
+    loadtest: LoadTest | None = None
+    notes: list[str] = field(default_factory=list)  # inputs that were skipped, and why
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportInputError(f"{path}: not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportInputError(f"{path}: not readable JSON ({exc})") from None
+
+
+def _validate(model: type[M], path: Path) -> M:
+    try:
+        return model.model_validate(_read_json(path))
+    except ValidationError as exc:
+        raise ReportInputError(f"{path} is not a {model.__name__}: {exc}") from None
+
+
+def read_training(repository: Path, notes: list[str]) -> list[TrainingRun]:
+    """Per-epoch records of every version's models, from their cards (oldest version first)."""
+    runs: list[TrainingRun] = []
+    # Both models of a version share one card; the ranker's is read.
+    for version in repo.list_versions(repository, repo.RANKER_MODEL):
+        try:
+            card = repo.read_card(repository, repo.RANKER_MODEL, version)
+        except (repo.ModelRepositoryError, ValueError) as exc:
+            notes.append(f"model version {version}: no readable card ({exc})")
+            continue
+        history = card.get("training_history")
+        if not history:
+            notes.append(f"model version {version}: its card has no training_history (trained by an older trainer)")
+            continue
+        for model, records in sorted(history.items()):
+            points = [
+                EpochPoint(
+                    epoch=int(r["epoch"]),
+                    loss=float(r["loss"]),
+                    val_ndcg=None if r.get("val_ndcg@10") is None else float(r["val_ndcg@10"]),
+                )
+                for r in records
+            ]
+            if points:
+                runs.append(TrainingRun(version, model, points))
+    return runs
+
+
+def read_loadtest(folder: Path) -> LoadTest | None:
+    stats = folder / f"{LOCUST_PREFIX}_stats.csv"
+    if not stats.exists():
+        return None
+    try:
+        rows = parse_stats(stats)
+    except (KeyError, ValueError) as exc:
+        raise ReportInputError(f"{stats}: not Locust's --csv statistics ({exc})") from None
+    html = folder / f"{LOCUST_PREFIX}.html"
+    return LoadTest(
+        folder=folder,
+        endpoints=[r for r in rows if r.name != AGGREGATED],
+        total=next((r for r in rows if r.name == AGGREGATED), None),
+        html=html if html.exists() else None,
+    )
+
+
+def load(
+    data_dir: Path,
+    demo_json: Path | None = None,
+    experiment: Path | None = None,
+    loadtest_dir: Path | None = None,
+) -> ReportData:
+    """Read what a finished demo left in ``data_dir`` (each path can be given elsewhere instead)."""
+    demo_path = demo_json or data_dir / DEMO_REPORT_FILE
+    if not demo_path.exists():
+        raise ReportInputError(
+            f"{demo_path}: not found. Run `scalerec demo --data-dir {data_dir}` first (it writes {DEMO_REPORT_FILE})"
+        )
+    data = ReportData(demo=_validate(DemoReport, demo_path), source=data_dir)
+    data.training = read_training(data_dir / MODEL_REPOSITORY_DIR, data.notes)
+    exp_path = experiment or data_dir / EXPERIMENT_FILE
+    if exp_path.exists():
+        data.experiment = _validate(ExperimentResult, exp_path)
+    elif experiment is not None:
+        raise ReportInputError(f"{experiment}: not found")
+    data.loadtest = read_loadtest(loadtest_dir or data_dir / LOADTEST_DIR)
+    if loadtest_dir is not None and data.loadtest is None:
+        raise ReportInputError(f"{loadtest_dir}: no {LOCUST_PREFIX}_stats.csv (run loadtests/run.py --csv-dir there)")
+    return data

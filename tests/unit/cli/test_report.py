@@ -1,0 +1,170 @@
+"""``scalerec report``: inputs → one self-contained HTML page (fixture data from a small real demo run).
+
+The browser side (Chromium renders it without console errors) is tests/e2e/test_report_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from scalerec_cli.__main__ import main
+from scalerec_cli.report import html, inputs
+from scalerec_cli.report.inputs import ExperimentResult, ReportInputError, VariantResult
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "report"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A demo's data folder: report.json, a model card with training history, Locust CSV files."""
+    folder = tmp_path / "demo"
+    shutil.copytree(FIXTURES / "demo", folder)
+    return folder
+
+
+class _Tags(HTMLParser):
+    """Every start tag with its attributes, and whether every opened element was closed."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "path", "use", "rect", "circle", "ellipse", "line", "stop"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        self.open.pop()
+
+
+def _parse(page: str) -> _Tags:
+    tags = _Tags()
+    tags.feed(page)
+    tags.close()
+    assert tags.open == [], f"unclosed elements: {tags.open}"
+    return tags
+
+
+def _charts(tags: _Tags) -> list[str]:
+    return [str(a.get("data-chart")) for t, a in tags.tags if t == "figure"]
+
+
+def test_every_section_and_chart_from_a_full_data_folder(data_dir: Path) -> None:
+    shutil.copy(FIXTURES / "experiment.json", data_dir / "experiment.json")
+    (data_dir / "loadtest" / "locust.html").write_text("<html>Locust</html>")
+    page = html.render(inputs.load(data_dir), link_base=data_dir)
+    tags = _parse(page)
+    ids = [a.get("id") for t, a in tags.tags if t == "section"]
+    assert ids == ["data", "stages", "offline", "curves", "training", "experiment", "latency", "samples"]
+    charts = _charts(tags)
+    assert charts == ["stages", "offline-metrics", "ranking-curves", "training-curves", "experiment", "latency"]
+    # Each chart is a real matplotlib SVG inside its figure, drawn from the data (not a placeholder).
+    assert page.count("<svg ") == len(charts)
+    figures = re.findall(r'<figure class="chart" data-chart="([a-z-]+)"><svg .*?</svg>', page, flags=re.S)
+    assert figures == charts
+    ranking = re.search(r'data-chart="ranking-curves"><svg .*?</svg>', page, flags=re.S)
+    assert ranking and "NDCG@K" in ranking.group(0) and "model_v1" in ranking.group(0)
+    # No id is defined twice across the inline SVGs (clip paths, markers would bleed into each other).
+    defined = re.findall(r'\bid="([^"]+)"', page)
+    assert len(defined) == len(set(defined)), sorted({d for d in defined if defined.count(d) > 1})
+    for ref in re.findall(r'(?:url\(#|href="#)([^")]+)', page):
+        assert ref in defined, f"reference to #{ref}, which the page does not define"
+    # The figures shown are the ones in the inputs.
+    demo = json.loads((data_dir / "report.json").read_text())
+    assert demo["result"]["evaluation"]["decision"] in page
+    assert "two-proportion z-test" in page and "[0.51%, 3.07%]" in page  # the challenger's CTR difference
+    assert "GET /v1/recommendations" in page and 'href="loadtest/locust.html"' in page
+    first_reason = demo["result"]["samples"][0]["items"][0]["reason"]
+    assert first_reason and first_reason in page
+
+
+def test_the_page_is_self_contained(data_dir: Path) -> None:
+    page = html.render(inputs.load(data_dir))
+    tags = _parse(page)
+    for tag, attrs in tags.tags:
+        assert "src" not in attrs, f"<{tag} src=...> loads something"
+        assert tag not in ("script", "link", "iframe", "img", "object"), f"<{tag}> in a page meant to be inert"
+        href = attrs.get("href") or attrs.get("xlink:href") or ""
+        assert not re.match(r"(?i)(https?:)?//", href), f"<{tag} href={href}> points outside the file"
+    assert "@import" not in page and not re.search(r"url\(\s*['\"]?(https?:)?//", page)
+
+
+def test_missing_optional_inputs_are_said_not_drawn(data_dir: Path) -> None:
+    shutil.rmtree(data_dir / "loadtest")
+    shutil.rmtree(data_dir / "model_repository")
+    page = html.render(inputs.load(data_dir))
+    assert _charts(_parse(page)) == ["stages", "offline-metrics", "ranking-curves"]
+    assert "No experiment ran" in page and "No load test found" in page
+    assert "No per-epoch history" in page
+
+
+def test_an_old_evaluator_report_without_curves_still_renders(data_dir: Path) -> None:
+    report = json.loads((data_dir / "report.json").read_text())
+    del report["result"]["evaluation"]["curves"]
+    (data_dir / "report.json").write_text(json.dumps(report))
+    page = html.render(inputs.load(data_dir))
+    assert "ranking-curves" not in _charts(_parse(page)) and "has no curves" in page
+
+
+def test_text_from_the_data_is_escaped(data_dir: Path) -> None:
+    report = json.loads((data_dir / "report.json").read_text())
+    report["result"]["samples"][0]["items"][0]["title"] = "<script>alert(1)</script> & co"
+    (data_dir / "report.json").write_text(json.dumps(report))
+    page = html.render(inputs.load(data_dir))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+
+
+def test_the_cli_writes_the_page_and_names_bad_inputs(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--data-dir", str(data_dir)]) == 0
+    out = data_dir / "report.html"
+    assert out.read_text().startswith("<!DOCTYPE html>") and str(out.resolve()) in capsys.readouterr().out
+    elsewhere = data_dir.parent / "elsewhere" / "page.html"
+    assert main(["report", "--data-dir", str(data_dir), "--out", str(elsewhere)]) == 0 and elsewhere.exists()
+
+    bad = json.loads((FIXTURES / "experiment.json").read_text())
+    bad["variants"][0]["clicks"] = bad["variants"][0]["impressions"] + 1
+    (data_dir / "experiment.json").write_text(json.dumps(bad))
+    assert main(["report", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "experiment.json" in err and "clicks" in err
+
+    (data_dir / "experiment.json").unlink()
+    (data_dir / "report.json").unlink()
+    assert main(["report", "--data-dir", str(data_dir)]) == 2
+    assert "scalerec demo" in capsys.readouterr().err
+
+
+def test_a_malformed_demo_report_names_the_field(data_dir: Path) -> None:
+    report = json.loads((data_dir / "report.json").read_text())
+    del report["result"]["evaluation"]["models"]
+    (data_dir / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ReportInputError, match=r"(?s)report\.json is not a DemoReport.*result\.evaluation\.models"):
+        inputs.load(data_dir)
+
+
+def test_variant_results_are_checked() -> None:
+    good = json.loads((FIXTURES / "experiment.json").read_text())
+    exp = ExperimentResult.model_validate(good)
+    assert [v.variant for v in exp.variants] == ["champion", "challenger"] and exp.variants[1].ndcg_at_10 == 0.0842
+    row = dict(good["variants"][0])
+    with pytest.raises(ValueError, match="ci_low"):
+        VariantResult.model_validate({**row, "ci_low": 0.2, "ci_high": 0.1})
+    with pytest.raises(ValueError, match="ctr"):
+        VariantResult.model_validate({**row, "ctr": 1.5})
+    with pytest.raises(ValueError, match="variants"):
+        ExperimentResult.model_validate({**good, "variants": []})
