@@ -46,6 +46,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition, codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -363,6 +364,7 @@ class KafkaEventBus(EventBus):
                         if code not in (0, _TOPIC_ALREADY_EXISTS):
                             msg = rest[0] if rest else ""
                             raise BusUnavailable(f"Kafka refused to create topic {name!r}: error {code} {msg}")
+                await self._apply_retention(admin, [s for s in specs if s.name in existing])
                 await self._wait_for_leaders(admin, [s.name for s in specs], backoff.deadline)
                 return
             except BusUnavailable:
@@ -376,6 +378,24 @@ class KafkaEventBus(EventBus):
             finally:
                 with contextlib.suppress(Exception):
                     await admin.close()
+
+    async def _apply_retention(self, admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
+        """Existing topics get the configured retention too: it bounds how long erased data stays on the bus.
+
+        AlterConfigs replaces a topic's dynamic configs, so each is sent with all the configs the topic
+        was created with (``new_topics``); topics without a retention (compacted, models) are left alone.
+        """
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, t.name, configs=t.topic_configs)
+            for s, t in zip(specs, self.new_topics(specs), strict=True)
+            if s.retention_ms
+        ]
+        if not resources:
+            return
+        for resp in await admin.alter_configs(resources):
+            for code, message, _, name in resp.resources:
+                if code != 0:
+                    raise BusUnavailable(f"Kafka refused the retention of topic {name!r}: error {code} {message}")
 
     def new_topics(self, specs: Sequence[TopicSpec]) -> list[NewTopic]:
         """What ``ensure_topics`` asks Kafka to create for ``specs``: partitions, replication, configs."""
