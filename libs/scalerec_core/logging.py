@@ -16,13 +16,14 @@ from opentelemetry import trace
 _id_key: bytes = secrets.token_bytes(32)
 
 
-def user_ref(user_id: str) -> str:
+def user_ref(user_id: str, key: str | None = None) -> str:
     """How a log line names a user: a keyed hash (HMAC-SHA256, 16 hex), never the id in clear.
 
     With the same LOG_ID_KEY every service writes the same reference for a user, so an operator who
-    knows an id can find its lines (``user_ref`` of it) while the logs alone do not reveal it.
+    knows an id can find its lines (``user_ref(id, key)``) while the logs alone do not reveal it.
     """
-    return "u:" + hmac.new(_id_key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
+    secret = _id_key if key is None else key.encode()
+    return "u:" + hmac.new(secret, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
 
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
