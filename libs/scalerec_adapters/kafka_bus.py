@@ -23,7 +23,9 @@ Choices that matter to callers:
   ``min.insync.replicas``: with ``acks=all`` a write then needs that many live copies, so 3/2
   survives one broker down without losing an acknowledged event.  Per-topic configs of the
   registry (``models.promoted`` is compacted) are applied on creation.  A topic that already
-  exists is left as it is: changing its replication is an operator's reassignment, not ours.
+  exists keeps its partitions and replication (changing those is an operator's reassignment), but
+  gets the configured ``retention.ms`` (AlterConfigs, with the configs it was created with): the
+  retention bounds how long erased users' data stays on the bus.
 * **Compression** (``compression_type``, default none) is done by the producer; consumers need
   the same codec (lz4, snappy and zstd come from ``cramjam``, the ``kafka`` extra's
   ``aiokafka[lz4]``), so an unavailable codec stops the bus at construction.
