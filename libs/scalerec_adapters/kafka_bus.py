@@ -386,6 +386,8 @@ class KafkaEventBus(EventBus):
 
         AlterConfigs replaces a topic's dynamic configs, so each is sent with all the configs the topic
         was created with (``new_topics``); topics without a retention (compacted, models) are left alone.
+        A refusal (no ALTER_CONFIGS permission, say) is logged as an error, not fatal: the service still
+        starts, and the operator sets the retention (the log line names the topic and the value).
         """
         resources = [
             ConfigResource(ConfigResourceType.TOPIC, t.name, configs=t.topic_configs)
@@ -394,10 +396,18 @@ class KafkaEventBus(EventBus):
         ]
         if not resources:
             return
+        wanted = {r.name: r.configs.get("retention.ms") for r in resources}
         for resp in await admin.alter_configs(resources):
             for code, message, _, name in resp.resources:
                 if code != 0:
-                    raise BusUnavailable(f"Kafka refused the retention of topic {name!r}: error {code} {message}")
+                    log.error(
+                        "Kafka refused retention.ms=%s on existing topic %s (error %s %s): erased users' data stays "
+                        "on it for the topic's own retention; set it there",
+                        wanted.get(name),
+                        name,
+                        code,
+                        message,
+                    )
 
     def new_topics(self, specs: Sequence[TopicSpec]) -> list[NewTopic]:
         """What ``ensure_topics`` asks Kafka to create for ``specs``: partitions, replication, configs."""
