@@ -11,6 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 
+class CacheUnavailable(ConnectionError):
+    """A delete that must reach every node (an erasure) did not: the caller retries, it is never ignored."""
+
+
 class Cache(ABC):
     # True when a call never leaves the process (no I/O): callers may use it on the event loop.
     in_process: bool = False
@@ -35,6 +39,15 @@ class Cache(ABC):
     def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:
             self.delete(key)
+
+    def purge(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` wherever they may be, or raise :class:`CacheUnavailable`.
+
+        Unlike :meth:`delete_many` (best effort: a cache is never the source of truth) this is for
+        data that must go (erasure).  A multi-node cache deletes on every node, since a key written
+        while its node was away lives on another one.
+        """
+        self.delete_many(keys)
 
     def healthy(self) -> bool:
         return True

@@ -23,7 +23,9 @@ Choices that matter to callers:
   ``min.insync.replicas``: with ``acks=all`` a write then needs that many live copies, so 3/2
   survives one broker down without losing an acknowledged event.  Per-topic configs of the
   registry (``models.promoted`` is compacted) are applied on creation.  A topic that already
-  exists is left as it is: changing its replication is an operator's reassignment, not ours.
+  exists keeps its partitions and replication (changing those is an operator's reassignment), but
+  gets the configured ``retention.ms`` (AlterConfigs, with the configs it was created with): the
+  retention bounds how long erased users' data stays on the bus.
 * **Compression** (``compression_type``, default none) is done by the producer; consumers need
   the same codec (lz4, snappy and zstd come from ``cramjam``, the ``kafka`` extra's
   ``aiokafka[lz4]``), so an unavailable codec stops the bus at construction.
@@ -46,6 +48,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition, codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -363,6 +366,7 @@ class KafkaEventBus(EventBus):
                         if code not in (0, _TOPIC_ALREADY_EXISTS):
                             msg = rest[0] if rest else ""
                             raise BusUnavailable(f"Kafka refused to create topic {name!r}: error {code} {msg}")
+                await self._apply_retention(admin, [s for s in specs if s.name in existing])
                 await self._wait_for_leaders(admin, [s.name for s in specs], backoff.deadline)
                 return
             except BusUnavailable:
@@ -376,6 +380,34 @@ class KafkaEventBus(EventBus):
             finally:
                 with contextlib.suppress(Exception):
                     await admin.close()
+
+    async def _apply_retention(self, admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
+        """Existing topics get the configured retention too: it bounds how long erased data stays on the bus.
+
+        AlterConfigs replaces a topic's dynamic configs, so each is sent with all the configs the topic
+        was created with (``new_topics``); topics without a retention (compacted, models) are left alone.
+        A refusal (no ALTER_CONFIGS permission, say) is logged as an error, not fatal: the service still
+        starts, and the operator sets the retention (the log line names the topic and the value).
+        """
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, t.name, configs=t.topic_configs)
+            for s, t in zip(specs, self.new_topics(specs), strict=True)
+            if s.retention_ms
+        ]
+        if not resources:
+            return
+        wanted = {r.name: r.configs.get("retention.ms") for r in resources}
+        for resp in await admin.alter_configs(resources):
+            for code, message, _, name in resp.resources:
+                if code != 0:
+                    log.error(
+                        "Kafka refused retention.ms=%s on existing topic %s (error %s %s): erased users' data stays "
+                        "on it for the topic's own retention; set it there",
+                        wanted.get(name),
+                        name,
+                        code,
+                        message,
+                    )
 
     def new_topics(self, specs: Sequence[TopicSpec]) -> list[NewTopic]:
         """What ``ensure_topics`` asks Kafka to create for ``specs``: partitions, replication, configs."""

@@ -15,6 +15,11 @@ Why it is built this way:
 * **Any ``str`` key works**: a key Memcached would refuse (over 250 bytes, spaces, control or
   non-ASCII characters) is replaced by a SHA-1 of itself, so callers need not know the limits.
 * **TTLs over 30 days** are sent as absolute Unix times, as the Memcached protocol requires.
+* **Erasure reaches every node** (:meth:`MemcachedCache.purge`): a key is deleted on each node, not
+  only the one the ring picks now (a key written while its node was out of the ring lives on
+  another node, and the old node may still hold an older copy when it returns).  A node that does
+  not answer is retried a few times; then the purge raises, so the erasure is retried later
+  rather than reported done with a copy left behind.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from scalerec_adapters.cache import Cache
+from scalerec_adapters.cache import Cache, CacheUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +53,17 @@ class MemcachedCache(Cache):
         retry_attempts: int = 1,
         dead_timeout_s: float = 5.0,
         max_pool_size: int = 16,
+        purge_attempts: int = 3,
+        purge_backoff_s: float = 0.2,
     ) -> None:
         if not servers:
             raise ValueError("MemcachedCache needs at least one (host, port)")
         self.servers = [(h, int(p)) for h, p in servers]
         self.key_prefix = key_prefix
         self._connect_timeout = connect_timeout_s
+        self._timeout = timeout_s
+        self.purge_attempts = max(1, purge_attempts)
+        self.purge_backoff_s = purge_backoff_s
         self._client = HashClient(
             self.servers,
             connect_timeout=connect_timeout_s,
@@ -125,6 +135,32 @@ class MemcachedCache(Cache):
     def delete_many(self, keys: Sequence[str]) -> None:
         if keys:
             self._client.delete_many([self._key(k) for k in keys])
+
+    def purge(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` on every node (see the module docstring); raise if a node never answers."""
+        if not keys:
+            return
+        wire = [self._key(k) for k in keys]
+        pending = list(self.servers)
+        for attempt in range(1, self.purge_attempts + 1):
+            failed: list[tuple[tuple[str, int], BaseException]] = []
+            for host, port in pending:
+                node = Client((host, port), connect_timeout=self._connect_timeout, timeout=self._timeout)
+                try:
+                    for key in wire:
+                        node.delete(key, noreply=False)  # False only means "was not there"
+                except Exception as exc:
+                    failed.append(((host, port), exc))
+                finally:
+                    node.close()
+            if not failed:
+                return
+            pending = [node for node, _ in failed]
+            log.warning("memcached purge: %d node(s) did not answer (attempt %d): %s", len(failed), attempt, failed)
+            if attempt < self.purge_attempts:
+                time.sleep(self.purge_backoff_s * attempt)
+        nodes = ", ".join(f"{h}:{p}" for h, p in pending)
+        raise CacheUnavailable(f"memcached node(s) {nodes} did not confirm deleting {len(wire)} key(s)")
 
     def healthy(self) -> bool:
         """True when every node answers: a missing node still works (misses) but is worth an alert.

@@ -35,8 +35,14 @@ from scalerec_adapters.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+
+class RetryLater(RuntimeError):
+    """The handler undid its batch on purpose (another writer raced it) and wants it run again."""
+
+
 # A backend that is away: retried for as long as it takes, never counted towards ``max_retries``.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RetryLater,
     OSError,  # ConnectionError, TimeoutError
     StoreUnavailable,
     BusUnavailable,

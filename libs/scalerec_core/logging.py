@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import sys
 from typing import Any
 
 from opentelemetry import trace
+
+# Key of the pseudonyms in log lines (LOG_ID_KEY); a random one per process until configure_logging sets it.
+_id_key: bytes = secrets.token_bytes(32)
+
+
+def user_ref(user_id: str, key: str | None = None) -> str:
+    """How a log line names a user: a keyed hash (HMAC-SHA256, 16 hex), never the id in clear.
+
+    With the same LOG_ID_KEY every service writes the same reference for a user, so an operator who
+    knows an id can find its lines (``user_ref(id, key)``) while the logs alone do not reveal it.
+    """
+    secret = _id_key if key is None else key.encode()
+    return "u:" + hmac.new(secret, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
+
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -43,8 +60,11 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
-    """Send every logger's records to stderr, with trace ids attached."""
+def configure_logging(service: str, level: str = "INFO", fmt: str = "text", id_key: str = "") -> None:
+    """Send every logger's records to stderr, with trace ids attached; ``id_key`` keys :func:`user_ref`."""
+    global _id_key
+    if id_key:
+        _id_key = id_key.encode()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_TraceContextFilter())
     if fmt == "json":

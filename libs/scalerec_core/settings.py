@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from scalerec_events.topics import DEFAULT_DEPLOYMENT, DEPLOYMENT_PATTERN, Topic, TopicSpec, all_topics, topic_name
 
@@ -51,6 +51,19 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
+    log_id_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Key of the keyed hash (HMAC-SHA256) that names users in log lines instead of their ids. "
+        "Give every service the same secret so their lines about one user can be joined; empty: a random "
+        "key per process.",
+    )
+    bus_retention_hours: float = Field(
+        default=168,
+        gt=0,
+        description="How long the bus keeps raw events, training examples, impressions and every dead-letter "
+        "topic (Kafka retention.ms, applied to existing topics too; the embedded bus trims by age): the "
+        "bound on how long an erased user's data outlives the erasure in bus copies.",
+    )
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str = Field(default="http://127.0.0.1:4318", description="OTLP/HTTP endpoint.")
     api_keys: str = Field(
@@ -82,7 +95,7 @@ class ServiceSettings(BaseSettings):
 
     def topics(self) -> list[TopicSpec]:
         """Every topic of this deployment (and its dead-letter twin), as the bus creates them."""
-        return all_topics(self.topic_partitions, self.deployment)
+        return all_topics(self.topic_partitions, self.deployment, retention_ms=int(self.bus_retention_hours * 3600_000))
 
     def group(self, name: str) -> str:
         """Consumer group id for ``name`` in this deployment: two deployments on one Kafka never share a group."""

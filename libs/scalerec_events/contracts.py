@@ -54,8 +54,8 @@ CONTRACTS: tuple[TopicContract, ...] = (
         ErasureRequest,
         "user_id",
         ("collector",),
-        ("preprocessor",),
-        "erase a user's data from the store, the cache and future training data",
+        ("preprocessor", "ranker"),
+        "erase a user's data from the store, every cache node, each ranker's in-process cache and future training data",
     ),
     TopicContract(
         Topic.EXAMPLES,

@@ -60,13 +60,23 @@ _SINGLE_PARTITION = {Topic.MODELS_CANDIDATE, Topic.MODELS_PROMOTED}
 _COMPACTED = {Topic.MODELS_PROMOTED}
 
 
-def all_topics(partitions: int, deployment: str = DEFAULT_DEPLOYMENT) -> list[TopicSpec]:
-    """Every topic of ``deployment`` and its dead-letter topic, with ``partitions`` for the keyed data topics."""
+# Topics that carry users' data: kept only ``retention_ms`` (with every dead-letter topic), so an
+# erased user's events, examples and impressions leave the bus within that time.
+PERSONAL = frozenset({Topic.EVENTS_RAW, Topic.EXAMPLES, Topic.IMPRESSIONS})
+
+
+def all_topics(
+    partitions: int, deployment: str = DEFAULT_DEPLOYMENT, *, retention_ms: int | None = None
+) -> list[TopicSpec]:
+    """Every topic of ``deployment`` and its dead-letter topic, with ``partitions`` for the keyed data topics.
+
+    ``retention_ms`` bounds the personal topics and every dead-letter topic (None: the bus's default).
+    """
     specs: list[TopicSpec] = []
     for topic in Topic:
         n = 1 if topic in _SINGLE_PARTITION else partitions
         configs = {"cleanup.policy": "compact"} if topic in _COMPACTED else {}
         name = topic_name(topic, deployment)
-        specs.append(TopicSpec(name, n, configs=configs))
-        specs.append(TopicSpec(dlq(name), 1))
+        specs.append(TopicSpec(name, n, retention_ms=retention_ms if topic in PERSONAL else None, configs=configs))
+        specs.append(TopicSpec(dlq(name), 1, retention_ms=retention_ms))
     return specs

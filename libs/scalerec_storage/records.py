@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore, prefix_successor
@@ -32,6 +32,8 @@ class HistoryEntry:
     ts_ms: int
     type: str
     event_id: str
+    # When the bus accepted the event (0: unknown, a row written before it was recorded); not cached.
+    ingest_ms: int = field(default=0, compare=False)
 
     def to_list(self) -> list[str | int]:
         return [self.item_id, self.ts_ms, self.type, self.event_id]
@@ -45,25 +47,32 @@ class HistoryEntry:
 # ---------------------------------------------------------------- interactions
 
 
-# One cell per interaction: [item, ts_ms, type, value, session, device, locale]. One cell instead of six
-# is most of the write cost of an event; the model context (hour, weekday, ...) is derivable from it.
+# One cell per interaction: [item, ts_ms, type, value, session, device, locale, ingest_ms]. One cell instead
+# of six is most of the write cost of an event; the model context (hour, weekday, ...) is derivable from it.
+# ingest_ms (when the bus accepted the event) is what an erasure's tombstone is compared with.
 INTERACTION = b"e:d"
 
 
-def interaction_cells(event: Event, ts_ms: int | None = None) -> dict[bytes, bytes]:
+def interaction_cells(event: Event, ts_ms: int | None = None, ingest_ms: int = 0) -> dict[bytes, bytes]:
     ctx = event.context
     ts = event.ts_ms if ts_ms is None else ts_ms
-    packed = [event.item_id, ts, event.type.value, event.value, ctx.session_id, ctx.device, ctx.locale]
+    packed = [event.item_id, ts, event.type.value, event.value, ctx.session_id, ctx.device, ctx.locale, ingest_ms]
     return {INTERACTION: json.dumps(packed).encode()}
 
 
-def _entry(row_key: bytes, cells: dict[bytes, bytes]) -> HistoryEntry:
-    event_id = row_key.rsplit(s.SEP, 1)[-1].decode()
+def _unpack(row_key: bytes, cells: dict[bytes, bytes]) -> tuple[HistoryEntry, list[object]]:
+    event_id = s.last_part(row_key)
     packed = cells.get(INTERACTION)
     if packed is None:  # written before interactions were packed: e:item, e:ts, e:type, ...
-        return HistoryEntry(cells[b"e:item"].decode(), int(cells[b"e:ts"]), cells[b"e:type"].decode(), event_id)
-    item, ts, etype = json.loads(packed)[:3]
-    return HistoryEntry(item, int(ts), etype, event_id)
+        item, ts, etype = cells[b"e:item"].decode(), int(cells[b"e:ts"]), cells[b"e:type"].decode()
+        return HistoryEntry(item, ts, etype, event_id), [item, ts, etype, None, None, None, None]
+    fields = json.loads(packed)
+    ingest = int(fields[7]) if len(fields) > 7 and fields[7] else 0
+    return HistoryEntry(fields[0], int(fields[1]), fields[2], event_id, ingest), fields
+
+
+def _entry(row_key: bytes, cells: dict[bytes, bytes]) -> HistoryEntry:
+    return _unpack(row_key, cells)[0]
 
 
 def recent_history(
@@ -202,7 +211,7 @@ def get_item_features(store: WideColumnStore, item_ids: Sequence[str]) -> dict[s
     out = {}
     for key, cells in rows.items():
         if b"d:features" in cells:
-            out[key.split(s.SEP, 1)[1].decode()] = json.loads(cells[b"d:features"])
+            out[s.after_first(key)] = json.loads(cells[b"d:features"])
     return out
 
 
@@ -212,19 +221,16 @@ def scan_catalogue(store: WideColumnStore) -> Iterator[tuple[Item, list[int]]]:
 
 
 def fresh_items(store: WideColumnStore, limit: int) -> list[str]:
-    return [
-        key.rsplit(s.SEP, 1)[-1].decode()
-        for key, _ in store.scan(s.FRESH_ITEMS, columns=[b"d:id"], limit=limit, batch_size=limit)
-    ]
+    return [s.last_part(key) for key, _ in store.scan(s.FRESH_ITEMS, columns=[b"d:id"], limit=limit, batch_size=limit)]
 
 
 # ---------------------------------------------------------------- item statistics
 
 
 def item_daily_cells(event: Event, ts_ms: int | None = None) -> tuple[bytes, dict[bytes, bytes]]:
-    """One cell per event: a re-delivered event rewrites its own cell instead of counting twice."""
+    """One cell per (user, event): a re-delivered event rewrites its own cell instead of counting twice."""
     key = s.item_daily_key(event.ts_ms if ts_ms is None else ts_ms, event.item_id)
-    return key, {f"c:{event.type.value}:{event.event_id}".encode(): b"1"}
+    return key, {s.item_daily_column(event.type.value, event.user_id, event.event_id): b"1"}
 
 
 def item_scores(store: WideColumnStore, since_day: str | None = None) -> dict[str, float]:
@@ -232,7 +238,7 @@ def item_scores(store: WideColumnStore, since_day: str | None = None) -> dict[st
     scores: dict[str, float] = defaultdict(float)
     start = since_day.encode() if since_day else None
     for key, cells in store.scan(s.ITEM_DAILY, start=start, batch_size=2000):
-        item_id = key.split(s.SEP, 1)[1].decode()
+        item_id = s.after_first(key)
         for col in cells:
             etype = col.split(b":", 2)[1].decode()
             scores[item_id] += TYPE_WEIGHTS.get(EventType(etype), 0.0) if etype in EventType._value2member_map_ else 0
@@ -242,9 +248,18 @@ def item_scores(store: WideColumnStore, since_day: str | None = None) -> dict[st
 # ---------------------------------------------------------------- training examples
 
 
-def example_cells(example: TrainingExample | bytes) -> dict[bytes, bytes]:
-    """An example's row; pass its JSON when it is already serialised (the bus carries the same bytes)."""
-    return {b"x:json": example if isinstance(example, bytes) else example.model_dump_json().encode()}
+def example_cells(example: TrainingExample | bytes, ingest_ms: int = 0) -> dict[bytes, bytes]:
+    """An example's row; pass its JSON when it is already serialised (the bus carries the same bytes).
+
+    ``x:at`` is when the bus accepted the event it was made from (erasure compares it with the tombstone).
+    """
+    payload = example if isinstance(example, bytes) else example.model_dump_json().encode()
+    return {b"x:json": payload, b"x:at": str(ingest_ms).encode()}
+
+
+def index_cells(interaction_row: bytes, ingest_ms: int) -> dict[bytes, bytes]:
+    """The dedupe index row of one (user, event): where its interaction is, and when it was ingested."""
+    return {b"m:row": interaction_row, b"m:at": str(ingest_ms).encode()}
 
 
 def scan_examples(store: WideColumnStore, batch_size: int = 2000) -> Iterator[TrainingExample]:
@@ -260,35 +275,101 @@ def count_rows(store: WideColumnStore, table: str) -> int:
 # ---------------------------------------------------------------- erasure
 
 
+def erased_at(store: WideColumnStore, user_ids: Sequence[str]) -> dict[str, int]:
+    """Each erased user's tombstone: events the bus accepted at or before it are the erased user's."""
+    keys = {s.erasure_key(u): u for u in user_ids}
+    rows = store.get_many(s.ERASURES, list(keys), columns=[b"r:at"])
+    return {keys[k]: int(v[b"r:at"]) for k, v in rows.items() if k in keys}
+
+
+def erasure_done(store: WideColumnStore, user_ids: Sequence[str]) -> dict[str, int]:
+    """Up to which tombstone each user's erasure has finished (absent: none finished yet)."""
+    keys = {s.erasure_key(u): u for u in user_ids}
+    rows = store.get_many(s.ERASURES, list(keys), columns=[b"r:done"])
+    return {keys[k]: int(v[b"r:done"]) for k, v in rows.items() if k in keys and b"r:done" in v}
+
+
+def _at(cells: dict[bytes, bytes], column: bytes) -> int:
+    raw = cells.get(column)
+    return int(raw) if raw else 0  # written before ingest times were kept: as old as can be
+
+
+def _profile_cells(kept: list[list[object]]) -> dict[bytes, bytes]:
+    """A profile rebuilt from interactions (packed fields), oldest first."""
+    last = kept[-1]
+    profile = {
+        b"p:last_ts": str(last[1]).encode(),
+        b"p:device": str(last[5] or "").encode(),
+        b"p:locale": str(last[6] or "").encode(),
+    }
+    for fields in kept:
+        if fields[2] == EventType.PURCHASE.value:
+            profile[PURCHASED + str(fields[0]).encode()] = str(fields[1]).encode()
+    return profile
+
+
+def user_cache_keys(keys: CacheKeys, user_id: str) -> list[str]:
+    """Every cache entry that holds something of one user."""
+    return [history_cache_key(keys, user_id), bought_cache_key(keys, user_id), timeline_cache_key(keys, user_id)]
+
+
 def erase_user(
     store: WideColumnStore, cache: Cache, keys: CacheKeys, user_id: str, erased_at_ms: int
 ) -> dict[str, int]:
-    """Remove a user's data everywhere: interactions, their counters, examples, profile, cache."""
+    """Remove everything of a user the bus accepted until ``erased_at_ms``: interactions, their item
+    counters, examples, dedupe index, profile, and the cache on every node.
+
+    Race-free with the events consumer (``scalerec_preprocessor.consumers.events``):
+
+    * the tombstone is written first, so a batch that reads tombstones afterwards drops the user's
+      events ingested until then;
+    * a batch that read them before and wrote during the scans finds the tombstone when it checks
+      again after its writes, and runs this function itself (everything here is idempotent);
+    * rows of events ingested later (the user came back) are kept, so re-running it never loses
+      data accepted after the request.
+
+    A cache delete that fails raises (``CacheUnavailable``): the erasure is retried, never half done.
+    """
+    at = max(erased_at_ms, erased_at(store, [user_id]).get(user_id, -1))
+    tombstone = s.erasure_key(user_id)
+    # Tombstone first: events of this user still in flight are dropped from here on.
+    store.put(s.ERASURES, tombstone, {b"r:at": str(at).encode()})
     prefix = s.user_prefix(user_id)
     interaction_rows: list[bytes] = []
-    event_ids: list[bytes] = []
+    legacy_index: list[bytes] = []
+    kept: list[tuple[int, list[object]]] = []
     daily: dict[bytes, list[bytes]] = defaultdict(list)
     for key, cells in store.scan(s.INTERACTIONS, prefix=prefix, columns=[b"e"]):
-        entry = _entry(key, cells)
+        entry, fields = _unpack(key, cells)
+        if entry.ingest_ms > at:
+            kept.append((entry.ts_ms, fields))
+            continue
         interaction_rows.append(key)
-        event_ids.append(entry.event_id.encode())
-        daily[s.item_daily_key(entry.ts_ms, entry.item_id)].append(f"c:{entry.type}:{entry.event_id}".encode())
-    example_rows = [k for k, _ in store.scan(s.EXAMPLES, prefix=prefix, columns=[b"x:json"])]
-    # Tombstone first: events of this user still in flight are dropped from here on.
-    store.put(s.ERASURES, user_id.encode(), {b"r:at": str(erased_at_ms).encode()})
+        legacy_index.append(s.escape(entry.event_id))
+        daily[s.item_daily_key(entry.ts_ms, entry.item_id)] += [
+            s.item_daily_column(entry.type, user_id, entry.event_id),
+            s.legacy_item_daily_column(entry.type, entry.event_id),
+        ]
+    example_rows = [k for k, c in store.scan(s.EXAMPLES, prefix=prefix, columns=[b"x"]) if _at(c, b"x:at") <= at]
+    index_rows = [k for k, c in store.scan(s.EVENT_INDEX, prefix=prefix, columns=[b"m"]) if _at(c, b"m:at") <= at]
+    # Index rows from before dedupe was per user are keyed by the bare event id: only this user's go.
+    for key, cells in store.get_many(s.EVENT_INDEX, legacy_index, columns=[b"m:row"]).items():
+        if cells.get(b"m:row", b"").startswith(prefix):
+            index_rows.append(key)
     for row, cols in daily.items():
         store.delete(s.ITEM_DAILY, row, cols)
     store.delete_many(s.EXAMPLES, example_rows)
     store.delete_many(s.INTERACTIONS, interaction_rows)
-    store.delete_many(s.EVENT_INDEX, event_ids)
+    store.delete_many(s.EVENT_INDEX, index_rows)
     store.delete(s.PROFILES, s.profile_key(user_id))
-    with contextlib.suppress(Exception):
-        cache.delete_many(
-            [history_cache_key(keys, user_id), bought_cache_key(keys, user_id), timeline_cache_key(keys, user_id)]
-        )
-    return {"interactions": len(interaction_rows), "examples": len(example_rows)}
-
-
-def erased_at(store: WideColumnStore, user_ids: Sequence[str]) -> dict[str, int]:
-    rows = store.get_many(s.ERASURES, [u.encode() for u in user_ids])
-    return {k.decode(): int(v[b"r:at"]) for k, v in rows.items()}
+    if kept:
+        kept.sort(key=lambda k: k[0])
+        store.put(s.PROFILES, s.profile_key(user_id), _profile_cells([f for _, f in kept]))
+    cache.purge(user_cache_keys(keys, user_id))
+    store.put(s.ERASURES, tombstone, {b"r:done": str(at).encode()})
+    return {
+        "interactions": len(interaction_rows),
+        "examples": len(example_rows),
+        "index": len(index_rows),
+        "kept": len(kept),
+    }

@@ -1,7 +1,16 @@
-"""Tables and row keys."""
+"""Tables and row keys.
+
+Row keys are built from escaped parts: every id is percent-escaped (``%`` → ``%25``, the separator
+``|`` → ``%7C``, and any byte outside printable ASCII) before it goes between separators, so an
+escaped part never contains ``|``.  A crafted id therefore cannot make one user's key prefix match
+another user's rows (``u`` and ``u|x`` have the prefixes ``s|u|`` and ``s|u%7Cx|``).  Ids that follow
+the wire rules (``scalerec_events.models.ID_PATTERN``) escape to themselves, so rows written before
+escaping keep their keys.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from datetime import UTC, datetime
 
@@ -12,13 +21,13 @@ _MAX_TS = (1 << 63) - 1
 SEP = b"|"
 
 INTERACTIONS = "interactions"  # salt|user|reversed ts|event_id → one interaction (newest first per user)
-EVENT_INDEX = "event_index"  # event_id → interaction row key: dedupe and erasure
+EVENT_INDEX = "event_index"  # salt|user|event_id → interaction row key and ingest time: dedupe and erasure
 EXAMPLES = "examples"  # salt|user|ts|event_id → point-in-time training example (oldest first per user)
 ITEM_DAILY = "item_daily"  # yyyymmdd|item → one cell per event: idempotent counters
 CATALOGUE = "catalogue"  # salt|item → item JSON and content features
 FRESH_ITEMS = "fresh_items"  # reversed created ts|item → newest items first
 PROFILES = "profiles"  # salt|user → last seen, device, locale
-ERASURES = "erasures"  # user → erased at (tombstone: older events for the user are dropped)
+ERASURES = "erasures"  # user → erased at / done at (tombstone: events ingested until then are dropped)
 REPORTS = "reports"  # model|version → evaluation report JSON
 
 _SPLITS = tuple(format(i, "x").encode() for i in range(1, SALT_BUCKETS))
@@ -43,6 +52,36 @@ def salt(ident: str) -> bytes:
     return format(zlib.crc32(ident.encode()) % SALT_BUCKETS, "x").encode()
 
 
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:@~")
+
+
+def escape(ident: str) -> bytes:
+    """One row-key part: ``ident`` as UTF-8 with every byte outside the id alphabet as ``%XX``.
+
+    The result never contains the separator; ids of the wire alphabet are returned unchanged.
+    """
+    raw = ident.encode("utf-8", "surrogatepass")
+    if all(b in _SAFE for b in raw):
+        return raw
+    return b"".join(bytes([b]) if b in _SAFE else b"%%%02X" % b for b in raw)
+
+
+def unescape(part: bytes) -> str:
+    """Inverse of :func:`escape`."""
+    if b"%" not in part:
+        return part.decode()
+    out = bytearray()
+    i = 0
+    while i < len(part):
+        if part[i] == 0x25:  # '%'
+            out.append(int(part[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(part[i])
+            i += 1
+    return out.decode("utf-8", "surrogatepass")
+
+
 def ts_key(ts_ms: int) -> bytes:
     return format(ts_ms, "016x").encode()
 
@@ -52,23 +91,44 @@ def reversed_ts_key(ts_ms: int) -> bytes:
 
 
 def user_prefix(user_id: str) -> bytes:
-    return salt(user_id) + SEP + user_id.encode() + SEP
+    """Every row of one user (interactions, examples, index) starts with this, and no other user's does."""
+    return salt(user_id) + SEP + escape(user_id) + SEP
 
 
 def interaction_key(user_id: str, ts_ms: int, event_id: str) -> bytes:
-    return user_prefix(user_id) + reversed_ts_key(ts_ms) + SEP + event_id.encode()
+    return user_prefix(user_id) + reversed_ts_key(ts_ms) + SEP + escape(event_id)
 
 
 def example_key(user_id: str, ts_ms: int, event_id: str) -> bytes:
-    return user_prefix(user_id) + ts_key(ts_ms) + SEP + event_id.encode()
+    return user_prefix(user_id) + ts_key(ts_ms) + SEP + escape(event_id)
+
+
+def event_index_key(user_id: str, event_id: str) -> bytes:
+    """Dedupe is per user: the same event id sent for two users is two events, and erasing one user
+    removes only that user's index rows."""
+    return user_prefix(user_id) + escape(event_id)
+
+
+def last_part(key: bytes) -> str:
+    """The id after a key's last separator (the event id of interaction and example keys, ...)."""
+    return unescape(key.rsplit(SEP, 1)[-1])
+
+
+def after_first(key: bytes) -> str:
+    """The id after a key's first separator (the item of catalogue and daily-counter keys)."""
+    return unescape(key.split(SEP, 1)[1])
 
 
 def profile_key(user_id: str) -> bytes:
-    return salt(user_id) + SEP + user_id.encode()
+    return salt(user_id) + SEP + escape(user_id)
+
+
+def erasure_key(user_id: str) -> bytes:
+    return escape(user_id)
 
 
 def item_key(item_id: str) -> bytes:
-    return salt(item_id) + SEP + item_id.encode()
+    return salt(item_id) + SEP + escape(item_id)
 
 
 def day_of(ts_ms: int) -> str:
@@ -76,11 +136,23 @@ def day_of(ts_ms: int) -> str:
 
 
 def item_daily_key(ts_ms: int, item_id: str) -> bytes:
-    return day_of(ts_ms).encode() + SEP + item_id.encode()
+    return day_of(ts_ms).encode() + SEP + escape(item_id)
+
+
+def item_daily_column(event_type: str, user_id: str, event_id: str) -> bytes:
+    """One counter cell per (user, event): the same event id under two users counts twice, a
+    re-delivery of one event rewrites its own cell.  The user is a digest, not the id in clear."""
+    digest = hashlib.sha256(escape(user_id)).hexdigest()[:16]
+    return b"c:" + event_type.encode() + b":" + escape(event_id) + SEP + digest.encode()
+
+
+def legacy_item_daily_column(event_type: str, event_id: str) -> bytes:
+    """The counter cell written before counters were per user (read as a count; erased with its user)."""
+    return b"c:" + event_type.encode() + b":" + escape(event_id)
 
 
 def fresh_key(created_ms: int, item_id: str) -> bytes:
-    return reversed_ts_key(created_ms) + SEP + item_id.encode()
+    return reversed_ts_key(created_ms) + SEP + escape(item_id)
 
 
 def report_key(model: str, version: int) -> bytes:

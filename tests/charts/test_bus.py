@@ -121,3 +121,18 @@ def test_min_insync_replicas_above_the_replication_factor_does_not_render(tmp_pa
     path.write_text(yaml.safe_dump(_merge(BACKENDS, {"kafka": {"replicationFactor": 2, "minInsyncReplicas": 3}})))
     proc = run_helm(template_args(["-f", str(path)]), check=False)
     assert proc.returncode != 0 and "minInsyncReplicas" in proc.stderr
+
+
+def test_every_component_keeps_bus_copies_for_the_same_retention(tmp_path: Path) -> None:
+    """Each service applies BUS_RETENTION_HOURS to the topics when it starts: they must all agree,
+    or the last one started decides how long an erased user's events stay on the bus."""
+    r = _render(tmp_path, {**BACKENDS, "kafka": {"bootstrap": "k:9092", "retentionHours": 36}})
+    names = [d["metadata"]["name"].removeprefix(f"{RELEASE}-") for d in r.of_kind("Deployment")]
+    assert "preprocessor" in names and "collector" in names
+    for name in names:
+        env = _env(r, name)
+        assert env["BUS_RETENTION_HOURS"] == "36", name
+    settings = _preprocessor_settings(r)
+    specs = {t.name: t for t in settings.topics()}
+    assert specs[settings.topic(Topic.EVENTS_RAW)].retention_ms == 36 * 3600_000
+    assert specs[settings.topic(Topic.MODELS_PROMOTED)].retention_ms is None  # compacted: the champion stays

@@ -367,7 +367,7 @@ def stored_event_ids(store: WideColumnStore, users: Sequence[str]) -> list[str]:
     out: list[str] = []
     for user in users:
         for key, _ in store.scan(s.INTERACTIONS, prefix=s.user_prefix(user), columns=[r.INTERACTION], batch_size=5000):
-            out.append(key.rsplit(s.SEP, 1)[-1].decode())
+            out.append(s.last_part(key))
     return out
 
 

@@ -82,7 +82,9 @@ def test_preprocessor_killed_in_the_middle_of_a_batch(pipeline: FaultCluster) ->
             # ... the preprocessor starts on it and is killed -9 as soon as its first batch is done,
             # i.e. while it is writing the next one.  "Done" is read from HBase itself: the dedupe index
             # is written last in a batch, so a sample of the ids showing up there marks the first one.
-            sample = [i.encode() for i in random.Random(0).sample(sorted(poster.accepted), 200)]
+            owner = {e.event_id: e.user_id for e in events}
+            picked = random.Random(0).sample(sorted(poster.accepted), 200)
+            sample = [s.event_index_key(owner[i], i) for i in picked]
 
             def first_batch_done() -> bool:
                 try:

@@ -78,3 +78,40 @@ def test_factory_url_and_odd_keys(shared_memcached: list[tuple[str, int]]) -> No
             assert cache.get(key) is None
     finally:
         cache.close()
+
+
+def test_purge_deletes_a_key_on_every_node_not_only_where_the_ring_points(
+    shared_memcached: list[tuple[str, int]],
+) -> None:
+    """A key written while its node was out of the ring lives on the other node, and the first node may
+    still hold an older copy when it comes back: an erasure must delete both."""
+    prefix = f"it-{uuid.uuid4().hex[:8]}:"
+    cache = MemcachedCache(shared_memcached, key_prefix=prefix)
+    nodes = [Client(node) for node in shared_memcached]
+    try:
+        for node in nodes:  # a copy on each node, as the ring's history can leave it
+            node.set(f"{prefix}user-7", b"history", expire=60)
+        cache.purge(["user-7"])
+        assert [node.get(f"{prefix}user-7") for node in nodes] == [None, None]
+        cache.delete("absent")  # best effort, as before
+    finally:
+        for node in nodes:
+            node.close()
+        cache.close()
+
+
+def test_purge_retries_a_node_that_does_not_answer_then_raises(private_memcached: PrivateStack) -> None:
+    from scalerec_adapters.cache import CacheUnavailable
+
+    ports = _ports(private_memcached)
+    cache = MemcachedCache([(HOST, p) for p in ports], purge_attempts=3, purge_backoff_s=0.05)
+    try:
+        cache.set("k", b"v")
+        private_memcached.down(f"memcached-{ports[0]}")
+        with pytest.raises(CacheUnavailable, match=str(ports[0])):
+            cache.purge(["k"])  # never reported done with a node unreached
+        private_memcached.up(f"memcached-{ports[0]}")
+        cache.purge(["k"])  # the retry by the erasure worker succeeds once the node is back
+        assert cache.get("k") is None
+    finally:
+        cache.close()

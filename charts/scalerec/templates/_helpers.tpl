@@ -186,6 +186,7 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- $root := index . 0 -}}
 {{- $c := index . 1 -}}
 {{- $env := dict "HOST" "0.0.0.0" "PORT" (toString $c.port) "DATA_DIR" $root.Values.persistence.data.mountPath -}}
+{{- $_ := set $env "BUS_RETENTION_HOURS" (toString $root.Values.kafka.retentionHours) -}}
 {{- with tpl (toString $root.Values.kafka.bootstrap) $root -}}
 {{- $k := $root.Values.kafka -}}
 {{- $_ := set $env "BUS_URL" (printf "kafka://%s?replication_factor=%v&min_insync_replicas=%v&compression_type=%s" . (int $k.replicationFactor) (int $k.minInsyncReplicas) $k.compression) -}}

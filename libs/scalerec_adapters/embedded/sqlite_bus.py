@@ -216,6 +216,8 @@ class SqliteEventBus(EventBus):
             "INSERT OR IGNORE INTO topics(name, partitions, retention_ms, created_ms) VALUES (?, ?, ?, ?)",
             (name, partitions, retention_ms, _now_ms()),
         )
+        if retention_ms is not None:  # an existing topic takes the configured retention too, as on Kafka
+            conn.execute("UPDATE topics SET retention_ms = ? WHERE name = ?", (retention_ms, name))
         (n,) = conn.execute("SELECT partitions FROM topics WHERE name = ?", (name,)).fetchone()
         conn.executemany(
             "INSERT OR IGNORE INTO partitions(topic, partition, next_offset) VALUES (?, ?, 0)",
@@ -233,6 +235,9 @@ class SqliteEventBus(EventBus):
                 conn = self._db()
                 with write_txn(conn):
                     counts = {s.name: self._create_topic(conn, s.name, s.partitions, s.retention_ms) for s in specs}
+                    for s in specs:  # trim now too: a topic nobody writes to any more is trimmed as well
+                        if s.retention_ms is not None:
+                            self._apply_retention(conn, s.name, _now_ms())
                 self._partitions.update(counts)
 
         await asyncio.to_thread(run)

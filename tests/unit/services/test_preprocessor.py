@@ -12,7 +12,7 @@ from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
-from scalerec_events.models import ErasureRequest, Event, Item
+from scalerec_events.models import Context, ErasureRequest, Event, EventType, Item
 from scalerec_events.topics import Topic, topic_name
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
 from scalerec_preprocessor.consumers.events import EventsConsumer
@@ -23,21 +23,26 @@ from scalerec_storage import schema as s
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
 
-def _msg(topic: str, payload: bytes, offset: int) -> Message:
-    return Message(topic=topic, partition=0, offset=offset, key=b"k", value=payload)
+def _msg(topic: str, payload: bytes, offset: int, ingested: datetime | None = None) -> Message:
+    at = int(ingested.timestamp() * 1000) if ingested else 0  # the bus's append time (0: unknown)
+    return Message(topic=topic, partition=0, offset=offset, key=b"k", value=payload, timestamp_ms=at)
 
 
-def _events(user: str, items: list[str], start: int = 0) -> list[Message]:
+def _events(
+    user: str, items: list[str], start: int = 0, *, ingested: datetime | None = None, client_ts: datetime | None = None
+) -> list[Message]:
+    """Events sent at T0 + start minutes (client time and bus time alike, unless given)."""
     out = []
     for n, item in enumerate(items):
+        sent = T0 + timedelta(minutes=start + n)
         e = Event(
             event_id=f"{user}-{start + n}",
             user_id=user,
             item_id=item,
             type="view",
-            timestamp=T0 + timedelta(minutes=start + n),
+            timestamp=client_ts or sent,
         )
-        out.append(_msg(topic_name(Topic.EVENTS_RAW), e.model_dump_json().encode(), start + n))
+        out.append(_msg(topic_name(Topic.EVENTS_RAW), e.model_dump_json().encode(), start + n, ingested or sent))
     return out
 
 
@@ -79,7 +84,7 @@ async def test_a_redelivered_batch_changes_nothing(world: World) -> None:
 
 async def test_a_crash_before_the_dedupe_index_is_safe(world: World) -> None:
     batch = _events("u1", ["a", "b"])
-    events = [Event.model_validate_json(m.value) for m in batch]
+    events = [(Event.model_validate_json(m.value), m.timestamp_ms) for m in batch]
     world.events._write(events)  # the writes happened, then the process died before _finish
     await world.events.handle(batch)  # redelivered
     assert r.count_interactions(world.store) == 2
@@ -155,3 +160,100 @@ async def test_examples_carry_the_items_content_features(world: World) -> None:
     example = next(x for x in r.scan_examples(world.store) if x.item_id == "shoe")
     expected = item_feature_vector(item.category, item.price, item.title, item.text)
     assert example.item == {"category": expected[0], "price_bucket": expected[1]}
+
+
+async def _erase(world: World, user: str, at: datetime) -> None:
+    req = ErasureRequest(request_id=f"r-{user}", user_id=user, requested_at=at)
+    await ErasureConsumer(world.store, world.cache, world.keys).handle(
+        [_msg(topic_name(Topic.ERASURE), req.model_dump_json().encode(), 0, at)]
+    )
+
+
+def _everything_of(world: World, user: str) -> dict[str, int]:
+    """Rows and cache entries of ``user`` anywhere in the store and cache."""
+    prefix = s.user_prefix(user)
+    return {
+        "interactions": sum(1 for _ in world.store.scan(s.INTERACTIONS, prefix=prefix)),
+        "examples": sum(1 for _ in world.store.scan(s.EXAMPLES, prefix=prefix)),
+        "index": sum(1 for _ in world.store.scan(s.EVENT_INDEX, prefix=prefix)),
+        "profile": len(world.store.get(s.PROFILES, s.profile_key(user))),
+        "cache": len(world.cache.get_many(r.user_cache_keys(world.keys, user))),
+    }
+
+
+async def test_tombstones_compare_with_ingest_time_not_the_clients_timestamp(world: World) -> None:
+    erased_at = T0 + timedelta(hours=1)
+    # Ingested before the erasure, with a client clock 9 minutes ahead of it: erased.
+    await world.events.handle(_events("u1", ["a"], start=50, client_ts=erased_at + timedelta(minutes=9)))
+    await _erase(world, "u1", erased_at)
+    assert r.count_interactions(world.store, "u1") == 0
+    # Re-delivered after the erasure (ingested before it): still dropped.
+    await world.events.handle(_events("u1", ["a"], start=50, client_ts=erased_at + timedelta(minutes=9)))
+    assert r.count_interactions(world.store, "u1") == 0
+    # Ingested after the erasure, with an old client timestamp: the user came back; kept.
+    await world.events.handle(_events("u1", ["b"], start=70, client_ts=T0))
+    assert [h.item_id for h in r.recent_history(world.store, "u1", 10)] == ["b"]
+    example = next(x for x in r.scan_examples(world.store) if x.user_id == "u1")
+    assert example.history == []  # nothing of the erased life leaks into the new one
+    # A second request for the same time changes nothing of what came after it.
+    await _erase(world, "u1", erased_at)
+    assert r.count_interactions(world.store, "u1") == 1
+
+
+async def test_an_erasure_during_a_batch_cannot_leave_anything_behind(world: World) -> None:
+    """The batch reads tombstones (none), the erasure runs to the end, then the batch writes: the
+    check after the writes erases what the batch re-created and asks for the batch to run again."""
+    from scalerec_adapters.worker import RetryLater
+
+    await world.events.handle(_events("u1", ["a", "b"]))
+    batch = _events("u1", ["c", "d"], start=2) + _events("u9", ["c"], start=2)
+    original = r.erased_at
+
+    def erase_between_read_and_write(store: object, users: list[str]) -> dict[str, int]:
+        seen = original(world.store, users)
+        r.erased_at = original  # once: the read before the writes
+        r.erase_user(world.store, world.cache, world.keys, "u1", int((T0 + timedelta(hours=1)).timestamp() * 1000))
+        return seen
+
+    r.erased_at = erase_between_read_and_write  # type: ignore[assignment]
+    try:
+        with pytest.raises(RetryLater):
+            await world.events.handle(batch)
+    finally:
+        r.erased_at = original
+    assert _everything_of(world, "u1") == dict.fromkeys(("interactions", "examples", "index", "profile", "cache"), 0)
+    await world.events.handle(batch)  # the worker runs the batch again
+    assert _everything_of(world, "u1")["interactions"] == 0
+    assert r.count_interactions(world.store, "u9") == 1
+    assert sum(r.item_scores(world.store).values()) == 1.0
+
+
+async def test_the_same_event_id_under_two_users_is_two_events(world: World) -> None:
+    def event(user: str) -> Message:
+        e = Event(event_id="same", user_id=user, item_id="i", type="click", timestamp=T0)
+        return _msg(topic_name(Topic.EVENTS_RAW), e.model_dump_json().encode(), 0, T0)
+
+    await world.events.handle([event("u1"), event("u2")])
+    await world.events.handle([event("u2"), event("u1")])  # re-delivered
+    assert r.count_interactions(world.store, "u1") == r.count_interactions(world.store, "u2") == 1
+    assert r.item_scores(world.store) == {"i": 2 * r.TYPE_WEIGHTS[EventType.CLICK]}
+    await _erase(world, "u1", T0 + timedelta(hours=1))
+    assert r.item_scores(world.store) == {"i": r.TYPE_WEIGHTS[EventType.CLICK]}
+    await world.events.handle([event("u2")])  # u2's index row survived u1's erasure: still a duplicate
+    assert r.count_interactions(world.store, "u2") == 1 and world.events.duplicates == 3
+
+
+async def test_ids_with_the_old_separator_cannot_reach_another_users_rows(world: World) -> None:
+    """Row keys escape their parts: erasing or reading ``u`` never touches ``u|x`` (same salt bucket
+    chosen on purpose), although the wire model refuses such ids anyway."""
+    victim = next(f"u|{n}" for n in range(1000) if s.salt(f"u|{n}") == s.salt("u"))
+    for user in ("u", victim):
+        e = Event.model_construct(
+            event_id="e1", user_id=user, item_id="i", type=EventType.VIEW, timestamp=T0, value=None, context=Context()
+        )
+        world.events._write([(e, int(T0.timestamp() * 1000))])
+    assert [h.event_id for h in r.recent_history(world.store, "u", 10)] == ["e1"]
+    r.erase_user(world.store, world.cache, world.keys, "u", int((T0 + timedelta(hours=1)).timestamp() * 1000))
+    assert r.count_interactions(world.store, "u") == 0
+    assert r.count_interactions(world.store, victim) == 1
+    assert s.unescape(s.escape(victim)) == victim and b"|" not in s.escape(victim)

@@ -161,3 +161,36 @@ def test_torchrun_two_ranks_train_and_rank0_writes_once(data_dir: Path, tmp_path
     assert (repository / repo.USER_TOWER_MODEL / "1").is_dir()
     assert "samples/s" in logs and "joined process group: rank 1 of 2 (gloo)" in logs
     assert not list(checkpoints.glob("*.ckpt.pt"))  # cleaned up once the version was written
+
+
+def test_a_trainer_restarted_after_a_crash_mid_version_trains_the_next_one(data_dir: Path, tmp_path: Path) -> None:
+    """What a trainer SIGKILLed between the user tower and the ranker of version 1 leaves (the kill
+    itself: tests/unit/libs/test_versions.py): the next Job cleans it up and writes version 2 of both
+    models, where it used to fail on "version 1 already exists" for ever."""
+    from scalerec_models.versions import HIGH_WATER_FILE
+
+    repository = tmp_path / "model_repository"
+    tower = repository / repo.USER_TOWER_MODEL / "1"
+    tower.mkdir(parents=True)
+    (tower / "model.onnx").write_bytes(b"half written")
+    (repository / repo.RANKER_MODEL / ".staging-1-dead").mkdir(parents=True)
+    (repository / HIGH_WATER_FILE).write_text("1\n")
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "MODEL_REPOSITORY": str(repository),
+        "MIN_EXAMPLES": "10",
+        "MAX_EPOCHS": "2",
+        "TIME_BUDGET_S": "10",
+        "TRAIN_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalerec_trainer.train"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-4000:]
+    assert repo.list_versions(repository, repo.RANKER_MODEL) == [2], logs[-2000:]
+    assert repo.list_versions(repository, repo.USER_TOWER_MODEL) == [2]
+    assert "removed what an interrupted writer left" in logs
+    assert repo.validate_repository(repository) == []

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from scalerec_events.models import Event
+
+
+def dedupe_key(event: Event) -> str:
+    """(user, event id): ``/`` is not in the id alphabet, so two different pairs never share a key."""
+    return f"{event.user_id}/{event.event_id}"
+
 
 class RecentIds:
     def __init__(self, capacity: int) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.factory import make_scorer
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.worker import ConsumerWorker
@@ -23,6 +24,7 @@ from scalerec_storage.backends import Backends
 from scalerec_ranker.api.routes import recommendations
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings, get_settings
+from scalerec_ranker.consumers.erasure import ErasureConsumer
 from scalerec_ranker.consumers.items import CatalogueConsumer
 from scalerec_ranker.consumers.promotions import PromotionsConsumer
 from scalerec_ranker.impressions import ImpressionPublisher
@@ -81,6 +83,14 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             max_records=2000,
         )
         catalogue.start()
+        erasures = app.state.erasures = ConsumerWorker(
+            bus,
+            [settings.topic(Topic.ERASURE)],
+            group,
+            ErasureConsumer(store, cache, CacheKeys(settings.deployment)).handle,
+            name="erasure",
+        )
+        erasures.start()
         app.state.store, app.state.cache, app.state.scorer, app.state.models = store, cache, scorer, models
         app.state.producer = bus.producer()
         impressions = app.state.impressions = ImpressionPublisher(app.state.producer, settings.topic(Topic.IMPRESSIONS))
@@ -92,6 +102,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             await impressions.stop()
             await promotions.stop()
             await catalogue.stop()
+            await erasures.stop()
             await baselines.stop()
             await models.close()
             await scorer.close()

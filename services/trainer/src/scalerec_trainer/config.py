@@ -25,6 +25,12 @@ class TrainerSettings(ModelRepositorySettings):
         default=0, ge=0, description="Override the size preset's training time budget per model (s); 0 keeps it."
     )
     seed: int = 7
+    keep_versions: int = Field(
+        default=5,
+        ge=1,
+        description="Model versions kept in the repository: older ones are deleted after each run, but never "
+        "the champion, anything newer than it, or a version a config still serves.",
+    )
     holdout_fraction: float = Field(
         default=0.1, gt=0, lt=0.5, description="Newest share of time kept out of training for the evaluator."
     )

@@ -22,6 +22,7 @@ from scalerec_events.topics import Topic
 from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
 from scalerec_models.runtime import NEIGHBORS_FILE
+from scalerec_models.versions import allocate_version, prune_versions
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
 
@@ -165,14 +166,18 @@ def _write_version(
             "train_seconds": round(time.perf_counter() - started, 2),
         }
         extras = {path.name: path for name, path in files.items() if name not in ("ranker", "user_tower")}
-        version = repo.next_version(repository, repo.RANKER_MODEL)
-        repo.write_model_version(
-            repository, repo.USER_TOWER_MODEL, files["user_tower"], card=card, extra_files=extras, version=version
-        )
-        # The ranker version is written last: its appearance is what makes the version complete.
-        repo.write_model_version(
-            repository, repo.RANKER_MODEL, files["ranker"], card=card, extra_files=extras, version=version
-        )
+        # One number for both models, taken under the repository's writer lock (a crashed earlier run's
+        # half-written version is removed first, so it cannot wedge this one).
+        with allocate_version(repository) as allocation:
+            version = allocation.version
+            repo.write_model_version(
+                repository, repo.USER_TOWER_MODEL, files["user_tower"], card=card, extra_files=extras, version=version
+            )
+            # The ranker version is written last: its appearance is what makes the version complete.
+            repo.write_model_version(
+                repository, repo.RANKER_MODEL, files["ranker"], card=card, extra_files=extras, version=version
+            )
+            prune_versions(repository, settings.keep_versions)
     seconds = time.perf_counter() - started
     log.info("wrote model version %d in %.1fs: %s", version, seconds, trained.metrics)
     return TrainOutcome(version=version, card=card, seconds=seconds)

@@ -1,8 +1,14 @@
 """<DEPLOYMENT>.events.raw.v1 → interactions, item counters, profiles, point-in-time examples, hot history.
 
-Every write is idempotent (row keys carry the event_id), and the dedupe index is
-written last: a crash anywhere in a batch means the batch is re-delivered and
-rewritten to the same cells, so nothing is lost and nothing counts twice.
+Every write is idempotent (row keys carry the user and the event_id), and the dedupe
+index is written last: a crash anywhere in a batch means the batch is re-delivered
+and rewritten to the same cells, so nothing is lost and nothing counts twice.
+
+Erasure: an event belongs to an erased user when the bus accepted it (its ingest time,
+not the client's timestamp) at or before the user's tombstone.  Tombstones are read
+before a batch is written and again after it: an erasure that started in between may
+have scanned before this batch's rows landed, so the batch then erases the user itself
+and is run again (see ``scalerec_storage.records.erase_user``).
 """
 
 from __future__ import annotations
@@ -10,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from bisect import bisect_left
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
 from scalerec_adapters.bus import Message, OutgoingMessage, Producer
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
-from scalerec_adapters.worker import BatchResult
+from scalerec_adapters.worker import BatchResult, RetryLater, parse_batch
+from scalerec_core.logging import user_ref
 from scalerec_core.telemetry import consume_span, inject_headers
 from scalerec_events.labels import is_conversion
 from scalerec_events.models import Event, EventType, TrainingExample
@@ -37,6 +44,9 @@ class _Plan:
     index_rows: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
     histories: dict[str, list[r.HistoryEntry]] = field(default_factory=dict)
     buyers: set[str] = field(default_factory=set)
+    # Tombstones as read before writing, and the index keys written per user (for a re-run).
+    tombstones: dict[str, int] = field(default_factory=dict)
+    user_index: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     duplicates: int = 0
     erased: int = 0
 
@@ -68,17 +78,13 @@ class EventsConsumer:
         self._parsed_max = 200_000
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
-        result = BatchResult()
-        events: list[Event] = []
-        for message in messages:
-            try:
-                events.append(Event.model_validate_json(message.value))
-            except ValidationError as exc:
-                result.poison.append((message, f"invalid event: {exc.errors()[0].get('msg', exc)}"))
-        if not events:
+        parsed, result = parse_batch(messages, Event, "event")
+        if not parsed:
             return result
-        first = messages[0]
-        with consume_span("preprocess events", first.headers, count=len(events)):
+        now_ms = int(time.time() * 1000)
+        # When the bus accepted each event (the producer's append time): what tombstones compare with.
+        events = [(e, m.timestamp_ms or now_ms) for m, e in parsed]
+        with consume_span("preprocess events", messages[0].headers, count=len(events)):
             plan = await asyncio.to_thread(self._write, events)
             if plan.examples:
                 headers = tuple(inject_headers())
@@ -86,33 +92,41 @@ class EventsConsumer:
                     self.examples_topic, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
                 )
             await asyncio.to_thread(self._finish, plan)
+            await asyncio.to_thread(self._recheck_erasures, plan)
         self.stored += len(plan.new_ids)
         self.duplicates += plan.duplicates
         self.dropped_erased += plan.erased
         return result
 
-    def _write(self, events: list[Event]) -> _Plan:
+    def _write(self, batch: list[tuple[Event, int]]) -> _Plan:
         plan = _Plan()
-        # Dedupe: within the batch, then against everything already stored.
-        unique: dict[str, Event] = {}
-        for e in events:
-            unique.setdefault(e.event_id, e)
-        plan.duplicates = len(events) - len(unique)
-        seen = self.store.get_many(s.EVENT_INDEX, [i.encode() for i in unique], columns=[b"m:row"])
-        fresh = [e for i, e in unique.items() if i.encode() not in seen]
+        # Dedupe per (user, event id): within the batch, then against everything already stored.
+        unique: dict[bytes, tuple[Event, int]] = {}
+        for e, at in batch:
+            unique.setdefault(s.event_index_key(e.user_id, e.event_id), (e, at))
+        plan.duplicates = len(batch) - len(unique)
+        seen = self.store.get_many(s.EVENT_INDEX, list(unique), columns=[b"m:row"])
+        fresh = [v for k, v in unique.items() if k not in seen]
         plan.duplicates += len(unique) - len(fresh)
-        tombstones = r.erased_at(self.store, sorted({e.user_id for e in fresh}))
-        ts = {e.event_id: e.ts_ms for e in fresh}  # computed once: ts_ms is not free
-        kept = [e for e in fresh if ts[e.event_id] > tombstones.get(e.user_id, -1)]
+        tombstones = plan.tombstones = r.erased_at(self.store, sorted({e.user_id for e, _ in fresh}))
+        ingest = {(e.user_id, e.event_id): at for e, at in fresh}
+        kept = [e for e, at in fresh if at > tombstones.get(e.user_id, -1)]
         plan.erased = len(fresh) - len(kept)
+        if plan.erased:
+            # Re-delivered events of an erased user: a crashed earlier run may have written some of them
+            # after the erasure's scans. Erasing again (idempotent) removes whatever that left.
+            for user_id in sorted({e.user_id for e, at in fresh if at <= tombstones.get(e.user_id, -1)}):
+                r.erase_user(self.store, self.cache, self.keys, user_id, tombstones[user_id])
         if not kept:
             return plan
+        ts = {(e.user_id, e.event_id): e.ts_ms for e in kept}  # computed once: ts_ms is not free
 
         by_user: dict[str, list[Event]] = defaultdict(list)
         for e in kept:
             by_user[e.user_id].append(e)
         items = r.get_item_features(self.store, sorted({e.item_id for e in kept}))
-        timelines = self._timelines(by_user, ts)
+        # An erased user's history comes from the store, without what the erasure removes.
+        timelines = self._timelines({u: v for u, v in by_user.items() if u not in tombstones}, ts)
         # A user without a profile row has no stored interactions yet: nothing to scan for.
         unknown = sorted(u for u in by_user if u not in timelines)
         with_profile = self.store.get_many(s.PROFILES, [s.profile_key(u) for u in unknown], columns=[b"p:last_ts"])
@@ -121,16 +135,17 @@ class EventsConsumer:
                 timelines[u] = []
         interactions, daily, profiles, examples_rows = [], [], [], []
         for user_id, user_events in by_user.items():
-            user_events.sort(key=lambda e: (ts[e.event_id], e.event_id))
-            last_ts = ts[user_events[-1].event_id]
+            user_events.sort(key=lambda e: (ts[(e.user_id, e.event_id)], e.event_id))
+            last_ts = ts[(user_id, user_events[-1].event_id)]
             known = timelines.get(user_id)
             if known is None:  # not cached, or events older than the cached tail: the store has it all
                 stored = r.recent_history(self.store, user_id, self.history_len * 2, before_ts_ms=last_ts + 1)
-                known = [h for h in stored if h.type != EventType.IMPRESSION.value]
+                gone = tombstones.get(user_id, -1)
+                known = [h for h in stored if h.type != EventType.IMPRESSION.value and h.ingest_ms > gone]
             interest = r.merge_history(
                 known,
                 (
-                    r.HistoryEntry(e.item_id, ts[e.event_id], e.type.value, e.event_id)
+                    r.HistoryEntry(e.item_id, ts[(e.user_id, e.event_id)], e.type.value, e.event_id)
                     for e in user_events
                     if e.type is not EventType.IMPRESSION
                 ),
@@ -138,11 +153,14 @@ class EventsConsumer:
             )
             interest_ts = [h.ts_ms for h in interest]
             for e in user_events:
-                e_ts = ts[e.event_id]
+                e_ts = ts[(e.user_id, e.event_id)]
+                e_at = ingest[(e.user_id, e.event_id)]
                 key = s.interaction_key(user_id, e_ts, e.event_id)
-                interactions.append((key, r.interaction_cells(e, e_ts)))
+                interactions.append((key, r.interaction_cells(e, e_ts, e_at)))
                 daily.append(r.item_daily_cells(e, e_ts))
-                plan.index_rows.append((e.event_id.encode(), {b"m:row": key}))
+                index_key = s.event_index_key(user_id, e.event_id)
+                plan.index_rows.append((index_key, r.index_cells(key, e_at)))
+                plan.user_index[user_id].append(index_key)
                 plan.new_ids.append(e.event_id)
                 if e.type is EventType.IMPRESSION:
                     continue
@@ -151,7 +169,7 @@ class EventsConsumer:
                 before = interest[max(0, cut - self.history_len) : cut]
                 payload = self._example(e, e_ts, [h.item_id for h in before], items).model_dump_json().encode()
                 plan.examples.append((user_id.encode(), payload))
-                examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(payload)))
+                examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(payload, e_at)))
             last = user_events[-1]
             profile = {
                 b"p:last_ts": str(last_ts).encode(),
@@ -159,7 +177,9 @@ class EventsConsumer:
                 b"p:locale": (last.context.locale or "").encode(),
             }
             # Every purchase ever, not just the recent history: the ranker never recommends them again.
-            purchases = [r.purchase_cells(e, ts[e.event_id]) for e in user_events if e.type is EventType.PURCHASE]
+            purchases = [
+                r.purchase_cells(e, ts[(user_id, e.event_id)]) for e in user_events if e.type is EventType.PURCHASE
+            ]
             if purchases:
                 profile.update(purchases)
                 plan.buyers.add(user_id)
@@ -171,7 +191,9 @@ class EventsConsumer:
         self.store.put_many(s.PROFILES, profiles)
         return plan
 
-    def _timelines(self, by_user: dict[str, list[Event]], ts: dict[str, int]) -> dict[str, list[r.HistoryEntry]]:
+    def _timelines(
+        self, by_user: dict[str, list[Event]], ts: dict[tuple[str, str], int]
+    ) -> dict[str, list[r.HistoryEntry]]:
         """Each user's last interest entries from the cache, where they are enough for this batch.
 
         The cache holds the last ``history_len`` entries this preprocessor wrote.  They are the
@@ -194,7 +216,7 @@ class EventsConsumer:
                 tail = known[1]
             else:
                 tail = [r.HistoryEntry.from_list(x) for x in json.loads(raw)]
-            first = min(ts[e.event_id] for e in by_user[user_id])
+            first = min(ts[(e.user_id, e.event_id)] for e in by_user[user_id])
             if len(tail) < self.history_len or not tail or first > tail[-1].ts_ms:
                 out[user_id] = tail
         return out
@@ -239,3 +261,23 @@ class EventsConsumer:
                 self.cache.delete_many([r.bought_cache_key(self.keys, u) for u in sorted(plan.buyers)])
         except Exception as exc:  # the cache is an optimisation; the store has it all
             log.info("cache update skipped: %s", exc)
+
+    def _recheck_erasures(self, plan: _Plan) -> None:
+        """After the writes: an erasure whose tombstone appeared (or moved) since ``_write`` read them may
+        have scanned before this batch's rows landed.  Erase again (idempotent) so nothing it wrote of
+        the erased events survives, forget the batch's index rows of that user and run the batch again:
+        the re-run drops the erased events and rewrites the later ones with a history that has none of
+        the erased ones (their examples were built from what was read before the erasure)."""
+        users = sorted(plan.user_index)
+        if not users:
+            return
+        now = r.erased_at(self.store, users)
+        changed = [u for u in users if now.get(u, -1) > plan.tombstones.get(u, -1)]
+        if not changed:
+            return
+        for user_id in changed:
+            r.erase_user(self.store, self.cache, self.keys, user_id, now[user_id])
+            self.store.delete_many(s.EVENT_INDEX, plan.user_index[user_id])
+            self._parsed.pop(user_id, None)
+            log.info("erasure of user %s ran during a batch; the batch runs again", user_ref(user_id))
+        raise RetryLater(f"{len(changed)} user(s) of the batch were erased while it was written")

@@ -6,10 +6,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from pydantic import ValidationError
 from scalerec_adapters.bus import Message
 from scalerec_adapters.store import WideColumnStore
-from scalerec_adapters.worker import BatchResult
+from scalerec_adapters.worker import BatchResult, parse_batch
 from scalerec_events.models import Item
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
@@ -21,14 +20,8 @@ class ItemsConsumer:
         self.stored = 0
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
-        result = BatchResult()
-        items: dict[str, Item] = {}
-        for message in messages:
-            try:
-                item = Item.model_validate_json(message.value)
-                items[item.item_id] = item  # the last version in the batch wins
-            except ValidationError as exc:
-                result.poison.append((message, f"invalid item: {exc.errors()[0].get('msg', exc)}"))
+        parsed, result = parse_batch(messages, Item, "item")
+        items = {item.item_id: item for _, item in parsed}  # the last version in the batch wins
         if items:
             await asyncio.to_thread(self._write, list(items.values()))
             self.stored += len(items)

@@ -10,6 +10,7 @@ from scalerec_events.models import Event
 from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
+from scalerec_collector.dedupe import dedupe_key
 from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[require(Scope.INGEST)])
@@ -50,7 +51,7 @@ async def post_events(
 
     Each event is validated on its own: invalid ones are reported in ``errors``
     (with the field at fault) and the rest of the batch is still accepted.  An
-    ``event_id`` seen before is acknowledged as a duplicate and not stored again.
+    ``event_id`` seen before for the same user is acknowledged as a duplicate and not stored again.
     """
     events, errors = split_valid(payload, "events", Event, settings.max_batch_events, "event_id")
     if not events:
@@ -58,13 +59,15 @@ async def post_events(
     fresh: list[Event] = []
     seen_in_batch: set[str] = set()
     for event in events:
-        if event.event_id in recent or event.event_id in seen_in_batch:
+        # Per user, as the preprocessor dedupes: one event id sent for two users is two events.
+        key = dedupe_key(event)
+        if key in recent or key in seen_in_batch:
             continue
-        seen_in_batch.add(event.event_id)
+        seen_in_batch.add(key)
         fresh.append(event)
     if fresh:
         await publish(producer, settings.topic(Topic.EVENTS_RAW), fresh, lambda e: e.user_id, "events")
-        recent.add_all([e.event_id for e in fresh])
+        recent.add_all([dedupe_key(e) for e in fresh])
     return IngestResult(
         accepted=len(fresh), duplicates=len(events) - len(fresh), rejected=len({e.index for e in errors}), errors=errors
     )
