@@ -19,6 +19,18 @@ class EvaluatorSettings(ModelRepositorySettings):
     min_improvement: float = Field(
         default=0.0, ge=0, description="Relative gain over the champion (and baselines) needed to promote."
     )
+    triton_url: str = Field(
+        default="",
+        description="triton://host:8001 of the Triton the rankers score on. The evaluator is its one model "
+        "controller: it loads the champion and the running experiment's versions and unloads the rest "
+        "(rankers only follow). Empty: no Triton (rankers score in process).",
+    )
+    unload_grace_s: float = Field(
+        default=30.0, ge=0, description="How long a version stays served after it stops being needed."
+    )
+    min_experiment_impressions: int = Field(
+        default=1000, ge=1, description="Answers each variant needs before an experiment can be decided."
+    )
 
 
 @lru_cache

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
@@ -17,6 +16,7 @@ from scalerec_models.data import FIRST_ITEM, ItemVocab
 from scalerec_models.runtime import ModelVersion
 
 from scalerec_evaluator.holdout import Holdout
+from scalerec_evaluator.schemas import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate(name: str, fn: ScoreFn, h: Holdout) -> dict[str, float]:
     return metrics
 
 
-def evaluate_version(repository: Path, version: int, champion: int | None, h: Holdout) -> dict[str, Any]:
+def evaluate_version(repository: Path, version: int, champion: int | None, h: Holdout) -> EvaluationReport:
     scorer = OnnxRuntimeScorer(repository)
     models: dict[str, dict[str, float]] = {
         "popularity": evaluate("popularity", _baseline_scores(h, Popularity()), h),
@@ -89,4 +89,4 @@ def evaluate_version(repository: Path, version: int, champion: int | None, h: Ho
             )
         except Exception as exc:  # a champion that cannot be scored any more loses its seat
             log.warning("champion %d could not be evaluated: %s", champion, exc)
-    return {"users": len(h.users), "items": len(h.items), "k": K, "models": models}
+    return EvaluationReport(users=len(h.users), items=len(h.items), k=K, models=models)
