@@ -21,7 +21,7 @@ from scalerec_models import repository as repo
 from scalerec_storage import schema as s
 
 from scalerec_evaluator.config import EvaluatorSettings
-from scalerec_evaluator.gate import decide
+from scalerec_evaluator.gate import Decision, decide
 from scalerec_evaluator.holdout import build_holdout
 from scalerec_evaluator.offline import evaluate_version
 from scalerec_evaluator.schemas import EvaluationReport
@@ -54,6 +54,8 @@ class Evaluator:
         holdout = build_holdout(self.store, cut, self.settings.max_eval_users)
         measured = evaluate_version(repository, version, champion, holdout)
         decision = decide(measured, version, champion, self.settings.promotion_metric, self.settings.min_improvement)
+        if decision.promote and champion is not None and self.settings.promotion == "online":
+            decision = Decision(False, f"{decision.reason}; a challenger now: promotion waits for an online experiment")
         report = measured.model_copy(
             update=dict(
                 model=repo.RANKER_MODEL,
