@@ -223,8 +223,13 @@ def _experiment(
         job = driver.train(cluster.url("trainer"))
         second = driver.wait_report(cluster.url("evaluator"), job["version"])
         console.print(f"  v{job['version']}: {second['decision']}")
-    champion = out["version"]
     evaluator = cluster.url("evaluator")
+    champion = httpx.get(f"{evaluator}/v1/reports", timeout=30).json()["champion"]
+    if champion is None or champion == job["version"]:
+        console.print(
+            f"  [yellow]no experiment:[/] the champion is {champion or 'none'}, nothing to test v{job['version']} against"
+        )
+        return {"skipped": f"champion {champion}, candidate v{job['version']}"}
     spec = {
         "name": f"v{job['version']} (all data) vs v{champion}",
         "variants": [
@@ -334,7 +339,7 @@ def _print_report(console: Console, report: dict[str, Any]) -> None:
         metrics.add_row(name, *(f"{m[c]:.4f}" for c in ("ndcg@10", "hr@10", "mrr", "coverage@10")))
     console.print(metrics)
     console.print(f"gate: {'[green]promoted' if ev['promoted'] else '[red]not promoted'}[/] — {ev['decision']}")
-    if "experiment" in res:
+    if "experiment" in res and "skipped" not in res["experiment"]:
         _print_experiment(console, res["experiment"])
     for s in res["samples"]:
         flag = f" [yellow](fallback: {s['fallback_reason']})[/]" if s["fallback"] else ""
