@@ -83,6 +83,8 @@ class Evaluator:
                 log.info("model %d: %s", version, report.decision)
                 if report.promoted:
                     await self.promote(version, report.models[f"model_v{version}"])
+                else:
+                    self.controller.settle()  # the trainer added the candidate to the policy: narrow it again
                 # Stored last: a crash before this re-judges the candidate on re-delivery.
                 await asyncio.to_thread(self._store_report, report)
                 return report
