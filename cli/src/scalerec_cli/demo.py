@@ -278,22 +278,8 @@ def _experiment(
 def _print_experiment(console: Console, exp: dict[str, Any]) -> None:
     res = exp["results"]
     t = Table(title=f"Online experiment {exp['experiment']['experiment_id']}: {exp['experiment']['name']}")
-    for col in (
-        "variant",
-        "version",
-        "users",
-        "answers",
-        "CTR",
-        "Δ CTR [95% CI]",
-        "conv.",
-        "NDCG@10",
-        "Δ NDCG [95% CI]",
-    ):
+    for col in ("variant", "version", "users", "answers", "CTR", "conversion", "NDCG@10"):
         t.add_column(col, justify="left" if col == "variant" else "right")
-
-    def ci(i: dict[str, Any] | None) -> str:
-        return "—" if i is None else f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}]"
-
     for v in res["variants"]:
         t.add_row(
             v["name"],
@@ -301,12 +287,22 @@ def _print_experiment(console: Console, exp: dict[str, Any]) -> None:
             f"{v['users']:,}",
             f"{v['impressions']:,}",
             f"{v['ctr']:.4f}",
-            ci(v["ctr_vs_control"]),
             f"{v['conversion_rate']:.4f}",
             f"{v['ndcg_at_10']:.4f}",
-            ci(v["ndcg_at_10_vs_control"]),
         )
     console.print(t)
+
+    def ci(i: dict[str, Any] | None) -> str:
+        if i is None:
+            return "no data"
+        return f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] p={i['p_value']:.2g}"
+
+    for v in res["variants"]:
+        if v["name"] != res["control"]:
+            console.print(f"{v['name']} minus {res['control']}, 95% CI:")
+            console.print(f"  CTR {ci(v['ctr_vs_control'])}")
+            console.print(f"  conversion {ci(v['conversion_rate_vs_control'])}")
+            console.print(f"  NDCG@10 {ci(v['ndcg_at_10_vs_control'])}")
     srm = res["srm"]
     console.print(f"sample-ratio check: chi-square p={srm['p_value']:.3g} ({'MISMATCH' if srm['mismatch'] else 'ok'})")
     d = exp["decision"]

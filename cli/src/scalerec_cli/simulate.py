@@ -25,7 +25,9 @@ import httpx
 
 from scalerec_cli.synthetic import Shop
 
-P_CLICK_TOP = 0.45  # P(click) of the favourite category's item at the top of the list
+# P(click) of the favourite category's item at the top of the list: low enough that most answers get no
+# click (CTR ~0.4 in the demo), so the share of answers clicked can tell two models apart.
+P_CLICK_TOP = 0.15
 P_CART = 0.25  # P(add to cart | click)
 
 
