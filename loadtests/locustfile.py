@@ -5,7 +5,7 @@ locust patches the whole interpreter with gevent, which nothing else in the repo
 
 * :class:`Shopper` — the journey that matters for latency: ask the ranker for recommendations, click one of
   the returned items (top ranks more often), sometimes add it to the cart and buy it.  The feedback goes
-  back through the collector with ``context.model_version`` and ``context.request_id`` taken from the
+  back through the collector with ``context.model_version``, ``context.request_id`` and ``context.variant`` taken from the
   recommendation response, exactly as an app would send it, so online metrics can attribute it.
 * :class:`BulkIngester` — a backend that forwards batches of events (and, if enabled, catalogue updates)
   to the collector: the throughput path.
@@ -211,6 +211,7 @@ class Shopper(FastHttpUser):
             "referrer": "recommendation",
             "model_version": body.get("model_version"),
             "request_id": body["request_id"],
+            "variant": body.get("variant"),
         }
         self._feedback([_event(self.user, item, "click", context), _event(self.user, item, "view", context)])
         if random.random() < P_CART:

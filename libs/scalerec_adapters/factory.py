@@ -92,7 +92,8 @@ def make_cache(url: str) -> Cache:
     raise UnsupportedBackend(f"CACHE_URL scheme {scheme!r} is not one of memory, memcached")
 
 
-def make_scorer(url: str, *, repository: Path) -> Scorer:
+def make_scorer(url: str, *, repository: Path, **triton_options: str) -> Scorer:
+    """The scorer ``url`` names; ``triton_options`` override the URL's query (``control="false"``: a follower)."""
     scheme = urlparse(url).scheme
     if scheme == "onnxruntime":
         from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
@@ -109,5 +110,5 @@ def make_scorer(url: str, *, repository: Path) -> Scorer:
         from scalerec_adapters.triton_scorer import TritonScorer
 
         (host, port), *_ = _hosts(url, 8001)
-        return TritonScorer(f"{host}:{port}", repository=repository, **_query(url))
+        return TritonScorer(f"{host}:{port}", repository=repository, **{**_query(url), **triton_options})
     raise UnsupportedBackend(f"SCORER_URL scheme {scheme!r} is not one of onnxruntime, triton")

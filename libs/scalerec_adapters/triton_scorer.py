@@ -82,7 +82,12 @@ class TritonScorer(Scorer):
     ``timeout`` seconds per request (default 1.0), ``retries`` extra attempts on transient
     errors (1), ``failure_threshold`` consecutive failures that open the breaker (5),
     ``reset_timeout`` seconds before a half-open probe (5.0), ``load_timeout`` seconds for
-    load/unload/warm-up (120), ``warmup`` (true).
+    load/unload/warm-up (120), ``warmup`` (true), ``control`` (true).
+
+    ``control=false`` makes a follower: ``load`` only checks that Triton already serves the
+    version (and warms it up), ``unload`` does nothing.  Triton's model control has one owner
+    (the evaluator, which loads what the champion and the running experiment need); ranker
+    replicas follow, so no replica can unload a version that another one still serves.
 
     ``repository`` is the model repository as this process sees it; it is used only to
     check that a version exists before asking Triton to load it (clearer error), and may
@@ -94,7 +99,7 @@ class TritonScorer(Scorer):
     def __init__(self, url: str, repository: Path | None = None, **options: Any) -> None:
         self.url = url
         self.repository = Path(repository) if repository is not None else None
-        known = {"timeout", "retries", "failure_threshold", "reset_timeout", "load_timeout", "warmup"}
+        known = {"timeout", "retries", "failure_threshold", "reset_timeout", "load_timeout", "warmup", "control"}
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"unknown TritonScorer option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -102,6 +107,7 @@ class TritonScorer(Scorer):
         self.retries = int(options.get("retries", 1))
         self.load_timeout = _as_float(options.get("load_timeout", 120.0), "load_timeout")
         self.warmup = str(options.get("warmup", True)).lower() not in {"0", "false", "no"}
+        self.control = str(options.get("control", True)).lower() not in {"0", "false", "no"}
         self.breaker = CircuitBreaker(
             failure_threshold=int(options.get("failure_threshold", 5)),
             reset_timeout=_as_float(options.get("reset_timeout", 5.0), "reset_timeout"),
@@ -183,6 +189,11 @@ class TritonScorer(Scorer):
         async with self._lock(model):
             try:
                 loaded = await self.loaded_versions(model)
+                if version not in loaded and not self.control:
+                    raise ScorerUnavailable(
+                        f"model {model!r} version {version}: not loaded on Triton at {self.url} yet "
+                        "(its controller, the evaluator, loads what the champion and experiments need)"
+                    )
                 if version not in loaded:
                     if loaded:
                         await self._load_with_versions(model, loaded | {version})
@@ -207,6 +218,8 @@ class TritonScorer(Scorer):
 
     async def unload(self, model: str, version: int) -> None:
         version = int(version)
+        if not self.control:
+            return  # a follower never unloads: another replica may still serve the version
         async with self._lock(model):
             try:
                 loaded = await self.loaded_versions(model)

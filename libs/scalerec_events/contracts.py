@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from scalerec_events.experiments import Experiment
 from scalerec_events.models import ErasureRequest, Event, Impression, Item, ModelAnnouncement, TrainingExample
 from scalerec_events.topics import Topic
 
@@ -39,7 +40,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
         "user_id",
         ("collector",),
         ("preprocessor", "evaluator"),
-        "accepted user events; the evaluator counts feedback per model version",
+        "accepted user events; the evaluator joins feedback to impressions per variant",
     ),
     TopicContract(
         Topic.ITEMS,
@@ -87,7 +88,15 @@ CONTRACTS: tuple[TopicContract, ...] = (
         "model name",
         ("evaluator",),
         ("ranker",),
-        "a version passed the gate and is the champion; rankers switch to it",
+        "the champion (newest message per model, compacted); rankers serve it",
+    ),
+    TopicContract(
+        Topic.EXPERIMENTS,
+        Experiment,
+        "model name",
+        ("evaluator",),
+        ("ranker",),
+        "the model's experiment (newest state per model, compacted); rankers route users by it",
     ),
 )
 

@@ -76,6 +76,8 @@ class Context(_Input):
     # Set on feedback to a recommendation so online metrics can attribute it.
     model_version: int | None = None
     request_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    # The experiment variant that answered that recommendation (the response's ``variant``).
+    variant: Annotated[str, StringConstraints(max_length=32)] | None = None
 
 
 def _aware(ts: datetime) -> datetime:
@@ -218,6 +220,9 @@ class Impression(_Strict):
     request_id: str
     user_id: str
     model_version: int | None = None
+    # Set while an experiment runs: the experiment and the variant this user is assigned to (also when
+    # the answer fell back to a baseline, so results count every assigned user: intent to treat).
+    experiment_id: str | None = None
     variant: str | None = None
     fallback: bool = False
     fallback_reason: str | None = None

@@ -30,6 +30,7 @@ class Topic(Enum):
     IMPRESSIONS = "events.impressions.v1"
     MODELS_CANDIDATE = "models.candidate.v1"
     MODELS_PROMOTED = "models.promoted.v1"
+    EXPERIMENTS = "experiments.state.v1"
 
 
 def topic_name(topic: Topic, deployment: str = DEFAULT_DEPLOYMENT) -> str:
@@ -54,10 +55,10 @@ class TopicSpec:
 
 
 # Model announcements are rare and must be seen by every ranker replica: one partition keeps them ordered.
-_SINGLE_PARTITION = {Topic.MODELS_CANDIDATE, Topic.MODELS_PROMOTED}
-# Only the newest announcement per model matters to a ranker that (re)starts: compaction keeps
+_SINGLE_PARTITION = {Topic.MODELS_CANDIDATE, Topic.MODELS_PROMOTED, Topic.EXPERIMENTS}
+# Only the newest announcement (and experiment state) per model matters to a ranker that (re)starts: compaction keeps
 # it however old it is, where time-based retention would one day delete the current champion.
-_COMPACTED = {Topic.MODELS_PROMOTED}
+_COMPACTED = {Topic.MODELS_PROMOTED, Topic.EXPERIMENTS}
 
 
 # Topics that carry users' data: kept only ``retention_ms`` (with every dead-letter topic), so an

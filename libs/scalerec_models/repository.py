@@ -292,8 +292,10 @@ def write_model_version(
         raise
 
     if served_versions is None:
+        # Added to what is served (the champion and any experiment's versions: the evaluator decides
+        # those, and narrows the policy again once the candidate is judged), never replacing it.
         champion = read_champion(repository, model)
-        served_versions = {version} | ({champion} if champion else set())
+        served_versions = {version} | set(read_served_versions(repository, model)) | ({champion} if champion else set())
     set_served_versions(repository, model, served_versions)
     return version
 

@@ -29,6 +29,19 @@ FRESH_ITEMS = "fresh_items"  # reversed created ts|item → newest items first
 PROFILES = "profiles"  # salt|user → last seen, device, locale
 ERASURES = "erasures"  # user → erased at / done at (tombstone: events ingested until then are dropped)
 REPORTS = "reports"  # model|version → evaluation report JSON
+EXPERIMENTS = "experiments"  # experiment id → experiment state JSON (the evaluator's, announced on the bus)
+# Online exposure and outcome, one row per impression and per feedback event (idempotent by id):
+#   experiment|request_id|i            → the impression (variant, version, items, time)
+#   experiment|request_id|f|event_id   → one feedback event attributed to it
+# ("-" for requests served outside experiments), so one prefix scan joins an experiment's
+# impressions with their feedback, in request order.
+EXPOSURES = "exposures"
+REQUEST_INDEX = "request_index"  # request_id → experiment: where a feedback event's row goes
+PENDING_FEEDBACK = "pending_feedback"  # request_id|event_id → feedback that arrived before its impression
+NO_EXPERIMENT = "-"
+# Online rows outlive any experiment's attribution window by far; results of ended experiments are
+# kept in their experiment row.
+_EXPOSURE_TTL_S = 180 * 86400
 
 _SPLITS = tuple(format(i, "x").encode() for i in range(1, SALT_BUCKETS))
 
@@ -45,6 +58,10 @@ def tables() -> list[TableSpec]:
         TableSpec(PROFILES, ("p",), split_keys=_SPLITS),
         TableSpec(ERASURES, ("r",)),
         TableSpec(REPORTS, ("r",)),
+        TableSpec(EXPERIMENTS, ("x",)),
+        TableSpec(EXPOSURES, ("o",), ttl_seconds={"o": _EXPOSURE_TTL_S}),
+        TableSpec(REQUEST_INDEX, ("o",), ttl_seconds={"o": _EXPOSURE_TTL_S}),
+        TableSpec(PENDING_FEEDBACK, ("o",), ttl_seconds={"o": 7 * 86400}),
     ]
 
 
@@ -157,3 +174,19 @@ def fresh_key(created_ms: int, item_id: str) -> bytes:
 
 def report_key(model: str, version: int) -> bytes:
     return f"{model}|{version:010d}".encode()
+
+
+def exposure_prefix(experiment_id: str | None) -> bytes:
+    return (experiment_id or NO_EXPERIMENT).encode() + SEP
+
+
+def impression_row(experiment_id: str | None, request_id: str) -> bytes:
+    return exposure_prefix(experiment_id) + request_id.encode() + SEP + b"i"
+
+
+def feedback_row(experiment_id: str | None, request_id: str, event_id: str) -> bytes:
+    return exposure_prefix(experiment_id) + request_id.encode() + SEP + b"f" + SEP + event_id.encode()
+
+
+def pending_row(request_id: str, event_id: str) -> bytes:
+    return request_id.encode() + SEP + event_id.encode()

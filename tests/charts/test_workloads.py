@@ -166,6 +166,10 @@ def test_ranker_scores_through_tritons_grpc_service() -> None:
     svc = r.get("Service", f"{RELEASE}-triton")
     grpc = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
     assert env["SCORER_URL"] == f"triton://{svc['metadata']['name']}:{grpc}"
+    # The evaluator is Triton's one model controller: it loads what the champion and experiments need.
+    evaluator = r.get("Deployment", f"{RELEASE}-evaluator")
+    ev_env = {e["name"]: e.get("value") for e in evaluator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert ev_env["TRITON_URL"] == env["SCORER_URL"] and "TRITON_URL" not in env
 
 
 def test_keda_scales_the_preprocessor_on_its_consumer_lag() -> None:

@@ -172,7 +172,7 @@ consistent hashing sees every node.
 {{- join "," $servers -}}
 {{- end -}}
 
-{{/* Service name and gRPC port of Triton, for the ranker's SCORER_URL. */}}
+{{/* Service name and gRPC port of Triton, for the ranker's SCORER_URL and the evaluator's TRITON_URL. */}}
 {{- define "scalerec.tritonGrpcUrl" -}}
 {{- printf "triton://%s:%v" (include "scalerec.componentName" (list . "triton")) .Values.components.triton.ports.grpc -}}
 {{- end -}}
@@ -202,6 +202,10 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- end -}}
 {{- if and (eq $c.name "ranker") $root.Values.components.triton.enabled -}}
 {{- $_ := set $env "SCORER_URL" (include "scalerec.tritonGrpcUrl" $root) -}}
+{{- end -}}
+{{- /* The evaluator is Triton's one model controller (rankers only follow what it loads). */ -}}
+{{- if and (eq $c.name "evaluator") $root.Values.components.triton.enabled -}}
+{{- $_ := set $env "TRITON_URL" (include "scalerec.tritonGrpcUrl" $root) -}}
 {{- end -}}
 {{- /* The ranker runs one worker process per CPU it requests (without a CPU limit there is no
      cgroup quota, and WORKERS=0 would start one worker, each with its model, per CPU of the node). */ -}}

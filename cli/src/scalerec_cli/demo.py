@@ -1,7 +1,11 @@
 """``scalerec demo``: a synthetic shop through all five services, end to end, with a report.
 
 collector (HTTP) → bus → preprocessor → store → trainer → model repository →
-evaluator (gate) → ranker (hot swap) → recommendations with reasons.
+evaluator (gate) → ranker (hot swap) → recommendations with reasons; then the rest of the
+shop's history arrives, a second version trained on all of it passes the offline gate as a
+challenger, and an online experiment (champion v1 against challenger v2, half the users each)
+runs on simulated shoppers (:mod:`scalerec_cli.simulate`) until the evaluator decides.  The
+experiment's result is written to ``<data dir>/experiment.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -23,7 +28,12 @@ from rich.table import Table
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_cli.report import DEMO_REPORT_FILE
+from scalerec_cli.simulate import simulate
 from scalerec_cli.synthetic import ShopConfig, generate_shop, shop_summary
+
+# The first model is trained on this share of the shop's history (oldest first), the challenger on all of it.
+FIRST_SHARE = 0.6
+EXPERIMENT_FILE = "experiment.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Write the HTML report here (default DATA_DIR/report.html; `scalerec report` rebuilds it later)",
     )
     p.add_argument("--no-html", action="store_true", help="Write no HTML report")
+    p.add_argument(
+        "--experiment-requests",
+        type=int,
+        default=4000,
+        help="Simulated recommendation requests in the online experiment (0: no second model, no experiment)",
+    )
     p.add_argument(
         "--env",
         action="append",
@@ -101,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
             "backends": ", ".join(f"{k}={env[k]}" for k in sorted(env) if k.endswith("_URL")) or "embedded",
         }
     }
+    if args.experiment_requests:
+        # The second version passes the offline gate as a challenger only: the experiment decides.
+        env.setdefault("PROMOTION", "online")
+        env.setdefault("MIN_EXPERIMENT_IMPRESSIONS", str(max(100, args.experiment_requests // 8)))
     cluster = LocalCluster(args.data_dir, env=env)
     with stages.stage("generate a synthetic shop"):
         shop = generate_shop(
@@ -116,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 console.print(
                     "  AUTH=disabled: open APIs on loopback for the demo (services refuse to start so elsewhere)"
                 )
-        report["result"] = _pipeline(cluster, shop, stages, console)
+        report["result"] = _pipeline(cluster, shop, stages, console, args.experiment_requests)
     finally:
         cluster.stop_all()
     report["stages_seconds"] = stages.seconds
@@ -142,8 +162,33 @@ def _write_reports(console: Console, report: dict[str, Any], args: argparse.Name
         console.print(f"[bold]HTML report written to {html.resolve()}[/]")
 
 
-def _pipeline(cluster: LocalCluster, shop: Any, stages: Stages, console: Console) -> dict[str, Any]:
+def _ingest(cluster: LocalCluster, events: list[Any], console: Console, out: dict[str, Any]) -> None:
+    with _progress(console) as bar:
+        t_events = bar.add_task("events", total=len(events))
+        sent = asyncio.run(
+            driver.post_batches(
+                f"{cluster.url('collector')}/v1/events",
+                "events",
+                events,
+                1000,
+                progress=lambda n: bar.advance(t_events, n),
+            )
+        )
+    out["accepted"] = out.get("accepted", 0) + sent["accepted"]
+    with _progress(console) as bar:
+        task = bar.add_task("stored", total=out["accepted"])
+        stats = driver.wait_preprocessed(
+            cluster.url("preprocessor"), out["accepted"], progress=lambda n: bar.advance(task, n)
+        )
+    out["preprocessor"] = {k: v for k, v in stats.items() if k != "workers"}
+
+
+def _pipeline(
+    cluster: LocalCluster, shop: Any, stages: Stages, console: Console, experiment_requests: int = 0
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    first = shop.events[: int(len(shop.events) * FIRST_SHARE)] if experiment_requests else shop.events
+    rest = shop.events[len(first) :]
     with stages.stage("send the catalogue and events through the collector (HTTP)"), _progress(console) as bar:
         t_items = bar.add_task("items", total=len(shop.items))
         items = asyncio.run(
@@ -155,12 +200,12 @@ def _pipeline(cluster: LocalCluster, shop: Any, stages: Stages, console: Console
                 progress=lambda n: bar.advance(t_items, n),
             )
         )
-        t_events = bar.add_task("events", total=len(shop.events))
+        t_events = bar.add_task("events", total=len(first))
         events = asyncio.run(
             driver.post_batches(
                 f"{cluster.url('collector')}/v1/events",
                 "events",
-                shop.events,
+                first,
                 1000,
                 progress=lambda n: bar.advance(t_events, n),
             )
@@ -183,12 +228,118 @@ def _pipeline(cluster: LocalCluster, shop: Any, stages: Stages, console: Console
     if evaluation["promoted"]:
         with stages.stage("ranker swaps to the promoted model"):
             driver.wait_serving(cluster.url("ranker"), job["version"])
+    if experiment_requests and rest:
+        out["experiment"] = _experiment(cluster, shop, rest, stages, console, out, experiment_requests)
     with stages.stage("ask the ranker"):
         users = [shop.users[i] for i in (0, len(shop.users) // 3, 2 * len(shop.users) // 3)]
         samples = [driver.recommend(cluster.url("ranker"), u, 5, device="mobile") for u in users]
         samples.append(driver.recommend(cluster.url("ranker"), "newcomer-without-history", 5))
         out["samples"] = samples
     return out
+
+
+def _experiment(
+    cluster: LocalCluster,
+    shop: Any,
+    rest: list[Any],
+    stages: Stages,
+    console: Console,
+    out: dict[str, Any],
+    requests: int,
+) -> dict[str, Any]:
+    ingest = {"accepted": out["ingested"]["events"]["accepted"]}
+    with stages.stage(f"the rest of the history ({len(rest):,} events) through the collector"):
+        _ingest(cluster, rest, console, ingest)
+    with stages.stage("train a second version on all of it; the offline gate"):
+        job = driver.train(cluster.url("trainer"))
+        second = driver.wait_report(cluster.url("evaluator"), job["version"])
+        console.print(f"  v{job['version']}: {second['decision']}")
+    evaluator = cluster.url("evaluator")
+    champion = httpx.get(f"{evaluator}/v1/reports", timeout=30).json()["champion"]
+    if champion is None or champion == job["version"]:
+        console.print(
+            f"  [yellow]no experiment:[/] the champion is {champion or 'none'}, nothing to test v{job['version']} against"
+        )
+        return {"skipped": f"champion {champion}, candidate v{job['version']}"}
+    spec = {
+        "name": f"v{job['version']} (all data) vs v{champion}",
+        "variants": [
+            {"name": "champion", "model_version": champion, "share": 0.5},
+            {"name": "challenger", "model_version": job["version"], "share": 0.5},
+        ],
+    }
+    with stages.stage(f"online experiment: {requests:,} simulated shoppers, half on each version"):
+        created = httpx.post(f"{evaluator}/v1/experiments", json=spec, timeout=60)
+        if created.status_code != 201:
+            raise driver.PipelineError(f"experiment not created: HTTP {created.status_code}: {created.text[:300]}")
+        exp_id = created.json()["experiment_id"]
+        driver.poll_until(
+            lambda: httpx.get(f"{cluster.url('ranker')}/v1/model", timeout=10).json()["experiment_id"] == exp_id,
+            60,
+            0.2,
+            "the ranker to follow the experiment",
+        )
+        with _progress(console) as bar:
+            task = bar.add_task("requests", total=requests)
+            traffic = asyncio.run(
+                simulate(
+                    cluster.url("ranker"),
+                    cluster.url("collector"),
+                    shop,
+                    requests,
+                    progress=lambda n: bar.advance(task, n),
+                )
+            )
+        console.print(f"  {traffic.requests:,} answers, {traffic.clicks:,} clicks, {dict(traffic.per_variant)}")
+
+        def counted() -> dict[str, Any] | None:
+            res = httpx.get(f"{evaluator}/v1/experiments/{exp_id}", timeout=60).json()["results"]
+            variants = res["variants"]
+            done = sum(v["impressions"] for v in variants) >= traffic.requests
+            return res if done and sum(v["clicks"] for v in variants) >= traffic.clicks else None
+
+        driver.poll_until(counted, 120, 1.0, "the evaluator to count every impression and click")
+        decision = httpx.post(f"{evaluator}/v1/experiments/{exp_id}/decide", timeout=60).json()
+        final = httpx.get(f"{evaluator}/v1/experiments/{exp_id}", timeout=60).json()
+    result = {**final, "decision": {k: decision[k] for k in ("promoted", "winner", "model_version", "reason")}}
+    (cluster.data_dir / EXPERIMENT_FILE).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _print_experiment(console: Console, exp: dict[str, Any]) -> None:
+    res = exp["results"]
+    t = Table(title=f"Online experiment {exp['experiment']['experiment_id']}: {exp['experiment']['name']}")
+    for col in ("variant", "version", "users", "answers", "CTR", "conversion", "NDCG@10"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for v in res["variants"]:
+        t.add_row(
+            v["name"],
+            f"v{v['model_version']}",
+            f"{v['users']:,}",
+            f"{v['impressions']:,}",
+            f"{v['ctr']:.4f}",
+            f"{v['conversion_rate']:.4f}",
+            f"{v['ndcg_at_10']:.4f}",
+        )
+    console.print(t)
+
+    def ci(i: dict[str, Any] | None) -> str:
+        if i is None:
+            return "no data"
+        return f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] p={i['p_value']:.2g}"
+
+    for v in res["variants"]:
+        if v["name"] != res["control"]:
+            console.print(f"{v['name']} minus {res['control']}, 95% CI:")
+            console.print(f"  CTR {ci(v['ctr_vs_control'])}")
+            console.print(f"  conversion {ci(v['conversion_rate_vs_control'])}")
+            console.print(f"  NDCG@10 {ci(v['ndcg_at_10_vs_control'])}")
+    srm = res["srm"]
+    console.print(f"sample-ratio check: chi-square p={srm['p_value']:.3g} ({'MISMATCH' if srm['mismatch'] else 'ok'})")
+    d = exp["decision"]
+    console.print(
+        f"decision: {'[green]promoted ' + str(d['winner']) if d['promoted'] else '[yellow]kept the champion'}[/] — {d['reason']}"
+    )
 
 
 def _print_report(console: Console, report: dict[str, Any]) -> None:
@@ -215,6 +366,8 @@ def _print_report(console: Console, report: dict[str, Any]) -> None:
         metrics.add_row(name, *(f"{m[c]:.4f}" for c in ("ndcg@10", "hr@10", "mrr", "coverage@10")))
     console.print(metrics)
     console.print(f"gate: {'[green]promoted' if ev['promoted'] else '[red]not promoted'}[/] — {ev['decision']}")
+    if "experiment" in res and "skipped" not in res["experiment"]:
+        _print_experiment(console, res["experiment"])
     for s in res["samples"]:
         flag = f" [yellow](fallback: {s['fallback_reason']})[/]" if s["fallback"] else ""
         t = Table(title=f"user {s['user_id']} — model v{s['model_version']}, scorer {s['scorer']}{flag}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
+from scalerec_events import experiments as x
 from scalerec_events import models as m
 from scalerec_events.contracts import CONTRACTS, SERVICES, payload_models
 from scalerec_events.topics import Topic
@@ -91,6 +92,17 @@ SAMPLES: dict[type[BaseModel], BaseModel] = {
         ts_ms=1,
     ),
     m.ModelAnnouncement: m.ModelAnnouncement(model="scalerec_ranker", version=3, repository="/m", created_at=NOW),
+    x.Experiment: x.Experiment(
+        experiment_id="exp-1",
+        model="scalerec_ranker",
+        salt="abc",
+        variants=[
+            x.ExperimentVariant(name="champion", model_version=1, share=0.5),
+            x.ExperimentVariant(name="challenger", model_version=2, share=0.5),
+        ],
+        created_at=NOW,
+        updated_at=NOW,
+    ),
 }
 
 

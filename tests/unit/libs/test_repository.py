@@ -146,7 +146,7 @@ def test_write_model_version_lays_out_files_card_and_configs(tmp_path: Path) -> 
     assert validate_repository(tmp_path / "r") == []
 
 
-def test_new_version_is_served_next_to_the_champion_only(tmp_path: Path) -> None:
+def test_new_version_is_added_to_what_is_served(tmp_path: Path) -> None:
     onnx_file = _scorer_onnx(tmp_path / "m.onnx")
     r = tmp_path / "r"
     write_model_version(r, "m", onnx_file, card={})
@@ -156,7 +156,11 @@ def test_new_version_is_served_next_to_the_champion_only(tmp_path: Path) -> None
     write_model_version(r, "m", onnx_file, card={})
     assert read_served_versions(r, "m") == [1, 2]
     write_model_version(r, "m", onnx_file, card={})
-    assert read_served_versions(r, "m") == [1, 3]  # 2 lost the gate; champion 1 and candidate 3 are served
+    # The trainer only adds: what stops being served (2 lost the gate) is the evaluator's call, which
+    # may be serving 2 in an experiment meanwhile.
+    assert read_served_versions(r, "m") == [1, 2, 3]
+    set_served_versions(r, "m", [1, 3])
+    assert read_served_versions(r, "m") == [1, 3]
     write_champion(r, "m", 3)
     set_served_versions(r, "m", [3])
     assert list(_parse(r / "m" / "config.pbtxt").version_policy.specific.versions) == [3]

@@ -16,6 +16,7 @@ DEFAULT_NAMES = {
     Topic.IMPRESSIONS: "scalerec.events.impressions.v1",
     Topic.MODELS_CANDIDATE: "scalerec.models.candidate.v1",
     Topic.MODELS_PROMOTED: "scalerec.models.promoted.v1",
+    Topic.EXPERIMENTS: "scalerec.experiments.state.v1",
 }
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from scalerec_evaluator.gate import decide
+from scalerec_evaluator.schemas import EvaluationReport
 
 
-def _report(**ndcg: float) -> dict:
-    return {"users": 100, "models": {name: {"ndcg@10": v} for name, v in ndcg.items()}}
+def _report(users: int = 100, **ndcg: float) -> EvaluationReport:
+    return EvaluationReport(users=users, items=50, k=10, models={name: {"ndcg@10": v} for name, v in ndcg.items()})
 
 
 def test_promotes_a_model_that_beats_everything() -> None:
@@ -30,6 +31,5 @@ def test_min_improvement_is_relative() -> None:
 
 
 def test_too_small_a_holdout_promotes_nothing() -> None:
-    report = _report(model_v1=0.9, popularity=0.1, item_cf=0.1)
-    report["users"] = 3
+    report = _report(users=3, model_v1=0.9, popularity=0.1, item_cf=0.1)
     assert not decide(report, 1, None, "ndcg@10", 0.0).promote

@@ -1,12 +1,22 @@
-"""The impression contract: what the ranker publishes is exactly what the evaluator counts."""
+"""The impression contract: what the ranker publishes is exactly what the evaluator stores and counts."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
 from scalerec_adapters.bus import Message
-from scalerec_evaluator.consumers.online import OnlineMetrics
-from scalerec_events.models import Impression
+from scalerec_adapters.embedded.sqlite_store import SqliteStore
+from scalerec_evaluator.consumers.online import OnlineRecorder
+from scalerec_evaluator.results import online_by_version
+from scalerec_events.models import Context, Event, Impression
 from scalerec_events.topics import Topic, topic_name
 from scalerec_ranker.recommend import Recommendation, Recommended, impression_payload
+from scalerec_storage import schema as s
+
+IMPRESSIONS = topic_name(Topic.IMPRESSIONS)
+EVENTS = topic_name(Topic.EVENTS_RAW)
 
 
 def _rec(request_id: str, version: int | None, fallback: bool, n: int) -> Recommendation:
@@ -14,7 +24,26 @@ def _rec(request_id: str, version: int | None, fallback: bool, n: int) -> Recomm
     return Recommendation(request_id, "u1", items, version, fallback, None, "onnxruntime", "cache")
 
 
-async def test_ranker_impressions_are_valid_models_the_evaluator_counts() -> None:
+def _store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "store.db")
+    store.ensure_tables(s.tables())
+    return store
+
+
+def _feedback(n: int, kind: str, request_id: str, value: float | None = None, item: str = "i0") -> Message:
+    ev = Event(
+        event_id=f"e{n}",
+        user_id="u1",
+        item_id=item,
+        type=kind,
+        value=value,
+        timestamp=datetime.now(UTC),
+        context=Context(request_id=request_id, model_version=3),
+    )
+    return Message(EVENTS, 0, 100 + n, b"u1", ev.model_dump_json().encode())
+
+
+async def test_ranker_impressions_are_valid_models_the_evaluator_counts(tmp_path: Path) -> None:
     payloads = [
         impression_payload(_rec("r1", 3, False, 5), "mobile", "en-US"),
         impression_payload(_rec("r2", 3, False, 4), None),
@@ -24,38 +53,41 @@ async def test_ranker_impressions_are_valid_models_the_evaluator_counts() -> Non
     assert parsed.model_version == 3 and [i.position for i in parsed.items] == [0, 1, 2, 3, 4]
     assert parsed.context.device == "mobile" and parsed.items[0].source == "retrieval"
 
-    online = OnlineMetrics(impressions_topic=topic_name(Topic.IMPRESSIONS))
-    messages = [Message(topic_name(Topic.IMPRESSIONS), 0, n, b"u1", p) for n, p in enumerate(payloads)]
-    broken = Message(topic_name(Topic.IMPRESSIONS), 0, 9, b"u1", b'{"request_id": "x"}')
+    store = _store(tmp_path)
+    online = OnlineRecorder(store, impressions_topic=IMPRESSIONS)
+    messages = [Message(IMPRESSIONS, 0, n, b"u1", p) for n, p in enumerate(payloads)]
+    broken = Message(IMPRESSIONS, 0, 9, b"u1", b'{"request_id": "x"}')
     result = await online.handle([*messages, broken])
-    summary = online.summary()
-    assert summary["model_v3"]["requests"] == 2 and summary["model_v3"]["impressions"] == 9
-    assert summary["baseline"]["requests"] == 1
+    await online.handle(messages)  # re-delivered: stored once
+    summary = online_by_version(store, 3_600_000)
+    assert summary["model_v3"].requests == 2 and summary["model_v3"].impressions == 9
+    assert summary["baseline"].requests == 1
     assert [m.offset for m, _ in result.poison] == [9]  # an impression that is not one goes to the DLQ
 
 
-async def test_online_conversions_are_the_ones_the_model_is_trained_on() -> None:
-    from datetime import UTC, datetime
-
-    from scalerec_events.models import Context, Event
-
-    online = OnlineMetrics(impressions_topic=topic_name(Topic.IMPRESSIONS))
+async def test_online_conversions_are_the_ones_the_model_is_trained_on(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    online = OnlineRecorder(store, impressions_topic=IMPRESSIONS)
     feedback = [
-        Event(
-            event_id=f"e{n}",
-            user_id="u1",
-            item_id="i0",
-            type=kind,
-            value=value,
-            timestamp=datetime(2026, 1, 1, tzinfo=UTC),
-            context=Context(request_id="r1", model_version=3),
-        )
+        _feedback(n, kind, "r1", value)
         for n, (kind, value) in enumerate([("purchase", None), ("rating", 5.0), ("rating", 2.0), ("click", None)])
     ]
-    messages = [
-        Message(topic_name(Topic.EVENTS_RAW), 0, n, b"u1", e.model_dump_json().encode()) for n, e in enumerate(feedback)
-    ]
-    await online.handle(messages)
+    # Feedback before its impression (two topics, no order between them): it waits, then joins.
+    await online.handle(feedback)
+    assert online.pending == 4
+    await online.handle([Message(IMPRESSIONS, 0, 1, b"u1", impression_payload(_rec("r1", 3, False, 3), None))])
+    assert online.pending == 0
+    await online.handle(feedback)  # re-delivered after the join: still counted once
+    v3 = online_by_version(store, 3_600_000)["model_v3"]
     # A purchase and a rating of 5 convert (scalerec_events.labels.is_conversion); a rating of 2 does not.
-    assert online.summary()["model_v3"]["conversions"] == 2
-    assert online.summary()["model_v3"]["clicks"] == 1
+    assert (v3.requests, v3.clicks, v3.conversions, v3.ctr, v3.conversion_rate) == (1, 1, 2, 1.0, 1.0)
+
+
+async def test_feedback_outside_the_attribution_window_does_not_count(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    online = OnlineRecorder(store, impressions_topic=IMPRESSIONS)
+    old = Impression(request_id="r9", user_id="u1", model_version=3, ts_ms=int(time.time() * 1000) - 7_200_000)
+    await online.handle([Message(IMPRESSIONS, 0, 1, b"u1", old.model_dump_json().encode())])
+    await online.handle([_feedback(1, "click", "r9")])
+    assert online_by_version(store, 3_600_000)["model_v3"].clicks == 0
+    assert online_by_version(store, 3 * 3_600_000)["model_v3"].clicks == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from scalerec_core.settings import ModelRepositorySettings
@@ -18,6 +19,24 @@ class EvaluatorSettings(ModelRepositorySettings):
     promotion_metric: str = "ndcg@10"
     min_improvement: float = Field(
         default=0.0, ge=0, description="Relative gain over the champion (and baselines) needed to promote."
+    )
+    promotion: Literal["offline", "online"] = Field(
+        default="offline",
+        description="offline: a candidate that passes the gate becomes champion. online: it passes only as a "
+        "challenger, and a champion changes by an experiment's decision (POST /v1/experiments/{id}/decide); "
+        "the first model is still promoted offline, as there is nothing to compare it with online.",
+    )
+    triton_url: str = Field(
+        default="",
+        description="triton://host:8001 of the Triton the rankers score on. The evaluator is its one model "
+        "controller: it loads the champion and the running experiment's versions and unloads the rest "
+        "(rankers only follow). Empty: no Triton (rankers score in process).",
+    )
+    unload_grace_s: float = Field(
+        default=30.0, ge=0, description="How long a version stays served after it stops being needed."
+    )
+    min_experiment_impressions: int = Field(
+        default=1000, ge=1, description="Answers each variant needs before an experiment can be decided."
     )
 
 

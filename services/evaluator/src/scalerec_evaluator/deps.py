@@ -7,9 +7,9 @@ from typing import Annotated
 from scalerec_core.http import from_app_state
 
 from scalerec_evaluator.config import EvaluatorSettings
-from scalerec_evaluator.consumers.online import OnlineMetrics
+from scalerec_evaluator.experiments import Experiments
 from scalerec_evaluator.service import Evaluator
 
 SettingsDep = Annotated[EvaluatorSettings, from_app_state("settings")]
 EvaluatorDep = Annotated[Evaluator, from_app_state("evaluator")]
-OnlineDep = Annotated[OnlineMetrics, from_app_state("online")]
+ExperimentsDep = Annotated[Experiments, from_app_state("experiments")]

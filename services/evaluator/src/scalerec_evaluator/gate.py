@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from scalerec_evaluator.schemas import EvaluationReport
 
 
 @dataclass(frozen=True)
@@ -12,12 +13,14 @@ class Decision:
     reason: str
 
 
-def decide(report: dict[str, Any], version: int, champion: int | None, metric: str, min_improvement: float) -> Decision:
-    models = report["models"]
+def decide(
+    report: EvaluationReport, version: int, champion: int | None, metric: str, min_improvement: float
+) -> Decision:
+    models = report.models
     mine = models[f"model_v{version}"][metric]
     rivals = {name: m[metric] for name, m in models.items() if name != f"model_v{version}"}
-    if report["users"] < 10:
-        return Decision(False, f"holdout too small ({report['users']} users) to judge")
+    if report.users < 10:
+        return Decision(False, f"holdout too small ({report.users} users) to judge")
     for name, value in sorted(rivals.items()):
         needed = value * (1 + min_improvement)
         if mine <= needed:

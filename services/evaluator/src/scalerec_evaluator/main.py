@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,11 +15,15 @@ from scalerec_core.telemetry import FASTAPI_TELEMETRY
 from scalerec_events.topics import Topic
 from scalerec_storage.backends import Backends
 
-from scalerec_evaluator.api.routes import reports
+from scalerec_evaluator.api.routes import experiments, reports
 from scalerec_evaluator.config import EvaluatorSettings, get_settings
 from scalerec_evaluator.consumers.candidates import CandidatesConsumer
-from scalerec_evaluator.consumers.online import OnlineMetrics
+from scalerec_evaluator.consumers.online import OnlineRecorder
+from scalerec_evaluator.experiments import Experiments
 from scalerec_evaluator.service import Evaluator
+from scalerec_evaluator.serving import ServingController
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
@@ -30,8 +35,16 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         backends = await Backends.open(settings, "evaluator")
         bus, store = backends.bus, backends.store
         settings.model_repository.mkdir(parents=True, exist_ok=True)
-        evaluator = Evaluator(settings, store, bus.producer())
-        online = OnlineMetrics(impressions_topic=settings.topic(Topic.IMPRESSIONS))
+        producer = bus.producer()
+        controller = ServingController(
+            settings.model_repository,
+            lambda: lab.needed_versions(),
+            triton_url=settings.triton_url,
+            unload_grace_s=settings.unload_grace_s,
+        )
+        evaluator = Evaluator(settings, store, producer, controller)
+        lab = Experiments(settings, store, producer, evaluator)
+        online = OnlineRecorder(store, impressions_topic=settings.topic(Topic.IMPRESSIONS))
         workers = [
             ConsumerWorker(
                 bus,
@@ -52,12 +65,18 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         ]
         for w in workers:
             w.start()
-        app.state.evaluator, app.state.online, app.state.backends = evaluator, online, backends
+        app.state.evaluator, app.state.experiments, app.state.backends = evaluator, lab, backends
+        # What serves is reconciled with what is needed (a Triton restarted meanwhile starts empty).
+        try:
+            await controller.reconcile()
+        except Exception as exc:
+            log.warning("could not bring served versions in line at start (%s); the next change retries", exc)
         try:
             yield
         finally:
             for w in workers:
                 await w.stop()
+            await controller.close()
             await backends.close()
 
     app = FastAPI(
@@ -79,4 +98,5 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         readiness={"store": store_ok},
     )
     app.include_router(reports.router)
+    app.include_router(experiments.router)
     return app

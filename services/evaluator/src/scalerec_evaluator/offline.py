@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
@@ -18,6 +16,7 @@ from scalerec_models.data import FIRST_ITEM, ItemVocab
 from scalerec_models.runtime import ModelVersion
 
 from scalerec_evaluator.holdout import Holdout
+from scalerec_evaluator.schemas import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +79,7 @@ def evaluate(name: str, fn: ScoreFn, h: Holdout) -> tuple[dict[str, float], Rank
     return metrics, curve
 
 
-def evaluate_version(repository: Path, version: int, champion: int | None, h: Holdout) -> dict[str, Any]:
-    """``models``: the flat @10 metrics per model (what the gate and announcements read);
-    ``curves``: per model, a :class:`RankingCurve` as a dict (HR and NDCG at each cut-off)."""
+def evaluate_version(repository: Path, version: int, champion: int | None, h: Holdout) -> EvaluationReport:
     scorer = OnnxRuntimeScorer(repository)
     runs: dict[str, tuple[dict[str, float], RankingCurve]] = {
         "popularity": evaluate("popularity", _baseline_scores(h, Popularity()), h),
@@ -96,10 +93,10 @@ def evaluate_version(repository: Path, version: int, champion: int | None, h: Ho
             )
         except Exception as exc:  # a champion that cannot be scored any more loses its seat
             log.warning("champion %d could not be evaluated: %s", champion, exc)
-    return {
-        "users": len(h.users),
-        "items": len(h.items),
-        "k": K,
-        "models": {name: metrics for name, (metrics, _) in runs.items()},
-        "curves": {name: asdict(curve) for name, (_, curve) in runs.items()},
-    }
+    return EvaluationReport(
+        users=len(h.users),
+        items=len(h.items),
+        k=K,
+        models={name: metrics for name, (metrics, _) in runs.items()},
+        curves={name: curve for name, (_, curve) in runs.items()},
+    )

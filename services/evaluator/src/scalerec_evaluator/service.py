@@ -1,12 +1,16 @@
-"""Evaluate a candidate, store the report, promote it when the gate says so."""
+"""Evaluate a candidate, store the report, promote it when the gate says so.
+
+:meth:`Evaluator.promote` is the one writer of promotion state: the champion file in the model
+repository and the announcement on the compacted ``models.promoted`` topic (whose newest message
+is the champion a ranker follows).  The offline gate and an online experiment's decision both
+promote through it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
@@ -17,21 +21,30 @@ from scalerec_models import repository as repo
 from scalerec_storage import schema as s
 
 from scalerec_evaluator.config import EvaluatorSettings
-from scalerec_evaluator.gate import decide
+from scalerec_evaluator.gate import Decision, decide
 from scalerec_evaluator.holdout import build_holdout
 from scalerec_evaluator.offline import evaluate_version
+from scalerec_evaluator.schemas import EvaluationReport
+from scalerec_evaluator.serving import ServingController
 
 log = logging.getLogger(__name__)
 
 
 class Evaluator:
-    def __init__(self, settings: EvaluatorSettings, store: WideColumnStore, producer: Producer) -> None:
+    def __init__(
+        self, settings: EvaluatorSettings, store: WideColumnStore, producer: Producer, controller: ServingController
+    ) -> None:
         self.settings = settings
         self.store = store
         self.producer = producer
+        self.controller = controller
         self._lock = asyncio.Lock()
+        self._promote_lock = asyncio.Lock()
 
-    def _evaluate_sync(self, version: int) -> dict[str, Any]:
+    def champion(self) -> int | None:
+        return repo.read_champion(self.settings.model_repository, repo.RANKER_MODEL)
+
+    def _evaluate_sync(self, version: int) -> EvaluationReport:
         repository = self.settings.model_repository
         card = repo.read_card(repository, repo.RANKER_MODEL, version)
         cut = int(card.get("data_window", {}).get("end_ms") or 0)
@@ -39,52 +52,70 @@ class Evaluator:
             raise ValueError(f"model version {version} has no data window in its card; cannot find its holdout")
         champion = repo.read_champion(repository, repo.RANKER_MODEL)
         holdout = build_holdout(self.store, cut, self.settings.max_eval_users)
-        report = evaluate_version(repository, version, champion, holdout)
-        decision = decide(report, version, champion, self.settings.promotion_metric, self.settings.min_improvement)
-        report.update(
-            model=repo.RANKER_MODEL,
-            version=version,
-            champion_before=champion,
-            metric=self.settings.promotion_metric,
-            promoted=decision.promote,
-            decision=decision.reason,
-            holdout_start_ms=cut,
-            evaluated_at=datetime.now(UTC).isoformat(),
-            card_metrics=card.get("metrics", {}),
+        measured = evaluate_version(repository, version, champion, holdout)
+        decision = decide(measured, version, champion, self.settings.promotion_metric, self.settings.min_improvement)
+        if decision.promote and champion is not None and self.settings.promotion == "online":
+            decision = Decision(False, f"{decision.reason}; a challenger now: promotion waits for an online experiment")
+        report = measured.model_copy(
+            update=dict(
+                model=repo.RANKER_MODEL,
+                version=version,
+                champion_before=champion,
+                metric=self.settings.promotion_metric,
+                promoted=decision.promote,
+                decision=decision.reason,
+                holdout_start_ms=cut,
+                evaluated_at=datetime.now(UTC).isoformat(),
+                card_metrics={k: float(v) for k, v in card.get("metrics", {}).items() if isinstance(v, int | float)},
+            )
         )
-        if decision.promote:
-            # Keep serving the old champion next to the new one until rankers have swapped.
-            versions = [v for v in (champion, version) if v is not None]
-            repo.set_served_versions(repository, repo.RANKER_MODEL, versions)
-            repo.write_champion(repository, repo.RANKER_MODEL, version)
-        self.store.put(s.REPORTS, s.report_key(repo.RANKER_MODEL, version), {b"r:json": json.dumps(report).encode()})
         return report
 
-    async def evaluate(self, version: int) -> dict[str, Any]:
+    def _store_report(self, report: EvaluationReport) -> None:
+        self.store.put(
+            s.REPORTS, s.report_key(repo.RANKER_MODEL, report.version), {b"r:json": report.model_dump_json().encode()}
+        )
+
+    async def evaluate(self, version: int) -> EvaluationReport:
         async with self._lock:  # one evaluation at a time: they share the champion
             with tracer("scalerec.evaluator").start_as_current_span("evaluate", attributes={"version": version}):
                 report = await asyncio.to_thread(self._evaluate_sync, version)
-                log.info("model %d: %s", version, report["decision"])
-                if report["promoted"]:
-                    ann = ModelAnnouncement(
-                        model=repo.RANKER_MODEL,
-                        version=version,
-                        repository=str(self.settings.model_repository),
-                        created_at=datetime.now(UTC),
-                        metrics={k: float(v) for k, v in report["models"][f"model_v{version}"].items()},
-                    )
-                    await self.producer.send(
-                        self.settings.topic(Topic.MODELS_PROMOTED),
-                        ann.model_dump_json().encode(),
-                        key=repo.RANKER_MODEL.encode(),
-                        headers=inject_headers(),
-                    )
+                log.info("model %d: %s", version, report.decision)
+                if report.promoted:
+                    await self.promote(version, report.models[f"model_v{version}"])
+                else:
+                    self.controller.settle()  # the trainer added the candidate to the policy: narrow it again
+                # Stored last: a crash before this re-judges the candidate on re-delivery.
+                await asyncio.to_thread(self._store_report, report)
                 return report
 
-    def reports(self) -> list[dict[str, Any]]:
-        prefix = f"{repo.RANKER_MODEL}|".encode()
-        return [json.loads(c[b"r:json"]) for _, c in self.store.scan(s.REPORTS, prefix=prefix)]
+    async def promote(self, version: int, metrics: dict[str, float]) -> None:
+        """Make ``version`` the champion: served first, then recorded, then announced to every ranker."""
+        async with self._promote_lock:
+            await self.controller.add({version})
+            await asyncio.to_thread(repo.write_champion, self.settings.model_repository, repo.RANKER_MODEL, version)
+            ann = ModelAnnouncement(
+                model=repo.RANKER_MODEL,
+                version=version,
+                repository=str(self.settings.model_repository),
+                created_at=datetime.now(UTC),
+                metrics={k: float(v) for k, v in metrics.items()},
+            )
+            await self.producer.send(
+                self.settings.topic(Topic.MODELS_PROMOTED),
+                ann.model_dump_json().encode(),
+                key=repo.RANKER_MODEL.encode(),
+                headers=inject_headers(),
+            )
+            self.controller.settle()  # the old champion stops being served once rankers have swapped
+            log.info("model %d is the champion", version)
 
-    def report(self, version: int) -> dict[str, Any] | None:
+    def reports(self) -> list[EvaluationReport]:
+        prefix = f"{repo.RANKER_MODEL}|".encode()
+        return [
+            EvaluationReport.model_validate_json(c[b"r:json"]) for _, c in self.store.scan(s.REPORTS, prefix=prefix)
+        ]
+
+    def report(self, version: int) -> EvaluationReport | None:
         cells = self.store.get(s.REPORTS, s.report_key(repo.RANKER_MODEL, version))
-        return json.loads(cells[b"r:json"]) if cells else None
+        return EvaluationReport.model_validate_json(cells[b"r:json"]) if cells else None

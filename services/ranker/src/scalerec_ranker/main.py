@@ -25,6 +25,7 @@ from scalerec_ranker.api.routes import recommendations
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings, get_settings
 from scalerec_ranker.consumers.erasure import ErasureConsumer
+from scalerec_ranker.consumers.experiments import ExperimentsConsumer
 from scalerec_ranker.consumers.items import CatalogueConsumer
 from scalerec_ranker.consumers.promotions import PromotionsConsumer
 from scalerec_ranker.impressions import ImpressionPublisher
@@ -35,13 +36,18 @@ log = logging.getLogger(__name__)
 
 
 def build_scorer(settings: RankerSettings) -> Scorer:
-    """Triton first when configured, in-process onnxruntime behind it; the baseline is the last resort."""
+    """Triton first when configured, in-process onnxruntime behind it; the baseline is the last resort.
+
+    On Triton the ranker is a follower (``control=false``): the evaluator alone loads and unloads
+    versions there, and a version it has not loaded yet is scored in process meanwhile.
+    """
     if settings.scorer_url.startswith("onnxruntime"):
         return make_scorer(settings.scorer_url, repository=settings.model_repository)
     local = make_scorer("onnxruntime://?inline=1", repository=settings.model_repository)
     from scalerec_adapters.triton_scorer import FallbackScorer
 
-    return FallbackScorer(make_scorer(settings.scorer_url, repository=settings.model_repository), local)
+    triton = make_scorer(settings.scorer_url, repository=settings.model_repository, control="false")
+    return FallbackScorer(triton, local)
 
 
 def create_app(settings: RankerSettings | None = None) -> FastAPI:
@@ -74,6 +80,10 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             bus, [settings.topic(Topic.MODELS_PROMOTED)], group, PromotionsConsumer(models).handle, name="promotions"
         )
         promotions.start()
+        experiments = ConsumerWorker(
+            bus, [settings.topic(Topic.EXPERIMENTS)], group, ExperimentsConsumer(models).handle, name="experiments"
+        )
+        experiments.start()
         catalogue = ConsumerWorker(
             bus,
             [settings.topic(Topic.ITEMS)],
@@ -101,6 +111,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         finally:
             await impressions.stop()
             await promotions.stop()
+            await experiments.stop()
             await catalogue.stop()
             await erasures.stop()
             await baselines.stop()

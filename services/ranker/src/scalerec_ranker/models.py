@@ -1,8 +1,11 @@
-"""The serving model: load, lay out, warm up, hot swap without dropping requests, unload the old one later.
+"""The serving models: load, lay out, warm up, hot swap without dropping requests, release old ones later.
 
-A request takes ``manager.current`` once and keeps that reference to the end, so a
-swap in the middle never mixes versions; the old version is unloaded from the
-scorer only after a grace period longer than any request.
+The manager serves the champion (``current``) and, while an experiment runs, every variant's
+version: :meth:`route` gives each user the model of the variant the experiment's salted hash
+assigns them to.  A request takes its model once and keeps that reference to the end, so a
+swap in the middle never mixes versions; a version no longer needed is released from the
+scorer only after a grace period longer than any request.  Releasing is local: on Triton the
+ranker is a follower that never unloads (the evaluator owns Triton's model control).
 
 The manager also owns this process's :class:`Catalogue`: catalogue changes from the
 items topic go to it and to the served version's item table at once, and a version
@@ -15,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.store import WideColumnStore
+from scalerec_events.experiments import Assignment, Experiment
 from scalerec_models import repository as repo
 from scalerec_models.integrity import verify_files
 from scalerec_models.runtime import ModelVersion
@@ -28,6 +33,15 @@ from scalerec_ranker.items import Catalogue, ItemRow
 from scalerec_ranker.serving import ServingModel
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A running experiment as served: its assignment and each variant's loaded model."""
+
+    experiment: Experiment
+    assignment: Assignment
+    models: dict[str, ServingModel]
 
 
 class ModelManager:
@@ -45,6 +59,8 @@ class ModelManager:
         self.max_candidates = max_candidates
         self.catalogue = catalogue or Catalogue()
         self.current: ServingModel | None = None
+        self.routing: Routing | None = None
+        self.loaded: dict[int, ServingModel] = {}
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._building = 0
@@ -68,27 +84,49 @@ class ModelManager:
     def apply_items(self, rows: Iterable[ItemRow]) -> int:
         """Catalogue changes: into the catalogue and the served table (event loop only)."""
         changed = self.catalogue.apply(rows)
-        if changed and self.current is not None:
-            self.current.table.apply(changed)
+        if changed:
+            for model in self.loaded.values():
+                model.table.apply(changed)
         if not self._building:
             self.catalogue.trim_log()
         return len(changed)
 
+    def route(self, user_id: str) -> tuple[ServingModel | None, str | None, str | None]:
+        """(model, variant, experiment id) that answers ``user_id``: the champion outside experiments."""
+        routing = self.routing
+        if routing is None:
+            return self.current, None, None
+        variant = routing.assignment.variant_of(user_id)
+        return routing.models[variant.name], variant.name, routing.experiment.experiment_id
+
+    async def _ensure(self, version: int) -> ServingModel:
+        """The loaded, warmed-up model of ``version`` (built now when needed); the caller holds the lock."""
+        if version in self.loaded:
+            return self.loaded[version]
+        self._building += 1
+        try:
+            snapshot_seq = self.catalogue.sequence
+            rows = list(self.catalogue.rows.values())
+            model = await asyncio.to_thread(self._build, version, rows)
+            await self.scorer.load(repo.RANKER_MODEL, version)
+            has_tower = (self.repository / repo.USER_TOWER_MODEL / str(version) / repo.MODEL_FILE).exists()
+            if has_tower:
+                await self.scorer.load(repo.USER_TOWER_MODEL, version)
+            await self._warm_up(model, has_tower)
+        finally:
+            self._building -= 1
+        # No await between catching up and registering it: from here on apply_items updates it too.
+        model.table.apply(self.catalogue.changed_since(snapshot_seq))
+        self.loaded[version] = model
+        return model
+
     async def activate(self, version: int) -> bool:
-        """Load ``version``, warm it up, switch to it; False (and the old one keeps serving) on failure."""
+        """Load ``version``, warm it up, make it the champion; False (and the old one keeps serving) on failure."""
         async with self._lock:
             if self.current and self.current.version == version:
                 return True
-            self._building += 1
             try:
-                snapshot_seq = self.catalogue.sequence
-                rows = list(self.catalogue.rows.values())
-                model = await asyncio.to_thread(self._build, version, rows)
-                await self.scorer.load(repo.RANKER_MODEL, version)
-                has_tower = (self.repository / repo.USER_TOWER_MODEL / str(version) / repo.MODEL_FILE).exists()
-                if has_tower:
-                    await self.scorer.load(repo.USER_TOWER_MODEL, version)
-                await self._warm_up(model, has_tower)
+                model = await self._ensure(version)
             except Exception as exc:
                 self.last_error = f"version {version}: {type(exc).__name__}: {exc}"
                 log.error(
@@ -97,18 +135,55 @@ class ModelManager:
                     self.current.version if self.current else "the baseline",
                 )
                 return False
-            finally:
-                self._building -= 1
-            # No await between catching up and the swap: no catalogue update can slip in between.
-            model.table.apply(self.catalogue.changed_since(snapshot_seq))
             old, self.current = self.current, model
             self.last_error = None
             log.info("serving model version %d (was %s)", version, old.version if old else "none")
-            if old is not None:
-                task = asyncio.create_task(self._unload_later(old.version))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._release_unused()
             return True
+
+    async def follow_experiment(self, experiment: Experiment | None) -> bool:
+        """Route by ``experiment`` (None or not running: everyone gets the champion).
+
+        Every variant's version is loaded before routing switches; if one cannot be, no one is
+        routed (the champion answers everybody, without a variant) and ``last_error`` says why.
+        """
+        async with self._lock:
+            if experiment is None or not experiment.running:
+                if self.routing is not None:
+                    log.info(
+                        "experiment %s ended: serving the champion to everyone", self.routing.experiment.experiment_id
+                    )
+                self.routing = None
+                self._release_unused()
+                return True
+            if self.routing is not None and self.routing.experiment == experiment:
+                return True
+            try:
+                models = {v.name: await self._ensure(v.model_version) for v in experiment.variants}
+            except Exception as exc:
+                self.last_error = f"experiment {experiment.experiment_id}: {type(exc).__name__}: {exc}"
+                log.error("cannot serve %s; serving the champion to everyone", self.last_error)
+                self.routing = None
+                self._release_unused()
+                return False
+            self.routing = Routing(experiment, Assignment(experiment), models)
+            log.info(
+                "experiment %s: %s",
+                experiment.experiment_id,
+                ", ".join(f"{v.name}=v{v.model_version} ({v.share:.0%})" for v in experiment.variants),
+            )
+            self._release_unused()
+            return True
+
+    def _release_unused(self) -> None:
+        needed = {m.version for m in (self.routing.models.values() if self.routing else ())}
+        if self.current is not None:
+            needed.add(self.current.version)
+        for version in [v for v in self.loaded if v not in needed]:
+            del self.loaded[version]
+            task = asyncio.create_task(self._unload_later(version))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _build(self, version: int, rows: list[ItemRow]) -> ServingModel:
         self._verify(version)
@@ -143,6 +218,8 @@ class ModelManager:
 
     async def _unload_later(self, version: int) -> None:
         await asyncio.sleep(self.unload_grace_s)
+        if version in self.loaded:
+            return  # needed again meanwhile
         for name in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
             try:
                 await self.scorer.unload(name, version)

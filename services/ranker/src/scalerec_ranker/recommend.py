@@ -72,6 +72,9 @@ class Recommendation:
     history_source: str
     took_ms: float = 0.0
     candidates_scored: int = 0
+    # The experiment's variant this user is assigned to (also on a fallback answer), None outside experiments.
+    variant: str | None = None
+    experiment_id: str | None = None
 
 
 class Recommender:
@@ -135,7 +138,8 @@ class Recommender:
         started = time.perf_counter()
         request_id = f"{_ID_PREFIX}{next(_request_numbers):010x}"
         history, bought, history_source = await self.user_state(user_id)
-        model = self.models.current  # one reference for the rest of the request (hot swap safe)
+        # One reference for the rest of the request (hot swap safe): the champion, or the user's variant.
+        model, variant, experiment_id = self.models.route(user_id)
         context = context_features(int(time.time() * 1000), device, locale)
         seen = [h.item_id for h in history if h.type != _IMPRESSION]
         excluded = bought | set(exclude) | {h.item_id for h in history if h.type == _PURCHASE}
@@ -161,6 +165,9 @@ class Recommender:
                 "baseline",
                 history_source,
                 _ms(started),
+                0,
+                variant,
+                experiment_id,
             )
 
         table = model.table
@@ -205,6 +212,8 @@ class Recommender:
             history_source,
             _ms(started),
             0 if scorer_name == "baseline" else len(cands),
+            variant,
+            experiment_id,
         )
 
     # ------------------------------------------------------------ steps
@@ -330,7 +339,8 @@ def impression_payload(rec: Recommendation, device: str | None, locale: str | No
         request_id=rec.request_id,
         user_id=rec.user_id,
         model_version=rec.model_version,
-        variant=None,
+        experiment_id=rec.experiment_id,
+        variant=rec.variant,
         fallback=rec.fallback,
         fallback_reason=rec.fallback_reason,
         scorer=rec.scorer,

@@ -1,66 +1,145 @@
-"""Online metrics per model version: impressions from the ranker, clicks and conversions attributed to them.
+"""<DEPLOYMENT>.events.impressions.v1 + events.raw.v1 → exposure and outcome rows in the store.
 
-Feedback events carry ``context.model_version`` and ``context.request_id`` (the
-recommendation they answer), so CTR and conversion rate are measured per variant.
+Every impression (what a ranker answer showed) and every feedback event that points back to one
+(``context.request_id``) becomes one row keyed by its id (:mod:`scalerec_storage.schema`,
+``EXPOSURES``).  A put of the same row twice is one row, and the bus offsets are committed only
+after the batch's rows are written, so a re-delivery or a restart (even a kill -9 in the middle of
+a batch) neither loses nor doubles an impression or a click.  Results are computed from the rows
+(:mod:`scalerec_evaluator.results`), never from counters in memory.
+
+Feedback is stored under its impression's experiment, found through ``REQUEST_INDEX``.  Feedback
+whose impression has not arrived yet (two topics, no order between them) waits in
+``PENDING_FEEDBACK`` and is moved once the impression is there.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
+import json
+import logging
+import time
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 from scalerec_adapters.bus import Message
+from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult
 from scalerec_events.labels import is_conversion
 from scalerec_events.models import Event, EventType, Impression
+from scalerec_storage import schema as s
+
+log = logging.getLogger(__name__)
+
+# Feedback that waits this long for its impression never gets one (the ranker drops impressions
+# only when the bus is slower than traffic for a long time): it is dropped from the pending table.
+PENDING_MAX_AGE_MS = 86_400_000
+_FEEDBACK_TYPES = {EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING}
 
 
-class OnlineMetrics:
-    def __init__(self, *, impressions_topic: str) -> None:
+def _feedback_cells(ev: Event) -> dict[bytes, bytes]:
+    doc = {
+        "event_id": ev.event_id,
+        "item_id": ev.item_id,
+        "type": ev.type.value,
+        "ts_ms": ev.ts_ms,
+        "click": ev.type is EventType.CLICK,
+        "conversion": is_conversion(ev.type, ev.value),
+    }
+    return {b"o:f": json.dumps(doc).encode()}
+
+
+def _impression_cells(imp: Impression) -> dict[bytes, bytes]:
+    doc = {
+        "user_id": imp.user_id,
+        "variant": imp.variant,
+        "model_version": imp.model_version,
+        "fallback": imp.fallback,
+        "ts_ms": imp.ts_ms,
+        "items": {i.item_id: i.position for i in imp.items},
+    }
+    return {b"o:i": json.dumps(doc).encode()}
+
+
+class OnlineRecorder:
+    def __init__(self, store: WideColumnStore, *, impressions_topic: str) -> None:
         # Impressions and feedback events arrive through one group; the topic tells them apart.
+        self.store = store
         self.impressions_topic = impressions_topic
-        self.impressions: dict[str, int] = defaultdict(int)
-        self.requests: dict[str, int] = defaultdict(int)
-        self.clicks: dict[str, int] = defaultdict(int)
-        self.conversions: dict[str, int] = defaultdict(int)
+        self.pending = 0  # feedback rows waiting for their impression (as of the last batch)
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult()
+        impressions: list[Impression] = []
+        feedback: list[Event] = []
         for m in messages:
             try:
                 if m.topic == self.impressions_topic:
-                    imp = Impression.model_validate_json(m.value)
-                    variant = _variant(imp.model_version, imp.fallback)
-                    self.requests[variant] += 1
-                    self.impressions[variant] += len(imp.items)
+                    impressions.append(Impression.model_validate_json(m.value))
                 else:
                     ev = Event.model_validate_json(m.value)
-                    if ev.context.request_id is None:
-                        continue
-                    variant = _variant(ev.context.model_version, ev.context.model_version is None)
-                    if ev.type is EventType.CLICK:
-                        self.clicks[variant] += 1
-                    elif is_conversion(ev.type, ev.value):
-                        self.conversions[variant] += 1
+                    rid = ev.context.request_id
+                    if rid and s.SEP.decode() not in rid and ev.type in _FEEDBACK_TYPES:
+                        feedback.append(ev)
             except (ValidationError, ValueError) as exc:
                 result.poison.append((m, f"unreadable: {exc}"))
+        if impressions or feedback:
+            await asyncio.to_thread(self._write, impressions, feedback)
         return result
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for variant in sorted(set(self.requests) | set(self.clicks)):
-            imps = self.impressions.get(variant, 0)
-            out[variant] = {
-                "requests": self.requests.get(variant, 0),
-                "impressions": imps,
-                "clicks": self.clicks.get(variant, 0),
-                "conversions": self.conversions.get(variant, 0),
-                "ctr": self.clicks.get(variant, 0) / imps if imps else 0.0,
-                "conversion_rate": self.conversions.get(variant, 0) / imps if imps else 0.0,
-            }
+    def _write(self, impressions: list[Impression], feedback: list[Event]) -> None:
+        store = self.store
+        # Impressions first (and their index rows), so feedback in the same batch finds them.
+        store.put_many(
+            s.EXPOSURES, [(s.impression_row(i.experiment_id, i.request_id), _impression_cells(i)) for i in impressions]
+        )
+        store.put_many(
+            s.REQUEST_INDEX,
+            [(i.request_id.encode(), {b"o:x": (i.experiment_id or s.NO_EXPERIMENT).encode()}) for i in impressions],
+        )
+        where = self._experiments_of({ev.context.request_id or "" for ev in feedback})
+        placed, waiting = [], []
+        for ev in feedback:
+            rid = ev.context.request_id or ""
+            if rid in where:
+                placed.append((s.feedback_row(where[rid], rid, ev.event_id), _feedback_cells(ev)))
+            else:
+                cells = _feedback_cells(ev)
+                waiting.append((s.pending_row(rid, ev.event_id), cells))
+        store.put_many(s.EXPOSURES, placed)
+        store.put_many(s.PENDING_FEEDBACK, waiting)
+        if waiting or self.pending:
+            self._resolve_pending()
+
+    def _experiments_of(self, request_ids: set[str]) -> dict[str, str | None]:
+        if not request_ids:
+            return {}
+        rows = self.store.get_many(s.REQUEST_INDEX, [r.encode() for r in sorted(request_ids)])
+        out: dict[str, str | None] = {}
+        for key, cells in rows.items():
+            exp = cells.get(b"o:x", s.NO_EXPERIMENT.encode()).decode()
+            out[key.decode()] = None if exp == s.NO_EXPERIMENT else exp
         return out
 
-
-def _variant(version: int | None, fallback: bool) -> str:
-    return "baseline" if fallback or version is None else f"model_v{version}"
+    def _resolve_pending(self) -> None:
+        """Move waiting feedback whose impression has arrived; forget what waited too long."""
+        rows = list(self.store.scan(s.PENDING_FEEDBACK))
+        by_request: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+        for key, cells in rows:
+            rid = key.split(s.SEP, 1)[0].decode()
+            by_request.setdefault(rid, []).append((key, cells))
+        where = self._experiments_of(set(by_request))
+        moved, done = [], []
+        now = int(time.time() * 1000)
+        for rid, entries in by_request.items():
+            for key, cells in entries:
+                doc = json.loads(cells[b"o:f"])
+                if rid in where:
+                    moved.append((s.feedback_row(where[rid], rid, doc["event_id"]), cells))
+                    done.append(key)
+                elif now - int(doc["ts_ms"]) > PENDING_MAX_AGE_MS:
+                    log.info("feedback %s: no impression %s arrived within a day; dropped", doc["event_id"], rid)
+                    done.append(key)
+        # Written before the pending rows go: a crash in between leaves a row to move again (idempotent).
+        self.store.put_many(s.EXPOSURES, moved)
+        self.store.delete_many(s.PENDING_FEEDBACK, done)
+        self.pending = len(rows) - len(done)

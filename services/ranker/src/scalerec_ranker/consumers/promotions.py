@@ -1,6 +1,9 @@
-"""<DEPLOYMENT>.models.promoted.v1 → hot swap to the promoted version.
+"""<DEPLOYMENT>.models.promoted.v1 → hot swap to the champion.
 
-Every replica reads announcements in a consumer group of its own, so each one swaps.
+Every replica reads announcements in a consumer group of its own, so each one swaps.  The topic
+is compacted and keyed by model: its newest message is the champion (the evaluator is its one
+writer), so a replica started later ends on the champion — not on the highest version it
+replays, which a rollback may have replaced.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class PromotionsConsumer:
         parsed, result = parse_batch(messages, ModelAnnouncement, "announcement")
         latest: ModelAnnouncement | None = None
         for _, ann in parsed:
-            if ann.model == repo.RANKER_MODEL and (latest is None or ann.version > latest.version):
-                latest = ann
+            if ann.model == repo.RANKER_MODEL:
+                latest = ann  # the newest wins, whatever its number
         if latest is not None and (self.models.current is None or latest.version != self.models.current.version):
             await self.models.activate(latest.version)
         return result

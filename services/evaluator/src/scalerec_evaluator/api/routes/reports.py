@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from scalerec_core.auth import Scope, require
 from scalerec_models import repository as repo
 
-from scalerec_evaluator.deps import EvaluatorDep, OnlineDep, SettingsDep
+from scalerec_evaluator.deps import EvaluatorDep, SettingsDep
+from scalerec_evaluator.results import online_by_version
+from scalerec_evaluator.schemas import EvaluationReport, OnlineOut, ReportsOut
 
 router = APIRouter(prefix="/v1", tags=["evaluation"], dependencies=[require(Scope.ADMIN)])
 
 
 @router.get("/reports", summary="Every evaluated model version, oldest first")
-async def reports(evaluator: EvaluatorDep, settings: SettingsDep) -> dict[str, Any]:
+async def reports(evaluator: EvaluatorDep) -> ReportsOut:
     items = await asyncio.to_thread(evaluator.reports)
-    champion = repo.read_champion(settings.model_repository, repo.RANKER_MODEL)
-    return {"champion": champion, "reports": items}
+    return ReportsOut(champion=evaluator.champion(), reports=items)
 
 
 @router.get("/reports/{version}", summary="The evaluation report of one model version")
-async def report(evaluator: EvaluatorDep, version: int) -> dict[str, Any]:
+async def report(evaluator: EvaluatorDep, version: int) -> EvaluationReport:
     found = await asyncio.to_thread(evaluator.report, version)
     if found is None:
         raise HTTPException(404, f"no report for model version {version} (not evaluated yet, or unknown)")
@@ -30,12 +30,13 @@ async def report(evaluator: EvaluatorDep, version: int) -> dict[str, Any]:
 
 
 @router.post("/evaluate/{version}", summary="Evaluate (and maybe promote) a model version now")
-async def evaluate(evaluator: EvaluatorDep, settings: SettingsDep, version: int) -> dict[str, Any]:
+async def evaluate(evaluator: EvaluatorDep, settings: SettingsDep, version: int) -> EvaluationReport:
     if version not in repo.list_versions(settings.model_repository, repo.RANKER_MODEL):
         raise HTTPException(404, f"model version {version} is not in the model repository")
     return await evaluator.evaluate(version)
 
 
-@router.get("/online", summary="Online metrics per model version (CTR, conversion rate)")
-async def online(metrics: OnlineDep) -> dict[str, Any]:
-    return {"variants": metrics.summary()}
+@router.get("/online", summary="Online metrics per model version (CTR, conversion rate), from the stored rows")
+async def online(evaluator: EvaluatorDep) -> OnlineOut:
+    window_ms = 3600 * 1000
+    return OnlineOut(variants=await asyncio.to_thread(online_by_version, evaluator.store, window_ms))

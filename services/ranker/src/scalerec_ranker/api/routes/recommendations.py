@@ -6,7 +6,7 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, Id
 from scalerec_features import Device
@@ -41,6 +41,10 @@ class RecommendationsOut(BaseModel):
     history_source: str
     took_ms: float
     candidates_scored: int
+    variant: str | None = Field(
+        description="The experiment variant this user is assigned to (send it back with feedback); null outside experiments."
+    )
+    experiment_id: str | None
     items: list[ItemOut]
 
 
@@ -137,10 +141,12 @@ async def similar(
 
 
 class ModelOut(BaseModel):
-    model_version: int | None
+    model_version: int | None = Field(description="The champion this replica serves outside experiments.")
     scorer: str
     last_error: str | None
     card: dict
+    experiment_id: str | None = Field(description="The running experiment this replica routes users by.")
+    variants: dict[str, int] = Field(description="Each variant of that experiment and the version it serves.")
 
 
 @router.get("/model", response_model=ModelOut, summary="The model version being served")
@@ -152,4 +158,6 @@ async def current_model(rec: RecommenderDep) -> ModelOut:
         scorer=rec.scorer.name,
         last_error=manager.last_error,
         card=model.model.card if model else {},
+        experiment_id=manager.routing.experiment.experiment_id if manager.routing else None,
+        variants={name: m.version for name, m in manager.routing.models.items()} if manager.routing else {},
     )

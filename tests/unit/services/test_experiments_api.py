@@ -1,0 +1,190 @@
+"""The evaluator's experiments API in process on embedded backends: auth, validation, results, decision.
+
+Model versions are bare folders here (the API checks that a version exists; what it scores is the
+ranker's business, tested in test_ranker.py and the integration tests).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from scalerec_adapters.bus import OutgoingMessage
+from scalerec_evaluator.config import EvaluatorSettings
+from scalerec_evaluator.main import create_app
+from scalerec_events.experiments import Assignment, Experiment
+from scalerec_events.models import Context, Event, ImpressedItem, Impression, ModelAnnouncement
+from scalerec_events.topics import Topic
+from scalerec_models import repository as repo
+
+ADMIN = {"Authorization": "Bearer k-admin"}
+SERVE = {"Authorization": "Bearer k-serve"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    repository = tmp_path / "models"
+    for v in (1, 2, 3):
+        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
+    repo.write_champion(repository, repo.RANKER_MODEL, 1)
+    settings = EvaluatorSettings(
+        data_dir=tmp_path,
+        model_repository=repository,
+        api_keys="k-admin:admin,k-serve:serve",
+        min_experiment_impressions=300,
+        unload_grace_s=0.1,
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _spec(*variants: tuple[str, int, float], **extra: object) -> dict:
+    return {"variants": [{"name": n, "model_version": v, "share": s} for n, v, s in variants], **extra}
+
+
+HALVES = _spec(("champion", 1, 0.5), ("challenger", 2, 0.5), name="v2 vs v1")
+
+
+def test_experiments_need_the_admin_scope(client: TestClient) -> None:
+    assert client.post("/v1/experiments", json=HALVES).status_code == 401
+    assert client.post("/v1/experiments", json=HALVES, headers=SERVE).status_code == 403
+    assert client.get("/v1/experiments", headers=SERVE).status_code == 403
+    assert client.get("/v1/experiments/exp-1", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (_spec(("champion", 1, 0.5), ("challenger", 2, 0.4)), "sum to 1"),
+        (_spec(("champion", 1, 0.5), ("challenger", 9, 0.5)), "model version 9 is not in the model repository"),
+        (_spec(("champion", 2, 0.5), ("challenger", 3, 0.5)), "the champion is version 1"),
+        (_spec(("champion", 1, 0.5), ("champion", 2, 0.5)), "unique"),
+        (_spec(("champion", 1, 1.2), ("challenger", 2, -0.2)), "share"),
+        (_spec(("champion", 1, 1.0)), "at least 2"),
+        (_spec(("Champion!", 1, 0.5), ("challenger", 2, 0.5)), "pattern"),
+        ({"variants": [], "bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_experiment_definitions_get_a_4xx_that_says_what_is_wrong(
+    client: TestClient, body: dict, says: str
+) -> None:
+    r = client.post("/v1/experiments", json=body, headers=ADMIN)
+    assert r.status_code == 422, r.text
+    assert says in r.text
+    assert client.get("/v1/experiments", headers=ADMIN).json() == []  # nothing half-created
+
+
+def _announced(client: TestClient, topic: Topic) -> list[bytes]:
+    async def read() -> list[bytes]:
+        bus = client.app.state.backends.bus  # type: ignore[attr-defined]
+        consumer = await bus.consumer([client.app.state.evaluator.settings.topic(topic)], f"t-{time.time_ns()}")  # type: ignore[attr-defined]
+        try:
+            return [m.value for m in await consumer.getmany(timeout_ms=500, max_records=100)]
+        finally:
+            await consumer.stop()
+
+    return client.portal.call(read)  # type: ignore[union-attr]
+
+
+def test_an_experiment_is_stored_announced_changed_and_stopped(client: TestClient) -> None:
+    created = client.post("/v1/experiments", json=HALVES, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    exp = Experiment.model_validate(created.json())
+    assert exp.running and exp.salt and exp.versions() == [1, 2]
+    again = client.post("/v1/experiments", json=HALVES, headers=ADMIN)
+    assert again.status_code == 409 and exp.experiment_id in again.text
+
+    shown = client.get(f"/v1/experiments/{exp.experiment_id}", headers=ADMIN).json()
+    assert [v["name"] for v in shown["results"]["variants"]] == ["champion", "challenger"]
+    assert shown["results"]["variants"][1]["ctr_vs_control"] is None  # no data yet, no interval
+    assert client.get("/v1/experiments/nope", headers=ADMIN).status_code == 404
+
+    bad = client.patch(
+        f"/v1/experiments/{exp.experiment_id}", json=_spec(("champion", 1, 0.9), ("x", 3, 0.2)), headers=ADMIN
+    )
+    assert bad.status_code == 422 and "sum to 1" in bad.text
+    changed = client.patch(
+        f"/v1/experiments/{exp.experiment_id}", json=_spec(("champion", 1, 0.8), ("challenger", 2, 0.2)), headers=ADMIN
+    )
+    assert changed.status_code == 200, changed.text
+    assert Experiment.model_validate(changed.json()).salt == exp.salt  # users keep their variant where they can
+
+    stopped = client.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    assert client.get(f"/v1/experiments/{exp.experiment_id}", headers=ADMIN).json()["results"] is not None
+    states = [Experiment.model_validate_json(v) for v in _announced(client, Topic.EXPERIMENTS)]
+    assert [(e.status.value, e.variants[1].share) for e in states] == [
+        ("running", 0.5),
+        ("running", 0.2),
+        ("stopped", 0.2),
+    ]
+    # Served: the champion and the experiment's versions while it ran (config rendering needs ONNX files: none here).
+    assert repo.read_champion(client.app.state.evaluator.settings.model_repository, repo.RANKER_MODEL) == 1  # type: ignore[attr-defined]
+
+
+def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(client: TestClient) -> None:
+    exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    assign = Assignment(exp)
+    rng = random.Random(5)
+    impressions, feedback = [], []
+    now = int(time.time() * 1000)
+    for n in range(1200):
+        user = f"u{n}"
+        variant = assign.variant_of(user)
+        rid = f"req{n:05d}"
+        items = [ImpressedItem(item_id=f"i{j}", position=j, source="item_cf") for j in range(10)]
+        imp = Impression(
+            request_id=rid,
+            user_id=user,
+            model_version=variant.model_version,
+            experiment_id=exp.experiment_id,
+            variant=variant.name,
+            items=items,
+            ts_ms=now,
+        )
+        impressions.append(OutgoingMessage(imp.model_dump_json().encode(), user.encode()))
+        if rng.random() < (0.30 if variant.name == "challenger" else 0.15):
+            ev = Event(
+                event_id=f"e{n}",
+                user_id=user,
+                item_id=f"i{rng.randrange(3)}",
+                type="click",
+                timestamp=time.time(),
+                context=Context(request_id=rid, variant=variant.name),
+            )
+            feedback.append(OutgoingMessage(ev.model_dump_json().encode(), user.encode()))
+
+    settings = client.app.state.evaluator.settings  # type: ignore[attr-defined]
+
+    async def publish() -> None:
+        producer = client.app.state.backends.bus.producer()  # type: ignore[attr-defined]
+        await producer.send_batch(settings.topic(Topic.EVENTS_RAW), feedback)  # before their impressions, even
+        await producer.send_batch(settings.topic(Topic.IMPRESSIONS), impressions)
+
+    client.portal.call(publish)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while True:
+        res = client.get(f"/v1/experiments/{exp.experiment_id}", headers=ADMIN).json()["results"]
+        counted = sum(v["clicks"] for v in res["variants"])
+        if sum(v["impressions"] for v in res["variants"]) == 1200 and counted == len(feedback):
+            break
+        assert time.monotonic() < deadline, res
+        time.sleep(0.2)
+    challenger = res["variants"][1]
+    assert challenger["ctr_vs_control"]["low"] > 0 and not res["srm"]["mismatch"]
+    assert 0.2 < challenger["ndcg_at_10"] < 0.35
+
+    decided = client.post(f"/v1/experiments/{exp.experiment_id}/decide", headers=ADMIN)
+    assert decided.status_code == 200, decided.text
+    body = decided.json()
+    assert body["promoted"] and body["winner"] == "challenger" and body["model_version"] == 2
+    assert "two-proportion z-test" in body["reason"] and body["experiment"]["status"] == "concluded"
+    assert repo.read_champion(settings.model_repository, repo.RANKER_MODEL) == 2
+    promoted = [ModelAnnouncement.model_validate_json(v) for v in _announced(client, Topic.MODELS_PROMOTED)]
+    assert [a.version for a in promoted] == [2]
+    final = client.get(f"/v1/experiments/{exp.experiment_id}", headers=ADMIN).json()
+    assert final["experiment"]["decision"] == body["reason"] and final["results"]["variants"][1]["clicks"] > 0
