@@ -312,11 +312,14 @@ kwok_ready() { curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz" | gr
 up_kwok() {
   running_pid kwok >/dev/null && return 0
   # Only nodes that say so are kwok's (nodes.yaml annotates them); the default stages make them
-  # Ready and take each pod bound to them through Running/Ready, Job pods to Succeeded.
+  # Ready and take each pod bound to them through Running/Ready, Job pods to Succeeded.  Without a
+  # node lease kwok heartbeats through node status every 20-45 s, longer than the controller
+  # manager's 40 s grace: nodes flapped NotReady and their pods lost Ready. Leases as kubelets do.
   launch kwok "$BIN/kwok" --kubeconfig "$CLUSTER_DIR/kwok.kubeconfig" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --disregard-status-with-annotation-selector kwok.x-k8s.io/status=custom \
     --cidr "$POD_CIDR" --node-ip "$HOST_IP" \
+    --node-lease-duration-seconds 40 \
     --server-address "127.0.0.1:$KWOK_PORT"
   wait_ready kwok kwok_ready
   log "kwok ready"
