@@ -93,3 +93,32 @@ def test_what_the_pods_reference_exists(release: Release) -> None:
             live = release.cluster.get(kind, release.namespace, name)
             if kind == "persistentvolumeclaims":
                 assert live["status"]["phase"] == "Bound", f"{p['metadata']['name']}: claim {name}"
+
+
+def test_every_service_has_endpoints_for_its_deployments_pods(release: Release) -> None:
+    """The endpoint-slice controller resolves each Service's selector and target ports against the live
+    pods: a selector that misses the pods, or a targetPort naming a port no container declares,
+    leaves a Service with no endpoints (or none for that port), and its callers with nothing to reach."""
+    pods = release.pods()
+    slices = release.objects("endpointslices.discovery.k8s.io")
+    checked = 0
+    for svc in release.objects("services"):
+        name, selector = svc["metadata"]["name"], svc["spec"].get("selector")
+        selected = [
+            p for p in pods if selector and all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())
+        ]
+        if not selected:
+            continue  # e.g. the training rendezvous Service: its Job's pods run only when training
+        mine = [s for s in slices if s["metadata"]["labels"].get("kubernetes.io/service-name") == name]
+        ready = {
+            ep["targetRef"]["name"]
+            for s in mine
+            for ep in s.get("endpoints") or []
+            if ep.get("conditions", {}).get("ready")
+        }
+        assert ready == {p["metadata"]["name"] for p in selected}, f"{name}: endpoints {ready}"
+        ports = {(p.get("name"), p["port"]) for s in mine for p in s.get("ports") or []}
+        for sp in svc["spec"]["ports"]:
+            assert any(pn == sp.get("name") for pn, _ in ports), f"{name}: port {sp} resolves to no container port"
+        checked += 1
+    assert checked >= len(release.deployments()), "every Deployment is behind a Service"
