@@ -1,7 +1,8 @@
 # ScaleRec — two commands do all set-up on a fresh machine:
 #   make demo   the whole pipeline on embedded backends, with a report
-#   make test   unit, contract, chart, images (built with podman, run as the chart runs them),
-#               integration (real Kafka, HBase, Memcached, Triton) and end-to-end tests
+#   make test   unit, contract, chart, images (built with podman, run as the chart runs them), the chart
+#               installed on a real API server, integration (real Kafka, HBase, Memcached, Triton) and
+#               end-to-end tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,9 +13,10 @@ PYPROJECTS := libs/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyprojec
 STAMP := $(VENV)/.scalerec-installed
 STACK := scripts/stack/stack.sh
 IMAGES_BUILD := scripts/images/build.sh
+CLUSTER := scripts/cluster/cluster.sh
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-stack test test-fast test-e2e test-images images lint helm tools bench stack-up stack-down loadtest serve clean
+.PHONY: venv demo demo-stack test test-fast test-e2e test-images test-cluster images lint helm tools bench stack-up stack-down cluster-build cluster-up cluster-down loadtest serve clean
 
 venv: $(STAMP)
 
@@ -60,9 +62,21 @@ stack-up:
 stack-down:
 	$(STACK) down
 
+# A real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler; kwok's fake
+# nodes, one with GPUs) with the CRDs the chart uses. The binaries build once from the Go module
+# proxy (~15 min on 2 cores, cached in ~/.cache/scalerec); docs/kubernetes.md "On a real control plane".
+cluster-build:
+	$(CLUSTER) build
+
+cluster-up:
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
 # Everything: the images are built (cached after the first run), the real servers are started first
 # and stopped after, whatever the outcome.
-test: venv helm tools images
+test: venv helm tools images cluster-build
 	$(STACK) up
 	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
@@ -75,6 +89,11 @@ images:
 # Build, then run each image as the chart runs it: probes answer, everything it imports is there.
 test-images: venv helm images
 	SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/images $(PYTEST_ARGS)
+
+# The chart installed on that control plane: the dev and prod-gpu examples, scheduling, PDBs, HPAs,
+# KEDA, topics, upgrade and rollback (also part of `make test`; the cluster stops again after).
+test-cluster: venv helm cluster-build
+	$(BIN)/pytest tests/cluster $(PYTEST_ARGS)
 
 test-fast: venv
 	SCALEREC_REAL_BACKENDS=0 $(BIN)/pytest tests/unit tests/contract -x -q
