@@ -14,7 +14,7 @@ from scalerec_core.telemetry import setup_telemetry
 
 def bootstrap(settings: ServiceSettings) -> None:
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    setup_telemetry(settings.service_name, settings.otel_exporter, settings.otel_endpoint)
+    setup_telemetry(settings)
 
 
 def available_cpus() -> int:

@@ -8,19 +8,21 @@ rewritten to the same cells, so nothing is lost and nothing counts twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from bisect import bisect_left
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 from scalerec_adapters.bus import Message, OutgoingMessage, Producer
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult
-from scalerec_core.telemetry import consume_span, inject_headers
+from scalerec_core.telemetry import inject_headers, meter
 from scalerec_events.labels import is_conversion
 from scalerec_events.models import Event, EventType, TrainingExample
 from scalerec_features import CONTEXT_FIELDS, context_features
@@ -28,6 +30,14 @@ from scalerec_storage import records as r
 from scalerec_storage import schema as s
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _stored_counter() -> Any:
+    """Events stored per second is its rate; one instrument per process, however many consumers."""
+    return meter("scalerec.preprocessor").create_counter(
+        "scalerec.preprocessor.events.stored", unit="{event}", description="New events written to the store"
+    )
 
 
 @dataclass
@@ -63,6 +73,7 @@ class EventsConsumer:
         self.stored = 0
         self.duplicates = 0
         self.dropped_erased = 0
+        self._stored_counter = _stored_counter()
         # The timelines this process last wrote, parsed: reused when the cache still holds those bytes.
         self._parsed: OrderedDict[str, tuple[bytes, list[r.HistoryEntry]]] = OrderedDict()
         self._parsed_max = 200_000
@@ -77,16 +88,16 @@ class EventsConsumer:
                 result.poison.append((message, f"invalid event: {exc.errors()[0].get('msg', exc)}"))
         if not events:
             return result
-        first = messages[0]
-        with consume_span("preprocess events", first.headers, count=len(events)):
-            plan = await asyncio.to_thread(self._write, events)
-            if plan.examples:
-                headers = tuple(inject_headers())
-                await self.producer.send_batch(
-                    self.examples_topic, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
-                )
-            await asyncio.to_thread(self._finish, plan)
+        # Runs inside the worker's batch span (linked to every event's trace): the examples continue it.
+        plan = await asyncio.to_thread(self._write, events)
+        if plan.examples:
+            headers = tuple(inject_headers())
+            await self.producer.send_batch(
+                self.examples_topic, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
+            )
+        await asyncio.to_thread(self._finish, plan)
         self.stored += len(plan.new_ids)
+        self._stored_counter.add(len(plan.new_ids))
         self.duplicates += plan.duplicates
         self.dropped_erased += plan.erased
         return result
