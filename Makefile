@@ -54,6 +54,7 @@ tools:
 # Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first.
 bench: venv tools
 	$(BIN)/python benchmarks/ranker_throughput.py --profile
+	$(BIN)/python benchmarks/telemetry_cost.py
 	$(BIN)/python benchmarks/ingest_throughput.py
 
 stack-up:

@@ -76,8 +76,12 @@ class Consumer(ABC):
         """Commit next-offset-to-read per (topic, partition); None commits everything returned so far."""
 
     @abstractmethod
+    async def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        """Per assigned (topic, partition): messages not yet committed by the group."""
+
     async def lag(self) -> int:
         """Messages in the assigned partitions not yet committed by the group."""
+        return sum((await self.lag_by_partition()).values())
 
     @abstractmethod
     async def stop(self) -> None: ...

@@ -252,18 +252,18 @@ class KafkaConsumer(Consumer):
             return
         await self._consumer.commit({tp: OffsetAndMetadata(off, "") for tp, off in todo.items()})
 
-    async def lag(self) -> int:
+    async def lag_by_partition(self) -> dict[tuple[str, int], int]:
         partitions = sorted(self._consumer.assignment())
         if not partitions:
-            return 0
+            return {}
         ends = await self._consumer.end_offsets(partitions)
         starts = await self._consumer.beginning_offsets(partitions)
-        total = 0
+        lags: dict[tuple[str, int], int] = {}
         for tp in partitions:
             committed = await self._consumer.committed(tp)
             base = committed if committed is not None else starts.get(tp, 0)
-            total += max(0, ends.get(tp, 0) - base)
-        return total
+            lags[(tp.topic, tp.partition)] = max(0, ends.get(tp, 0) - base)
+        return lags
 
     async def stop(self) -> None:
         # Leaves the group at once so the others rebalance now, not after the session timeout.

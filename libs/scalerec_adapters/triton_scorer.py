@@ -122,7 +122,9 @@ class TritonScorer(Scorer):
         # and settings objects build scorers before the loop runs.
         if self._client is None:
             import tritonclient.grpc.aio as grpcclient
+            from scalerec_core.telemetry import instrument_grpc_client
 
+            instrument_grpc_client()  # every call carries the caller's trace context to Triton
             self._client = grpcclient.InferenceServerClient(self.url)
         return self._client
 

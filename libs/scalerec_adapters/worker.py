@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from opentelemetry.metrics import CallbackOptions, Observation
 from pydantic import BaseModel, ValidationError
-from scalerec_core.telemetry import meter
+from scalerec_core.telemetry import batch_span, meter, on_scrape
 from scalerec_events.topics import dlq
 
 from scalerec_adapters.bus import BusUnavailable, Consumer, EventBus, Message
@@ -84,6 +87,34 @@ def parse_batch(messages: Sequence[Message], model: type[M], what: str) -> tuple
     return parsed, result
 
 
+_LIVE: weakref.WeakSet[ConsumerWorker] = weakref.WeakSet()
+
+
+def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
+    for worker in list(_LIVE):
+        for (topic, partition), lag in worker.lags.items():
+            yield Observation(lag, {"group": worker.group_id, "topic": topic, "partition": partition})
+
+
+@functools.cache
+def _instruments() -> tuple[Any, Any]:
+    """The workers' instruments, made once per process (every worker reports into the same ones)."""
+    m = meter("scalerec.worker")
+    processed = m.create_counter(
+        "scalerec.bus.messages.processed", unit="{message}", description="Bus messages processed and committed"
+    )
+    dead_lettered = m.create_counter(
+        "scalerec.bus.messages.dead_lettered", unit="{message}", description="Bus messages sent to a dead-letter topic"
+    )
+    m.create_observable_gauge(
+        "scalerec.bus.consumer.lag",
+        callbacks=[_observe_lag],
+        unit="{message}",
+        description="Messages not yet committed by the consumer group, per partition (read at scrape time)",
+    )
+    return processed, dead_lettered
+
+
 class ConsumerWorker:
     def __init__(
         self,
@@ -114,15 +145,29 @@ class ConsumerWorker:
         self.processed = 0
         self.dead_lettered = 0
         self.failing = False
-        m = meter("scalerec.worker")
-        self._processed_counter = m.create_counter("bus.messages.processed")
-        self._dlq_counter = m.create_counter("bus.messages.dead_lettered")
+        self._processed_counter, self._dlq_counter = _instruments()
+        #: Last known lag per (topic, partition), refreshed before every /metrics scrape.
+        self.lags: dict[tuple[str, int], int] = {}
+        self._forget_scrape_hook: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-consumer")
+        _LIVE.add(self)
+        # Series exist from the start (at 0), so dashboards and alerts see "none yet", not "no data".
+        for topic in self.topics:
+            self._processed_counter.add(0, {"worker": self.name, "group": self.group_id})
+            self._dlq_counter.add(0, {"worker": self.name, "topic": topic})
+        self._forget_scrape_hook = on_scrape(self._refresh_lag)
+
+    async def _refresh_lag(self) -> None:
+        if self.consumer is not None:
+            self.lags = await self.consumer.lag_by_partition()
 
     async def stop(self) -> None:
         self._stopping.set()
+        _LIVE.discard(self)
+        if self._forget_scrape_hook is not None:
+            self._forget_scrape_hook()
         if self._task:
             try:
                 await asyncio.wait_for(self._task, timeout=15)
@@ -155,7 +200,7 @@ class ConsumerWorker:
                     await self._dead_letter(result.poison)
                 await self.consumer.commit()
                 self.processed += len(messages)
-                self._processed_counter.add(len(messages), {"worker": self.name})
+                self._processed_counter.add(len(messages), {"worker": self.name, "group": self.group_id})
                 self.failing = False
                 backoff = 0.2
             except asyncio.CancelledError:
@@ -221,7 +266,17 @@ class ConsumerWorker:
             if self._stopping.is_set():
                 raise _Stopping
             try:
-                result = await self.handler(messages)
+                # One span per handler call, linked to the trace of every message (not only the first).
+                with batch_span(
+                    f"{self.name} process",
+                    [m.headers for m in messages],
+                    **{
+                        "messaging.operation.type": "process",
+                        "messaging.consumer.group.name": self.group_id,
+                        "messaging.batch.message_count": len(messages),
+                    },
+                ):
+                    result = await self.handler(messages)
                 self.failing = False
                 return result
             except asyncio.CancelledError:
@@ -260,7 +315,8 @@ class ConsumerWorker:
                 "%s: dead-lettered %s/%d/%d: %s", self.name, message.topic, message.partition, message.offset, reason
             )
         self.dead_lettered += len(poison)
-        self._dlq_counter.add(len(poison), {"worker": self.name})
+        for message, _ in poison:
+            self._dlq_counter.add(1, {"worker": self.name, "topic": message.topic})
 
 
 class _Deterministic(Exception):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 READY_CACHE_S = 1.5
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -204,7 +205,11 @@ class RateLimiter:
 
 
 # Matched exactly: "/healthz-debug" or "/docs/../v1/..." are not open.
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+# /metrics is open like the probes: Prometheus carries no API key, and the series hold route templates
+# and counts, never an id (tests/e2e/test_metrics.py); OTEL_METRICS_EXPORTER=none turns it off.
+_OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+)
 
 
 def _caller_key(headers: Mapping[bytes, bytes]) -> str | None:
@@ -273,12 +278,12 @@ def install_common(
     max_body_bytes: int = 4 * 1024 * 1024,
     readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> None:
-    """Health endpoints, error handlers, auth, rate and size limits, HTTP tracing.
+    """Health and metrics endpoints, error handlers, auth, rate and size limits.
 
     Keys and rate limits come from ``settings`` (one place for every service); with AUTH=disabled
     the service runs open, which is logged loudly.
     """
-    from scalerec_core.telemetry import install_http_tracing
+    from scalerec_core.telemetry import prometheus_enabled, render_metrics
 
     keys = settings.key_ring()
     rate_limit_per_second = settings.rate_limit_per_second
@@ -289,14 +294,26 @@ def install_common(
     _install_error_handlers(app)
     limiter = RateLimiter(rate_limit_per_second, storage_url=rate_limit_storage)
     checks = dict(readiness or {})
-    # Added innermost first: the body limit is outermost, then tracing, then the guard.
+    # Added innermost first: the body limit is outermost, then the guard. Request spans and metrics
+    # come from FastAPI's own telemetry (scalerec_core.telemetry.http_telemetry), outside both.
     app.add_middleware(_Guard, keys=keys, limiter=limiter)
-    install_http_tracing(app, service)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics of this process (OTEL_METRICS_EXPORTER=prometheus)",
+        response_class=Response,
+        responses={200: {"content": {PROMETHEUS_TEXT: {}}}},
+    )
+    async def prometheus_metrics() -> Response:
+        if not prometheus_enabled():
+            raise HTTPException(404, "metrics are not served here: OTEL_METRICS_EXPORTER does not name prometheus")
+        return Response(await render_metrics(), media_type=PROMETHEUS_TEXT)
 
     # Probes come every few seconds from every kubelet and load balancer: the checks (a Kafka admin
     # call, a store ping) run at most once per READY_CACHE_S, concurrent probes share one run.

@@ -16,7 +16,7 @@ def bootstrap(settings: ServiceSettings) -> None:
     configure_logging(
         settings.service_name, settings.log_level, settings.log_format, settings.log_id_key.get_secret_value()
     )
-    setup_telemetry(settings.service_name, settings.otel_exporter, settings.otel_endpoint)
+    setup_telemetry(settings)
 
 
 def available_cpus() -> int:

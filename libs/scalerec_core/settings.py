@@ -64,8 +64,51 @@ class ServiceSettings(BaseSettings):
         "topic (Kafka retention.ms, applied to existing topics too; the embedded bus trims by age): the "
         "bound on how long an erased user's data outlives the erasure in bus copies.",
     )
-    otel_exporter: Literal["none", "console", "otlp"] = "none"
-    otel_endpoint: str = Field(default="http://127.0.0.1:4318", description="OTLP/HTTP endpoint.")
+    deployment_environment: str = Field(
+        default="development",
+        description="The deployment.environment resource attribute on every span and metric (production, "
+        "staging, ...); OTEL_RESOURCE_ATTRIBUTES=deployment.environment=... overrides it.",
+    )
+    # The standard OpenTelemetry variables, read here like every other setting (the SDK is not left
+    # to read the environment on its own): scalerec_core/telemetry.py builds the providers from them.
+    otel_service_name: str = Field(default="", description="Overrides SERVICE_NAME as service.name.")
+    otel_resource_attributes: str = Field(
+        default="", description="Extra resource attributes, key=value,key=value (they win over ours)."
+    )
+    otel_traces_exporter: str = Field(
+        default="none",
+        pattern=r"^(none|otlp|console)(,(otlp|console))*$",
+        description="none, otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console; comma-separated for several.",
+    )
+    otel_metrics_exporter: str = Field(
+        default="prometheus",
+        pattern=r"^(none|prometheus|otlp|console)(,(prometheus|otlp|console))*$",
+        description="prometheus serves GET /metrics on the service's port (no API key, like the health "
+        "endpoints: it holds route templates and counts, no ids); otlp pushes to OTEL_EXPORTER_OTLP_ENDPOINT; "
+        "none turns /metrics off (404).",
+    )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="http://127.0.0.1:4318", description="OTLP/HTTP base URL (/v1/traces, /v1/metrics appended)."
+    )
+    otel_traces_sampler: Literal[
+        "",
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = Field(
+        default="",
+        description="Empty: parentbased_always_on when traces are exported, always_off when not "
+        "(trace context still flows, no span is recorded).",
+    )
+    otel_traces_sampler_arg: float | None = Field(
+        default=None, ge=0, le=1, description="Ratio for the traceidratio samplers (1.0 when unset)."
+    )
+    otel_metric_export_interval: int = Field(
+        default=15_000, ge=100, description="Milliseconds between pushes of the otlp/console metric exporters."
+    )
     api_keys: str = Field(
         default="",
         description="Comma-separated API keys (X-API-Key header or bearer token), each with its scopes: "

@@ -42,7 +42,7 @@ from scalerec_models.config import ModelConfig, model_config
 from scalerec_models.data import FIRST_ITEM, Interactions, ItemVocab, leave_one_out, to_sequences
 from scalerec_models.networks import SeqRanker, TwoTower
 from scalerec_models.onnx_export import export_ranker, export_user_tower, ranker_parity, user_tower_parity
-from scalerec_models.training import EpochRecord, evaluate_model, train_ranker, train_two_tower
+from scalerec_models.training import EpochCallback, EpochRecord, evaluate_model, train_ranker, train_two_tower
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def train_models(
     config: ModelConfig | None = None,
     warm_start_dir: str | Path | None = None,
     progress: bool = True,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainedModels:
     """Train the ranker and the two-tower model; returns them with holdout metrics.
 
@@ -124,8 +125,8 @@ def train_models(
                 log.info("warm start %s from %s", file, path)
     has_holdout = len(split.eval_users) > 0
     source = split if has_holdout else to_sequences(interactions, vocab)
-    ranker, r_info = train_ranker(source, vocab.size, features, cfg, progress=progress, init=ranker)
-    tower, t_info = train_two_tower(source, vocab.size, features, cfg, progress=progress, init=tower)
+    ranker, r_info = train_ranker(source, vocab.size, features, cfg, progress=progress, init=ranker, on_epoch=on_epoch)
+    tower, t_info = train_two_tower(source, vocab.size, features, cfg, progress=progress, init=tower, on_epoch=on_epoch)
     metrics: dict[str, float] = {
         "train_seconds": time.perf_counter() - t0,
         "users": float(len(split.train.users)),

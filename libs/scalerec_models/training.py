@@ -207,6 +207,22 @@ def _shard(batches: list[np.ndarray], rank: int, world: int, device: torch.devic
     return list(range(rank, per_rank * world, world))
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """What one finished epoch reports to an ``on_epoch`` callback (rank 0 only)."""
+
+    model: str  # "ranker" or "two-tower"
+    epoch: int
+    epochs: int  # the most this run may take (early stopping and the time budget may end it sooner)
+    loss: float  # mean training loss over the epoch
+    val_ndcg: float | None  # validation NDCG@10; None when training without a holdout
+    elapsed_s: float
+
+
+#: Called once per epoch by the training loops; must be quick (it runs between epochs).
+EpochCallback = Callable[[EpochReport], None]
+
+
 def _train_loop(
     model: ScoreModel,
     windows: Windows,
@@ -217,6 +233,7 @@ def _train_loop(
     progress: bool,
     name: str,
     generators: Sequence[torch.Generator] = (),
+    on_epoch: EpochCallback | None = None,
 ) -> TrainInfo:
     """Epochs of length-bucketed batches, with early stopping, time budget, checkpoints and optional DDP.
 
@@ -349,6 +366,10 @@ def _train_loop(
             else:
                 bad += 1
             stop = bad >= cfg.patience or elapsed > cfg.time_budget_s
+        if on_epoch is not None and main:
+            on_epoch(
+                EpochReport(name, epoch, epochs, total / max(seen, 1), score if validate is not None else None, elapsed)
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(samples_s=f"{rate:.0f}", val=f"{max(best, 0):.4f}")
@@ -395,6 +416,7 @@ def train_ranker(
     cfg: ModelConfig,
     progress: bool = False,
     init: SeqRanker | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[SeqRanker, TrainInfo]:
     """Train the sequential ranker: full softmax (or sampled with ``cfg.negatives``) on every prefix.
 
@@ -441,7 +463,9 @@ def train_ranker(
         return loss + 0.1 * aux
 
     validate = (lambda: evaluate_model(model, split, "val", cfg.max_len)["ndcg@10"]) if split else None
-    info = _train_loop(model, windows, cfg, step, validate, cfg.epochs, progress, "ranker", generators=(gen,))
+    info = _train_loop(
+        model, windows, cfg, step, validate, cfg.epochs, progress, "ranker", generators=(gen,), on_epoch=on_epoch
+    )
     return model, info
 
 
@@ -454,6 +478,7 @@ def train_two_tower(
     init: TwoTower | None = None,
     max_pairs: int = 2048,
     uniform_negatives: int = 0,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[TwoTower, TrainInfo]:
     """Train the two-tower model with sampled softmax: in-batch negatives with logQ correction.
 
@@ -496,7 +521,9 @@ def train_two_tower(
 
     tcfg = cfg.with_(epochs=cfg.tower_epochs, time_budget_s=cfg.tower_time_budget_s)
     validate = (lambda: evaluate_model(model, split, "val", cfg.max_len)["ndcg@10"]) if split else None
-    info = _train_loop(model, windows, tcfg, step, validate, tcfg.epochs, progress, "two-tower", generators=(gen,))
+    info = _train_loop(
+        model, windows, tcfg, step, validate, tcfg.epochs, progress, "two-tower", generators=(gen,), on_epoch=on_epoch
+    )
     return model, info
 
 

@@ -18,7 +18,7 @@ from tests.charts.helm import (
 )
 
 # Custom resources have no schema in kubernetes-validate; each is checked by a test of its own.
-CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}
+CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
 @pytest.mark.parametrize("values", [None, "dev", "prod-gpu"])
@@ -72,6 +72,7 @@ def test_scenarios_cover_every_template() -> None:
         "NetworkPolicy",
         "HorizontalPodAutoscaler",
         "ScaledObject",
+        "ServiceMonitor",
         "Job",
         "CronJob",
         "ConfigMap",

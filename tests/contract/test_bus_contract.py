@@ -201,6 +201,8 @@ async def test_lag_counts_uncommitted_messages(bus: EventBus) -> None:
     got = await drain(consumer, 10)
     assert len(got) == 10
     assert await consumer.lag() == 10, "returned but uncommitted messages are still lag"
+    per_partition = {p: sum(1 for m in got if m.partition == p) for p in (0, 1)}
+    assert await consumer.lag_by_partition() == {(topic, p): n for p, n in per_partition.items()}
     await consumer.commit()
     assert await consumer.lag() == 0
     await bus.producer().send_batch(topic, [OutgoingMessage(b"n%d" % i, key=b"k%d" % i) for i in range(5)])

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from scalerec_cli import driver
@@ -95,6 +95,39 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
+
+
+class TrainingBar:
+    """One bar per model being trained, advanced from the job's per-epoch progress (GET /v1/train/{id}).
+
+    The bar's total is the most epochs the run may take; early stopping or the time budget can end
+    it sooner, and the bar is then completed at the epoch where training stopped.
+    """
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+        self.epochs: dict[str, int] = {}
+
+    def update(self, job: dict[str, Any]) -> None:
+        latest: dict[str, dict[str, Any]] = {}
+        for epoch in job.get("progress", []):
+            latest[epoch["model"]] = epoch
+        for model, epoch in latest.items():
+            if model not in self.tasks:
+                # A later model starting means the earlier ones are done: close their bars at their last epoch.
+                self._close()
+                self.tasks[model] = self.bar.add_task(model, total=epoch["max_epochs"])
+            ndcg = epoch.get("val_ndcg_at_10")
+            detail = f"loss {epoch['loss']:.4f}" + ("" if ndcg is None else f", val NDCG@10 {ndcg:.4f}")
+            self.epochs[model] = epoch["epoch"]
+            self.bar.update(self.tasks[model], completed=epoch["epoch"], description=f"{model} ({detail})")
+        if job.get("status") in ("succeeded", "failed"):
+            self._close()
+
+    def _close(self) -> None:
+        for model, task in self.tasks.items():
+            self.bar.update(task, total=self.epochs.get(model, 0), completed=self.epochs.get(model, 0))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,8 +250,8 @@ def _pipeline(
             cluster.url("preprocessor"), events["accepted"], progress=lambda n: bar.advance(task, n)
         )
         out["preprocessor"] = {k: v for k, v in stats.items() if k != "workers"}
-    with stages.stage("train (ranking transformer + two-tower retrieval), export ONNX"):
-        job = driver.train(cluster.url("trainer"))
+    with stages.stage("train (ranking transformer + two-tower retrieval), export ONNX"), _progress(console) as bar:
+        job = driver.train(cluster.url("trainer"), on_update=TrainingBar(bar).update)
         out["version"] = job["version"]
         out["train"] = {"seconds": job["seconds"], "metrics": job["metrics"]}
     with stages.stage("evaluate on the time holdout and gate the promotion"):

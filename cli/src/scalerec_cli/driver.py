@@ -94,11 +94,16 @@ def wait_preprocessed(
     return poll_until(check, timeout, 0.5, f"{expected_stored} events stored by the preprocessor")
 
 
-def train(trainer: str, timeout: float = 900) -> dict[str, Any]:
+def train(
+    trainer: str, timeout: float = 900, on_update: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Start a training job and wait for it; ``on_update`` sees the job (with its per-epoch progress) each poll."""
     job = httpx.post(f"{trainer}/v1/train", timeout=30).json()
 
     def done() -> dict[str, Any] | None:
         j = httpx.get(f"{trainer}/v1/train/{job['job_id']}", timeout=10).json()
+        if on_update is not None:
+            on_update(j)
         return j if j["status"] in ("succeeded", "failed") else None
 
     result = poll_until(done, timeout, 1.0, "training")

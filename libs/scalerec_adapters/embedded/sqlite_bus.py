@@ -573,13 +573,13 @@ class SqliteConsumer(Consumer):
         await asyncio.to_thread(run)
         self._committed.update(todo)
 
-    async def lag(self) -> int:
-        def run() -> int:
+    async def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        def run() -> dict[tuple[str, int], int]:
             with self._bus._lock:
                 conn = self._bus._db()
                 with read_txn(conn):
                     self._rebalance(conn)
-                    total = 0
+                    lags: dict[tuple[str, int], int] = {}
                     for topic, p in self._assigned:
                         row = conn.execute(
                             "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?", (topic, p)
@@ -596,8 +596,8 @@ class SqliteConsumer(Consumer):
                                 "SELECT MIN(off) FROM messages WHERE topic = ? AND partition = ?", (topic, p)
                             ).fetchone()
                             base = int(first[0]) if first and first[0] is not None else end
-                        total += max(0, end - base)
-                    return total
+                        lags[(topic, p)] = max(0, end - base)
+                    return lags
 
         return await asyncio.to_thread(run)
 

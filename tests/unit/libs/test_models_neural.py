@@ -7,6 +7,7 @@ index "unknown") of the user's category above known items of other categories.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from scalerec_models.networks import SeqRanker  # noqa: E402
 from scalerec_models.onnx_export import export_ranker, ranker_parity  # noqa: E402
 from scalerec_models.pipeline import TrainedModels, check_parity, export, train_models  # noqa: E402
 from scalerec_models.repository import tensor_specs_from_onnx  # noqa: E402
+from scalerec_models.training import EpochReport  # noqa: E402
 
 CATEGORIES = ("jazz", "metal", "opera")
 PER_CATEGORY = 12
@@ -73,7 +75,20 @@ def trained() -> TrainedModels:
         id_dropout=0.2,
         dropout=0.1,
     )
-    return train_models(_world(), _catalogue(), cfg, progress=False)
+    return train_models(_world(), _catalogue(), cfg, progress=False, on_epoch=EPOCHS.append)
+
+
+#: What the training loops reported through ``on_epoch`` while the ``trained`` fixture ran.
+EPOCHS: list[EpochReport] = []
+
+
+def test_training_reports_every_epoch_through_the_callback(trained: TrainedModels) -> None:
+    for model, max_epochs in (("ranker", 25), ("two-tower", 15)):
+        reports = [r for r in EPOCHS if r.model == model]
+        assert [r.epoch for r in reports] == list(range(1, len(reports) + 1))
+        assert all(r.epochs == max_epochs and math.isfinite(r.loss) and r.loss > 0 for r in reports)
+        assert all(r.val_ndcg is not None and 0 <= r.val_ndcg <= 1 for r in reports)
+    assert [r.model for r in EPOCHS] == sorted((r.model for r in EPOCHS), key=["ranker", "two-tower"].index)
 
 
 @pytest.fixture(scope="module")

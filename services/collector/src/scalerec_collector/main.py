@@ -10,7 +10,7 @@ from scalerec_adapters.factory import make_bus
 from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import FASTAPI_TELEMETRY
+from scalerec_core.telemetry import http_telemetry
 
 from scalerec_collector.api.routes import events, items, users
 from scalerec_collector.config import CollectorSettings, get_settings
@@ -39,7 +39,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         version=__version__,
         description="Accepts events, items and erasure requests; every accepted message is durable on the bus.",
         lifespan=lifespan,
-        telemetry=FASTAPI_TELEMETRY,
+        telemetry=http_telemetry(),
     )
     app.state.settings = settings
 

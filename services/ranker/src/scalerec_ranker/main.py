@@ -16,7 +16,7 @@ from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import FASTAPI_TELEMETRY
+from scalerec_core.telemetry import http_telemetry
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_storage.backends import Backends
@@ -124,7 +124,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         version=__version__,
         description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
         lifespan=lifespan,
-        telemetry=FASTAPI_TELEMETRY,
+        telemetry=http_telemetry(),
     )
     app.state.settings = settings
 

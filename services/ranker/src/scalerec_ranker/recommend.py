@@ -35,6 +35,7 @@ from scalerec_storage import records as r
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.items import ItemRow
+from scalerec_ranker.metrics import Fallback, ServingMetrics
 from scalerec_ranker.models import ModelManager
 from scalerec_ranker.serving import FRESH, ITEM_CF, RETRIEVAL, SOURCES, TRENDING, Candidates, ServingModel
 
@@ -95,6 +96,7 @@ class Recommender:
         self.models = models
         self.baselines = baselines
         self._primary = scorer.name.split(">")[0]
+        self.metrics = ServingMetrics(lambda: self.models.current.version if self.models.current else None)
 
     # ------------------------------------------------------------ data access (cache ▸ store)
 
@@ -145,16 +147,19 @@ class Recommender:
         excluded = bought | set(exclude) | {h.item_id for h in history if h.type == _PURCHASE}
 
         fallback_reason = None
+        code = Fallback.NONE
         if not seen:
-            fallback_reason = (
-                "unknown user: no history yet" if history_source != "unavailable" else "history unavailable"
-            )
+            unavailable = history_source == "unavailable"
+            code = Fallback.HISTORY_UNAVAILABLE if unavailable else Fallback.UNKNOWN_USER
+            fallback_reason = "history unavailable" if unavailable else "unknown user: no history yet"
         elif model is None:
+            code = Fallback.NO_MODEL
             fallback_reason = "no model promoted yet" + (
                 f" ({self.models.last_error})" if self.models.last_error else ""
             )
         if fallback_reason or model is None:
             items = await self._popular(k, excluded)
+            self.metrics.served(None, code)
             return Recommendation(
                 request_id,
                 user_id,
@@ -186,8 +191,11 @@ class Recommender:
             log.warning("scoring failed, using baseline order: %s", exc)
             scores = cands.prior
             scorer_name, fallback, fallback_reason = "baseline", True, f"scorer unavailable: {exc}"
+            code = Fallback.SCORER_UNAVAILABLE
         if not fallback and scorer_name != self._primary:
             fallback, fallback_reason = True, f"{self._primary} unavailable; scored by {scorer_name}"
+            code = Fallback.SCORER_DEGRADED
+        self.metrics.served(model.version, code)
 
         picked = model.rerank(
             cands, scores, k, per_category=max(2, math.ceil(k / 2)), explore=round(k * self.settings.fresh_item_slots)

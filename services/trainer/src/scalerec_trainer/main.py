@@ -10,7 +10,7 @@ from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core import __version__
 from scalerec_core.http import install_common
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import FASTAPI_TELEMETRY
+from scalerec_core.telemetry import http_telemetry
 from scalerec_events.topics import Topic
 from scalerec_storage.backends import Backends
 
@@ -53,7 +53,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         version=__version__,
         description="Trains retrieval and ranking models, exports ONNX, writes Triton model versions.",
         lifespan=lifespan,
-        telemetry=FASTAPI_TELEMETRY,
+        telemetry=http_telemetry(),
     )
     app.state.settings = settings
 

@@ -30,6 +30,7 @@ from scalerec_trainer.config import TrainerSettings
 
 if TYPE_CHECKING:
     from scalerec_models.data import Interactions
+    from scalerec_models.training import EpochCallback
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[Inte
     return builder.build(), features
 
 
-def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOutcome:
-    """Train on the store's examples and write a model version.
+def train_version(
+    settings: TrainerSettings, store: WideColumnStore, on_epoch: EpochCallback | None = None
+) -> TrainOutcome:
+    """Train on the store's examples and write a model version; ``on_epoch`` hears of every epoch (rank 0).
 
     Under ``torchrun`` (process group initialised) every rank loads the data and
     trains its shard; rank 0 alone writes the version and every rank returns its outcome.
@@ -124,7 +127,9 @@ def train_version(settings: TrainerSettings, store: WideColumnStore) -> TrainOut
     if dd.is_main():
         log.info("training on %d examples (%s), warm start from %s", len(interactions), window, warm_start)
     config = model_config(settings.model_size, **overrides)
-    trained = train_models(interactions, item_features, config, warm_start_dir=warm_start, progress=True)
+    trained = train_models(
+        interactions, item_features, config, warm_start_dir=warm_start, progress=True, on_epoch=on_epoch
+    )
     if not dd.is_main():
         outcome: TrainOutcome = dd.broadcast_object(None)
         return outcome

@@ -14,6 +14,7 @@ and is run again (see ``scalerec_storage.records.erase_user``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -21,13 +22,14 @@ from bisect import bisect_left
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from scalerec_adapters.bus import Message, OutgoingMessage, Producer
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
 from scalerec_adapters.worker import BatchResult, RetryLater, parse_batch
 from scalerec_core.logging import user_ref
-from scalerec_core.telemetry import consume_span, inject_headers
+from scalerec_core.telemetry import inject_headers, meter
 from scalerec_events.labels import is_conversion
 from scalerec_events.models import Event, EventType, TrainingExample
 from scalerec_features import CONTEXT_FIELDS, context_features
@@ -35,6 +37,14 @@ from scalerec_storage import records as r
 from scalerec_storage import schema as s
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _stored_counter() -> Any:
+    """Events stored per second is its rate; one instrument per process, however many consumers."""
+    return meter("scalerec.preprocessor").create_counter(
+        "scalerec.preprocessor.events.stored", unit="{event}", description="New events written to the store"
+    )
 
 
 @dataclass
@@ -73,6 +83,7 @@ class EventsConsumer:
         self.stored = 0
         self.duplicates = 0
         self.dropped_erased = 0
+        self._stored_counter = _stored_counter()
         # The timelines this process last wrote, parsed: reused when the cache still holds those bytes.
         self._parsed: OrderedDict[str, tuple[bytes, list[r.HistoryEntry]]] = OrderedDict()
         self._parsed_max = 200_000
@@ -84,16 +95,17 @@ class EventsConsumer:
         now_ms = int(time.time() * 1000)
         # When the bus accepted each event (the producer's append time): what tombstones compare with.
         events = [(e, m.timestamp_ms or now_ms) for m, e in parsed]
-        with consume_span("preprocess events", messages[0].headers, count=len(events)):
-            plan = await asyncio.to_thread(self._write, events)
-            if plan.examples:
-                headers = tuple(inject_headers())
-                await self.producer.send_batch(
-                    self.examples_topic, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
-                )
-            await asyncio.to_thread(self._finish, plan)
-            await asyncio.to_thread(self._recheck_erasures, plan)
+        # Runs inside the worker's batch span (linked to every event's trace): the examples continue it.
+        plan = await asyncio.to_thread(self._write, events)
+        if plan.examples:
+            headers = tuple(inject_headers())
+            await self.producer.send_batch(
+                self.examples_topic, [OutgoingMessage(payload, key, headers) for key, payload in plan.examples]
+            )
+        await asyncio.to_thread(self._finish, plan)
+        await asyncio.to_thread(self._recheck_erasures, plan)
         self.stored += len(plan.new_ids)
+        self._stored_counter.add(len(plan.new_ids))
         self.duplicates += plan.duplicates
         self.dropped_erased += plan.erased
         return result

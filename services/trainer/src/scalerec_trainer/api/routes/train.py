@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from scalerec_core.auth import Scope, require
 
 from scalerec_trainer.deps import TrainerDep
-from scalerec_trainer.jobs import Job
+from scalerec_trainer.jobs import EpochProgress, Job
 
 router = APIRouter(prefix="/v1", tags=["training"], dependencies=[require(Scope.ADMIN)])
 
@@ -24,11 +24,16 @@ class JobView(BaseModel):
     error: str | None
     seconds: float | None
     metrics: dict[str, float]
+    progress: list[EpochProgress] = Field(
+        default_factory=list,
+        description="Every finished epoch so far, in order (the ranker's, then the two-tower's): "
+        "epoch, training loss, validation NDCG@10.",
+    )
     already_running: bool = False
 
     @classmethod
     def of(cls, job: Job, already_running: bool = False) -> JobView:
-        return cls(**job.__dict__, already_running=already_running)
+        return cls(**{**job.__dict__, "progress": list(job.progress)}, already_running=already_running)
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, summary="Start a training run")
@@ -38,7 +43,7 @@ async def train(trainer: TrainerDep) -> JobView:
     return JobView.of(job, already_running=not started)
 
 
-@router.get("/train/{job_id}", response_model=JobView, summary="A training run's status")
+@router.get("/train/{job_id}", response_model=JobView, summary="A training run's status and progress by epoch")
 async def job_status(trainer: TrainerDep, job_id: str) -> JobView:
     job = trainer.jobs.get(job_id)
     if job is None:

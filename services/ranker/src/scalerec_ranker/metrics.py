@@ -1,0 +1,67 @@
+"""What the ranker serves, as metrics: answers by model version, variant and fallback reason.
+
+Labels are bounded: the model version, the experiment variant, and a fallback *code* (the
+``fallback_reason`` in the answer is prose with exception text in it, unbounded as a label).
+Attribute dicts are built once per distinct label set, not per request: this is the hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from scalerec_core.telemetry import meter
+
+#: The variant every request gets until experiments split traffic.
+CHAMPION = "champion"
+
+
+class Fallback(StrEnum):
+    """Why an answer did not come from the primary scorer of a model (``none``: it did)."""
+
+    NONE = "none"
+    UNKNOWN_USER = "unknown_user"
+    HISTORY_UNAVAILABLE = "history_unavailable"
+    NO_MODEL = "no_model"
+    SCORER_UNAVAILABLE = "scorer_unavailable"  # the baseline order answered
+    SCORER_DEGRADED = "scorer_degraded"  # a fallback scorer answered (e.g. onnxruntime behind Triton)
+
+
+@functools.cache
+def _served_counter() -> Any:
+    return meter("scalerec.ranker").create_counter(
+        "scalerec.ranker.recommendations",
+        unit="{response}",
+        description="Recommendation answers by model version, experiment variant and fallback reason",
+    )
+
+
+class ServingMetrics:
+    """Counts every answer; reports the model version in service as a gauge (read at collection)."""
+
+    def __init__(self, current_version: Callable[[], int | None]) -> None:
+        self._served = _served_counter()
+        self._attrs: dict[tuple[int | None, str, str], dict[str, Any]] = {}
+        self._current_version = current_version
+        meter("scalerec.ranker").create_observable_gauge(
+            "scalerec.ranker.model.version",
+            callbacks=[self._observe_version],
+            description="Model version this ranker process serves to the champion variant (0: none yet)",
+        )
+
+    def served(self, model_version: int | None, fallback: Fallback, variant: str = CHAMPION) -> None:
+        key = (model_version, variant, fallback)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs[key] = {
+                "model_version": "none" if model_version is None else str(model_version),
+                "variant": variant,
+                "fallback_reason": str(fallback),
+            }
+        self._served.add(1, attrs)
+
+    def _observe_version(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._current_version() or 0, {"variant": CHAMPION})
