@@ -17,7 +17,7 @@ STACK := scripts/stack/stack.sh
 IMAGES_BUILD := scripts/images/build.sh
 PYTEST_ARGS ?=
 
-.PHONY: venv lock demo demo-stack test test-fast test-e2e test-images images lint helm tools bench stack-up stack-down loadtest serve clean
+.PHONY: venv lock demo demo-stack test test-fast test-e2e test-images test-deploy images lint helm tools bench stack-up stack-down loadtest serve clean
 
 venv: $(STAMP)
 
@@ -71,7 +71,15 @@ stack-down:
 # and stopped after, whatever the outcome.
 test: venv helm tools images
 	$(STACK) up
-	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests --ignore=tests/deploy $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+
+# The chart's own pods (helm template -> podman kube play, single-machine example) against the stack's
+# Kafka, HBase and Memcached, and the whole pipeline through them. Needs every image, the trainer's
+# (torch: several GB, ~20 min to build the first time) included. .ci/run runs it after make test.
+test-deploy: venv helm
+	IMAGES=all $(IMAGES_BUILD)
+	$(STACK) up
+	@rc=0; IMAGES=all SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/deploy $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
 # The images from the project's Dockerfiles, built with podman here (as root: it installs podman,
 # buildah, runc and debootstrap, and makes the base image once). IMAGES=all adds the trainer
