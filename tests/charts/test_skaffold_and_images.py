@@ -150,7 +150,6 @@ def test_the_service_dockerfile_is_multi_stage_non_root_and_runs_the_service_it_
     # Only the service it is given: its folder, its package, its console script as the entry point.
     assert "COPY services/${SERVICE}/ services/${SERVICE}/" in text
     assert '"./libs[${EXTRAS}]" "./services/${SERVICE}"' in text
-    assert '"scalerec-libs[${EXTRAS}]" "scalerec-${SERVICE}"' in text
     assert 'ln -s "scalerec-${SERVICE}" /opt/venv/bin/scalerec-service' in text
     assert 'ENTRYPOINT ["/opt/venv/bin/scalerec-service"]' in text
     assert "PORT=${PORT}" in text and "EXPOSE ${PORT}" in text
