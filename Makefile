@@ -8,27 +8,37 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SERVICES := collector preprocessor trainer ranker evaluator
-PYPROJECTS := libs/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) cli/pyproject.toml requirements-dev.txt
-# The stamp is remade only when a pyproject changes, so torch (a few GB) is installed once and reused.
+PYPROJECTS := libs/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) cli/pyproject.toml requirements-dev.txt requirements-nodeps.txt
+# Every third-party package pinned (scripts/lock.py): the venv and every image install with it as constraints.
+LOCK := requirements.lock
+# The stamp is remade only when a pyproject or the lock changes, so torch (a few GB) is installed once
+# and reused: pip keeps what already matches the lock.
 STAMP := $(VENV)/.scalerec-installed
 STACK := scripts/stack/stack.sh
 IMAGES_BUILD := scripts/images/build.sh
 CLUSTER := scripts/cluster/cluster.sh
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-stack test test-fast test-e2e test-images test-cluster images lint helm tools bench stack-up stack-down cluster-build cluster-up cluster-down loadtest serve clean
+.PHONY: venv lock demo demo-stack test test-fast test-e2e test-images test-cluster test-deploy images lint helm tools bench stack-up stack-down cluster-build cluster-up cluster-down loadtest serve clean
 
 venv: $(STAMP)
 
-$(STAMP): $(PYPROJECTS)
+$(STAMP): $(PYPROJECTS) $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
-	$(BIN)/pip install -q -r requirements-dev.txt \
-		-e 'libs[ml,serving,kafka,hbase,memcached,triton]' \
+	$(BIN)/pip install -q -c $(LOCK) -r requirements-dev.txt \
+		-e 'libs[ml,serving,baselines,kafka,hbase,memcached,triton]' \
 		$(foreach s,$(SERVICES),-e services/$(s)) -e cli
-	@# Only the tritonserver binary of this wheel is used (tests); its Python deps would pin numpy<2.
-	$(BIN)/pip install -q --no-deps nvidia-pytriton
+	@# Only the tritonserver binary of nvidia-pytriton is used (tests); its Python deps would pin numpy<2.
+	$(BIN)/pip install -q --no-deps -c $(LOCK) -r requirements-nodeps.txt
 	@touch $@
+
+# Relock after adding or changing a dependency in any pyproject or requirements file: every other pin
+# stays; UPGRADE=1 moves all of them to the newest allowed. Needs only uv (installed here if missing).
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install -q -c $(LOCK) uv packaging
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 # Writes var/demo/report.json and the HTML report var/demo/report.html (the path is printed at the end).
 demo: venv
@@ -79,7 +89,15 @@ cluster-down:
 # and stopped after, whatever the outcome.
 test: venv helm tools images cluster-build
 	$(STACK) up
-	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests --ignore=tests/deploy $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+
+# The chart's own pods (helm template -> podman kube play, single-machine example) against the stack's
+# Kafka, HBase and Memcached, and the whole pipeline through them. Needs every image, the trainer's
+# (torch: several GB, ~20 min to build the first time) included. .ci/run runs it after make test.
+test-deploy: venv helm
+	IMAGES=all $(IMAGES_BUILD)
+	$(STACK) up
+	@rc=0; IMAGES=all SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/deploy $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
 # The images from the project's Dockerfiles, built with podman here (as root: it installs podman,
 # buildah, runc and debootstrap, and makes the base image once). IMAGES=all adds the trainer

@@ -6,6 +6,7 @@
 #                                                IMAGE... (default: the images $IMAGES selects)
 #   scripts/images/build.sh base                 the base image only
 #   scripts/images/build.sh list                 the images $IMAGES selects, one a line
+#   scripts/images/build.sh args IMAGE           its Dockerfile and build arguments, from skaffold.yaml
 #   scripts/images/build.sh env                  the CONTAINERS_* variables podman needs here
 #   scripts/images/build.sh report               the last measured build time and size of each image
 #   scripts/images/build.sh clean                delete every image and the storage (the base too)
@@ -24,8 +25,11 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${SCALEREC_CACHE:-$HOME/.cache/scalerec}"
 STATE="$CACHE/images"
 # Debian bookworm's python3 is 3.11 (3.11.2), at /usr/bin: not the Docker Hub python image (which
-# builds its own under /usr/local), so the tag names what it is. Bump the tag when the recipe changes.
-BASE="${SCALEREC_BASE_IMAGE:-localhost/scalerec/python:3.11-bookworm}"
+# builds its own under /usr/local), so the tag names what it is. Its fixed tag is written once, as the
+# default PYTHON_IMAGE of services/Dockerfile (every Dockerfile says the same; a chart test checks):
+# bump the number there when the recipe below changes.
+BASE="${SCALEREC_BASE_IMAGE:-$(sed -n 's/^ARG PYTHON_IMAGE=//p' "$REPO/services/Dockerfile")}"
+[[ -n "$BASE" ]] || { echo "[images] error: no ARG PYTHON_IMAGE= in services/Dockerfile" >&2; exit 1; }
 BASE_PYTHON="3.11"
 # The chart's default image tag is its appVersion: the images are tagged so that the chart's own
 # references (scalerec/<name>:<appVersion>) find them.
@@ -45,13 +49,31 @@ selected() {
   esac
 }
 
-dockerfile() {
-  case "$1" in
-    collector | preprocessor | trainer | ranker | evaluator) echo "services/$1/Dockerfile" ;;
-    loadtests) echo "loadtests/Dockerfile" ;;
-    *) die "unknown image '$1' (known: ${ALL_IMAGES[*]})" ;;
-  esac
+# How to build an image is written once, in skaffold.yaml: the artifact scalerec/NAME's Dockerfile
+# and buildArgs (services/Dockerfile takes SERVICE, EXTRAS, PORT). Prints "dockerfile PATH", then
+# "arg KEY=VALUE" for each build argument.
+artifact() {
+  local found
+  found=$(awk -v want="scalerec/$1" '
+    function indent(s) { match(s, /^ */); return RLENGTH }
+    function unquote(s) { gsub(/^["\047 ]+|["\047 ]+$/, "", s); return s }
+    /^ *- image: / { line = $0; sub(/^ *- image: */, "", line); on = (unquote(line) == want); args = -1; next }
+    !on { next }
+    /^ *(- |[a-z]+:$)/ && indent($0) <= item { on = 0; next }
+    /^ *dockerfile: / { line = $0; sub(/^ *dockerfile: */, "", line); print "dockerfile " unquote(line); next }
+    /^ *buildArgs: *$/ { args = indent($0); next }
+    args >= 0 && indent($0) > args && /^ *[A-Z_]+: / {
+      key = $0; sub(/^ */, "", key); sub(/:.*/, "", key)
+      value = $0; sub(/^ *[A-Z_]+: */, "", value)
+      print "arg " key "=" unquote(value); next
+    }
+    args >= 0 && indent($0) <= args { args = -1 }
+    ' "$REPO/skaffold.yaml")
+  [[ "$found" == dockerfile* ]] || die "unknown image '$1': no artifact scalerec/$1 in skaffold.yaml (known: ${ALL_IMAGES[*]})"
+  echo "$found"
 }
+
+dockerfile() { artifact "$1" | sed -n 's/^dockerfile //p'; }
 
 # ---------------------------------------------------------------------------------------------------
 # podman's configuration: the quirks of these VMs, in files of our own (the system's stay untouched)
@@ -177,8 +199,10 @@ build_one() {
   [[ -f /etc/ssl/certs/ca-certificates.crt ]] \
     && mounts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
   [[ -d /opt/wheels ]] && mounts+=(-v /opt/wheels:/opt/wheels:ro)
-  log "building $ref from $file (log: $logf)"
-  if ! podman build --layers --pull=never --build-arg "PYTHON_IMAGE=$BASE" "${mounts[@]}" \
+  local args=(--build-arg "PYTHON_IMAGE=$BASE") arg
+  while read -r arg; do args+=(--build-arg "$arg"); done < <(artifact "$name" | sed -n 's/^arg //p')
+  log "building $ref from $file ${args[*]:2} (log: $logf)"
+  if ! podman build --layers --pull=never "${args[@]}" "${mounts[@]}" \
       -f "$REPO/$file" -t "$ref" "$REPO" >"$logf" 2>&1; then
     tail -30 "$logf" >&2
     die "building $name failed (log: $logf)"
@@ -204,9 +228,10 @@ report() {
 main() {
   local cmd="${1:-build}"
   # `build.sh ranker evaluator` = `build.sh build ranker evaluator`.
-  case "$cmd" in build | base | list | env | report | clean) shift || true ;; *) cmd=build ;; esac
+  case "$cmd" in build | base | list | args | env | report | clean) shift || true ;; *) cmd=build ;; esac
   case "$cmd" in
     list) selected; return ;;
+    args) artifact "${1:?usage: build.sh args IMAGE}"; return ;;
     env)
       write_config
       printf 'CONTAINERS_CONF=%s\nCONTAINERS_STORAGE_CONF=%s\n' "$STATE/containers.conf" "$STATE/storage.conf"
@@ -232,7 +257,7 @@ main() {
       podman system reset --force >/dev/null 2>&1 || true
       rm -rf "$STATE"
       ;;
-    *) die "unknown command '$cmd' (build, base, list, env, report, clean)" ;;
+    *) die "unknown command '$cmd' (build, base, list, args, env, report, clean)" ;;
   esac
 }
 

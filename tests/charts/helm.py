@@ -34,6 +34,8 @@ SCENARIOS: dict[str, list[str]] = {
     "defaults": [],
     "dev": ["-f", str(EXAMPLES / "dev" / "values.yaml")],
     "prod-gpu": ["-f", str(EXAMPLES / "prod-gpu" / "values.yaml")],
+    # Run for real by tests/deploy (podman kube play against the stack).
+    "single-machine": ["-f", str(EXAMPLES / "single-machine" / "values.yaml")],
     "everything": [
         "-f",
         str(EXAMPLES / "prod-gpu" / "values.yaml"),

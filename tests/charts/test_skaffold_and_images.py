@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from tests.charts.helm import CHART, REPO
 
 SERVICES = ("collector", "preprocessor", "trainer", "ranker", "evaluator")
 SKAFFOLD_API = "skaffold/v4beta13"
+DOCKERFILE = "services/Dockerfile"  # the one recipe of the five service images
+BUILD = REPO / "scripts" / "images" / "build.sh"
 
 
 def skaffold_configs() -> dict[str, dict[str, Any]]:
@@ -37,12 +41,39 @@ def test_configs_use_the_current_schema_and_loadtests_requires_the_app() -> None
     assert {"configs": ["scalerec"]} in configs["loadtests"]["requires"]
 
 
-def test_every_service_is_an_artifact_built_from_the_repo_root() -> None:
+def build_args(service: str) -> dict[str, str]:
+    artifacts = skaffold_configs()["scalerec"]["build"]["artifacts"]
+    (artifact,) = [a for a in artifacts if a["image"] == f"scalerec/{service}"]
+    return {k: str(v) for k, v in artifact["docker"].get("buildArgs", {}).items()}
+
+
+def test_every_service_is_an_artifact_of_the_one_dockerfile_built_from_the_repo_root() -> None:
     artifacts = skaffold_configs()["scalerec"]["build"]["artifacts"]
     assert [a["image"] for a in artifacts] == [f"scalerec/{s}" for s in SERVICES]
+    components = chart_values()["components"]
     for a in artifacts:
-        assert a.get("context") == "."
-        assert (REPO / a["docker"]["dockerfile"]).is_file(), a
+        service = a["image"].split("/")[-1]
+        assert a.get("context") == "." and a["docker"]["dockerfile"] == DOCKERFILE, a
+        args = build_args(service)
+        assert set(args) == {"SERVICE", "EXTRAS", "PORT"}, args
+        assert args["SERVICE"] == service
+        # The image's PORT (its default when the chart does not set one) is the chart's port.
+        assert int(args["PORT"]) == components[service]["port"], (args, components[service]["port"])
+        libs = tomllib.loads((REPO / "libs" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        assert set(args["EXTRAS"].split(",")) <= set(libs), f"{service}: unknown extras {args['EXTRAS']}"
+    assert not list((REPO / "services").glob("*/Dockerfile")), "a per-service Dockerfile is back"
+
+
+def test_the_build_script_reads_the_same_dockerfile_and_build_args_as_skaffold() -> None:
+    """scripts/images/build.sh parses skaffold.yaml (no YAML library in bash): it must agree with a YAML parser."""
+    for image in (*SERVICES, "loadtests"):
+        out = subprocess.run(["bash", str(BUILD), "args", image], capture_output=True, text=True, check=True).stdout
+        dockerfile = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("dockerfile ")]
+        args = dict(line.split(" ", 1)[1].split("=", 1) for line in out.splitlines() if line.startswith("arg "))
+        if image == "loadtests":
+            assert dockerfile == ["loadtests/Dockerfile"] and args == {}, out
+        else:
+            assert dockerfile == [DOCKERFILE] and args == build_args(image), out
 
 
 def test_every_built_image_is_set_in_the_helm_values() -> None:
@@ -108,33 +139,67 @@ def _stages(dockerfile: Path) -> list[str]:
     return [line for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
 
 
-@pytest.mark.parametrize(
-    "dockerfile",
-    [f"services/{s}/Dockerfile" for s in SERVICES] + ["services/trainer/Dockerfile.cuda"],
-)
-def test_dockerfile_is_multi_stage_non_root_and_runs_the_service(dockerfile: str) -> None:
-    path = REPO / dockerfile
-    text = path.read_text()
-    service = path.parent.name
-    assert len(_stages(path)) >= 2 and "COPY --from=builder /opt/venv /opt/venv" in text
+def test_the_service_dockerfile_is_multi_stage_non_root_and_runs_the_service_it_is_given() -> None:
+    text = (REPO / DOCKERFILE).read_text()
+    assert len(_stages(REPO / DOCKERFILE)) >= 2 and "COPY --from=builder /opt/venv /opt/venv" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users, "no USER"
     uid = users[-1].split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"USER {users[-1]}: numeric and not root"
     assert not re.search(r"^HEALTHCHECK", text, re.M)
-    assert f'ENTRYPOINT ["python", "-m", "scalerec_{service}"]' in text
-    assert f"COPY services/{service}/ services/{service}/" in text
-    others = [s for s in SERVICES if s != service]
-    assert not any(f"services/{o}" in text for o in others), "copies another service"
+    # Only the service it is given: its folder, its package, its console script as the entry point.
+    assert "COPY services/${SERVICE}/ services/${SERVICE}/" in text
+    assert '"./libs[${EXTRAS}]" "./services/${SERVICE}"' in text
+    assert 'ln -s "scalerec-${SERVICE}" /opt/venv/bin/scalerec-service' in text
+    assert 'ENTRYPOINT ["/opt/venv/bin/scalerec-service"]' in text
+    assert "PORT=${PORT}" in text and "EXPOSE ${PORT}" in text
+    for service in SERVICES:  # what the link points at exists: the pyproject's console script
+        scripts = tomllib.loads((REPO / "services" / service / "pyproject.toml").read_text())["project"]["scripts"]
+        assert scripts[f"scalerec-{service}"] == f"scalerec_{service}.__main__:main"
+
+
+def test_cuda_trainer_dockerfile_is_multi_stage_non_root_and_runs_the_trainer() -> None:
+    path = REPO / "services" / "trainer" / "Dockerfile.cuda"
+    text = path.read_text()
+    assert len(_stages(path)) >= 2 and "COPY --from=builder /opt/venv /opt/venv" in text
+    (user,) = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
+    assert 'ENTRYPOINT ["python", "-m", "scalerec_trainer"]' in text
 
 
 @pytest.mark.parametrize("service", ["collector", "preprocessor"])
 def test_light_images_carry_no_torch_or_onnxruntime(service: str) -> None:
-    text = (REPO / "services" / service / "Dockerfile").read_text()
-    extras = set(re.findall(r'"\./libs\[([^\]]*)\]"', text)[0].split(","))
+    extras = set(build_args(service)["EXTRAS"].split(","))
     assert not extras & {"ml", "serving"}, extras  # ml = torch, serving = onnxruntime
     pyproject = (REPO / "services" / service / "pyproject.toml").read_text()
     assert "torch" not in pyproject and "onnxruntime" not in pyproject and "[ml" not in pyproject
+
+
+IMAGE_DOCKERFILES = (DOCKERFILE, "loadtests/Dockerfile", "services/trainer/Dockerfile.cuda")
+
+
+@pytest.mark.parametrize("dockerfile", IMAGE_DOCKERFILES)
+def test_every_image_installs_with_the_lock_as_constraints(dockerfile: str) -> None:
+    """An image built next month gets the versions the tests passed with (requirements.lock, `make lock`)."""
+    text = (REPO / dockerfile).read_text()
+    assert "COPY requirements.lock ./" in text
+    installs = re.findall(r"pip (?:install|wheel)\b[^\n]*", text)
+    assert installs
+    for line in installs:
+        assert "--constraint requirements.lock" in line or "--no-deps" in line or "--no-index" in line, line
+
+
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, "loadtests/Dockerfile"])
+def test_images_start_from_our_base_at_a_fixed_tag(dockerfile: str) -> None:
+    """The base is the one scripts/images/build.sh makes, named by a fixed tag that the script reads from here."""
+    (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)", (REPO / dockerfile).read_text(), re.M)
+    (ours,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)", (REPO / DOCKERFILE).read_text(), re.M)
+    assert base == ours and base.startswith("localhost/scalerec/python:"), base
+    tag = base.rpartition(":")[2]
+    assert re.fullmatch(r"\d+\.\d+-bookworm-\d+", tag), f"{base}: a fixed tag (python-debian-revision), not {tag}"
+    assert all("${PYTHON_IMAGE}" in stage for stage in _stages(REPO / dockerfile))
+    script = BUILD.read_text()
+    assert "sed -n 's/^ARG PYTHON_IMAGE=//p' \"$REPO/services/Dockerfile\"" in script
 
 
 def test_cuda_trainer_starts_from_an_nvidia_cuda_runtime() -> None:
@@ -145,6 +210,7 @@ def test_cuda_trainer_starts_from_an_nvidia_cuda_runtime() -> None:
     assert all("${CUDA_IMAGE}" in s for s in stages)
 
 
-def test_dockerignore_keeps_the_context_to_libs_and_services() -> None:
+def test_dockerignore_keeps_the_context_to_the_lock_libs_and_services() -> None:
     lines = [x.strip() for x in (REPO / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*") :].count("!libs/") == 1 and "!services/" in lines
+    assert "!requirements.lock" in lines

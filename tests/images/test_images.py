@@ -20,6 +20,7 @@ import base64
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -305,6 +306,31 @@ def test_imports_everything_its_code_reaches(running: Running) -> None:
     command = ["exec", "--interactive", running.name, "python", "-", *args]
     proc = podman(*command, stdin=IMPORT_CHECK.read_text(), check=False, timeout=300)
     assert proc.returncode == 0, f"{running.image}: imports failed in the image:\n{proc.stdout}{proc.stderr}"
+
+
+def test_installs_the_locked_versions(running: Running) -> None:
+    """Every third-party package in the image is the version requirements.lock pins (`make lock`)."""
+    listing = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
+    out = podman("exec", running.name, "python", "-c", listing).stdout
+    locked = lock_pins()
+    # The installer's own tools (never imported by a service) and the workspace's packages are not locked.
+    unpinned = {"pip", "wheel", "setuptools"} | {f"scalerec-{n}" for n in ("libs", "cli", running.image)}
+    wrong = []
+    for line in out.splitlines():
+        name, version = line.rsplit(" ", 1)
+        name = re.sub(r"[-_.]+", "-", name).lower()
+        if name in unpinned:
+            continue
+        # A local label (torch's +cpu from the CPU index) satisfies the lock's ==X, as pip reads it.
+        if locked.get(name) != version.split("+")[0]:
+            wrong.append(f"{name} {version} (lock: {locked.get(name, 'not locked')})")
+    assert not wrong, f"{running.image}: not the locked versions:\n  " + "\n  ".join(wrong)
+
+
+@functools.cache
+def lock_pins() -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
+    return {re.sub(r"[-_.]+", "-", n).lower(): v for n, v in pins}
 
 
 @pytest.mark.parametrize("image", sorted(NOT_REACHED))

@@ -77,13 +77,17 @@ def poll_until(fn: Callable[[], Any], timeout: float, interval: float = 0.5, wha
 
 
 def wait_preprocessed(
-    preprocessor: str, expected_stored: int, timeout: float = 600, progress: ProgressFn | None = None
+    preprocessor: str,
+    expected_stored: int,
+    timeout: float = 600,
+    progress: ProgressFn | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Until the preprocessor has stored ``expected_stored`` events and has no lag."""
     seen = {"n": 0}
 
     def check() -> dict[str, Any] | None:
-        stats = httpx.get(f"{preprocessor}/v1/stats", timeout=10).json()
+        stats = httpx.get(f"{preprocessor}/v1/stats", timeout=10, headers=headers).json()
         stored = stats["events_stored"]
         if progress and stored > seen["n"]:
             progress(stored - seen["n"])
@@ -95,13 +99,19 @@ def wait_preprocessed(
 
 
 def train(
-    trainer: str, timeout: float = 900, on_update: Callable[[dict[str, Any]], None] | None = None
+    trainer: str,
+    timeout: float = 900,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start a training job and wait for it; ``on_update`` sees the job (with its per-epoch progress) each poll."""
-    job = httpx.post(f"{trainer}/v1/train", timeout=30).json()
+    response = httpx.post(f"{trainer}/v1/train", timeout=30, headers=headers)
+    if response.status_code >= 400:
+        raise PipelineError(f"POST {trainer}/v1/train: HTTP {response.status_code}: {response.text[:300]}")
+    job = response.json()
 
     def done() -> dict[str, Any] | None:
-        j = httpx.get(f"{trainer}/v1/train/{job['job_id']}", timeout=10).json()
+        j = httpx.get(f"{trainer}/v1/train/{job['job_id']}", timeout=10, headers=headers).json()
         if on_update is not None:
             on_update(j)
         return j if j["status"] in ("succeeded", "failed") else None
@@ -112,23 +122,31 @@ def train(
     return result
 
 
-def wait_report(evaluator: str, version: int, timeout: float = 600) -> dict[str, Any]:
+def wait_report(
+    evaluator: str, version: int, timeout: float = 600, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
-        r = httpx.get(f"{evaluator}/v1/reports/{version}", timeout=10)
+        r = httpx.get(f"{evaluator}/v1/reports/{version}", timeout=10, headers=headers)
         return r.json() if r.status_code == 200 else None
 
     return poll_until(ready, timeout, 1.0, f"the evaluation of model version {version}")
 
 
-def wait_serving(ranker: str, version: int, timeout: float = 120) -> dict[str, Any]:
+def wait_serving(
+    ranker: str, version: int, timeout: float = 120, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     def serving() -> dict[str, Any] | None:
-        m = httpx.get(f"{ranker}/v1/model", timeout=10).json()
+        m = httpx.get(f"{ranker}/v1/model", timeout=10, headers=headers).json()
         return m if m["model_version"] == version else None
 
     return poll_until(serving, timeout, 0.5, f"the ranker to serve model version {version}")
 
 
-def recommend(ranker: str, user_id: str, k: int = 10, **params: str) -> dict[str, Any]:
-    r = httpx.get(f"{ranker}/v1/recommendations", params={"user_id": user_id, "k": k, **params}, timeout=30)
+def recommend(
+    ranker: str, user_id: str, k: int = 10, headers: dict[str, str] | None = None, **params: str
+) -> dict[str, Any]:
+    r = httpx.get(
+        f"{ranker}/v1/recommendations", params={"user_id": user_id, "k": k, **params}, timeout=30, headers=headers
+    )
     r.raise_for_status()
     return r.json()

@@ -22,7 +22,8 @@ What counts as imported (a static AST walk, no code is run):
 
 Every third-party top-level module reached must come from a distribution the service
 declares: its ``services/<name>/pyproject.toml`` dependencies, ``scalerec-libs`` with the
-extras the pyproject or the Dockerfile names (read from ``libs/pyproject.toml`` of this
+extras the pyproject or the image build names (skaffold's EXTRAS build argument for
+services/Dockerfile, and any Dockerfile.* of the service; read from ``libs/pyproject.toml`` of this
 checkout), or what those require in turn (installed metadata). Modules map to
 distributions with ``importlib.metadata.packages_distributions()``.
 """
@@ -259,8 +260,23 @@ def dockerfile_extras(path: Path) -> list[set[str]]:
     return [set(m.split(",")) for m in DOCKER_LIBS.findall(path.read_text())]
 
 
-def dockerfiles(service: str) -> list[Path]:
-    return sorted((ROOT / "services" / service).glob("Dockerfile*"))
+def image_extras(service: str) -> list[set[str]]:
+    """The libs extras each image of a service installs: the EXTRAS build argument skaffold.yaml gives
+    services/Dockerfile for it, and those its own Dockerfile.* variants (the trainer's CUDA build) name."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "skaffold.yaml").read_text()) if d]
+    found = [
+        set(str(a["docker"]["buildArgs"]["EXTRAS"]).split(","))
+        for d in docs
+        for a in d.get("build", {}).get("artifacts", [])
+        if a["image"] == f"scalerec/{service}"
+    ]
+    for variant in sorted((ROOT / "services" / service).glob("Dockerfile.*")):
+        wheel, install = dockerfile_extras(variant)
+        assert wheel == install, f"{variant.name}: wheels built {wheel}, installed {install}"
+        found.append(wheel)
+    return found
 
 
 def _requires(dist: str, extras: frozenset[str]) -> list[Requirement]:
@@ -280,8 +296,9 @@ def declared_distributions(service: str) -> set[str]:
     project = _pyproject(ROOT / "services" / service / "pyproject.toml")
     requirements = [str(r) for r in project["dependencies"]]  # type: ignore[attr-defined]
     extras = libs_extras(requirements)
-    for found in dockerfile_extras(ROOT / "services" / service / "Dockerfile"):
-        extras |= found
+    # The smallest image of the service is what must carry it all.
+    variants = image_extras(service)
+    extras |= set.intersection(*variants) if variants else set()
     libs = _pyproject(LIBS / "pyproject.toml")
     optional: dict[str, list[str]] = libs["optional-dependencies"]  # type: ignore[assignment]
     todo = [Requirement(r) for r in requirements if canonicalize_name(Requirement(r).name) != LIBS_DIST]
@@ -327,11 +344,10 @@ def test_every_third_party_import_is_a_declared_dependency(service: str) -> None
 def test_dockerfiles_install_the_libs_extras_the_pyproject_names(service: str) -> None:
     project = _pyproject(ROOT / "services" / service / "pyproject.toml")
     wanted = libs_extras([str(r) for r in project["dependencies"]])  # type: ignore[attr-defined]
-    for dockerfile in dockerfiles(service):
-        found = dockerfile_extras(dockerfile)
-        assert len(found) == 2, f"{dockerfile.name}: expected `pip wheel` and `pip install` of libs[...], got {found}"
-        assert found[0] == found[1], f"{dockerfile.name}: wheels built {found[0]}, installed {found[1]}"
-        assert wanted <= found[0], f"{dockerfile.name} installs libs[{','.join(sorted(found[0]))}], needs {wanted}"
+    variants = image_extras(service)
+    assert variants, f"no image of {service} in skaffold.yaml"
+    for found in variants:
+        assert wanted <= found, f"an image of {service} installs libs[{','.join(sorted(found))}], needs {wanted}"
 
 
 def test_the_collector_carries_no_torch() -> None:

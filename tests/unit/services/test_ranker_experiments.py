@@ -6,6 +6,7 @@ one data dir), as they share Kafka and HBase when deployed.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +73,10 @@ def test_every_replica_follows_the_running_experiment_including_one_started_late
         seen = answers(first)
         assert all(seen[u] == (expected.variant_of(u).name, expected.variant_of(u).model_version) for u in users)
         assert set(Counter(v for v, _ in seen.values())) == {"champion", "challenger"}
+        # The metrics tell the variants apart: answers counted per variant, each variant's version a gauge.
+        scraped = first.get("/metrics").text
+        assert re.search(r'scalerec_ranker_recommendations_total\{[^}]*variant="challenger"', scraped)
+        assert re.search(r'scalerec_ranker_model_version\{[^}]*variant="challenger"[^}]*\} 2\.0', scraped)
 
         with _ranker(world) as later:  # started after the experiment: it replays the compacted topic
             _wait_for(lambda: later.get("/v1/model").json()["experiment_id"] == exp.experiment_id)

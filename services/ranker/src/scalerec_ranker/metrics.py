@@ -42,14 +42,15 @@ def _served_counter() -> Any:
 class ServingMetrics:
     """Counts every answer; reports the model version in service as a gauge (read at collection)."""
 
-    def __init__(self, current_version: Callable[[], int | None]) -> None:
+    def __init__(self, served_versions: Callable[[], dict[str, int]]) -> None:
         self._served = _served_counter()
         self._attrs: dict[tuple[int | None, str, str], dict[str, Any]] = {}
-        self._current_version = current_version
+        self._served_versions = served_versions
         meter("scalerec.ranker").create_observable_gauge(
             "scalerec.ranker.model.version",
             callbacks=[self._observe_version],
-            description="Model version this ranker process serves to the champion variant (0: none yet)",
+            description="Model version this ranker process serves to each variant (champion outside experiments; "
+            "0: none yet)",
         )
 
     def served(self, model_version: int | None, fallback: Fallback, variant: str = CHAMPION) -> None:
@@ -64,4 +65,6 @@ class ServingMetrics:
         self._served.add(1, attrs)
 
     def _observe_version(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self._current_version() or 0, {"variant": CHAMPION})
+        versions = self._served_versions() or {CHAMPION: 0}
+        for variant, version in versions.items():
+            yield Observation(version, {"variant": variant})

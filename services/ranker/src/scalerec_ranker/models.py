@@ -30,6 +30,7 @@ from scalerec_models.integrity import verify_files
 from scalerec_models.runtime import ModelVersion
 
 from scalerec_ranker.items import Catalogue, ItemRow
+from scalerec_ranker.metrics import CHAMPION
 from scalerec_ranker.serving import ServingModel
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,13 @@ class ModelManager:
             return self.current, None, None
         variant = routing.assignment.variant_of(user_id)
         return routing.models[variant.name], variant.name, routing.experiment.experiment_id
+
+    def served_versions(self) -> dict[str, int]:
+        """Variant → model version in service (the champion alone outside experiments; metrics read it)."""
+        routing = self.routing
+        if routing is not None:
+            return {name: model.version for name, model in routing.models.items()}
+        return {CHAMPION: self.current.version} if self.current else {}
 
     async def _ensure(self, version: int) -> ServingModel:
         """The loaded, warmed-up model of ``version`` (built now when needed); the caller holds the lock."""

@@ -35,7 +35,7 @@ from scalerec_storage import records as r
 from scalerec_ranker.baselines import Baselines
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.items import ItemRow
-from scalerec_ranker.metrics import Fallback, ServingMetrics
+from scalerec_ranker.metrics import CHAMPION, Fallback, ServingMetrics
 from scalerec_ranker.models import ModelManager
 from scalerec_ranker.serving import FRESH, ITEM_CF, RETRIEVAL, SOURCES, TRENDING, Candidates, ServingModel
 
@@ -96,7 +96,7 @@ class Recommender:
         self.models = models
         self.baselines = baselines
         self._primary = scorer.name.split(">")[0]
-        self.metrics = ServingMetrics(lambda: self.models.current.version if self.models.current else None)
+        self.metrics = ServingMetrics(self.models.served_versions)
 
     # ------------------------------------------------------------ data access (cache ▸ store)
 
@@ -159,7 +159,7 @@ class Recommender:
             )
         if fallback_reason or model is None:
             items = await self._popular(k, excluded)
-            self.metrics.served(None, code)
+            self.metrics.served(None, code, variant or CHAMPION)
             return Recommendation(
                 request_id,
                 user_id,
@@ -195,7 +195,7 @@ class Recommender:
         if not fallback and scorer_name != self._primary:
             fallback, fallback_reason = True, f"{self._primary} unavailable; scored by {scorer_name}"
             code = Fallback.SCORER_DEGRADED
-        self.metrics.served(model.version, code)
+        self.metrics.served(model.version, code, variant or CHAMPION)
 
         picked = model.rerank(
             cands, scores, k, per_category=max(2, math.ceil(k / 2)), explore=round(k * self.settings.fresh_item_slots)
