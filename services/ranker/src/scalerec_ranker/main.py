@@ -39,7 +39,12 @@ def build_scorer(settings: RankerSettings) -> Scorer:
     local = make_scorer("onnxruntime://?inline=1", repository=settings.model_repository)
     from scalerec_adapters.triton_scorer import FallbackScorer
 
-    return FallbackScorer(make_scorer(settings.scorer_url, repository=settings.model_repository), local)
+    url = settings.scorer_url
+    if "timeout=" not in url:
+        # Triton gives up with half the scoring time left, so a slow or black-holed Triton counts
+        # against its breaker and the in-process fallback still scores within the request's budget.
+        url += ("&" if "?" in url else "?") + f"timeout={settings.scoring_timeout_ms / 2000:g}"
+    return FallbackScorer(make_scorer(url, repository=settings.model_repository), local)
 
 
 def create_app(settings: RankerSettings | None = None) -> FastAPI:
@@ -89,6 +94,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.recommender.close()
             await impressions.stop()
             await promotions.stop()
             await catalogue.stop()
