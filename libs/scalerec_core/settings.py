@@ -64,6 +64,13 @@ class ServiceSettings(BaseSettings):
         description="Requests per second per API key (or client address when open), counted in CACHE_URL "
         "so that every replica shares one budget (memory:// counts per process); 0 disables.",
     )
+    auth_failures_per_minute: float = Field(
+        default=30,
+        ge=0,
+        description="Failed authentications (unknown or missing key) allowed per client address per minute, "
+        "counted like the rate limit (shared through CACHE_URL's Memcached); beyond it 429 with Retry-After, so "
+        "keys cannot be guessed at speed. On even when RATE_LIMIT_PER_SECOND is 0; 0 disables.",
+    )
     auth: Literal["enabled", "disabled"] = Field(
         default="enabled",
         description="enabled: every route but health needs a key with its scope, and a service without "
