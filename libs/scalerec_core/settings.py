@@ -42,7 +42,9 @@ class ServiceSettings(BaseSettings):
     )
     store_url: str = Field(
         default="",
-        description="sqlite:///path/store.db (embedded) or hbase://host:9090. Empty: embedded under DATA_DIR.",
+        description="sqlite:///path/store.db (embedded) or hbase://host:9090[?pool=8&timeout_ms=15000] (timeout_ms: "
+        "socket timeout of a Thrift call; give the ranker about a second, so a hung HBase frees its connections "
+        "soon after its requests' budget). Empty: embedded under DATA_DIR.",
     )
     cache_url: str = Field(
         default="memory://",
