@@ -75,7 +75,13 @@ def make_store(url: str, *, namespace: str = "scalerec") -> WideColumnStore:
 
         (host, port), *_ = _hosts(url, 9090)
         q = _query(url)
-        return HBaseStore(host, port, namespace=namespace, pool_size=int(q.get("pool", "8")))
+        return HBaseStore(
+            host,
+            port,
+            namespace=namespace,
+            pool_size=int(q.get("pool", "8")),
+            timeout_ms=int(q.get("timeout_ms", "15000")),
+        )
     raise UnsupportedBackend(f"STORE_URL scheme {scheme!r} is not one of sqlite, hbase")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -34,7 +35,8 @@ class CircuitOpen(RuntimeError):
 
 
 class CircuitBreaker:
-    """Consecutive-failure circuit breaker for one backend; safe within one event loop."""
+    """Consecutive-failure circuit breaker for one backend; safe from the event loop and from threads
+    (the ranker's store reads record their outcome in the worker thread that ran them)."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probe_in_flight = False
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> BreakerState:
@@ -62,24 +65,31 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Whether a call may go through now; in half-open state only one probe at a time."""
-        state = self.state
-        if state is BreakerState.CLOSED:
+        if self._opened_at is None:  # the hot path: closed, no lock
             return True
-        if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return True
-        return False
+        with self._lock:
+            state = self.state
+            if state is BreakerState.CLOSED:
+                return True
+            if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
+                self._probe_in_flight = True
+                return True
+            return False
 
     def record_success(self) -> None:
-        self._failures = 0
-        self._opened_at = None
-        self._probe_in_flight = False
+        if self._opened_at is None and not self._failures:  # the hot path: nothing to reset
+            return
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None
+            self._probe_in_flight = False
 
     def record_failure(self) -> None:
-        self._failures += 1
-        if self._probe_in_flight or self._failures >= self.failure_threshold:
-            self._opened_at = self._clock()
-        self._probe_in_flight = False
+        with self._lock:
+            self._failures += 1
+            if self._probe_in_flight or self._failures >= self.failure_threshold:
+                self._opened_at = self._clock()
+            self._probe_in_flight = False
 
     def reset(self) -> None:
         self.record_success()

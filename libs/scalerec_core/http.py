@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -77,11 +78,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(422, f"invalid request: {fields}", errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # One error shape everywhere: {"detail": str, "errors": [...]}.
         if isinstance(exc.detail, dict):
             extra = {k: v for k, v in exc.detail.items() if k != "message"}
             response = error_response(exc.status_code, str(exc.detail.get("message", "")), **extra)
+        elif exc.status_code == 400:
+            # FastAPI's own "There was an error parsing the body" (a form or undecodable body
+            # where JSON was expected) says neither what nor where: name the body and its type.
+            detail = str(exc.detail)
+            if detail == _FASTAPI_BODY_ERROR:
+                kind = request.headers.get("content-type", "none")
+                detail = f"the request body could not be read (Content-Type {kind[:100]!r}); send a JSON object"
+            response = error_response(400, detail, [{"field": "body", "message": detail}])
         else:
             response = error_response(exc.status_code, str(exc.detail))
         for name, value in (exc.headers or {}).items():
@@ -93,6 +102,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         # A bug must not leak a stack trace; it is logged with the trace id instead.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error; see the service log for this request's trace id")
+
+
+def field_error(status: int, field: str, message: str) -> HTTPException:
+    """An HTTPException in the project's error shape that names the field at fault."""
+    return HTTPException(status, {"message": message, "errors": [{"field": field, "message": message}]})
+
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
 def parse_json_body(raw: bytes) -> Any:
@@ -121,33 +138,45 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(scope, receive, send, int(length))
             return
+        # A body without Content-Length (chunked) is counted as it arrives.  Past the limit this
+        # answers 413 itself and tells the app the client left: an exception raised from receive()
+        # would be caught by the framework's body parsing and turned into a 400.
         seen = 0
+        started = rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge(seen)
+                    rejected = True
+                    if not started:
+                        await self._reject(scope, receive, send, seen)
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if rejected:
+                return  # the 413 has been answered; whatever the app says after it is dropped
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge as exc:
-            await self._reject(scope, receive, send, exc.size)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
+            log.debug("request stopped after its body went over %d bytes", self.max_bytes, exc_info=True)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
         response = error_response(
             413, f"request body of {size} bytes is over the limit of {self.max_bytes} bytes", max_bytes=self.max_bytes
         )
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
 
 
 class RateLimiter:
@@ -228,13 +257,15 @@ class _Guard:
     With a key ring every path but the health and docs ones needs a known key (401); the
     verified caller goes into the ASGI scope for the routes' scope checks (403).  Rate limits
     are per verified key, else per client address; failed authentications count against the
-    address, so guessing keys is throttled too.
+    address in a budget of their own (``failures``, on by default), so guessing keys is throttled
+    even where requests are not.
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyRing | None, limiter: RateLimiter) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing | None, limiter: RateLimiter, failures: RateLimiter) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
@@ -246,9 +277,13 @@ class _Guard:
         if self.keys is not None:
             principal = self.keys.verify(_caller_key(dict(scope.get("headers") or ())))
             if principal is None:
-                wait = self.limiter.wait_seconds(f"auth-failure:{address}")
+                wait = self.failures.wait_seconds(f"auth-failure:{address}")
                 if wait:
-                    await self._too_many(wait, scope, receive, send)
+                    response = error_response(
+                        429, "too many failed authentications from this address", retry_after_s=wait
+                    )
+                    response.headers["retry-after"] = str(wait)
+                    await response(scope, receive, send)
                     return
                 response = error_response(
                     401, "missing or unknown API key: send X-API-Key or Authorization: Bearer <key>"
@@ -293,15 +328,24 @@ def install_common(
         log.warning("%s runs with AUTH=disabled: every route is open to anyone who can reach it", service)
     _install_error_handlers(app)
     limiter = RateLimiter(rate_limit_per_second, storage_url=rate_limit_storage)
+    # A window of a minute: `failures_per_minute` tries, then 429 until the minute is over.
+    per_minute = settings.auth_failures_per_minute
+    failures = RateLimiter(per_minute / 60, burst=per_minute, storage_url=rate_limit_storage)
     checks = dict(readiness or {})
     # Added innermost first: the body limit is outermost, then the guard. Request spans and metrics
     # come from FastAPI's own telemetry (scalerec_core.telemetry.http_telemetry), outside both.
-    app.add_middleware(_Guard, keys=keys, limiter=limiter)
+    app.add_middleware(_Guard, keys=keys, limiter=limiter, failures=failures)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
-    @app.get("/healthz", tags=["health"], summary="Liveness: the process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "service": service}
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process is up (with its task and thread counts)")
+    async def healthz() -> dict[str, str | int]:
+        # Counts an on-call engineer (and tests/faults/test_latency.py) watches for leaks under a slow backend.
+        return {
+            "status": "ok",
+            "service": service,
+            "asyncio_tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+        }
 
     @app.get(
         "/metrics",

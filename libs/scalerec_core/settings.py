@@ -42,7 +42,9 @@ class ServiceSettings(BaseSettings):
     )
     store_url: str = Field(
         default="",
-        description="sqlite:///path/store.db (embedded) or hbase://host:9090. Empty: embedded under DATA_DIR.",
+        description="sqlite:///path/store.db (embedded) or hbase://host:9090[?pool=8&timeout_ms=15000] (timeout_ms: "
+        "socket timeout of a Thrift call; give the ranker about a second, so a hung HBase frees its connections "
+        "soon after its requests' budget). Empty: embedded under DATA_DIR.",
     )
     cache_url: str = Field(
         default="memory://",
@@ -119,6 +121,13 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="Requests per second per API key (or client address when open), counted in CACHE_URL "
         "so that every replica shares one budget (memory:// counts per process); 0 disables.",
+    )
+    auth_failures_per_minute: float = Field(
+        default=30,
+        ge=0,
+        description="Failed authentications (unknown or missing key) allowed per client address per minute, "
+        "counted like the rate limit (shared through CACHE_URL's Memcached); beyond it 429 with Retry-After, so "
+        "keys cannot be guessed at speed. On even when RATE_LIMIT_PER_SECOND is 0; 0 disables.",
     )
     auth: Literal["enabled", "disabled"] = Field(
         default="enabled",

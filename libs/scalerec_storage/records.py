@@ -142,6 +142,23 @@ def cached_user_state(
     and refills the cache for ``ttl_seconds``.
     """
     history, bought = read_cached_user_state(cache, keys, user_id, limit)
+    history, bought, source, refill = fill_user_state(store, keys, user_id, limit, history, bought)
+    if refill:
+        with contextlib.suppress(Exception):
+            cache.set_many(refill, ttl_seconds)
+    return history, bought, source
+
+
+def fill_user_state(
+    store: WideColumnStore,
+    keys: CacheKeys,
+    user_id: str,
+    limit: int,
+    history: list[HistoryEntry] | None,
+    bought: set[str] | None,
+) -> tuple[list[HistoryEntry], set[str], str, dict[str, bytes]]:
+    """What the cache did not answer (None) read from the store, with the cache entries to write back
+    (the caller writes them: the ranker times the cache and the store apart, for their breakers)."""
     refill: dict[str, bytes] = {}
     source = "cache"
     if history is None:
@@ -150,10 +167,7 @@ def cached_user_state(
     if bought is None:
         bought = purchased_items(store, user_id)
         refill[bought_cache_key(keys, user_id)] = json.dumps(sorted(bought)).encode()
-    if refill:
-        with contextlib.suppress(Exception):
-            cache.set_many(refill, ttl_seconds)
-    return history, bought, source
+    return history, bought, source, refill
 
 
 def timeline_cache_key(keys: CacheKeys, user_id: str) -> str:

@@ -27,6 +27,9 @@ TIMEOUT="${SCALEREC_STACK_TIMEOUT:-180}"
 KAFKA_VERSION="${SCALEREC_KAFKA_VERSION:-3.9.1}"
 KAFKA_PORT="${SCALEREC_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${SCALEREC_KAFKA_CONTROLLER_PORT:-19093}"
+# The port clients are told to connect to (metadata): another one than KAFKA_PORT puts a TCP proxy
+# in every client's path (tests/faults adds latency there); the default is the listener itself.
+KAFKA_ADVERTISED_PORT="${SCALEREC_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}"
 KAFKA_HEAP="${SCALEREC_KAFKA_HEAP:-512m}"
 
 HBASE_VERSION="${SCALEREC_HBASE_VERSION:-2.6.1-hadoop3}"
@@ -206,7 +209,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
 listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_ADVERTISED_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -469,7 +472,7 @@ cmd_env() {
   local mc=() p
   for p in $MEMCACHED_PORTS; do mc+=("$HOST:$p"); done
   local IFS=,
-  echo "BUS_URL=kafka://$HOST:$KAFKA_PORT"
+  echo "BUS_URL=kafka://$HOST:$KAFKA_ADVERTISED_PORT"
   echo "STORE_URL=hbase://$HOST:$HBASE_THRIFT_PORT"
   echo "CACHE_URL=memcached://${mc[*]}"
 }

@@ -3,10 +3,13 @@ non-root pods, a PDB and a Service per Deployment, Triton on a GPU, KEDA, torchr
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import math
 from typing import Any
 
-from tests.charts.helm import RELEASE, Rendered, pod_spec, rendered
+from tests.charts.helm import EXAMPLES, RELEASE, Rendered, pod_spec, render, rendered
 
 # Locust workers only dial the master: nothing to put behind a Service.
 NO_SERVICE = {f"{RELEASE}-loadtests-worker"}
@@ -284,3 +287,50 @@ def test_ranker_runs_one_worker_per_requested_cpu(scenario: Rendered) -> None:
     cpu = str(c["resources"]["requests"]["cpu"])
     cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
     assert env["WORKERS"] == str(max(1, math.ceil(cores))), (cpu, env["WORKERS"])
+
+
+def _keys_checksums(r: Rendered) -> dict[str, str | None]:
+    return {
+        d["metadata"]["name"]: (d["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/api-keys")
+        for d in r.of_kind("Deployment")
+        if any(e["name"] == "API_KEYS" for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", []))
+    }
+
+
+def test_pods_roll_when_the_secrets_data_changes_not_when_other_values_do() -> None:
+    """The checksum is over the Secret's data as rendered (what the pods read), so a key change rolls
+    every pod that reads API_KEYS, and nothing else does."""
+    base = ["-f", str(EXAMPLES / "dev" / "values.yaml")]
+    one = render([*base, "--set", "apiKeys.keys={k1:ingest+serve,k2:admin}"])
+    secret = one.get("Secret", f"{RELEASE}-api-keys")
+    expected = hashlib.sha256(json.dumps(secret["data"], separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+    sums = _keys_checksums(one)
+    assert len(sums) == 5 and set(sums.values()) == {expected[:16]}, sums
+    assert base64.b64decode(secret["data"]["api-keys"]).decode() == "k1:ingest+serve,k2:admin"
+
+    rotated = _keys_checksums(render([*base, "--set", "apiKeys.keys={k1:ingest+serve,k3:admin}"]))
+    assert set(rotated) == set(sums) and all(rotated[n] != sums[n] for n in sums)
+    unrelated = _keys_checksums(
+        render([*base, "--set", "apiKeys.keys={k1:ingest+serve,k2:admin}", "--set", "components.ranker.replicas=3"])
+    )
+    assert unrelated == sums
+
+
+def test_an_existing_secret_keeps_the_keys_out_of_the_release() -> None:
+    """With existingSecret the chart renders no Secret and no key (not even keys also given in values):
+    the keys are in no release manifest. Under `helm template` there is no cluster to read the
+    Secret from, so no checksum either (`helm upgrade` reads it with lookup)."""
+    r = render(
+        [
+            "-f",
+            str(EXAMPLES / "prod-gpu" / "values.yaml"),
+            "--set",
+            "apiKeys.keys={sup3r-s3cret-key:admin}",
+        ]
+    )
+    out = json.dumps(r.objects)
+    assert "sup3r-s3cret-key" not in out
+    assert base64.b64encode(b"sup3r-s3cret-key:admin").decode() not in out
+    assert not [s for s in r.of_kind("Secret") if "api-keys" in s["metadata"]["name"]]
+    sums = _keys_checksums(r)
+    assert len(sums) == 5 and set(sums.values()) == {None}

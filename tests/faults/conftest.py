@@ -42,6 +42,8 @@ from scalerec_events.models import Event, Item
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 
+from tests.faults.proxy import FaultProxy
+
 REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "scripts" / "stack" / "stack.sh"
 HOST = os.environ.get("SCALEREC_STACK_HOST", "127.0.0.1")
@@ -74,6 +76,8 @@ class PrivateStack:
 
     root: Path
     kafka_port: int = field(default_factory=free_port)
+    # What the broker tells clients to connect to: a FaultProxy listens there (test_latency).
+    kafka_advertised_port: int = field(default_factory=free_port)
     kafka_controller_port: int = field(default_factory=free_port)
     zk_port: int = field(default_factory=free_port)
     master_port: int = field(default_factory=free_port)
@@ -86,6 +90,7 @@ class PrivateStack:
         return {
             "SCALEREC_STACK_DIR": str(self.root),
             "SCALEREC_KAFKA_PORT": str(self.kafka_port),
+            "SCALEREC_KAFKA_ADVERTISED_PORT": str(self.kafka_advertised_port),
             "SCALEREC_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
             "SCALEREC_HBASE_ZK_PORT": str(self.zk_port),
             "SCALEREC_HBASE_MASTER_PORT": str(self.master_port),
@@ -98,7 +103,7 @@ class PrivateStack:
     def bus_url(self) -> str:
         # Collector sends give up after 5 s (default 30 s), so a broker outage is answered with 503s
         # that the client retries, instead of requests that hang for the whole outage.
-        return f"kafka://{HOST}:{self.kafka_port}?send_timeout_s=5"
+        return f"kafka://{HOST}:{self.kafka_advertised_port}?send_timeout_s=5"
 
     @property
     def store_url(self) -> str:
@@ -142,6 +147,11 @@ class FaultCluster:
     items: list[Item]
     seed_user: str  # has a history (in the cache and the store) and gets model recommendations
     model_version: int | None
+    # Every service's Kafka and HBase traffic passes through these (pass mode unless a test says).
+    kafka_proxy: FaultProxy
+    hbase_proxy: FaultProxy
+    repository: Path
+    trained_version: int  # trained at start; promoted (model_version) only if it passed the gate
 
     def url(self, service: str) -> str:
         return self.cluster.url(service)
@@ -167,11 +177,15 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
     root = tmp_path_factory.mktemp("faults")
     stack = PrivateStack(root / "stack")
     deployment = f"faults-{uuid.uuid4().hex[:8]}"
+    # Kafka clients reach the broker through the port it advertises: this proxy forwards it to the
+    # real listener. The services' HBase traffic goes through one too (the tests' own reads do not).
+    kafka_proxy = FaultProxy(HOST, stack.kafka_port, host=HOST, port=stack.kafka_advertised_port).start()
+    hbase_proxy = FaultProxy(HOST, stack.thrift_port, host=HOST).start()
     cluster = LocalCluster(
         root / "services",
         env={
             "BUS_URL": stack.bus_url,
-            "STORE_URL": stack.store_url,
+            "STORE_URL": f"hbase://{hbase_proxy.address}",
             "CACHE_URL": stack.cache_url,
             "DEPLOYMENT": deployment,
             "AUTH": "disabled",
@@ -197,21 +211,40 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
         version = job["version"] if report["promoted"] else None
         if version is not None:
             driver.wait_serving(cluster.url("ranker"), version, timeout=120)
-        yield FaultCluster(cluster, stack, deployment, shop.items, shop.users[0], version)
+        yield FaultCluster(
+            cluster,
+            stack,
+            deployment,
+            shop.items,
+            shop.users[0],
+            version,
+            kafka_proxy,
+            hbase_proxy,
+            root / "services" / "model_repository",
+            job["version"],
+        )
     finally:
         cluster.stop_all()
         stack.down()  # every server, data and all, goes with the temporary folder
+        kafka_proxy.close()
+        hbase_proxy.close()
 
 
 @pytest.fixture
 def pipeline(faults: FaultCluster) -> Iterator[FaultCluster]:
     """The shared pipeline, with every private server and service up before and after each test."""
     faults.stack.up("memcached", "kafka", "hbase")
+    faults.kafka_proxy.set("pass")
+    faults.hbase_proxy.set("pass")
     for service in faults.cluster.services:
         if faults.cluster.procs.get(service) is None or faults.cluster.procs[service].poll() is not None:
             faults.cluster.start(service)
             faults.cluster.wait_ready(service)
-    yield faults
+    try:
+        yield faults
+    finally:
+        faults.kafka_proxy.set("pass")
+        faults.hbase_proxy.set("pass")
     assert faults.stack.all_up(), "the test left a private server down"
 
 

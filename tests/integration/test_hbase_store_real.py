@@ -60,8 +60,9 @@ def test_unreachable_store_fails_fast_with_context() -> None:
 def test_factory_url_builds_a_working_store(shared_hbase: tuple[str, int]) -> None:
     host, port = shared_hbase
     namespace = _namespace()
-    store = make_store(f"hbase://{host}:{port}?pool=2", namespace=namespace)
+    store = make_store(f"hbase://{host}:{port}?pool=2&timeout_ms=3000", namespace=namespace)
     assert isinstance(store, HBaseStore)
+    assert store._timeout_ms == 3000  # the ranker's short socket timeout (tests/faults/test_latency.py)
     try:
         store.ensure_tables([TABLE])
         store.put("profiles", b"u1", {b"p:n": b"1"})

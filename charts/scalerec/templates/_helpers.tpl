@@ -104,6 +104,21 @@ plus `name`. Use: $c := include "scalerec.component" (list $ "ranker") | fromYam
 {{- end -}}
 {{- end -}}
 
+{{/*
+The API-keys Secret's data as the cluster will hold it (base64 values, by key): rendered from
+apiKeys.keys when the chart owns the Secret, read back with `lookup` when it is an existingSecret
+(empty under `helm template` and before the Secret exists). Both the owned Secret and the pods'
+checksum come from here, so the checksum is over the Secret's data, never over values.
+*/}}
+{{- define "scalerec.apiKeysData" -}}
+{{- if .Values.apiKeys.existingSecret -}}
+{{- $found := lookup "v1" "Secret" .Release.Namespace .Values.apiKeys.existingSecret -}}
+{{- if $found -}}{{- toJson (default dict $found.data) -}}{{- end -}}
+{{- else if .Values.apiKeys.keys -}}
+{{- toJson (dict .Values.apiKeys.secretKey (join "," .Values.apiKeys.keys | b64enc)) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "scalerec.apiKeysSecretName" -}}
 {{- if .Values.apiKeys.existingSecret -}}
 {{- .Values.apiKeys.existingSecret -}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def test_routes_need_a_key_with_their_scope(tmp_path: Path) -> None:
     with TestClient(collector_app(settings)) as c:
         assert c.get("/healthz").status_code == 200  # health stays open
         assert c.get("/healthz/../v1/events").status_code in (401, 404, 405)  # matched exactly, not by prefix
+        assert c.get("/healthz-debug").status_code == 401 and c.get("/readyzz").status_code == 401
         r = c.post("/v1/events", json={"events": [event]})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         r = c.post("/v1/events", json={"events": [event]}, headers={"X-API-Key": "serve-only"})
@@ -57,10 +59,35 @@ def test_routes_need_a_key_with_their_scope(tmp_path: Path) -> None:
         assert {s["type"] for s in schemes.values()} >= {"apiKey", "http"}  # /docs shows Authorize
 
 
-def test_failed_authentications_are_rate_limited(tmp_path: Path) -> None:
-    settings = CollectorSettings(data_dir=tmp_path, api_keys="k", rate_limit_per_second=2)
+def test_failed_authentications_are_limited_by_default_with_retry_after(tmp_path: Path) -> None:
+    """Key guessing is throttled even where requests are not (RATE_LIMIT_PER_SECOND=0, the default);
+    a caller with the right key is not held back by someone else's failures from another address."""
+    settings = CollectorSettings(data_dir=tmp_path, api_keys="k:ingest", auth_failures_per_minute=5)
+    assert settings.rate_limit_per_second == 0
     with TestClient(collector_app(settings)) as c:
-        codes = [
-            c.post("/v1/events", json={"events": []}, headers={"X-API-Key": "guess"}).status_code for _ in range(10)
-        ]
-    assert codes[0] == 401 and 429 in codes
+        codes = [c.get("/v1/nothing", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(8)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429] * 3, codes
+        r = c.get("/v1/nothing", headers={"X-API-Key": "guess"})
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+        assert "failed authentications" in r.json()["detail"]
+
+
+def test_readiness_checks_run_at_most_once_per_cache_period(tmp_path: Path) -> None:
+    """Probes every second from every kubelet must not open a Kafka admin connection each."""
+    from fastapi import FastAPI
+    from scalerec_core.http import READY_CACHE_S, install_common
+
+    calls = {"n": 0}
+
+    async def check() -> bool:
+        calls["n"] += 1
+        return True
+
+    app = FastAPI()
+    install_common(app, CollectorSettings(data_dir=tmp_path, auth="disabled"), service="t", readiness={"bus": check})
+    with TestClient(app) as c:
+        for _ in range(20):
+            assert c.get("/readyz").json() == {"status": "ready", "checks": {"bus": True}}
+        assert calls["n"] == 1
+        time.sleep(READY_CACHE_S + 0.1)
+        assert c.get("/readyz").status_code == 200 and calls["n"] == 2

@@ -46,14 +46,16 @@ def test_trainer_runs_a_job_and_reports_it(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert job["status"] == "failed" and job["error"]  # nothing to train on yet
         assert [j["job_id"] for j in client.get("/v1/train").json()] == [job_id]
-        assert client.get("/v1/train/nope").status_code == 404
+        nope = client.get("/v1/train/nope")  # a 404 names the field at fault, like every 4xx
+        assert nope.status_code == 404 and nope.json()["errors"][0]["field"] == "job_id"
 
 
 def test_evaluator_reports_nothing_before_any_candidate(tmp_path: Path) -> None:
     settings = EvaluatorSettings(data_dir=tmp_path, model_repository=tmp_path / "models", auth="disabled")
     with TestClient(evaluator_app(settings)) as client:
         assert client.get("/v1/reports").json() == {"champion": None, "reports": []}
-        assert client.get("/v1/reports/1").status_code == 404
+        unknown = client.get("/v1/reports/1")
+        assert unknown.status_code == 404 and unknown.json()["errors"][0]["field"] == "version"
         missing = client.post("/v1/evaluate/1")
         assert missing.status_code == 404 and "not in the model repository" in missing.text
         assert client.get("/v1/online").json() == {"variants": {}}

@@ -74,6 +74,31 @@ def test_malformed_json_is_a_400(client: TestClient) -> None:
     assert "JSON" in r.json()["detail"]
 
 
+def test_a_chunked_body_over_the_limit_is_413_not_400(client: TestClient) -> None:
+    """Found by tests/e2e/test_api_fuzz.py: with no Content-Length the limit was raised from inside
+    receive(), FastAPI's body parsing caught it and answered 400 "error parsing the body"."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"events": ["'
+        for _ in range(20):
+            yield b"x" * 8192
+        yield b'"]}'
+
+    r = client.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"], r.text
+
+
+def test_a_body_that_cannot_be_parsed_is_a_400_naming_the_body(client: TestClient) -> None:
+    """Found by tests/e2e/test_api_fuzz.py: a JSON body that is not UTF-8 got FastAPI's bare "There
+    was an error parsing the body", naming no field and not saying what to send."""
+    r = client.post("/v1/events", content=b'{"events": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["errors"] == [{"field": "body", "message": body["detail"]}]
+    assert "could not be read" in body["detail"] and "application/json" in body["detail"]
+
+
 def test_oversize_batch_and_body_are_413(client: TestClient) -> None:
     assert client.post("/v1/events", json={"events": [_event(i) for i in range(11)]}).status_code == 413
     r = client.post(

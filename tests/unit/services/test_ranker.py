@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +143,70 @@ def test_a_store_outage_degrades_to_the_flagged_fallback(client: TestClient, wor
     r = client.get("/v1/recommendations", params={"user_id": world.shop.users[7], "k": 5})
     assert r.status_code == 200
     assert r.json()["fallback"] is True and r.json()["history_source"] == "unavailable"
+
+
+def test_a_slow_store_costs_a_request_its_budget_not_more_and_opens_its_breaker(world: World) -> None:
+    """A store that answers in 3 s (a black-holed Thrift server, a GC pause): each request gives up at
+    REQUEST_BUDGET_MS with a flagged fallback, the reads never take more than BACKEND_THREADS threads
+    and BACKEND_QUEUE waiting reads (the rest are refused at once), and after BREAKER_FAILURES slow reads the store is
+    skipped until a probe finds it well again."""
+    settings = RankerSettings(
+        data_dir=world.data_dir,
+        model_repository=world.repository,
+        auth="disabled",
+        request_budget_ms=150,
+        backend_threads=3,
+        backend_queue=2,
+        breaker_failures=3,
+        breaker_reset_s=1.0,
+    )
+    with TestClient(create_app(settings)) as c:
+        rec = c.app.state.recommender  # type: ignore[union-attr]
+        store = c.app.state.store  # type: ignore[union-attr]
+        real_scan = store.scan
+        release = threading.Event()
+
+        def slow_scan(*args: object, **kwargs: object) -> object:
+            release.wait(3.0)
+            return real_scan(*args, **kwargs)
+
+        store.scan = slow_scan
+        c.app.state.cache.get_many = lambda keys: {}  # type: ignore[union-attr]  # every read goes to the store
+
+        def ask(n: int) -> tuple[float, dict]:
+            t = time.monotonic()
+            r = c.get("/v1/recommendations", params={"user_id": world.shop.users[n % 50], "k": 5})
+            assert r.status_code == 200, r.text
+            return time.monotonic() - t, r.json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(24)))
+        backend_threads = [t for t in threading.enumerate() if t.name.startswith("ranker-backend")]
+        assert len(backend_threads) <= 3
+        for took, body in answers:
+            assert took < 2.0, "a request waited for the slow store instead of its budget"
+            assert body["fallback"] is True and body["history_source"] == "unavailable", body
+            assert body["fallback_reason"].startswith("history unavailable: "), body
+            assert len(body["items"]) == 5
+        reasons = {b["fallback_reason"] for _, b in answers}
+        assert any("REQUEST_BUDGET_MS" in x for x in reasons), reasons
+        assert any("backend threads busy" in x for x in reasons), reasons
+        release.set()  # the stuck reads finish; their slowness has opened the breaker
+        wait_until(lambda: rec.store_breaker.state.value != "closed", 5)
+        body = ask(1)[1]
+        assert body["fallback_reason"] == "history unavailable: store circuit open"
+
+        store.scan = real_scan  # the store is well again: the half-open probe closes the breaker
+        time.sleep(1.1)
+        wait_until(lambda: ask(2)[1]["fallback"] is False, 5)
+        assert rec.store_breaker.state.value == "closed"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def test_similar_items_and_unknown_items(client: TestClient, world: World) -> None:

@@ -24,6 +24,32 @@ class RankerSettings(ModelRepositorySettings):
     max_candidates: int = Field(default=300, ge=1)
     fresh_item_slots: float = Field(default=0.1, ge=0, le=1, description="Share of slots that explore fresh items.")
     scoring_timeout_ms: int = Field(default=200, ge=1)
+    request_budget_ms: int = Field(
+        default=500,
+        ge=10,
+        description="Per-request time budget: what is not done by then (history read, retrieval, scoring) is "
+        "skipped and the answer is flagged as a fallback, so a slow store, cache or Triton never holds a request longer.",
+    )
+    backend_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Threads for cache and store reads on the request path.",
+    )
+    backend_queue: int = Field(
+        default=64,
+        ge=0,
+        description="Reads that may wait for one of BACKEND_THREADS (each until its request's budget ends); a "
+        "request that finds the queue full too (a slow backend) serves without the user's history at once.",
+    )
+    backend_slow_ms: int = Field(
+        default=100,
+        ge=1,
+        description="A cache or store read slower than this (or failing) counts against that backend's circuit "
+        "breaker; BREAKER_FAILURES in a row open it for BREAKER_RESET_S (the backend is skipped meanwhile).",
+    )
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=5.0, gt=0)
     consumer_group_prefix: str = Field(
         default="ranker", description="Every replica reads model announcements in a group of its own."
     )

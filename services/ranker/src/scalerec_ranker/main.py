@@ -46,7 +46,12 @@ def build_scorer(settings: RankerSettings) -> Scorer:
     local = make_scorer("onnxruntime://?inline=1", repository=settings.model_repository)
     from scalerec_adapters.triton_scorer import FallbackScorer
 
-    triton = make_scorer(settings.scorer_url, repository=settings.model_repository, control="false")
+    url = settings.scorer_url
+    if "timeout=" not in url:
+        # Triton gives up with half the scoring time left, so a slow or black-holed Triton counts
+        # against its breaker and the in-process fallback still scores within the request's budget.
+        url += ("&" if "?" in url else "?") + f"timeout={settings.scoring_timeout_ms / 2000:g}"
+    triton = make_scorer(url, repository=settings.model_repository, control="false")
     return FallbackScorer(triton, local)
 
 
@@ -109,6 +114,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.recommender.close()
             await impressions.stop()
             await promotions.stop()
             await experiments.stop()

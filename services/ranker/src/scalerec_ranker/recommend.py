@@ -4,6 +4,17 @@ Every step degrades instead of failing: no history or no model → trending
 (flagged); the store down → history from the cache, else trending (flagged); the
 scorer down → the candidates in baseline order (flagged).
 
+Slow backends are bounded, not only dead ones.  Each request has a time budget
+(``REQUEST_BUDGET_MS``, an ``asyncio.timeout_at`` on the loop: no task or thread of its
+own): the history read, retrieval and scoring stop at it and the answer is flagged.
+Cache and store reads run on a fixed pool of ``BACKEND_THREADS`` threads with at most
+``BACKEND_QUEUE`` reads waiting (a queued read is dropped when its request's budget
+ends); a request that finds the queue full skips the read instead of piling up behind
+a stuck backend, so threads and queued work stay bounded.  A read slower than ``BACKEND_SLOW_MS`` (or
+failing) counts against that backend's circuit breaker; an open breaker skips the
+backend (cache open → read the store; store open → serve without history) until a
+probe after ``BREAKER_RESET_S`` finds it well again.
+
 The request path reads arrays: the user's state in one cache round trip (the store
 only on a miss), candidates as position arrays from the served version's
 precomputed tables (:mod:`scalerec_ranker.serving`), one ONNX call padded to
@@ -18,12 +29,15 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from scalerec_adapters.cache import Cache, CacheKeys
+from scalerec_adapters.resilience import BreakerState, CircuitBreaker
 from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import Context, EventType, ImpressedItem, Impression
@@ -48,6 +62,10 @@ _PURCHASE = EventType.PURCHASE.value
 # Request ids: a random prefix per process and a counter (unique across replicas; no syscall per request).
 _ID_PREFIX = os.urandom(11).hex()
 _request_numbers = itertools.count()
+
+
+# (recent history oldest first, every item ever bought, where it came from, why it is missing)
+State = tuple[list[r.HistoryEntry], set[str], str, str | None]
 
 
 @dataclass
@@ -97,26 +115,111 @@ class Recommender:
         self.baselines = baselines
         self._primary = scorer.name.split(">")[0]
         self.metrics = ServingMetrics(self.models.served_versions)
+        self._budget_s = settings.request_budget_ms / 1000
+        self._slow_s = settings.backend_slow_ms / 1000
+        self.cache_breaker = CircuitBreaker(
+            failure_threshold=settings.breaker_failures, reset_timeout=settings.breaker_reset_s
+        )
+        self.store_breaker = CircuitBreaker(
+            failure_threshold=settings.breaker_failures, reset_timeout=settings.breaker_reset_s
+        )
+        self._threads = settings.backend_threads
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="ranker-backend")
+        # A slot per thread and per queued read: what waits for a slow backend is bounded too.
+        self._queue = self._threads + settings.backend_queue
+        self._slots = threading.BoundedSemaphore(self._queue)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ data access (cache ▸ store)
 
-    def _state_from_store(self, user_id: str) -> tuple[list[r.HistoryEntry], set[str], str]:
+    def _outcome(self, breaker: CircuitBreaker, name: str, elapsed_s: float, error: str | None = None) -> None:
+        if error is None and elapsed_s <= self._slow_s:
+            breaker.record_success()
+            return
+        was_closed = breaker.state is BreakerState.CLOSED
+        breaker.record_failure()
+        if was_closed and breaker.state is not BreakerState.CLOSED:
+            why = error or f"{elapsed_s * 1000:.0f} ms, over BACKEND_SLOW_MS={self._slow_s * 1000:.0f}"
+            log.warning("%s breaker open (%s): skipped for %.0f s", name, why, breaker.reset_timeout)
+
+    def _read_state(self, user_id: str, answer: Future[State]) -> None:
+        """The user's state into ``answer`` as soon as it is known; then the cache refill, on this thread
+        but no longer on the request's time."""
+        if not answer.set_running_or_notify_cancel():
+            return  # the request's budget ended while this read was queued: nobody waits for it
         try:
-            history, bought, source = r.cached_user_state(
-                self.store, self.cache, self.keys, user_id, HISTORY_LEN, self.settings.user_state_ttl_seconds
+            state, refill = self._state(user_id)
+        except BaseException as exc:  # pragma: no cover - _state catches what the backends raise
+            answer.set_exception(exc)
+            raise
+        answer.set_result(state)
+        if refill and self.cache_breaker.allow():  # timed against the cache, not the store
+            t = time.perf_counter()
+            try:
+                self.cache.set_many(refill, self.settings.user_state_ttl_seconds)
+                self._outcome(self.cache_breaker, "cache", time.perf_counter() - t)
+            except Exception as exc:
+                self._outcome(self.cache_breaker, "cache", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
+
+    def _state(self, user_id: str) -> tuple[State, dict[str, bytes]]:
+        """The user's state, cache first; each backend's outcome goes to its breaker."""
+        history: list[r.HistoryEntry] | None = None
+        bought: set[str] | None = None
+        if self.cache_breaker.allow():
+            t = time.perf_counter()
+            # A dead or black-holed Memcached node answers as a miss after its socket timeout
+            # (pymemcache's ignore_exc), so time is the cache's failure signal.
+            history, bought = r.read_cached_user_state(self.cache, self.keys, user_id, HISTORY_LEN)
+            self._outcome(self.cache_breaker, "cache", time.perf_counter() - t)
+            if history is not None and bought is not None:
+                return (history, bought, "cache", None), {}
+        if not self.store_breaker.allow():
+            if history is not None:
+                return (history, bought or set(), "cache", None), {}
+            return ([], set(), "unavailable", "store circuit open"), {}
+        t = time.perf_counter()
+        try:
+            history, bought, source, refill = r.fill_user_state(
+                self.store, self.keys, user_id, HISTORY_LEN, history, bought
             )
         except Exception as exc:
-            log.warning("history of a user unavailable (%s); serving without it", exc)
-            return [], set(), "unavailable"
-        return history, bought, source
+            self._outcome(self.store_breaker, "store", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
+            return ([], set(), "unavailable", f"store failed: {type(exc).__name__}"), {}
+        self._outcome(self.store_breaker, "store", time.perf_counter() - t)
+        return (history, bought, source, None), refill
 
-    async def user_state(self, user_id: str) -> tuple[list[r.HistoryEntry], set[str], str]:
-        """(recent history oldest first, every item ever bought, where the history came from)."""
+    async def user_state(self, user_id: str, deadline: float) -> State:
+        """(recent history oldest first, every item ever bought, where the history came from, why it
+        is missing), read by ``deadline`` (loop time) or not at all."""
         if self.cache.in_process:  # no I/O on a hit: no thread hop
             history, bought = r.read_cached_user_state(self.cache, self.keys, user_id, HISTORY_LEN)
             if history is not None and bought is not None:
-                return history, bought, "cache"
-        return await asyncio.to_thread(self._state_from_store, user_id)
+                return history, bought, "cache", None
+        if not self._slots.acquire(blocking=False):
+            return (
+                [],
+                set(),
+                "unavailable",
+                f"all {self._threads} backend threads busy and {self._queue - self._threads} reads queued",
+            )
+        answer: Future[State] = Future()
+        try:
+            job = self._pool.submit(self._read_state, user_id, answer)
+        except RuntimeError:  # the pool is shut down: the ranker is stopping
+            self._slots.release()
+            return [], set(), "unavailable", "ranker stopping"
+        # Released when the job ends (or is cancelled before it starts), not when the request gives up.
+        job.add_done_callback(self._release_slot)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.wrap_future(answer)
+        except TimeoutError:
+            return [], set(), "unavailable", f"not read within REQUEST_BUDGET_MS={self._budget_s * 1000:.0f}"
+
+    def _release_slot(self, _: Future[None]) -> None:
+        self._slots.release()
 
     async def lookup(self, item_ids: Sequence[str]) -> dict[str, ItemRow]:
         """Catalogue rows: this process's copy, the store for ids it has not seen yet."""
@@ -138,8 +241,9 @@ class Recommender:
         self, user_id: str, k: int, device: str | None, locale: str | None, exclude: Sequence[str] = ()
     ) -> Recommendation:
         started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self._budget_s
         request_id = f"{_ID_PREFIX}{next(_request_numbers):010x}"
-        history, bought, history_source = await self.user_state(user_id)
+        history, bought, history_source, missing = await self.user_state(user_id, deadline)
         # One reference for the rest of the request (hot swap safe): the champion, or the user's variant.
         model, variant, experiment_id = self.models.route(user_id)
         context = context_features(int(time.time() * 1000), device, locale)
@@ -151,14 +255,14 @@ class Recommender:
         if not seen:
             unavailable = history_source == "unavailable"
             code = Fallback.HISTORY_UNAVAILABLE if unavailable else Fallback.UNKNOWN_USER
-            fallback_reason = "history unavailable" if unavailable else "unknown user: no history yet"
+            fallback_reason = f"history unavailable: {missing}" if unavailable else "unknown user: no history yet"
         elif model is None:
             code = Fallback.NO_MODEL
             fallback_reason = "no model promoted yet" + (
                 f" ({self.models.last_error})" if self.models.last_error else ""
             )
         if fallback_reason or model is None:
-            items = await self._popular(k, excluded)
+            items = await self._popular(k, excluded, deadline)
             self.metrics.served(None, code, variant or CHAMPION)
             return Recommendation(
                 request_id,
@@ -183,10 +287,10 @@ class Recommender:
             history_input[0, -len(recent) :] = table.model_index[recent]
         context_input = np.asarray([context], dtype=np.int64)
 
-        cands = await self._candidates(model, hist_pos, history_input, context_input, excluded)
+        cands = await self._candidates(model, hist_pos, history_input, context_input, excluded, deadline)
         fallback = False
         try:
-            scores, scorer_name = await self._score(model, cands, history_input, context_input)
+            scores, scorer_name = await self._score(model, cands, history_input, context_input, deadline)
         except ScorerUnavailable as exc:
             log.warning("scoring failed, using baseline order: %s", exc)
             scores = cands.prior
@@ -226,8 +330,9 @@ class Recommender:
 
     # ------------------------------------------------------------ steps
 
-    async def _popular(self, k: int, excluded: set[str]) -> list[Recommended]:
-        await self.baselines.ensure_trending()
+    async def _popular(self, k: int, excluded: set[str], deadline: float) -> list[Recommended]:
+        if not self.baselines.trending:
+            await self.baselines.ensure_trending(wait_s=max(0.0, deadline - asyncio.get_running_loop().time()))
         rows = self.models.catalogue.rows
         out = []
         for item_id, score in self.baselines.trending:
@@ -249,6 +354,7 @@ class Recommender:
         history_input: np.ndarray,
         context_input: np.ndarray,
         excluded: set[str],
+        deadline: float,
     ) -> Candidates:
         per = self.settings.candidates_per_source
         parts: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
@@ -256,17 +362,20 @@ class Recommender:
         ann = model.model.ann
         if ann is not None:
             try:
-                res = await self.scorer.infer(
-                    repo.USER_TOWER_MODEL,
-                    model.version,
-                    {"history": history_input, "context": context_input},
-                    ["user_embedding"],
-                )
+                # Retrieval may use at most half of what is left: scoring must still fit.
+                loop_now = asyncio.get_running_loop().time()
+                async with asyncio.timeout_at(loop_now + (deadline - loop_now) / 2):
+                    res = await self.scorer.infer(
+                        repo.USER_TOWER_MODEL,
+                        model.version,
+                        {"history": history_input, "context": context_input},
+                        ["user_embedding"],
+                    )
                 scores, idx = ann.search(np.asarray(res["user_embedding"][:1], dtype=np.float32), per)
                 pos = model.retrieval_positions(idx[0])
                 parts.append((RETRIEVAL, pos, scores[0], None))
-            except ScorerUnavailable as exc:
-                log.info("retrieval skipped: %s", exc)
+            except (ScorerUnavailable, TimeoutError) as exc:
+                log.info("retrieval skipped: %s", exc or "over half the remaining request budget")
         # Item-item CF: neighbours of the most recent distinct items, the most recent first.
         rev = hist_pos[::-1]
         _, first = np.unique(rev, return_index=True)
@@ -281,7 +390,12 @@ class Recommender:
         return model.merge(parts, blocked, self.settings.max_candidates)
 
     async def _score(
-        self, model: ServingModel, cands: Candidates, history_input: np.ndarray, context_input: np.ndarray
+        self,
+        model: ServingModel,
+        cands: Candidates,
+        history_input: np.ndarray,
+        context_input: np.ndarray,
+        deadline: float,
     ) -> tuple[np.ndarray, str]:
         """Scores of the candidates, and the name of the backend that computed them.
 
@@ -303,13 +417,19 @@ class Recommender:
             "candidates": candidates,
             "candidate_features": features,
         }
+        now = asyncio.get_running_loop().time()
+        if now >= deadline:
+            raise ScorerUnavailable(f"REQUEST_BUDGET_MS={self._budget_s * 1000:.0f} spent before scoring")
         try:
-            out, backend = await asyncio.wait_for(
-                self.scorer.infer_with_backend(repo.RANKER_MODEL, model.version, inputs, ["scores"]),
-                timeout=self.settings.scoring_timeout_ms / 1000,
-            )
+            # A timeout context on this task, not wait_for's task per call.
+            async with asyncio.timeout_at(min(deadline, now + self.settings.scoring_timeout_ms / 1000)):
+                out, backend = await self.scorer.infer_with_backend(
+                    repo.RANKER_MODEL, model.version, inputs, ["scores"]
+                )
         except TimeoutError as exc:
-            raise ScorerUnavailable(f"scoring took over {self.settings.scoring_timeout_ms} ms") from exc
+            raise ScorerUnavailable(
+                "scoring did not finish within its time (SCORING_TIMEOUT_MS / request budget)"
+            ) from exc
         return np.asarray(out["scores"][0][:n], dtype=np.float32), backend
 
     @staticmethod

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel, ValidationError
 from scalerec_adapters.bus import OutgoingMessage, Producer
-from scalerec_core.http import validation_errors
+from scalerec_core.http import field_error, validation_errors
 from scalerec_core.telemetry import inject_headers, meter, tracer
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,14 @@ def split_valid(
     503 for a batch that was partly accepted.
     """
     if not isinstance(payload, dict) or key not in payload:
-        raise HTTPException(422, f"body must be an object with a '{key}' list")
+        raise field_error(422, "body", f"body must be an object with a '{key}' list")
     elements = payload[key]
     if not isinstance(elements, list):
-        raise HTTPException(422, f"'{key}' must be a list")
+        raise field_error(422, key, f"'{key}' must be a list")
     if not elements:
-        raise HTTPException(422, f"'{key}' is empty")
+        raise field_error(422, key, f"'{key}' is empty")
     if len(elements) > max_len:
-        raise HTTPException(413, f"batch of {len(elements)} {key} is over the limit of {max_len}")
+        raise field_error(413, key, f"batch of {len(elements)} {key} is over the limit of {max_len}")
     valid: list[M] = []
     errors: list[ElementError] = []
     for i, raw in enumerate(elements):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from scalerec_core.auth import Scope, require
+from scalerec_core.http import field_error
 from scalerec_models import repository as repo
 
 from scalerec_evaluator.deps import EvaluatorDep, SettingsDep
@@ -25,14 +26,14 @@ async def reports(evaluator: EvaluatorDep) -> ReportsOut:
 async def report(evaluator: EvaluatorDep, version: int) -> EvaluationReport:
     found = await asyncio.to_thread(evaluator.report, version)
     if found is None:
-        raise HTTPException(404, f"no report for model version {version} (not evaluated yet, or unknown)")
+        raise field_error(404, "version", f"no report for model version {version} (not evaluated yet, or unknown)")
     return found
 
 
 @router.post("/evaluate/{version}", summary="Evaluate (and maybe promote) a model version now")
 async def evaluate(evaluator: EvaluatorDep, settings: SettingsDep, version: int) -> EvaluationReport:
     if version not in repo.list_versions(settings.model_repository, repo.RANKER_MODEL):
-        raise HTTPException(404, f"model version {version} is not in the model repository")
+        raise field_error(404, "version", f"model version {version} is not in the model repository")
     return await evaluator.evaluate(version)
 
 

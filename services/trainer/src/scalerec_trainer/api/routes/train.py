@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 from scalerec_core.auth import Scope, require
+from scalerec_core.http import field_error
 
 from scalerec_trainer.deps import TrainerDep
 from scalerec_trainer.jobs import EpochProgress, Job
@@ -47,7 +48,7 @@ async def train(trainer: TrainerDep) -> JobView:
 async def job_status(trainer: TrainerDep, job_id: str) -> JobView:
     job = trainer.jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no training job {job_id!r}")
+        raise field_error(404, "job_id", f"no training job {job_id!r}")
     return JobView.of(job)
 
 
