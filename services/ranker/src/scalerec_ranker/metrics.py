@@ -39,19 +39,35 @@ def _served_counter() -> Any:
     )
 
 
+#: What the model-version gauge reads: the ``served_versions`` of the ranker built last in this process.
+_VERSIONS: list[Callable[[], dict[str, int]]] = [dict]
+
+
+def _observe_versions(_: CallbackOptions) -> Iterable[Observation]:
+    versions = _VERSIONS[0]() or {CHAMPION: 0}
+    for variant, version in versions.items():
+        yield Observation(version, {"variant": variant})
+
+
+@functools.cache
+def _version_gauge() -> Any:
+    return meter("scalerec.ranker").create_observable_gauge(
+        "scalerec.ranker.model.version",
+        callbacks=[_observe_versions],
+        description="Model version this ranker process serves to each variant (champion outside experiments; "
+        "0: none yet)",
+    )
+
+
 class ServingMetrics:
     """Counts every answer; reports the model version in service as a gauge (read at collection)."""
 
     def __init__(self, served_versions: Callable[[], dict[str, int]]) -> None:
         self._served = _served_counter()
         self._attrs: dict[tuple[int | None, str, str], dict[str, Any]] = {}
-        self._served_versions = served_versions
-        meter("scalerec.ranker").create_observable_gauge(
-            "scalerec.ranker.model.version",
-            callbacks=[self._observe_version],
-            description="Model version this ranker process serves to each variant (champion outside experiments; "
-            "0: none yet)",
-        )
+        # One gauge per process (instruments are process-wide): it reads the newest ranker's models.
+        _VERSIONS[0] = served_versions
+        _version_gauge()
 
     def served(self, model_version: int | None, fallback: Fallback, variant: str = CHAMPION) -> None:
         key = (model_version, variant, fallback)
@@ -63,8 +79,3 @@ class ServingMetrics:
                 "fallback_reason": str(fallback),
             }
         self._served.add(1, attrs)
-
-    def _observe_version(self, _: CallbackOptions) -> Iterable[Observation]:
-        versions = self._served_versions() or {CHAMPION: 0}
-        for variant, version in versions.items():
-            yield Observation(version, {"variant": variant})
