@@ -90,7 +90,7 @@ def test_every_section_and_chart_from_a_full_data_folder(data_dir: Path) -> None
     demo = json.loads((data_dir / "report.json").read_text())
     assert demo["result"]["evaluation"]["decision"] in page
     assert (
-        "two-proportion z-test" in page and "+1.02 pp [-1.46, +3.50], p = 0.42" in page
+        "two-proportion z-test" in page and '+1.02 pp [-1.46, +3.50]<span class="sub">p = 0.42</span>' in page
     )  # challenger's CTR - control's
     assert "GET /v1/recommendations" in page and 'href="loadtest/locust.html"' in page
     first_reason = demo["result"]["samples"][0]["items"][0]["reason"]
@@ -180,9 +180,13 @@ def test_the_report_reads_what_the_demo_writes(data_dir: Path) -> None:
     page = html.render(inputs.load(data_dir))
     section = page[page.index('<section id="experiment">') : page.index("</section>", page.index('id="experiment"'))]
     section = re.sub(r"(?s)<svg.*?</svg>", "", section)
-    assert f"[{champion.ctr_interval.low:.2%}, {champion.ctr_interval.high:.2%}]" in section
+    ci = champion.ctr_interval
+    assert f'{champion.ctr:.2%}<span class="sub">[{ci.low:.2%}, {ci.high:.2%}]</span>' in section
     d = challenger.ctr_vs_control
-    assert f"{100 * d.diff:+.2f} pp [{100 * d.low:+.2f}, {100 * d.high:+.2f}], p = {d.p_value:.3g}" in section
+    assert (
+        f'{100 * d.diff:+.2f} pp [{100 * d.low:+.2f}, {100 * d.high:+.2f}]<span class="sub">p = {d.p_value:.3g}'
+        in section
+    )
     assert outcome.results.method in section and f"p = {outcome.results.srm.p_value:.3g}" in section
     assert "kept the champion" in section and str(escape(outcome.decision.reason)) in section
     assert f"{challenger.ndcg_at_10:.4f}" in section and "NDCG@10" in section
