@@ -1,6 +1,17 @@
 """The one definition of every event model and topic name that crosses a service boundary."""
 
-from scalerec_events.experiments import Assignment, Experiment, ExperimentStatus, ExperimentVariant, VariantSplit
+from scalerec_events.experiments import (
+    Assignment,
+    Experiment,
+    ExperimentDecision,
+    ExperimentOut,
+    ExperimentOutcome,
+    ExperimentResults,
+    ExperimentStatus,
+    ExperimentVariant,
+    VariantResult,
+    VariantSplit,
+)
 from scalerec_events.models import (
     MAX_FUTURE_SKEW,
     SCHEMA_VERSION,
@@ -25,6 +36,10 @@ __all__ = [
     "Event",
     "EventType",
     "Experiment",
+    "ExperimentDecision",
+    "ExperimentOut",
+    "ExperimentOutcome",
+    "ExperimentResults",
     "ExperimentStatus",
     "ExperimentVariant",
     "ImpressedItem",
@@ -34,6 +49,7 @@ __all__ = [
     "Topic",
     "TopicSpec",
     "TrainingExample",
+    "VariantResult",
     "VariantSplit",
     "all_topics",
     "dlq",

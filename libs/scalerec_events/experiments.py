@@ -4,17 +4,23 @@ The evaluator owns an experiment (creates, changes, stops it, stores it); every 
 reads the announcement and routes each user with :class:`Assignment`.  Assignment is a keyed
 BLAKE2b hash of the user id with the experiment's salt, so it is the same in every replica and
 after every restart, independent between experiments (different salts), and needs no state.
+
+The results of an experiment (:class:`ExperimentResults`, per variant, with the differences to the
+control) live here too: the evaluator answers them, ``scalerec demo`` writes them with the decision
+(:class:`ExperimentOutcome`) and ``scalerec report`` draws them, all from this one definition.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from bisect import bisect_right
 from datetime import datetime
 from enum import StrEnum
+from statistics import NormalDist
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
 from scalerec_events.models import Id
 
@@ -124,3 +130,147 @@ class Assignment:
     def variant_of(self, user_id: str) -> ExperimentVariant:
         point = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8, key=self._key).digest(), "big")
         return self.variants[bisect_right(self._bounds, point)]
+
+
+# --------------------------------------------------------------------------------------------- results
+#
+# What the evaluator answers for an experiment (``GET /v1/experiments/{id}``) and what ``scalerec demo``
+# writes to ``experiment.json`` with the decision: one definition, read by the HTML report as it is.
+
+# The confidence of every interval an experiment reports (the evaluator's statistics use the same).
+CONFIDENCE = 0.95
+_Rate = Annotated[float, Field(ge=0, le=1)]
+_Count = Annotated[int, Field(ge=0)]
+# A rate recomputed from its counts may differ from the stored one by float rounding only.
+_RATE_TOLERANCE = 1e-9
+
+
+class Interval(BaseModel):
+    """Variant minus control, its 95% interval and two-sided p-value."""
+
+    diff: float
+    low: float
+    high: float
+    p_value: float = Field(ge=0, le=1)
+    significant: bool
+
+
+class RateInterval(BaseModel):
+    """A variant's own rate with its 95% Wald interval (clipped to [0, 1])."""
+
+    low: float
+    high: float
+
+
+def wald_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> RateInterval | None:
+    """The Wald interval of ``successes / n``: the same normal approximation as the differences' intervals."""
+    if n <= 0:
+        return None
+    p = successes / n
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt(p * (1 - p) / n)
+    return RateInterval(low=max(0.0, p - half), high=min(1.0, p + half))
+
+
+class VariantResult(BaseModel):
+    name: str
+    model_version: int
+    share: float = Field(gt=0, le=1)
+    users: _Count
+    impressions: _Count = Field(description="Recommendation answers shown (one impression = one answer).")
+    items_shown: _Count
+    clicks: _Count
+    conversions: _Count
+    clicked_impressions: _Count
+    converted_impressions: _Count
+    ctr: _Rate = Field(description="clicked_impressions / impressions.")
+    conversion_rate: _Rate = Field(description="converted_impressions / impressions.")
+    ndcg_at_10: _Rate = Field(description="Mean NDCG@10 of each answer, its clicked items as the relevant ones.")
+    fallback_share: _Rate
+    ctr_vs_control: Interval | None = None
+    conversion_rate_vs_control: Interval | None = None
+    ndcg_at_10_vs_control: Interval | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VariantResult:
+        for part, rate in (("clicked_impressions", self.ctr), ("converted_impressions", self.conversion_rate)):
+            count = getattr(self, part)
+            if count > self.impressions:
+                raise ValueError(f"variant {self.name!r}: {part} {count} > impressions {self.impressions}")
+            if self.impressions and abs(count / self.impressions - rate) > _RATE_TOLERANCE:
+                raise ValueError(
+                    f"variant {self.name!r}: rate {rate} is not {part} / impressions = {count}/{self.impressions}"
+                )
+        return self
+
+    @computed_field(description="The CTR's own 95% Wald interval (null without impressions).")  # type: ignore[prop-decorator]
+    @property
+    def ctr_interval(self) -> RateInterval | None:
+        return wald_interval(self.clicked_impressions, self.impressions)
+
+    @computed_field(description="The conversion rate's own 95% Wald interval (null without impressions).")  # type: ignore[prop-decorator]
+    @property
+    def conversion_rate_interval(self) -> RateInterval | None:
+        return wald_interval(self.converted_impressions, self.impressions)
+
+
+class SampleRatioCheck(BaseModel):
+    users: dict[str, int]
+    expected_shares: dict[str, float]
+    chi2: float = Field(ge=0)
+    p_value: float = Field(ge=0, le=1)
+    mismatch: bool = Field(description="p < 0.001: the split is broken and no result should be trusted.")
+
+
+class ExperimentResults(BaseModel):
+    experiment_id: str
+    computed_at: datetime
+    control: str
+    attribution_window_s: int
+    method: str = Field(
+        default=(
+            "rates: two-proportion z-test (95% Wald interval of the difference, pooled z p-value); "
+            "NDCG@10: z interval of a difference of means, unequal variances; SRM: chi-square on users"
+        )
+    )
+    variants: list[VariantResult] = Field(min_length=2, max_length=MAX_VARIANTS)
+    srm: SampleRatioCheck
+    unattributed_feedback: int = Field(description="Feedback rows whose impression is gone (TTL) or out of window.")
+
+    @model_validator(mode="after")
+    def _has_control(self) -> ExperimentResults:
+        names = [v.name for v in self.variants]
+        if self.control not in names:
+            raise ValueError(f"control variant {self.control!r} is not one of the variants {names}")
+        return self
+
+    def variant(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+class ExperimentOut(BaseModel):
+    """An experiment and its results (``GET /v1/experiments/{id}``)."""
+
+    experiment: Experiment
+    results: ExperimentResults | None = Field(
+        description="Computed now while it runs; as of its end once stopped or concluded."
+    )
+
+
+class ExperimentDecision(BaseModel):
+    """What deciding an experiment did: promoted a winner, or kept the champion, and why."""
+
+    promoted: bool
+    winner: str | None
+    model_version: int | None
+    reason: str
+
+
+class ExperimentOutcome(BaseModel):
+    """A decided experiment with its results (``experiment.json`` in the demo's data folder)."""
+
+    experiment: Experiment
+    results: ExperimentResults
+    decision: ExperimentDecision

@@ -21,9 +21,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scalerec_events.experiments import CONFIDENCE
 from scipy import stats
 
-CONFIDENCE = 0.95
 SRM_ALPHA = 0.001
 
 

@@ -1,8 +1,8 @@
 """The HTML report of a real (small) demo run, opened in headless Chromium.
 
 ``scalerec demo`` runs the five services on a small synthetic shop and writes its HTML report; then
-the demo's stack is served again and load-tested with Locust, an experiment result is dropped into
-the data folder, and ``scalerec report`` rebuilds the page from the folder alone.  Both pages are
+the demo's stack is served again and load-tested with Locust, another experiment result (the
+fixture) replaces the demo's own, and ``scalerec report`` rebuilds the page from the folder alone.  Both pages are
 rendered to PNG by Chromium, which must log no console error, fetch nothing but the file itself, and
 draw every chart the data calls for.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from scalerec_cli.cluster import LocalCluster
+from scalerec_events.experiments import ExperimentOutcome
 
 from tests.e2e.browser import PageVisit, visit
 
@@ -69,8 +70,12 @@ def test_the_demo_writes_a_report_that_renders_in_chromium(demo_dir: Path, tmp_p
     html = demo_dir / "demo.html"
     png = tmp_path / "demo.png"
     page = visit(html, png)
-    _assert_clean_render(page, png, html, ALWAYS)
-    assert "No experiment ran" in page.text and "No load test found" in page.text
+    _assert_clean_render(page, png, html, ALWAYS | {"experiment"})
+    assert "No experiment ran" not in page.text and "No load test found" in page.text
+    # The demo's own online experiment, written as the evaluator's results plus the decision, is what the page shows.
+    outcome = ExperimentOutcome.model_validate_json((demo_dir / "experiment.json").read_text())
+    assert outcome.decision.reason in page.text and outcome.results.method in page.text
+    assert f"{outcome.results.variants[0].ctr:.2%}" in page.text
     assert "NDCG@K" in page.text and "model_v1" in page.text
     # The sample recommendations carry the ranker's explanations.
     assert "Because you" in page.text or "Popular right now" in page.text

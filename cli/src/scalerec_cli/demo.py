@@ -24,16 +24,16 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from scalerec_events.experiments import ExperimentDecision, ExperimentOut, ExperimentOutcome
 
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
-from scalerec_cli.report import DEMO_REPORT_FILE
+from scalerec_cli.report import DEMO_REPORT_FILE, EXPERIMENT_FILE
 from scalerec_cli.simulate import simulate
 from scalerec_cli.synthetic import ShopConfig, generate_shop, shop_summary
 
 # The first model is trained on this share of the shop's history (oldest first), the challenger on all of it.
 FIRST_SHARE = 0.6
-EXPERIMENT_FILE = "experiment.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -332,25 +332,37 @@ def _experiment(
             return res if done and sum(v["clicks"] for v in variants) >= traffic.clicks else None
 
         driver.poll_until(counted, 120, 1.0, "the evaluator to count every impression and click")
-        decision = httpx.post(f"{evaluator}/v1/experiments/{exp_id}/decide", timeout=60).json()
-        final = httpx.get(f"{evaluator}/v1/experiments/{exp_id}", timeout=60).json()
-    result = {**final, "decision": {k: decision[k] for k in ("promoted", "winner", "model_version", "reason")}}
-    (cluster.data_dir / EXPERIMENT_FILE).write_text(json.dumps(result, indent=2))
-    return result
+        decided = httpx.post(f"{evaluator}/v1/experiments/{exp_id}/decide", timeout=60)
+        final = httpx.get(f"{evaluator}/v1/experiments/{exp_id}", timeout=60)
+    for r in (decided, final):
+        if r.status_code != 200:
+            raise driver.PipelineError(f"{r.request.method} {r.request.url}: HTTP {r.status_code}: {r.text[:300]}")
+    shown = ExperimentOut.model_validate_json(final.content)
+    if shown.results is None:
+        raise driver.PipelineError(f"experiment {exp_id} was decided but the evaluator has no results for it")
+    outcome = ExperimentOutcome(
+        experiment=shown.experiment,
+        results=shown.results,
+        decision=ExperimentDecision.model_validate_json(decided.content),
+    )
+    (cluster.data_dir / EXPERIMENT_FILE).write_text(outcome.model_dump_json(indent=2))
+    return outcome.model_dump(mode="json")
 
 
 def _print_experiment(console: Console, exp: dict[str, Any]) -> None:
     res = exp["results"]
     t = Table(title=f"Online experiment {exp['experiment']['experiment_id']}: {exp['experiment']['name']}")
-    for col in ("variant", "version", "users", "answers", "CTR", "conversion", "NDCG@10"):
+    for col in ("variant", "version", "users", "answers", "CTR", "CTR 95% CI", "conversion", "NDCG@10"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for v in res["variants"]:
+        bounds = v["ctr_interval"]
         t.add_row(
             v["name"],
             f"v{v['model_version']}",
             f"{v['users']:,}",
             f"{v['impressions']:,}",
             f"{v['ctr']:.4f}",
+            "no data" if bounds is None else f"[{bounds['low']:.4f}, {bounds['high']:.4f}]",
             f"{v['conversion_rate']:.4f}",
             f"{v['ndcg_at_10']:.4f}",
         )

@@ -12,9 +12,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from scalerec_cli.__main__ import main
 from scalerec_cli.report import html, inputs
-from scalerec_cli.report.inputs import ExperimentResult, ReportInputError, VariantResult
+from scalerec_cli.report.inputs import ReportInputError
+from scalerec_events.experiments import ExperimentOutcome, VariantResult
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "report"
 
@@ -87,7 +89,9 @@ def test_every_section_and_chart_from_a_full_data_folder(data_dir: Path) -> None
     # The figures shown are the ones in the inputs.
     demo = json.loads((data_dir / "report.json").read_text())
     assert demo["result"]["evaluation"]["decision"] in page
-    assert "two-proportion z-test" in page and "[0.51%, 3.07%]" in page  # the challenger's CTR difference
+    assert (
+        "two-proportion z-test" in page and '+1.02 pp [-1.46, +3.50]<span class="sub">p = 0.42</span>' in page
+    )  # challenger's CTR - control's
     assert "GET /v1/recommendations" in page and 'href="loadtest/locust.html"' in page
     first_reason = demo["result"]["samples"][0]["items"][0]["reason"]
     assert first_reason and first_reason in page
@@ -137,11 +141,12 @@ def test_the_cli_writes_the_page_and_names_bad_inputs(data_dir: Path, capsys: py
     assert main(["report", "--data-dir", str(data_dir), "--out", str(elsewhere)]) == 0 and elsewhere.exists()
 
     bad = json.loads((FIXTURES / "experiment.json").read_text())
-    bad["variants"][0]["clicks"] = bad["variants"][0]["impressions"] + 1
+    row = bad["results"]["variants"][0]
+    row["clicked_impressions"] = row["impressions"] + 1
     (data_dir / "experiment.json").write_text(json.dumps(bad))
     assert main(["report", "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err
-    assert "experiment.json" in err and "clicks" in err
+    assert "experiment.json is not a ExperimentOutcome" in err and "clicked_impressions" in err
 
     (data_dir / "experiment.json").unlink()
     (data_dir / "report.json").unlink()
@@ -157,14 +162,54 @@ def test_a_malformed_demo_report_names_the_field(data_dir: Path) -> None:
         inputs.load(data_dir)
 
 
+def test_the_report_reads_what_the_demo_writes(data_dir: Path) -> None:
+    # The fixture is a real demo's experiment.json: the evaluator's results plus the decision, one model.
+    outcome = ExperimentOutcome.model_validate_json((FIXTURES / "experiment.json").read_text())
+    assert ExperimentOutcome.model_validate_json(outcome.model_dump_json()) == outcome
+    champion, challenger = outcome.results.variants
+    assert (champion.name, challenger.name) == ("champion", "challenger") and challenger.ctr_vs_control is not None
+    # A variant's own CTR interval is Wald's, from its counts (the evaluator only computes the differences').
+    n, p = champion.impressions, champion.clicked_impressions / champion.impressions
+    half = 1.959963984540054 * (p * (1 - p) / n) ** 0.5
+    assert champion.ctr_interval is not None
+    assert champion.ctr_interval.low == pytest.approx(p - half) and champion.ctr_interval.high == pytest.approx(
+        p + half
+    )
+
+    shutil.copy(FIXTURES / "experiment.json", data_dir / "experiment.json")
+    page = html.render(inputs.load(data_dir))
+    section = page[page.index('<section id="experiment">') : page.index("</section>", page.index('id="experiment"'))]
+    section = re.sub(r"(?s)<svg.*?</svg>", "", section)
+    ci = champion.ctr_interval
+    assert f'{champion.ctr:.2%}<span class="sub">[{ci.low:.2%}, {ci.high:.2%}]</span>' in section
+    d = challenger.ctr_vs_control
+    assert (
+        f'{100 * d.diff:+.2f} pp [{100 * d.low:+.2f}, {100 * d.high:+.2f}]<span class="sub">p = {d.p_value:.3g}'
+        in section
+    )
+    assert outcome.results.method in section and f"p = {outcome.results.srm.p_value:.3g}" in section
+    assert "kept the champion" in section and str(escape(outcome.decision.reason)) in section
+    assert f"{challenger.ndcg_at_10:.4f}" in section and "NDCG@10" in section
+
+
 def test_variant_results_are_checked() -> None:
     good = json.loads((FIXTURES / "experiment.json").read_text())
-    exp = ExperimentResult.model_validate(good)
-    assert [v.variant for v in exp.variants] == ["champion", "challenger"] and exp.variants[1].ndcg_at_10 == 0.0842
-    row = dict(good["variants"][0])
-    with pytest.raises(ValueError, match="ci_low"):
-        VariantResult.model_validate({**row, "ci_low": 0.2, "ci_high": 0.1})
+    row = dict(good["results"]["variants"][0])
+    assert VariantResult.model_validate(row).ndcg_at_10 == row["ndcg_at_10"]
+    with pytest.raises(ValueError, match="clicked_impressions"):
+        VariantResult.model_validate({**row, "clicked_impressions": row["impressions"] + 1})
     with pytest.raises(ValueError, match="ctr"):
         VariantResult.model_validate({**row, "ctr": 1.5})
+    with pytest.raises(ValueError, match="not clicked_impressions / impressions"):
+        VariantResult.model_validate({**row, "ctr": row["ctr"] / 2})
+    empty = VariantResult.model_validate(
+        {**row, **dict.fromkeys(("impressions", "clicked_impressions", "converted_impressions"), 0), "ctr": 0.0}
+    )
+    assert empty.ctr_interval is None and empty.model_dump()["conversion_rate_interval"] is None
+    results = good["results"]
     with pytest.raises(ValueError, match="variants"):
-        ExperimentResult.model_validate({**good, "variants": []})
+        ExperimentOutcome.model_validate({**good, "results": {**results, "variants": results["variants"][:1]}})
+    with pytest.raises(ValueError, match="control variant 'nobody'"):
+        ExperimentOutcome.model_validate({**good, "results": {**results, "control": "nobody"}})
+    with pytest.raises(ValueError, match="decision"):
+        ExperimentOutcome.model_validate({k: v for k, v in good.items() if k != "decision"})

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from scalerec_adapters.bus import OutgoingMessage
 from scalerec_evaluator.config import EvaluatorSettings
 from scalerec_evaluator.main import create_app
-from scalerec_events.experiments import Assignment, Experiment
+from scalerec_events.experiments import Assignment, Experiment, ExperimentOut, ExperimentOutcome
 from scalerec_events.models import Context, Event, ImpressedItem, Impression, ModelAnnouncement
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
@@ -101,6 +101,7 @@ def test_an_experiment_is_stored_announced_changed_and_stopped(client: TestClien
     shown = client.get(f"/v1/experiments/{exp.experiment_id}", headers=ADMIN).json()
     assert [v["name"] for v in shown["results"]["variants"]] == ["champion", "challenger"]
     assert shown["results"]["variants"][1]["ctr_vs_control"] is None  # no data yet, no interval
+    assert shown["results"]["variants"][1]["ctr_interval"] is None  # nor a rate's own one
     assert client.get("/v1/experiments/nope", headers=ADMIN).status_code == 404
 
     bad = client.patch(
@@ -177,6 +178,9 @@ def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(clien
     challenger = res["variants"][1]
     assert challenger["ctr_vs_control"]["low"] > 0 and not res["srm"]["mismatch"]
     assert 0.2 < challenger["ndcg_at_10"] < 0.35
+    # Each variant's own CTR interval comes with the answer and holds its CTR.
+    for v in res["variants"]:
+        assert v["ctr_interval"]["low"] < v["ctr"] < v["ctr_interval"]["high"]
 
     decided = client.post(f"/v1/experiments/{exp.experiment_id}/decide", headers=ADMIN)
     assert decided.status_code == 200, decided.text
@@ -188,3 +192,6 @@ def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(clien
     assert [a.version for a in promoted] == [2]
     final = client.get(f"/v1/experiments/{exp.experiment_id}", headers=ADMIN).json()
     assert final["experiment"]["decision"] == body["reason"] and final["results"]["variants"][1]["clicks"] > 0
+    # What `scalerec demo` writes to experiment.json, and the report reads, is these two answers in one model.
+    outcome = ExperimentOutcome(**ExperimentOut.model_validate(final).model_dump(), decision=body)
+    assert outcome.decision.promoted and outcome.results.variant("challenger").ctr_vs_control is not None

@@ -17,9 +17,10 @@ import matplotlib as mpl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from scalerec_events.experiments import CONFIDENCE, ExperimentOutcome, RateInterval
 
 from scalerec_cli.locust_stats import EndpointStats
-from scalerec_cli.report.inputs import Evaluation, ExperimentResult, TrainingRun
+from scalerec_cli.report.inputs import Evaluation, TrainingRun
 
 # Colour-blind-safe (Okabe-Ito); the candidate model is always the first colour.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -131,38 +132,40 @@ def training_curves(runs: Sequence[TrainingRun]) -> str:
     return to_svg(fig, "training-curves")
 
 
-def experiment_variants(experiment: ExperimentResult) -> str:
-    """CTR per variant with its confidence interval (and conversion rate where known)."""
-    variants = experiment.variants
-    has_conv = any(v.conversion_rate is not None for v in variants)
-    fig, axes = _figure(8 if has_conv else 5, 0.6 + 0.5 * len(variants) + 0.8, cols=2 if has_conv else 1)
-    names = [f"{v.variant} (v{v.model_version})" for v in variants]
+def experiment_variants(outcome: ExperimentOutcome, confidence: float = CONFIDENCE) -> str:
+    """CTR and conversion rate per variant with their Wald intervals; NDCG@10 of clicks per variant."""
+    res = outcome.results
+    variants = res.variants
+    fig, axes = _figure(9, 0.6 + 0.5 * len(variants) + 0.8, cols=3)
+    names = [f"{v.name} (v{v.model_version})" for v in variants]
     ys = list(range(len(variants)))
-    colours = [PALETTE[0] if v.variant == experiment.control else PALETTE[1] for v in variants]
-    ax = axes[0]
-    for y, v, colour in zip(ys, variants, colours, strict=True):
-        ax.errorbar(
-            v.ctr,
-            y,
-            xerr=[[max(v.ctr - v.ci_low, 0)], [max(v.ci_high - v.ctr, 0)]],
-            fmt="o",
-            color=colour,
-            capsize=4,
-        )
-        ax.annotate(f"{v.ctr:.2%}", (v.ctr, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
-    ax.set_yticks(ys, names)
-    ax.set_ylim(-0.7, len(variants) - 0.3)
-    ax.invert_yaxis()
-    ax.set_title(f"CTR with {experiment.confidence:.0%} interval")
-    ax.xaxis.set_major_formatter(lambda x, _: f"{x:.1%}")
-    if has_conv:
-        conv = axes[1]
-        rates = [v.conversion_rate or 0.0 for v in variants]
-        conv.barh(ys, rates, color=colours)
-        conv.set_yticks(ys, names)
-        conv.invert_yaxis()
-        conv.set_title("conversion rate")
-        conv.xaxis.set_major_formatter(lambda x, _: f"{x:.1%}")
+    colours = [PALETTE[0] if v.name == res.control else PALETTE[1] for v in variants]
+    rates: list[tuple[str, list[tuple[float, RateInterval | None]]]] = [
+        (f"CTR, {confidence:.0%} interval", [(v.ctr, v.ctr_interval) for v in variants]),
+        (
+            f"conversion rate, {confidence:.0%} interval",
+            [(v.conversion_rate, v.conversion_rate_interval) for v in variants],
+        ),
+    ]
+    for ax, (title, points) in zip(axes[:2], rates, strict=True):
+        for y, (value, ci), colour in zip(ys, points, colours, strict=True):
+            err = None if ci is None else [[max(value - ci.low, 0)], [max(ci.high - value, 0)]]
+            ax.errorbar(value, y, xerr=err, fmt="o", color=colour, capsize=4)
+            ax.annotate(f"{value:.1%}", (value, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+        ax.set_title(title)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:.1%}")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    # NDCG@10 has no per-variant interval (only the difference's, in the table): bars from zero, not a zoom.
+    ndcg = axes[2]
+    bars = ndcg.barh(ys, [v.ndcg_at_10 for v in variants], color=colours)
+    ndcg.bar_label(bars, labels=[f"{v.ndcg_at_10:.4f}" for v in variants], fontsize=7, padding=2)
+    ndcg.set_xlim(0, max([v.ndcg_at_10 for v in variants] + [0.01]) * 1.3)
+    ndcg.set_title("NDCG@10 of clicks")
+    ndcg.grid(axis="y", visible=False)
+    for i, ax in enumerate(axes):
+        ax.set_yticks(ys, names if i == 0 else [""] * len(ys))
+        ax.set_ylim(-0.7, len(variants) - 0.3)
+        ax.invert_yaxis()
     return to_svg(fig, "experiment")
 
 

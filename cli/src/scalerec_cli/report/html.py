@@ -14,6 +14,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from scalerec_core import __version__
+from scalerec_events.experiments import CONFIDENCE
 
 from scalerec_cli.report import charts
 from scalerec_cli.report.inputs import ReportData
@@ -83,6 +84,7 @@ def render(data: ReportData, link_base: Path | None = None, generated_at: dateti
             models=models,
             metric_columns=[c for c in charts.METRICS if any(c in m for _, m in models)],
             svg=svg,
+            confidence=CONFIDENCE,
             version=__version__,
             generated_at=(generated_at or datetime.now(UTC)).isoformat(timespec="seconds"),
             locust_html=_relative(data.loadtest.html, link_base or data.source)

@@ -5,7 +5,8 @@ A finished ``scalerec demo`` leaves in its ``--data-dir``:
 - ``report.json`` — the demo's own report (:class:`DemoReport`: data summary, stage times, the
   evaluator's report with its HR@K/NDCG@K curves, sample recommendations);
 - ``model_repository/`` — each version's ``card.json`` with ``training_history`` (one record per epoch);
-- ``experiment.json`` when an online experiment ran (:class:`ExperimentResult`, per-variant results);
+- ``experiment.json`` when an online experiment ran: the decided experiment with its per-variant results,
+  exactly :class:`scalerec_events.experiments.ExperimentOutcome` (what the evaluator answers, plus the decision);
 - ``loadtest/locust_stats.csv`` (and ``locust.html``) after ``make loadtest``.
 
 Everything optional may be missing: the report then says so in its section instead of failing.  A file
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scalerec_events.experiments import ExperimentOutcome
 from scalerec_metrics import RankingCurve
 from scalerec_models import repository as repo
 
@@ -104,57 +106,6 @@ class DemoReport(_Lenient):
     result: DemoResult
 
 
-# ------------------------------------------------------------------------------------------ experiment
-
-
-class VariantResult(_Lenient):
-    """One variant of an online experiment: exposure, outcomes and CTR with its confidence interval.
-
-    ``ci_low``/``ci_high`` bound the variant's CTR; ``diff_ci_low``/``diff_ci_high`` (challengers) bound
-    the difference of its CTR to the control's, at the experiment's ``confidence``.
-    """
-
-    variant: str
-    model_version: int
-    share: float | None = Field(default=None, ge=0, le=1)
-    impressions: int = Field(ge=0)
-    clicks: int = Field(ge=0)
-    conversions: int = Field(default=0, ge=0)
-    ctr: float = Field(ge=0, le=1)
-    ci_low: float
-    ci_high: float
-    conversion_rate: float | None = Field(default=None, ge=0, le=1)
-    ndcg_at_10: float | None = Field(default=None, alias="ndcg@10")
-    diff_ci_low: float | None = None
-    diff_ci_high: float | None = None
-    p_value: float | None = Field(default=None, ge=0, le=1)
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> VariantResult:
-        if self.clicks > self.impressions:
-            raise ValueError(f"variant {self.variant!r}: {self.clicks} clicks from {self.impressions} impressions")
-        if not self.ci_low <= self.ci_high:
-            raise ValueError(f"variant {self.variant!r}: ci_low {self.ci_low} > ci_high {self.ci_high}")
-        return self
-
-
-class ExperimentResult(_Lenient):
-    """An experiment's per-variant results (``experiment.json`` in the demo's data folder)."""
-
-    experiment_id: str
-    name: str = ""
-    control: str = "champion"
-    status: str | None = None
-    confidence: float = Field(default=0.95, gt=0, lt=1)
-    method: str | None = Field(default=None, description="How the intervals were computed, e.g. a z-test.")
-    srm_p_value: float | None = Field(default=None, ge=0, le=1, description="Sample-ratio-mismatch check.")
-    decision: str | None = None
-    winner: str | None = None
-    variants: list[VariantResult] = Field(min_length=1)
-
-
 # ------------------------------------------------------------------------------------- training curve
 
 
@@ -192,7 +143,7 @@ class ReportData:
     demo: DemoReport
     source: Path
     training: list[TrainingRun] = field(default_factory=list)
-    experiment: ExperimentResult | None = None
+    experiment: ExperimentOutcome | None = None
     loadtest: LoadTest | None = None
     notes: list[str] = field(default_factory=list)  # inputs that were skipped, and why
 
@@ -274,7 +225,7 @@ def load(
     data.training = read_training(data_dir / MODEL_REPOSITORY_DIR, data.notes)
     exp_path = experiment or data_dir / EXPERIMENT_FILE
     if exp_path.exists():
-        data.experiment = _validate(ExperimentResult, exp_path)
+        data.experiment = _validate(ExperimentOutcome, exp_path)
     elif experiment is not None:
         raise ReportInputError(f"{experiment}: not found")
     data.loadtest = read_loadtest(loadtest_dir or data_dir / LOADTEST_DIR)

@@ -25,14 +25,14 @@ from pydantic import ValidationError
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
 from scalerec_core.telemetry import inject_headers
-from scalerec_events.experiments import Experiment, ExperimentStatus, VariantSplit
+from scalerec_events.experiments import Experiment, ExperimentOut, ExperimentResults, ExperimentStatus, VariantSplit
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_storage import schema as s
 
 from scalerec_evaluator.config import EvaluatorSettings
 from scalerec_evaluator.results import experiment_results
-from scalerec_evaluator.schemas import DecisionOut, ExperimentChange, ExperimentCreate, ExperimentOut, ExperimentResults
+from scalerec_evaluator.schemas import DecisionOut, ExperimentChange, ExperimentCreate
 from scalerec_evaluator.service import Evaluator
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from scalerec_adapters.store import WideColumnStore
-from scalerec_events.experiments import Experiment
+from scalerec_events.experiments import Experiment, ExperimentResults, Interval, SampleRatioCheck, VariantResult
 from scalerec_metrics.experiments import (
     Difference,
     Moments,
@@ -28,13 +28,7 @@ from scalerec_metrics.experiments import (
 )
 from scalerec_storage import schema as s
 
-from scalerec_evaluator.schemas import (
-    ExperimentResults,
-    Interval,
-    OnlineVersion,
-    SampleRatioCheck,
-    VariantResult,
-)
+from scalerec_evaluator.schemas import OnlineVersion
 
 CLOCK_SKEW_MS = 60_000
 K = 10

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field
-from scalerec_events.experiments import Experiment, ExperimentVariant, VariantSplit
+from scalerec_events.experiments import Experiment, ExperimentDecision, ExperimentVariant, VariantSplit
 from scalerec_metrics import RankingCurve
 
 # --------------------------------------------------------------------------- offline reports
@@ -55,6 +53,8 @@ class OnlineOut(BaseModel):
 
 
 # --------------------------------------------------------------------------- experiments
+# The results models (ExperimentOut, ExperimentResults, VariantResult, ...) are scalerec_events.experiments':
+# `scalerec demo` and `scalerec report` read the same definitions.
 
 
 class ExperimentCreate(VariantSplit):
@@ -79,70 +79,7 @@ class ExperimentChange(BaseModel):
     variants: list[ExperimentVariant] = Field(min_length=2, max_length=8)
 
 
-class Interval(BaseModel):
-    """Variant minus control, its 95% interval and two-sided p-value."""
+class DecisionOut(ExperimentDecision):
+    """The decision and the experiment as it now stands (concluded, or still running)."""
 
-    diff: float
-    low: float
-    high: float
-    p_value: float
-    significant: bool
-
-
-class VariantResult(BaseModel):
-    name: str
-    model_version: int
-    share: float
-    users: int
-    impressions: int = Field(description="Recommendation answers shown (one impression = one answer).")
-    items_shown: int
-    clicks: int
-    conversions: int
-    clicked_impressions: int
-    converted_impressions: int
-    ctr: float = Field(description="clicked_impressions / impressions.")
-    conversion_rate: float = Field(description="converted_impressions / impressions.")
-    ndcg_at_10: float = Field(description="Mean NDCG@10 of each answer, its clicked items as the relevant ones.")
-    fallback_share: float
-    ctr_vs_control: Interval | None = None
-    conversion_rate_vs_control: Interval | None = None
-    ndcg_at_10_vs_control: Interval | None = None
-
-
-class SampleRatioCheck(BaseModel):
-    users: dict[str, int]
-    expected_shares: dict[str, float]
-    chi2: float
-    p_value: float
-    mismatch: bool = Field(description="p < 0.001: the split is broken and no result should be trusted.")
-
-
-class ExperimentResults(BaseModel):
-    experiment_id: str
-    computed_at: datetime
-    control: str
-    attribution_window_s: int
-    method: str = Field(
-        default=(
-            "rates: two-proportion z-test (95% Wald interval of the difference, pooled z p-value); "
-            "NDCG@10: z interval of a difference of means, unequal variances; SRM: chi-square on users"
-        )
-    )
-    variants: list[VariantResult]
-    srm: SampleRatioCheck
-    unattributed_feedback: int = Field(description="Feedback rows whose impression is gone (TTL) or out of window.")
-
-
-class ExperimentOut(BaseModel):
-    experiment: Experiment
-    results: ExperimentResults | None = Field(
-        description="Computed now while it runs; as of its end once stopped or concluded."
-    )
-
-
-class DecisionOut(BaseModel):
-    promoted: bool
-    winner: str | None
-    model_version: int | None
-    reason: str
     experiment: Experiment
