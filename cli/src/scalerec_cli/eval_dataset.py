@@ -21,7 +21,8 @@ from typing import Any
 
 from scalerec_models.benchmark import MODELS, PROTOCOL, ModelResult, run_benchmark
 from scalerec_models.config import SIZES, model_config
-from scalerec_models.data import FORMATS, leave_one_out, load_dataset
+from scalerec_models.data import leave_one_out
+from scalerec_models.datasets import FORMATS, load_dataset
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
