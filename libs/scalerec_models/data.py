@@ -150,9 +150,14 @@ class Sequences:
     conversions: list[np.ndarray]  # bool
 
 
+def _user_time_order(data: Interactions) -> np.ndarray:
+    """Row order grouped by user, oldest first; a stable sort so equal timestamps keep file order."""
+    return np.lexsort((np.arange(len(data)), data.ts_ms, data.user_id.astype(str)))
+
+
 def to_sequences(data: Interactions, vocab: ItemVocab) -> Sequences:
     """Group by user, sort by time with a stable sort so equal timestamps keep file order."""
-    order = np.lexsort((np.arange(len(data)), data.ts_ms, data.user_id.astype(str)))
+    order = _user_time_order(data)
     users_sorted = data.user_id.astype(str)[order]
     idx = vocab.indices(data.item_id[order])
     ctx = data.context[order]
@@ -183,6 +188,8 @@ class LeaveOneOut:
     test_context: np.ndarray
     eval_users: np.ndarray  # rows of ``train`` that have val/test targets
     popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # [V] ms of each item's first training event (int64 max when it has none): "fresh" items are the newest.
+    first_seen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_items(self) -> int:
@@ -241,6 +248,15 @@ def leave_one_out(
         train.contexts.append(cx)
         train.conversions.append(cv)
     pop = np.bincount(np.concatenate(train.items) if train.items else np.zeros(0, np.int64), minlength=vocab.size)
+    # First training event per item: every user's events in time order, less the two held out.
+    order = _user_time_order(data)
+    users = data.user_id.astype(str)[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank_from_end = np.repeat(starts + sizes, sizes) - np.arange(len(order))  # 1 = the user's last event
+    held_out = (np.repeat(sizes, sizes) >= 3) & (rank_from_end <= 2)
+    first_seen = np.full(vocab.size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_seen, vocab.indices(data.item_id[order][~held_out]), data.ts_ms[order][~held_out])
     return LeaveOneOut(
         vocab=vocab,
         item_features=feature_table(vocab, item_features),
@@ -251,6 +267,7 @@ def leave_one_out(
         test_context=np.asarray(test_c, dtype=np.int64).reshape(-1, 4),
         eval_users=np.asarray(eval_rows, dtype=np.int64),
         popularity=pop.astype(np.float64),
+        first_seen=first_seen,
     )
 
 
