@@ -255,8 +255,7 @@ def candidate_recall(split: LeaveOneOut, cfg: ModelConfig, tower: Any, k: int = 
         best[best <= 0] = -np.inf
         cf.append(_top(best[None, :], [ex], k)[0])
     lists["item-cf"] = cf
-    pop = np.tile(split.popularity.astype(np.float64), (1, 1))
-    lists["trending"] = [_top(pop, [ex], k)[0] for ex in blocked]
+    lists["trending"] = [_top(split.popularity[None, :], [ex], k)[0] for ex in blocked]
     seen = split.first_seen < np.iinfo(np.int64).max
     newest = np.where(seen, split.first_seen.astype(np.float64), -np.inf)[None, :]
     lists["fresh"] = [_top(newest, [ex], k)[0] for ex in blocked]
