@@ -50,38 +50,67 @@ class ItemKNN:
     """Item-item CF: cosine similarity of item columns, top-``k`` neighbours per item.
 
     score(u, j) = sum over the user's items i of sim(i, j).  ``shrink`` damps
-    similarities built on few co-occurrences.  Similarities are computed a block
-    of items at a time, so memory is ``block * n_items`` however large the catalogue.
+    similarities built on few co-occurrences; ``idf`` weights each user by
+    log(items / the user's item count), so heavy users — who co-rate almost
+    everything — count less (the TF-IDF weighting of the usual ItemKNN grid).
+    Similarities are computed a block of items at a time, so memory is
+    ``block * n_items`` however large the catalogue.
     """
 
     name = "item-cf"
 
-    def __init__(self, k: int | None = 100, shrink: float = 10.0, block: int = 2048) -> None:
-        self.k, self.shrink, self.block = k, shrink, block
+    def __init__(self, k: int | None = 100, shrink: float = 10.0, idf: bool = False, block: int = 2048) -> None:
+        self.k, self.shrink, self.idf, self.block = k, shrink, idf, block
         self.sim: sparse.csr_matrix | None = None
         self.n_items = 0
 
     def fit(self, histories: Sequence[np.ndarray], n_items: int) -> ItemKNN:
-        x = user_item_matrix(histories, n_items).tocsc().astype(np.float32)
-        xt = x.T.tocsr()
-        norms = np.sqrt(np.asarray(x.sum(0)).ravel())
-        blocks = []
+        return self.fit_neighbours(histories, n_items, [self.k])[self.k]
+
+    def fit_neighbours(
+        self, histories: Sequence[np.ndarray], n_items: int, ks: Sequence[int | None]
+    ) -> dict[int | None, ItemKNN]:
+        """One fitted model per neighbour count in ``ks`` from a single similarity pass (a cheap k grid)."""
+        x = user_item_matrix(histories, n_items)
+        if self.idf:
+            per_user = np.asarray(x.sum(1)).ravel()
+            catalogue = max(int((np.asarray(x.sum(0)).ravel() > 0).sum()), 1)
+            weight = np.log(catalogue / np.maximum(per_user, 1.0)).astype(np.float32)
+            x = sparse.diags(weight) @ x
+        xc = x.tocsc().astype(np.float32)
+        xt = xc.T.tocsr()
+        norms = np.sqrt(np.asarray(xc.multiply(xc).sum(0)).ravel())
+        top = max((k for k in ks if k is not None and k < n_items), default=0)
+        keep_all = any(k is None or k >= n_items for k in ks)
+        blocks: dict[int | None, list[sparse.csr_matrix]] = {k: [] for k in ks}
         for s in range(0, n_items, self.block):
             e = min(n_items, s + self.block)
             # sparse [V, U] @ dense [U, b]: cost nnz * b, no sparse-sparse product (slow when items co-occur a lot).
-            co = np.asarray(xt @ x[:, s:e].toarray()).T  # [b, V] co-occurrence counts
+            co = np.asarray(xt @ xc[:, s:e].toarray()).T  # [b, V] (weighted) co-occurrence
             sim = co / (norms[s:e, None] * norms[None, :] + self.shrink + 1e-9)
             sim[np.arange(e - s), np.arange(s, e)] = 0.0
-            if self.k is not None and self.k < n_items:
-                top = np.argpartition(-sim, self.k - 1, axis=1)[:, : self.k]
-                vals = np.take_along_axis(sim, top, axis=1).astype(np.float32)
-                indptr = np.arange(0, (e - s) * self.k + 1, self.k)
-                blocks.append(sparse.csr_matrix((vals.ravel(), top.ravel(), indptr), shape=(e - s, n_items)))
-            else:
-                blocks.append(sparse.csr_matrix(sim.astype(np.float32)))
-        self.sim = sparse.vstack(blocks).tocsr() if blocks else sparse.csr_matrix((0, 0))
-        self.n_items = n_items
-        return self
+            if keep_all:
+                dense = sparse.csr_matrix(sim.astype(np.float32))
+            if top:
+                # The top-``top`` neighbours, best first: every smaller k is a prefix of them.
+                idx = np.argpartition(-sim, top - 1, axis=1)[:, :top]
+                vals = np.take_along_axis(sim, idx, axis=1)
+                order = np.argsort(-vals, axis=1, kind="stable")
+                idx, vals = np.take_along_axis(idx, order, 1), np.take_along_axis(vals, order, 1).astype(np.float32)
+            for k in ks:
+                if k is None or k >= n_items:
+                    blocks[k].append(dense)
+                else:
+                    indptr = np.arange(0, (e - s) * k + 1, k)
+                    part = (vals[:, :k].ravel(), idx[:, :k].ravel(), indptr)
+                    blocks[k].append(sparse.csr_matrix(part, shape=(e - s, n_items)))
+        out = {}
+        for k in ks:
+            model = ItemKNN(k, self.shrink, self.idf, self.block)
+            model.sim = sparse.vstack(blocks[k]).tocsr() if blocks[k] else sparse.csr_matrix((0, 0))
+            model.n_items = n_items
+            out[k] = model
+        return out
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         assert self.sim is not None, "fit first"

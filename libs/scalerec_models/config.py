@@ -33,21 +33,31 @@ class ModelConfig:
     # Share of training inputs whose item id is replaced by "unknown", so the model
     # learns to rank through content alone (cold start).
     id_dropout: float = 0.05
-    epochs: int = 200
+    # A fixed number of epochs, early-stopped on validation NDCG@10 (``patience`` epochs without a gain):
+    # the same command on the same data trains the same model whatever the machine's speed or load.
+    epochs: int = 15
     patience: int = 5
     batch_size: int = 64
     lr: float = 5e-3
+    # "constant", or "cosine": decays to 0 over ``epochs`` (the fixed epoch count is the schedule's length).
+    lr_schedule: str = "cosine"
+    # Cross-entropy label smoothing of the ranker's next-item loss (0 = none).
+    label_smoothing: float = 0.0
     weight_decay: float = 0.0
     # Negatives per training position: 0 = full softmax over every item (best on small
     # catalogues); otherwise a shared sampled softmax with logQ correction.
     negatives: int = 0
-    # Time budget per model in seconds (training stops early, the best checkpoint is kept).
-    time_budget_s: float = 240.0
+    # Optional wall-clock cap per model in seconds (the trainer service's TIME_BUDGET_S): training stops
+    # after the epoch that passes it and keeps the best checkpoint.  Off by default, because a cap makes
+    # the result depend on how fast and how busy the machine is.
+    time_budget_s: float | None = None
     tower_dim: int = 64
-    tower_epochs: int = 60
-    tower_time_budget_s: float = 120.0
+    tower_epochs: int = 12
     bpr_dim: int = 64
+    # Seeds python's, numpy's and torch's generators and every sampler of the run.
     seed: int = 0
+    # torch.use_deterministic_algorithms (warn-only where an op has no deterministic kernel).
+    deterministic: bool = True
     # "auto" = cuda when a GPU is visible, else cpu; or "cpu", "cuda", "cuda:1".
     device: str = "auto"
     # bf16 autocast around forward + loss on CUDA (ignored on CPU, where training stays fp32).
@@ -75,9 +85,7 @@ class ModelConfig:
 
 
 SIZES: dict[str, ModelConfig] = {
-    "demo": ModelConfig(
-        size="demo", dim=32, layers=1, heads=1, max_len=HISTORY_LEN, epochs=30, time_budget_s=60, tower_time_budget_s=30
-    ),
+    "demo": ModelConfig(size="demo", dim=32, layers=1, heads=1, max_len=HISTORY_LEN, epochs=30, lr_schedule="constant"),
     "small": ModelConfig(size="small"),
     "large": ModelConfig(
         size="large",
@@ -89,8 +97,8 @@ SIZES: dict[str, ModelConfig] = {
         negatives=4096,
         batch_size=1024,
         tower_dim=128,
-        time_budget_s=3600 * 6,
-        tower_time_budget_s=3600 * 6,
+        epochs=20,
+        tower_epochs=20,
     ),
 }
 

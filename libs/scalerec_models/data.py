@@ -1,13 +1,13 @@
-"""Interaction logs, the item index, dataset loaders and the leave-one-out split (numpy only).
+"""Interaction logs, the item index and the leave-one-out split (numpy only).
 
 The trainer, the evaluator and ``scalerec eval-dataset`` all see data through
 :class:`Interactions` — parallel numpy arrays, one row per event — so a model
-never cares whether its events came from Kafka, HBase or a MovieLens file.
+never cares whether its events came from Kafka, HBase or a MovieLens file
+(read by :mod:`scalerec_models.datasets`).
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scalerec_events.labels import CONVERSION_RATING, CONVERSION_TYPES
 from scalerec_events.models import EventType
-from scalerec_features import ITEM_FEATURE_LEN, context_features, item_feature_vector, stable_hash
+from scalerec_features import ITEM_FEATURE_LEN, context_features, stable_hash
 
 PAD = 0
 UNKNOWN = 1
@@ -150,9 +150,14 @@ class Sequences:
     conversions: list[np.ndarray]  # bool
 
 
+def _user_time_order(data: Interactions) -> np.ndarray:
+    """Row order grouped by user, oldest first; a stable sort so equal timestamps keep file order."""
+    return np.lexsort((np.arange(len(data)), data.ts_ms, data.user_id.astype(str)))
+
+
 def to_sequences(data: Interactions, vocab: ItemVocab) -> Sequences:
     """Group by user, sort by time with a stable sort so equal timestamps keep file order."""
-    order = np.lexsort((np.arange(len(data)), data.ts_ms, data.user_id.astype(str)))
+    order = _user_time_order(data)
     users_sorted = data.user_id.astype(str)[order]
     idx = vocab.indices(data.item_id[order])
     ctx = data.context[order]
@@ -183,6 +188,8 @@ class LeaveOneOut:
     test_context: np.ndarray
     eval_users: np.ndarray  # rows of ``train`` that have val/test targets
     popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # [V] ms of each item's first training event (int64 max when it has none): "fresh" items are the newest.
+    first_seen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_items(self) -> int:
@@ -241,6 +248,15 @@ def leave_one_out(
         train.contexts.append(cx)
         train.conversions.append(cv)
     pop = np.bincount(np.concatenate(train.items) if train.items else np.zeros(0, np.int64), minlength=vocab.size)
+    # First training event per item: every user's events in time order, less the two held out.
+    order = _user_time_order(data)
+    users = data.user_id.astype(str)[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank_from_end = np.repeat(starts + sizes, sizes) - np.arange(len(order))  # 1 = the user's last event
+    held_out = (np.repeat(sizes, sizes) >= 3) & (rank_from_end <= 2)
+    first_seen = np.full(vocab.size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_seen, vocab.indices(data.item_id[order][~held_out]), data.ts_ms[order][~held_out])
     return LeaveOneOut(
         vocab=vocab,
         item_features=feature_table(vocab, item_features),
@@ -251,145 +267,12 @@ def leave_one_out(
         test_context=np.asarray(test_c, dtype=np.int64).reshape(-1, 4),
         eval_users=np.asarray(eval_rows, dtype=np.int64),
         popularity=pop.astype(np.float64),
+        first_seen=first_seen,
     )
 
 
 def _natural_key(s: str) -> tuple[int, int | str]:
     return (0, int(s)) if s.isdigit() else (1, s)
-
-
-# ---------------------------------------------------------------- dataset loaders
-
-FORMATS = ("movielens-100k", "movielens-1m", "movielens-csv", "csv")
-
-
-@dataclass
-class Dataset:
-    name: str
-    interactions: Interactions
-    item_features: dict[str, list[int]]  # content features by item id (empty when the dataset has none)
-
-
-def _ratings(users: list[str], items: list[str], ts_s: list[int], ratings: list[float | None]) -> Interactions:
-    ts_ms = np.asarray(ts_s, dtype=np.int64) * 1000
-    ctx = np.array([context_features(int(t)) for t in ts_ms], dtype=np.int64).reshape(len(users), 4)
-    has_rating = [r is not None for r in ratings]
-    return Interactions(
-        user_id=np.asarray(users, dtype=object),
-        item_id=np.asarray(items, dtype=object),
-        ts_ms=ts_ms,
-        type=np.asarray(["rating" if h else "click" for h in has_rating], dtype=object),
-        value=np.asarray([np.nan if r is None else r for r in ratings], dtype=np.float32),
-        context=ctx,
-    )
-
-
-def _movie_features(title: str, genres: Sequence[str]) -> list[int]:
-    # Genres go first so they survive the TEXT_TOKENS cut; the genre set is the category.
-    return item_feature_vector("|".join(genres) or None, None, title=" ".join(genres), text=title)
-
-
-def _resolve(path: Path, name: str) -> Path:
-    if path.is_dir():
-        p = path / name
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found (expected the {name} file of the dataset in {path})")
-        return p
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    return path
-
-
-def load_dataset(path: str | Path, fmt: str) -> Dataset:
-    """Load a dataset; ``path`` is the dataset folder or its ratings file.
-
-    Formats: ``movielens-100k`` (u.data: user<TAB>item<TAB>rating<TAB>ts, u.item for titles/genres),
-    ``movielens-1m`` (ratings.dat: user::item::rating::ts, movies.dat), ``movielens-csv``
-    (ratings.csv with header userId,movieId,rating,timestamp, movies.csv), ``csv``
-    (header with user,item,timestamp[,rating]; timestamps in seconds or milliseconds).
-    Content files are read when present next to the ratings; they are optional.
-    """
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    users: list[str] = []
-    items: list[str] = []
-    ts: list[int] = []
-    ratings: list[float | None] = []
-    feats: dict[str, list[int]] = {}
-    if fmt == "movielens-100k":
-        f = _resolve(path, "u.data")
-        for line in f.read_text(encoding="latin-1").splitlines():
-            if line.strip():
-                u, i, r, t = line.split("\t")[:4]
-                users.append(u)
-                items.append(i)
-                ratings.append(float(r))
-                ts.append(int(t))
-        genre_names = []
-        if (f.parent / "u.genre").exists():
-            genre_names = [ln.split("|")[0] for ln in (f.parent / "u.genre").read_text("latin-1").splitlines() if ln]
-        if (f.parent / "u.item").exists():
-            for line in (f.parent / "u.item").read_text(encoding="latin-1").splitlines():
-                parts = line.split("|")
-                if len(parts) < 5:
-                    continue
-                flags = parts[5:]
-                genres = [genre_names[k] if k < len(genre_names) else f"g{k}" for k, v in enumerate(flags) if v == "1"]
-                feats[parts[0]] = _movie_features(parts[1], genres)
-    elif fmt == "movielens-1m":
-        f = _resolve(path, "ratings.dat")
-        for line in f.read_text(encoding="latin-1").splitlines():
-            if line.strip():
-                u, i, r, t = line.split("::")[:4]
-                users.append(u)
-                items.append(i)
-                ratings.append(float(r))
-                ts.append(int(t))
-        if (f.parent / "movies.dat").exists():
-            for line in (f.parent / "movies.dat").read_text(encoding="latin-1").splitlines():
-                parts = line.split("::")
-                if len(parts) == 3:
-                    feats[parts[0]] = _movie_features(parts[1], parts[2].split("|"))
-    elif fmt == "movielens-csv":
-        f = _resolve(path, "ratings.csv")
-        with f.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                users.append(row["userId"])
-                items.append(row["movieId"])
-                ratings.append(float(row["rating"]))
-                ts.append(int(row["timestamp"]))
-        movies = f.parent / "movies.csv"
-        if movies.exists():
-            with movies.open(newline="", encoding="utf-8") as fh:
-                for row in csv.DictReader(fh):
-                    genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
-                    feats[row["movieId"]] = _movie_features(row["title"], genres)
-    else:
-        f = _resolve(path, "interactions.csv")
-        with f.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = {c.lower().strip(): c for c in reader.fieldnames or []}
-            missing = [c for c in ("user", "item", "timestamp") if c not in cols]
-            if missing:
-                raise ValueError(f"{f}: header needs user,item,timestamp[,rating]; missing {', '.join(missing)}")
-            for n, row in enumerate(reader, start=2):
-                try:
-                    stamp = int(float(row[cols["timestamp"]]))
-                    rating = row.get(cols["rating"]) if "rating" in cols else None
-                    users.append(row[cols["user"]])
-                    items.append(row[cols["item"]])
-                    ratings.append(float(rating) if rating not in (None, "") else None)
-                    ts.append(stamp // 1000 if stamp > 10**11 else stamp)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{f}:{n}: cannot parse row {row}: {exc}") from exc
-    if not users:
-        raise ValueError(f"{path}: no interactions found for format {fmt}")
-    return Dataset(
-        name=f"{fmt}:{f.parent.name if f.parent.name else f.name}",
-        interactions=_ratings(users, items, ts, ratings),
-        item_features=feats,
-    )
 
 
 # ---------------------------------------------------------------- streaming construction

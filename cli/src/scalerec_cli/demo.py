@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     env = dict(e.split("=", 1) for e in args.env)
     env.setdefault("MODEL_SIZE", args.model_size)
     env.setdefault("TRAIN_AFTER_EXAMPLES", "0")
+    # The demo trades reproducibility for a bounded wait: at most a minute of training per model.
+    env.setdefault("TIME_BUDGET_S", "60")
     # The demo runs open on loopback; a deployment sets API_KEYS (see README, "Access").
     env.setdefault("AUTH", "disabled")
     report: dict[str, Any] = {

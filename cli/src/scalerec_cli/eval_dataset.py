@@ -5,7 +5,10 @@ Example::
     scalerec eval-dataset --path ../shared/data/ml-latest-small --format movielens-csv --json out.json
 
 Prints one row per model (HR@10, NDCG@10, train seconds) and optionally writes
-``{"dataset", "protocol", "models": {name: {"hr@10", "ndcg@10", "train_seconds", ...}}}``.
+``{"dataset", "protocol", "seed", "config", "models": {name: {"hr@10", "ndcg@10", "train_seconds",
+"params"}}}``; a neural model's params say its epochs (best, run, maximum) and seed.  Training
+runs a fixed number of epochs with early stopping on validation and seeds everything, so the
+same command on the same data prints the same table on any machine (within floating-point noise).
 The protocol is described in :mod:`scalerec_models.benchmark`.
 """
 
@@ -19,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scalerec_models.benchmark import MODELS, PROTOCOL, ModelResult, run_benchmark
+from scalerec_models.benchmark import CANDIDATES_K, MODELS, PROTOCOL, ModelResult, run_benchmark
 from scalerec_models.config import SIZES, model_config
-from scalerec_models.data import FORMATS, leave_one_out, load_dataset
+from scalerec_models.data import leave_one_out
+from scalerec_models.datasets import FORMATS, load_dataset
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -94,8 +98,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"eval-dataset: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t0
+    for res in results:
+        recall = res.params.get(f"candidates_recall@{CANDIDATES_K}_val")
+        if recall:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items() if k != "union_size")
+            print(f"candidate recall@{CANDIDATES_K} (validation): {shown} ({recall['union_size']:.0f} in the union)")
     print(f"wall time {wall:.1f}s")
     if args.json:
+        try:
+            import torch
+
+            runtime: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+        except ImportError:  # baselines only: numpy and scipy
+            runtime = {}
         report = {
             "dataset": ds.name,
             "protocol": PROTOCOL,
@@ -105,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
             "evaluated_users": len(split.eval_users),
             "seed": args.seed,
             "size": args.size,
+            # What makes the numbers reproducible: fixed epochs (early-stopped on validation), seeds, kernels.
+            "deterministic": cfg.deterministic,
+            "time_budget_s": cfg.time_budget_s,
+            "config": cfg.to_json(),
+            **runtime,
             "wall_seconds": round(wall, 1),
             "models": {r.name: r.as_json() for r in results},
         }

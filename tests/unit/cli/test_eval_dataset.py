@@ -22,9 +22,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_prints_every_model_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "report.json"
-    args = _parse(
+def _full_run(out: Path) -> argparse.Namespace:
+    return _parse(
         [
             "eval-dataset",
             "--path",
@@ -42,7 +41,18 @@ def test_prints_every_model_and_writes_json(tmp_path: Path, capsys: pytest.Captu
             "--quiet",
         ]
     )
-    assert run(args) == 0
+
+
+def _numbers(report: dict[str, object]) -> dict[str, object]:
+    """Everything a run reports except how long it took."""
+    models = report["models"]
+    assert isinstance(models, dict)
+    return {name: {k: v for k, v in row.items() if k != "train_seconds"} for name, row in models.items()}
+
+
+def test_prints_every_model_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report.json"
+    assert run(_full_run(out)) == 0
     printed = capsys.readouterr().out
     assert "HR@10" in printed and "NDCG@10" in printed
     for name in ALL:
@@ -56,6 +66,23 @@ def test_prints_every_model_and_writes_json(tmp_path: Path, capsys: pytest.Captu
         assert row["train_seconds"] >= 0.0
     # On a world where taste follows genre, collaborative models beat chance (10 of ~24 candidates).
     assert report["models"]["item-cf"]["hr@10"] > 0.0
+    # Reproducible by construction: fixed epochs chosen on validation, seeds, no wall-clock budget.
+    assert report["seed"] == 3 and report["deterministic"] is True and report["time_budget_s"] is None
+    for name in ("two-tower", "sequential"):
+        params = report["models"][name]["params"]
+        assert params["seed"] == 3
+        assert 1 <= params["epochs"] <= params["epochs_run"] <= params["max_epochs"]
+    assert report["models"]["bpr"]["params"]["seed"] == 3
+    # The candidate generators' recall on the validation item; the union holds at least as much as any one.
+    recall = report["models"]["two-tower"]["params"]["candidates_recall@100_val"]
+    assert set(recall) == {"retrieval", "item-cf", "trending", "fresh", "union", "union_size"}
+    assert recall["union"] >= max(recall[k] for k in ("retrieval", "item-cf", "trending", "fresh"))
+    assert "candidate recall@100" in printed
+
+    # The same command on the same data gives the same numbers, to the last digit.
+    again = tmp_path / "again.json"
+    assert run(_full_run(again)) == 0
+    assert _numbers(json.loads(again.read_text())) == _numbers(report)
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

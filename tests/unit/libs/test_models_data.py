@@ -14,7 +14,8 @@ from scalerec_models.ann import AnnIndex
 from scalerec_models.baselines import ItemKNN, Popularity, UserKNN
 from scalerec_models.bundle import ModelBundle
 from scalerec_models.config import model_config
-from scalerec_models.data import FIRST_ITEM, UNKNOWN, Interactions, ItemVocab, leave_one_out, load_dataset
+from scalerec_models.data import FIRST_ITEM, UNKNOWN, Interactions, ItemVocab, leave_one_out
+from scalerec_models.datasets import load_dataset
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "movielens_tiny"
 
@@ -23,7 +24,7 @@ def test_models_package_does_not_import_torch() -> None:
     # A fresh interpreter: the ranker and evaluator import these modules without torch installed.
     code = (
         "import sys, scalerec_models, scalerec_models.ann, scalerec_models.baselines, scalerec_models.benchmark, "
-        "scalerec_models.bundle, scalerec_models.data, scalerec_metrics; print('torch' in sys.modules)"
+        "scalerec_models.bundle, scalerec_models.data, scalerec_models.datasets, scalerec_metrics; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

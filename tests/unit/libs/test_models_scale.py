@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from scalerec_models import distributed as dd  # noqa: E402
-from scalerec_models import training  # noqa: E402
+from scalerec_models.checkpoint import Checkpoint  # noqa: E402
 from scalerec_models.config import ModelConfig, model_config  # noqa: E402
 from scalerec_models.data import Interactions, InteractionsBuilder, ItemVocab, leave_one_out  # noqa: E402
 from scalerec_models.training import autocast_for, make_windows, train_ranker  # noqa: E402
@@ -57,19 +57,19 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pyt
     # The reference: 4 epochs in one go.
     ref_model, ref = train_ranker(split, split.n_items, feats, _cfg())
 
-    saved = training._save_checkpoint
+    saved = Checkpoint.save
     calls = {"n": 0}
 
-    def save_then_die(path: Path, state: dict[str, object]) -> None:
-        saved(path, state)
+    def save_then_die(self: Checkpoint, *args: object) -> None:
+        saved(self, *args)  # type: ignore[arg-type]
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("Job killed after epoch 2")
 
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_ranker(split, split.n_items, feats, _cfg(tmp_path))
-    monkeypatch.setattr(training, "_save_checkpoint", saved)
+    monkeypatch.setattr(Checkpoint, "save", saved)
     ckpt = torch.load(tmp_path / "ranker.ckpt.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and not ckpt["done"]
 

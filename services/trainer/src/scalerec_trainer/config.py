@@ -20,9 +20,16 @@ class TrainerSettings(ModelRepositorySettings):
     )
     min_examples: int = Field(default=100, ge=1, description="Refuse to train on fewer examples.")
     model_size: Literal["demo", "small", "large"] = "demo"
-    max_epochs: int = Field(default=0, ge=0, description="Override the size preset's epochs; 0 keeps it.")
+    max_epochs: int = Field(
+        default=0, ge=0, description="Override the size preset's maximum epochs of both models; 0 keeps it."
+    )
     time_budget_s: float = Field(
-        default=0, ge=0, description="Override the size preset's training time budget per model (s); 0 keeps it."
+        default=0,
+        ge=0,
+        description=(
+            "Optional wall-clock cap per model (s): training stops after the epoch that passes it. "
+            "0 = none: the preset's fixed epochs with early stopping decide, so results do not depend on load."
+        ),
     )
     seed: int = 7
     keep_versions: int = Field(

@@ -101,9 +101,9 @@ def train_version(
     """
     # torch is imported only when training, never at service start.
     from scalerec_models import distributed as dd
+    from scalerec_models.checkpoint import checkpoint_path
     from scalerec_models.config import model_config
     from scalerec_models.pipeline import train_models
-    from scalerec_models.training import checkpoint_path
 
     started = time.perf_counter()
     # Rank 0's window for everybody: ranks must train on the same rows (a moving store could differ).
@@ -119,7 +119,7 @@ def train_version(
     warm_start = repository / repo.RANKER_MODEL / str(champion) if champion else None
     overrides: dict[str, Any] = {"seed": settings.seed, "device": settings.train_device}
     if settings.max_epochs:
-        overrides["epochs"] = settings.max_epochs
+        overrides["epochs"] = overrides["tower_epochs"] = settings.max_epochs
     if settings.time_budget_s:
         overrides["time_budget_s"] = settings.time_budget_s
     if settings.checkpoint_dir:
