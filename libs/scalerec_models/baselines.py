@@ -65,7 +65,10 @@ class ItemKNN:
         self.n_items = 0
 
     def fit(self, histories: Sequence[np.ndarray], n_items: int) -> ItemKNN:
-        return self.fit_neighbours(histories, n_items, [self.k])[self.k]
+        """Fit in place (and return self), as every baseline does: callers may ignore the return value."""
+        fitted = self.fit_neighbours(histories, n_items, [self.k])[self.k]
+        self.sim, self.n_items = fitted.sim, fitted.n_items
+        return self
 
     def fit_neighbours(
         self, histories: Sequence[np.ndarray], n_items: int, ks: Sequence[int | None]

@@ -102,7 +102,9 @@ def test_baselines_follow_taste() -> None:
     ]
     query = [np.array([2, 3])]
     for model in (ItemKNN(k=3), UserKNN(k=2)):
-        scores = model.fit(hist, 10).score(query)[0]
+        # Fitted in place: the evaluator keeps its own reference and ignores fit's return value.
+        assert model.fit(hist, 10) is model
+        scores = model.score(query)[0]
         top = set(np.argsort(-scores)[:4].tolist()) - {2, 3}
         assert top == {4, 5}, type(model).__name__
     pop = Popularity().fit(hist, 10).score(query)[0]

@@ -99,7 +99,7 @@ class Experiments:
     def _require(self, experiment_id: str) -> Experiment:
         exp = self.get(experiment_id)
         if exp is None:
-            raise ExperimentError(404, f"no experiment {experiment_id!r}")
+            raise ExperimentError(404, f"no experiment {experiment_id!r}", "experiment_id")
         return exp
 
     # ------------------------------------------------------------ changes
