@@ -93,7 +93,7 @@ test: venv helm tools images cluster-build
 
 # The chart's own pods (helm template -> podman kube play, single-machine example) against the stack's
 # Kafka, HBase and Memcached, and the whole pipeline through them. Needs every image, the trainer's
-# (torch: several GB, ~20 min to build the first time) included. .ci/run runs it after make test while its 60-min budget allows.
+# (torch: several GB, ~20 min to build the first time) included. .ci/run runs it after make test with SCALEREC_CI_DEPLOY=1, while its 60-min budget allows.
 test-deploy: venv helm
 	IMAGES=all $(IMAGES_BUILD)
 	$(STACK) up
