@@ -62,13 +62,23 @@ def test_metrics_have_every_dashboard_series_and_only_route_templates(pipeline: 
 
 
 def test_the_ranker_reports_what_it_served(pipeline: Pipeline) -> None:
-    httpx.get(f"{pipeline.url('ranker')}/v1/recommendations", params={"user_id": "someone-brand-new"}, timeout=30)
-    samples = _scrape(pipeline.url("ranker"))
-    served = {
-        (labels["variant"], labels["model_version"], labels["fallback_reason"]): True
-        for name, labels in samples
-        if name == "scalerec_ranker_recommendations_total"
-    }
+    # The ranker runs a worker per CPU, each with its own metrics, and a request or a scrape reaches
+    # one of them: ask a few times, and scrape until a worker that answered one is reached.
+    for _ in range(6):
+        r = httpx.get(
+            f"{pipeline.url('ranker')}/v1/recommendations", params={"user_id": "someone-brand-new"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+    served: dict[tuple[str, str, str], bool] = {}
+    for _ in range(30):
+        samples = _scrape(pipeline.url("ranker"))
+        served = {
+            (labels["variant"], labels["model_version"], labels["fallback_reason"]): True
+            for name, labels in samples
+            if name == "scalerec_ranker_recommendations_total"
+        }
+        if ("champion", "none", "unknown_user") in served:
+            break
     assert ("champion", "none", "unknown_user") in served
     if pipeline.report["promoted"]:
         version = str(pipeline.job["version"])
