@@ -140,7 +140,8 @@ def test_hbase_thrift_server_outage(pipeline: FaultCluster) -> None:
     assert during, "no request was made during the outage"
     for a in during:
         assert a.body is not None and a.body["fallback"] is True
-        assert a.body["fallback_reason"] == "history unavailable", a.body
+        # The reason says what failed: "history unavailable: store failed: StoreUnavailable", ...
+        assert a.body["fallback_reason"].startswith("history unavailable: "), a.body
     # ... and once Thrift is back it reads histories again (a newcomer is then just unknown).
     after = probe.between(back, time.monotonic(), newcomer)
     assert after and all(a.body and "unknown user" in a.body["fallback_reason"] for a in after), after[-1:]
@@ -171,7 +172,7 @@ def test_memcached_down(pipeline: FaultCluster) -> None:
     assert poster.accepted == {e.event_id for e in events}
     probe.assert_always_answered()
     assert fresh["history_source"] == "store" and fresh["items"], fresh
-    assert fresh["fallback_reason"] != "history unavailable", fresh
+    assert not (fresh["fallback_reason"] or "").startswith("history unavailable"), fresh
     during = probe.between(down_from + 1, down_until, pipeline.seed_user)
     assert during, "no request was made while Memcached was down"
     assert all(a.body and a.body["history_source"] == "store" for a in during)
