@@ -104,13 +104,19 @@ def test_duplicates_pauses_and_kills_leave_exact_counts(deployment: Deployment) 
     backlog = _events(f"load{tag}", users, 4000, seed=2)
     accepted.update({(e["user_id"], e["event_id"]): e for e in backlog})
     errors: list[BaseException] = []
+    # The second half is held back until p1 wakes up, then sent at once: p2 then has a backlog to be
+    # killed in however fast this machine drains the first half.
+    second_half = threading.Event()
 
     def send() -> None:
         try:
             with httpx.Client(timeout=30) as client:
                 for i in range(0, len(backlog), 100):
+                    if i == len(backlog) // 2:
+                        second_half.wait(120)
                     post_events(dep.procs["c1" if i % 200 else "c2"].url, backlog[i : i + 100], client)
-                    time.sleep(0.05)
+                    if i < len(backlog) // 2:
+                        time.sleep(0.05)
         except BaseException as exc:
             errors.append(exc)
 
@@ -120,10 +126,11 @@ def test_duplicates_pauses_and_kills_leave_exact_counts(deployment: Deployment) 
     dep.procs["p1"].signal(signal.SIGSTOP)  # holds its batch; the group hands its partition to p2
     time.sleep(SESSION_TIMEOUT_MS / 1000 + 6)
     dep.procs["p1"].signal(signal.SIGCONT)  # wakes up fenced: its commit fails, its writes are redone
+    second_half.set()
     deadline = time.monotonic() + 60
     while _lag(dep, "p2") == 0:
         assert time.monotonic() < deadline, "no backlog on p2 to kill it in"
-        time.sleep(0.2)
+        time.sleep(0.05)
     dep.stop("p2", signal.SIGKILL)
     sender.join(180)
     assert not errors, errors
