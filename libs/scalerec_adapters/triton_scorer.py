@@ -122,9 +122,8 @@ class TritonScorer(Scorer):
         # and settings objects build scorers before the loop runs.
         if self._client is None:
             import tritonclient.grpc.aio as grpcclient
-            from scalerec_core.telemetry import instrument_grpc_client
 
-            instrument_grpc_client()  # every call carries the caller's trace context to Triton
+            _instrument_grpc_client()  # every call carries the caller's trace context to Triton
             self._client = grpcclient.InferenceServerClient(self.url)
         return self._client
 
@@ -422,3 +421,16 @@ class FallbackScorer(Scorer):
             task.cancel()
         await self.primary.close()
         await self.fallback.close()
+
+
+def _instrument_grpc_client() -> None:
+    """The gRPC aio client: client spans and ``traceparent`` in every call's metadata.
+
+    Here, not in scalerec_core.telemetry: only images with the Triton client carry gRPC and its
+    instrumentation (the ``triton`` extra). Call before making a channel; safe to call more than once.
+    """
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+
+    instrumentor = GrpcAioInstrumentorClient()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()

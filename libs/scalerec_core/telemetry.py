@@ -17,7 +17,7 @@ Instrumentation, one way each:
   middleware is present, so having both would be two ways.  Per-dependency "operation" spans and
   log records stay off (they were most of the ~15 % the ranker once lost to it).
 * **HTTP clients** (httpx) and the **Triton gRPC client**: ``opentelemetry-instrumentation-httpx``
-  and ``-grpc`` (aio client, ``instrument_grpc_client``, called by the Triton scorer), so calls
+  and ``-grpc`` (aio client, instrumented by the Triton scorer, the one gRPC user), so calls
   carry ``traceparent`` and get client spans.
 * **Bus**: messages carry the W3C ``traceparent`` in their headers; a batch span links to the
   trace of every message in it (``batch_span``).
@@ -177,22 +177,10 @@ def setup_telemetry(settings: ServiceSettings) -> None:
 
 def _instrument_clients() -> None:
     """httpx: client spans and ``traceparent`` on every call (the gRPC client is instrumented where
-    it is made, ``instrument_grpc_client``: only images with the Triton client carry gRPC)."""
+    it is made, ``scalerec_adapters.triton_scorer``: only images with the Triton client carry gRPC)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     instrumentor = HTTPXClientInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
-
-
-def instrument_grpc_client() -> None:
-    """The gRPC aio client (Triton): client spans and ``traceparent`` in every call's metadata.
-
-    Call before making a channel (it wraps ``grpc.aio.*_channel``); safe to call more than once.
-    """
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
-
-    instrumentor = GrpcAioInstrumentorClient()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
 

@@ -20,6 +20,7 @@ collector answered 202 is stored exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import statistics
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from scalerec_adapters.triton_scorer import TritonScorer
 from scalerec_cli.cluster import LocalCluster
 from scalerec_models import repository as repo
 
@@ -156,10 +158,22 @@ def triton(repository: Path, tmp_path: Path) -> Iterator[local_server.TritonServ
         local_server.stop_triton_server(server)
 
 
+async def _load_on_triton(url: str, repository: Path, version: int) -> None:
+    controller = TritonScorer(url, repository=repository, timeout=30)
+    try:
+        for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+            if (repository / model / str(version)).is_dir():
+                await controller.load(model, version)
+    finally:
+        await controller.close()
+
+
 def test_the_ranker_answers_within_its_budget_through_slow_and_black_holed_backends(
     pipeline: FaultCluster, repository: Path, triton: local_server.TritonServer, tmp_path: Path
 ) -> None:
     version = pipeline.trained_version
+    # The evaluator is Triton's one controller (rankers only follow what it loaded): play its part.
+    asyncio.run(_load_on_triton(triton.grpc_url, repository, version))
     grpc_port = int(triton.grpc_url.rsplit(":", 1)[1])
     hbase = FaultProxy(HOST, pipeline.stack.thrift_port).start()
     caches = [FaultProxy(HOST, p).start() for p in pipeline.stack.memcached_ports]

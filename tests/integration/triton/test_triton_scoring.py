@@ -83,7 +83,8 @@ async def test_triton_scores_equal_onnxruntime_and_torch(triton: Any, make_input
 async def test_dynamic_batching_merges_concurrent_requests(triton: Any, make_inputs: Any) -> None:
     """Full-size requests as the ranker sends them (history HISTORY_LEN, candidates padded to MAX_CANDIDATES):
     N concurrent ones run in fewer than N executions."""
-    scorer = TritonScorer(triton.url, repository=triton.source, timeout=30)
+    # No warm-up: its inference can reach Triton's statistics after the "before" snapshot.
+    scorer = TritonScorer(triton.url, repository=triton.source, timeout=30, warmup=False)
     full = RankerSettings.model_fields["max_candidates"].default
     try:
         await scorer.load(RANKER_MODEL, 1)
