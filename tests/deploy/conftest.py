@@ -31,8 +31,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ import pytest
 import yaml
 
 from tests.charts.helm import CHART, EXAMPLES, KUBE_VERSIONS, run_helm
-from tests.images.test_images import BUILD, podman_env
+from tests.images.test_images import BUILD, http_status, podman_env
 from tests.integration.conftest import HBASE_THRIFT_PORT, HOST, KAFKA_PORT, MEMCACHED_PORTS, free_port, require_server
 
 VALUES = EXAMPLES / "single-machine" / "values.yaml"
@@ -132,16 +130,6 @@ def for_podman_43(objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
                         get["port"] = named[get["port"]]
         play.append(obj)
     return play, secrets
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def wait_ready(deployed: Deployed) -> None:
