@@ -18,6 +18,11 @@ STACK := scripts/stack/stack.sh
 IMAGES_BUILD := scripts/images/build.sh
 CLUSTER := scripts/cluster/cluster.sh
 PYTEST_ARGS ?=
+# $(call WITH_STACK,command): run it against the stack, started first unless it is already up (this
+# checkout's, or the one SCALEREC_STACK_DIR names), and stopped after, whatever the outcome, only if this
+# run started it: a stack a developer (or another checkout, through SCALEREC_STACK_DIR) runs is left alone.
+WITH_STACK = started=0; if ! $(STACK) status >/dev/null 2>&1; then $(STACK) up || exit 1; started=1; fi; \
+	rc=0; $(1) || rc=$$?; if [ $$started = 1 ]; then $(STACK) down; fi; exit $$rc
 
 .PHONY: venv lock demo demo-stack test test-fast test-e2e test-images test-cluster test-deploy images lint helm tools bench stack-up stack-down cluster-build cluster-up cluster-down loadtest serve clean
 
@@ -61,10 +66,12 @@ tools:
 		apt-get install -y -qq $$pkg >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq $$pkg >/dev/null; }; } \
 		|| { echo "$$pkg is needed (as root: apt-get install -y $$pkg)" >&2; exit 1; }; done
 
-# Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first.
+# Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first;
+# the ingest benchmark runs the preprocessor on the stack's HBase too (started here if it is not up).
 bench: venv tools
 	$(BIN)/python benchmarks/ranker_throughput.py --profile
 	$(BIN)/python benchmarks/telemetry_cost.py
+	$(STACK) up hbase thrift
 	$(BIN)/python benchmarks/ingest_throughput.py
 
 stack-up:
@@ -86,18 +93,16 @@ cluster-down:
 	$(CLUSTER) down
 
 # Everything: the images are built (cached after the first run), the real servers are started first
-# and stopped after, whatever the outcome.
+# and stopped after, whatever the outcome (unless they were up already: WITH_STACK).
 test: venv helm tools images cluster-build
-	$(STACK) up
-	@rc=0; SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests --ignore=tests/deploy $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+	@$(call WITH_STACK,SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests --ignore=tests/deploy $(PYTEST_ARGS))
 
 # The chart's own pods (helm template -> podman kube play, single-machine example) against the stack's
 # Kafka, HBase and Memcached, and the whole pipeline through them. Needs every image, the trainer's
 # (torch: several GB, ~20 min to build the first time) included. .ci/run runs it after make test with SCALEREC_CI_DEPLOY=1, while its 60-min budget allows.
 test-deploy: venv helm
 	IMAGES=all $(IMAGES_BUILD)
-	$(STACK) up
-	@rc=0; IMAGES=all SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/deploy $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+	@$(call WITH_STACK,IMAGES=all SCALEREC_IMAGES_BUILT=1 $(BIN)/pytest tests/deploy $(PYTEST_ARGS))
 
 # The images from the project's Dockerfiles, built with podman here (as root: it installs podman,
 # buildah, runc and debootstrap, and makes the base image once). IMAGES=all adds the trainer

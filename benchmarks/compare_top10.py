@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from scalerec_ranker.config import RankerSettings
@@ -39,6 +40,15 @@ async def main() -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         rec = app.state.recommender
+        # A running experiment's versions load in the background after start-up; until they have,
+        # the champion answers everyone. Wait until what is served has settled, or two runs differ.
+        served, stable_since, deadline = rec.models.served_versions(), time.monotonic(), time.monotonic() + 120
+        while time.monotonic() < deadline and (not served or time.monotonic() - stable_since < 3):
+            await asyncio.sleep(0.2)
+            now = rec.models.served_versions()
+            if now != served:
+                served, stable_since = now, time.monotonic()
+        print(f"serving {served}")
         out = {}
         for u in range(0, args.users, args.every):
             r = await rec.recommend(f"u{u:05d}", 10, "mobile", "en-US")

@@ -14,8 +14,9 @@ other work slows every arm alike:
   champion's row is the floor again: how far apart two identical arms land is the run's noise);
 * ``the experiment`` — the real thing (half the users on each version here).
 
-Printed: the median µs per request of each over the rounds, its ratio to the floor, and the
-assignment alone (hash + bisect) per user.
+Printed: the median CPU µs per request of each over the rounds (``time.process_time``: every thread of
+the process, not the wall clock, which a shared machine moves far more), its ratio to the floor, and
+the assignment alone (hash + bisect) per user.
 HTTP, JSON and the bus are outside the loop, so the ratio is the routing's share of the ranker's own
 work: an upper bound of its share of what a client sees (``benchmarks/ranker_throughput.py``).
 """
@@ -58,10 +59,10 @@ def main() -> int:
 
         async def block(n: int) -> float:
             users = [f"u{rng.randrange(args.users):05d}" for _ in range(n)]
-            started = time.perf_counter()
+            started = time.process_time()  # CPU of the whole process: other jobs on the machine change it little
             for u in users:
                 await rec.recommend(u, 10, None, None)
-            return (time.perf_counter() - started) / n * 1e6
+            return (time.process_time() - started) / n * 1e6
 
         from scalerec_ranker.models import Routing
 
@@ -91,7 +92,7 @@ def main() -> int:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"experiment routing: {args.rounds} rounds x {args.requests} requests each way, load average {load}")
     floor = statistics.median(times["champion only (floor)"])
-    print(f"{'':30}{'µs/request':>12}{'ratio':>8}")
+    print(f"{'':30}{'CPU µs/req':>12}{'ratio':>8}")
     for name, values in times.items():
         print(f"{name:30}{statistics.median(values):12.0f}{statistics.median(values) / floor:8.3f}")
     print(f"{'assignment alone (per user)':30}{hash_us:12.2f}")

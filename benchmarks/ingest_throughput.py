@@ -1,32 +1,139 @@
-"""Ingest path throughput on the embedded backends, against a raw-SQLite baseline in the same process.
+"""Ingest path throughput against the least work that could do the same job, measured in the same run.
 
     .venv/bin/python benchmarks/ingest_throughput.py [--users 3000] [--items 1500]
+        [--hbase-url hbase://127.0.0.1:19090] [--hbase-events 20000]
+        [--http-batch 100] [--connections 8] [--duration 10] [--skip hbase,http]
 
-Prints one row per stage: events/s of the platform code and of the least work that
-could do the same job (plain ``executemany`` into one SQLite table, same durability
-settings), and their ratio — the price of the bus's offsets and consumer groups, and
-of the preprocessor's dedupe, histories, counters and point-in-time examples.
+Prints one row per stage: events/s of the platform code, of its floor, and their ratio.
+
+* **bus append**: the embedded bus's producer (``SqliteEventBus``, ``synchronous=FULL``) against
+  plain ``executemany`` into one SQLite table with the same durability, batches of 1,000.
+* **preprocessor, embedded**: ``EventsConsumer.handle`` over the whole shop on the SQLite store
+  (dedupe, histories, counters, point-in-time examples onto the bus) against ``executemany`` of
+  one row per event into one SQLite table (``synchronous=NORMAL``, as the store runs).
+* **preprocessor, HBase**: the same consumer on a real HBase (the stack's Thrift server; start it
+  with ``scripts/stack/stack.sh up hbase thrift``), in a namespace of its own that is dropped at
+  the end, over the first ``--hbase-events`` events; the floor is happybase batches
+  (``mutateRows``) of one cell per event into one table of that namespace.
+* **collector HTTP**: the real collector app (``python -m scalerec_collector``, uvicorn, API key
+  auth on, the embedded bus) driven by ``wrk`` posting batches of ``--http-batch`` distinct events
+  as clients send them, against the bus append at that batch size measured in the same run.  A
+  bare FastAPI app that reads the same bodies and answers 202, under the same ``wrk``, is printed
+  as the generator's ceiling: it proves the load generator is not the bottleneck.
+
+The machine's load (``uptime``) is printed with the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import re
 import resource
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+from ranker_throughput import free_port, stop, wait_ready
 from scalerec_adapters.bus import Message, OutgoingMessage
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
-from scalerec_cli.synthetic import ShopConfig, generate_shop
+from scalerec_adapters.store import TableSpec, WideColumnStore
+from scalerec_events.models import Event
 from scalerec_events.topics import Topic, topic_name
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_storage import schema as s
+from scalerec_synthetic import ShopConfig, generate_shop
+
+API_KEY = "bench-ingest-key"
+PLACEHOLDER = "@R@"
+
+# Cycles through pre-rendered bodies; every request makes its event ids unique (run, thread, request number),
+# so the collector's dedupe never sees a repeat. Totals travel through thread globals, as in ranker_throughput.
+WRK_SCRIPT = textwrap.dedent(
+    """
+    local bodies = {}
+    for line in io.lines(os.getenv("BENCH_BODIES")) do table.insert(bodies, line) end
+    local key = os.getenv("BENCH_KEY")
+    local run = os.getenv("BENCH_RUN")
+    local threads = {}
+    local started = 0
+    setup = function(thread)
+      started = started + 1
+      thread:set("tid", started)
+      table.insert(threads, thread)
+    end
+    tid = 0
+    n, accepted, answers = 0, 0, 0
+    request = function()
+      n = n + 1
+      local body = string.gsub(bodies[(n % #bodies) + 1], "@R@", run .. "-" .. tid .. "-" .. n .. "-")
+      return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json", ["X-API-Key"] = key}, body)
+    end
+    response = function(status, headers, body)
+      answers = answers + 1
+      if status == 202 then
+        local a = string.match(body, '"accepted":(%d+)')
+        if a then accepted = accepted + tonumber(a) end
+      end
+    end
+    done = function(summary, latency, requests)
+      local a, r = 0, 0
+      for _, t in ipairs(threads) do a = a + t:get("accepted"); r = r + t:get("answers") end
+      io.write(string.format("BENCH %d %d %.3f %.3f %d %d\\n", summary.requests, summary.duration,
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, a, r))
+      io.write(string.format("ERRORS %d %d %d %d %d\\n", summary.errors.connect, summary.errors.read,
+        summary.errors.write, summary.errors.status, summary.errors.timeout))
+    end
+    """
+)
+
+# The generator's ceiling: what uvicorn + FastAPI give for reading the same bodies and answering 202.
+FLOOR_APP = textwrap.dedent(
+    """
+    import os
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+    BODY = ('{"accepted":%s,"duplicates":0,"rejected":0,"errors":[]}' % os.environ["BENCH_BATCH"]).encode()
+    app = FastAPI()
+
+    @app.post("/v1/events", status_code=202)
+    async def events(request: Request) -> Response:
+        await request.body()
+        return Response(BODY, status_code=202, media_type="application/json")
+    """
+)
+
+
+@dataclass
+class Row:
+    stage: str
+    rate: float
+    floor: float
+    floor_name: str
+    note: str = ""
+
+
+@dataclass
+class HttpRun:
+    events_per_s: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
 
 
 def _raw_insert(path: Path, rows: list[tuple[bytes, bytes]], batch: int, synchronous: str) -> float:
@@ -44,51 +151,215 @@ def _raw_insert(path: Path, rows: list[tuple[bytes, bytes]], batch: int, synchro
     return took
 
 
-async def main() -> None:
+async def _bus_append(path: Path, payloads: list[tuple[bytes, bytes]], batch: int) -> float:
+    """Events/s of the embedded bus's producer appending ``payloads`` in batches of ``batch``."""
+    bus = SqliteEventBus(path)
+    await bus.start()
+    producer = bus.producer()
+    topic = topic_name(Topic.EVENTS_RAW)
+    started = time.perf_counter()
+    for i in range(0, len(payloads), batch):
+        await producer.send_batch(topic, [OutgoingMessage(v, k) for k, v in payloads[i : i + batch]])
+    took = time.perf_counter() - started
+    await bus.close()
+    return len(payloads) / took
+
+
+async def _preprocess(
+    store: WideColumnStore, bus_path: Path, payloads: list[tuple[bytes, bytes]]
+) -> tuple[float, float]:
+    """(events/s, CPU µs of this process per event) of the events consumer over ``payloads`` in batches of
+    2,000 (the default POLL_MAX_RECORDS).  The CPU figure counts every thread of this process, not the
+    servers': it moves little when other jobs share the machine, the rate does."""
+    bus = SqliteEventBus(bus_path)
+    await bus.start()
+    consumer = EventsConsumer(
+        store, MemoryCache(), CacheKeys("bench"), bus.producer(), 50, 3600, examples_topic=topic_name(Topic.EXAMPLES)
+    )
+    topic = topic_name(Topic.EVENTS_RAW)
+    messages = [Message(topic, 0, i, k, v) for i, (k, v) in enumerate(payloads)]
+    started, cpu = time.perf_counter(), time.process_time()
+    for i in range(0, len(messages), 2000):
+        await consumer.handle(messages[i : i + 2000])
+    took, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await bus.close()
+    if consumer.stored != len({(e.user_id, e.event_id) for e in (Event.model_validate_json(v) for _, v in payloads)}):
+        raise RuntimeError(f"the consumer stored {consumer.stored} of {len(payloads)} events")
+    return len(payloads) / took, cpu / len(payloads) * 1e6
+
+
+def _hbase_rows(url: str, payloads: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+    """(consumer events/s, its CPU µs per event, raw mutateRows events/s) on a real HBase, in a namespace
+    dropped afterwards."""
+    from scalerec_adapters.hbase_store import HBaseStore
+
+    parsed = urlparse(url)
+    namespace = f"bench_ingest_{uuid.uuid4().hex[:8]}"
+    store = HBaseStore(parsed.hostname or "127.0.0.1", parsed.port or 9090, namespace=namespace, timeout_ms=60_000)
+    tmp = Path(tempfile.mkdtemp(prefix="scalerec-bench-hbase-"))
+    try:
+        store.ensure_tables([*s.tables(), TableSpec("raw", ("f",))])
+        mine, cpu_us = asyncio.run(_preprocess(store, tmp / "bus.db", payloads))
+        raw = [(b"%d" % i, {b"f:v": v}) for i, (_, v) in enumerate(payloads)]
+        started = time.perf_counter()
+        for i in range(0, len(raw), 2000):
+            store.put_many("raw", raw[i : i + 2000])
+        base = len(raw) / (time.perf_counter() - started)
+        return mine, cpu_us, base
+    finally:
+        store.drop_tables()
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wrk(url: str, connections: int, duration: float, script: Path, bodies: Path) -> HttpRun:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(script)]
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_KEY": API_KEY, "BENCH_RUN": uuid.uuid4().hex[:8]}
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, env=env)
+    m = re.search(r"^BENCH (\d+) (\d+) (\S+) (\S+) (\d+) (\d+)$", out.stdout, re.M)
+    e = re.search(r"^ERRORS (\d+) (\d+) (\d+) (\d+) (\d+)$", out.stdout, re.M)
+    if not m or not e:
+        raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
+    seconds = int(m[2]) / 1e6
+    return HttpRun(int(m[5]) / seconds, int(m[1]) / seconds, float(m[3]), float(m[4]), sum(map(int, e.groups())))
+
+
+def _serve(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _http_rows(
+    tmp: Path, shop_events: list[Event], batch: int, connections: int, duration: float
+) -> tuple[HttpRun, HttpRun, float]:
+    """(collector, floor app, bus append events/s at ``batch``): the collector's HTTP path in one run."""
+    bodies = tmp / "bodies.jsonl"
+    with bodies.open("w") as f:
+        for i in range(0, len(shop_events), batch):
+            chunk = shop_events[i : i + batch]
+            events = [json.loads(e.model_dump_json()) for e in chunk]
+            for ev in events:
+                ev["event_id"] = PLACEHOLDER + ev["event_id"]
+            f.write(json.dumps({"events": events}, separators=(",", ":")) + "\n")
+    script = tmp / "collector.lua"
+    script.write_text(WRK_SCRIPT)
+    base_env = {**os.environ, "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **base_env,
+        "PORT": str(port),
+        "BUS_URL": f"sqlite:///{tmp / 'collector-bus.db'}",
+        "DATA_DIR": str(tmp / "collector"),
+        "AUTH": "enabled",
+        "API_KEYS": f"{API_KEY}:ingest",
+        "MAX_BATCH_EVENTS": str(max(1000, batch)),
+    }
+    proc = _serve([sys.executable, "-m", "scalerec_collector"], env, tmp / "collector.log")
+    try:
+        wait_ready(url, proc)
+        _wrk(url, connections, 2, script, bodies)  # warm-up, not recorded
+        collector = _wrk(url, connections, duration, script, bodies)
+    finally:
+        stop(proc)
+
+    fport = free_port()
+    (tmp / "floor_app.py").write_text(FLOOR_APP)
+    floor_cmd = [sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(fport), "--log-level", "warning"]
+    floor_env = {**base_env, "BENCH_BATCH": str(batch), "PYTHONPATH": f"{tmp}:{os.environ.get('PYTHONPATH', '')}"}
+    floor_proc = _serve([*floor_cmd, "--no-access-log"], floor_env, tmp / "floor.log")
+    try:
+        wait_ready(f"http://127.0.0.1:{fport}", floor_proc)
+        floor = _wrk(f"http://127.0.0.1:{fport}", connections, duration, script, bodies)
+    finally:
+        stop(floor_proc)
+
+    payloads = [(e.user_id.encode(), e.model_dump_json().encode()) for e in shop_events]
+    append = asyncio.run(_bus_append(tmp / "append-bus.db", payloads, batch))
+    return collector, floor, append
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--items", type=int, default=1500)
+    default_hbase = (
+        f"hbase://{os.environ.get('SCALEREC_STACK_HOST', '127.0.0.1')}:"
+        f"{os.environ.get('SCALEREC_HBASE_THRIFT_PORT', '19090')}"
+    )
+    ap.add_argument("--hbase-url", default=default_hbase, help="HBase Thrift server (default: the local stack's)")
+    ap.add_argument("--hbase-events", type=int, default=20_000, help="events of the shop run into HBase")
+    ap.add_argument("--http-batch", type=int, default=100, help="events per POST /v1/events")
+    ap.add_argument("--connections", type=int, default=8, help="wrk connections to the collector")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of wrk load per HTTP row")
+    ap.add_argument("--skip", default="", help="comma-separated stages to leave out: hbase, http")
     args = ap.parse_args()
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    if "http" not in skip and shutil.which("wrk") is None:
+        print("wrk is needed for the collector's HTTP row: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
     shop = generate_shop(ShopConfig(users=args.users, items=args.items))
     payloads = [(e.user_id.encode(), e.model_dump_json().encode()) for e in shop.events]
     n = len(payloads)
-    tmp = Path(tempfile.mkdtemp(prefix="scalerec-bench-"))
-    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="scalerec-bench-ingest-"))
+    rows: list[Row] = []
+    try:
+        bus = asyncio.run(_bus_append(tmp / "bus.db", payloads, 1000))
+        raw_s = _raw_insert(tmp / "raw_bus.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 1000, "FULL")
+        rows.append(Row("bus append, batches of 1,000", bus, n / raw_s, "raw SQLite (FULL)"))
 
-    bus = SqliteEventBus(tmp / "bus.db")
-    await bus.start()
-    started = time.perf_counter()
-    producer = bus.producer()
-    for i in range(0, n, 1000):
-        await producer.send_batch(
-            topic_name(Topic.EVENTS_RAW), [OutgoingMessage(v, k) for k, v in payloads[i : i + 1000]]
+        store = SqliteStore(tmp / "store.db")
+        store.ensure_tables(s.tables())
+        pre, cpu_us = asyncio.run(_preprocess(store, tmp / "pre-bus.db", payloads))
+        store.close()
+        raw_s = _raw_insert(tmp / "raw_store.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 2000, "NORMAL")
+        rows.append(
+            Row("preprocessor, embedded (SQLite)", pre, n / raw_s, "raw SQLite (NORMAL)", f"{cpu_us:.0f} µs CPU/event")
         )
-    bus_s = time.perf_counter() - started
-    raw_s = _raw_insert(tmp / "raw_bus.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 1000, "FULL")
-    rows.append(("bus append (collector → log), batches of 1000", n / bus_s, n / raw_s))
 
-    store = SqliteStore(tmp / "store.db")
-    store.ensure_tables(s.tables())
-    consumer = EventsConsumer(
-        store, MemoryCache(), CacheKeys("bench"), producer, 50, 3600, examples_topic=topic_name(Topic.EXAMPLES)
-    )
-    messages = [Message(topic_name(Topic.EVENTS_RAW), 0, i, k, v) for i, (k, v) in enumerate(payloads)]
-    started = time.perf_counter()
-    for i in range(0, n, 2000):
-        await consumer.handle(messages[i : i + 2000])
-    pre_s = time.perf_counter() - started
-    raw_s = _raw_insert(tmp / "raw_store.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 2000, "NORMAL")
-    rows.append(("preprocessor (dedupe, history, counters, examples)", n / pre_s, n / raw_s))
-    await bus.close()
-    store.close()
+        if "hbase" not in skip:
+            part = payloads[: args.hbase_events]
+            mine, cpu_us, base = _hbase_rows(args.hbase_url, part)
+            note = f"{len(part):,} events, {cpu_us:.0f} µs CPU/event here"
+            rows.append(Row("preprocessor, HBase", mine, base, "raw mutateRows", note))
+
+        if "http" not in skip:
+            collector, floor, append = _http_rows(tmp, shop.events, args.http_batch, args.connections, args.duration)
+            batch = f"batches of {args.http_batch:,}"
+            rows.append(
+                Row(
+                    f"collector HTTP, {batch}",
+                    collector.events_per_s,
+                    append,
+                    f"bus append, {batch}",
+                    f"{args.connections} conns, p50 {collector.p50_ms:.1f} ms, p99 {collector.p99_ms:.1f} ms, "
+                    f"{collector.errors} errors",
+                )
+            )
+            rows.append(
+                Row(
+                    "  wrk ceiling: bare FastAPI reading the bodies",
+                    floor.events_per_s,
+                    collector.events_per_s,
+                    "collector",
+                    f"{floor.requests_per_s:,.0f} req/s, {floor.errors} errors",
+                )
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{n:,} events, {args.users:,} users, {args.items:,} items; peak RSS {rss_mb:,.0f} MB\n")
-    print(f"| {'stage':52s} | {'events/s':>9s} | {'raw SQLite/s':>12s} | {'ratio':>6s} |")
-    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 14}|{'-' * 8}|")
-    for name, mine, base in rows:
-        print(f"| {name:52s} | {mine:9,.0f} | {base:12,.0f} | {mine / base:6.2f} |")
+    print(f"{n:,} events, {args.users:,} users, {args.items:,} items; peak RSS {rss_mb:,.0f} MB")
+    print(f"load: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}\n")
+    print(f"| {'stage':46s} | {'events/s':>9s} | {'floor':24s} | {'floor/s':>9s} | {'ratio':>6s} | note")
+    print(f"|{'-' * 48}|{'-' * 11}|{'-' * 26}|{'-' * 11}|{'-' * 8}|------")
+    for r in rows:
+        ratio = r.rate / r.floor if r.floor else 0.0
+        print(f"| {r.stage:46s} | {r.rate:9,.0f} | {r.floor_name:24s} | {r.floor:9,.0f} | {ratio:6.2f} | {r.note}")
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

@@ -28,7 +28,7 @@ from typing import Any
 
 from locust import FastHttpUser, between, task
 from locust.contrib.fasthttp import ResponseContextManager
-from scalerec_cli.synthetic import DEVICE_NAMES, DEVICE_SHARES, LOCALES, item_id, user_id
+from scalerec_synthetic import DEVICE_NAMES, DEVICE_SHARES, LOCALES, item_id, user_id
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,15 @@ Choices that matter to callers and operators:
   (``create '<ns>_<table>', 'f', SPLITS => [...]``); ``ensure_tables`` leaves an existing table
   as it is.  Row keys start with a salt (a hash bucket of the user or item id,
   ``scalerec_storage.schema.salt``), so writes spread as soon as regions split.
-* **Batches are not transactions.**  ``put_many`` sends ``batch_size`` rows per round trip; HBase
-  makes each row atomic, not the batch.  Writers are idempotent (event ids), so a retried batch
+* **Batches are not transactions.**  ``put_many`` and ``put_tables`` send ``put_batch_size`` rows per
+  round trip (``mutateRows``), a table's round trips at once on pooled connections, the tables of a
+  ``put_tables`` one after the other; HBase makes each row atomic, not the batch.  Writers are idempotent (event ids), so a retried batch
   after a failure re-writes the same cells.
 * **Failures.**  Any transport or server failure becomes :class:`StoreUnavailable` naming the
-  operation, table and endpoint.  The pooled connection that saw it is dropped and a fresh one is
+  operation, table and endpoint.  Row keys embed user ids, so messages and log lines name a row by
+  its keyed hash (``scalerec_core.logging.key_ref``) and keep only the Java exception names of
+  HBase's own message (its text quotes row keys and region start keys; the region server's log
+  has it in full).  The pooled connection that saw it is dropped and a fresh one is
   opened on the next call, so the store recovers by itself when the Thrift server returns.
   Idempotent calls (everything but ``increment``) are retried once on a fresh connection first,
   because after a Thrift restart every pooled socket is stale and would otherwise fail once each.
@@ -30,9 +34,11 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import happybase
+from scalerec_core.logging import key_ref
 from thriftpy2.thrift import TException
 from thriftpy2.transport import TTransportException
 
@@ -54,6 +60,39 @@ _T = TypeVar("_T")
 
 def _server_message(exc: BaseException) -> str:
     return str(getattr(exc, "message", b"") or exc)
+
+
+# What in HBase's messages names a row: a region name (<table>,<start key>,<id>.<hash>.), whose start key
+# is a row key once regions split, and "row 'key'" / "row=key" / "rowkey: key" (a hash already there is kept).
+_REGION_NAME = re.compile(r"([A-Za-z0-9_.\-]+,)(.+?)(,\d{9,}\.)")
+_ROW_WORD = re.compile(r"\b(row(?:key)?(?:\s*[=:]\s*|\s+(?=['\"])))(['\"]?)([^'\"\s,]+)\2", re.IGNORECASE)
+
+
+def _binary(row: bytes) -> str:
+    """A row key as HBase prints it (Bytes.toStringBinary): printable ASCII as is, the rest as \\xHH."""
+    return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in row)
+
+
+def _server_summary(msg: str, rows: Iterable[bytes] = ()) -> str:
+    """What of a server error may reach a log line or a caller: its first line, row keys as keyed hashes.
+
+    HBase's text quotes row keys (``row 'b3|alice|...'``) and region names (which carry a region's
+    first row key); the rest (the Java stack) says nothing the first line does not. The rows of the
+    call are replaced wherever they appear, then anything shaped like a region name or a quoted row.
+    """
+    first = msg.strip().split("\n", 1)[0]
+    for row in sorted(set(rows), key=len, reverse=True):
+        if row:
+            first = first.replace(_binary(row), key_ref(row)).replace(row.decode("utf-8", "replace"), key_ref(row))
+    first = _REGION_NAME.sub(lambda m: m[1] + key_ref(m[2].encode("utf-8", "surrogateescape")) + m[3], first)
+    first = _ROW_WORD.sub(
+        lambda m: m[0] if m[3].startswith("k:") else m[1] + m[2] + key_ref(m[3].encode()) + m[2], first
+    )
+    return first[:400]
+
+
+def _row(row: bytes | None) -> str:
+    return "the first row" if row is None else f"row {key_ref(row)}"
 
 
 class _TransportError(Exception):
@@ -151,6 +190,9 @@ class HBaseStore(WideColumnStore):
         # a wrong family is an opaque server stack trace) and tells a missing table apart.
         self._families: dict[str, frozenset[bytes]] = {}
         self._families_lock = threading.Lock()
+        # Sends the chunks of put_tables concurrently, one pooled connection each (made on first use).
+        self._pool_size = max(1, int(pool_size))
+        self._writers: ThreadPoolExecutor | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -158,8 +200,18 @@ class HBaseStore(WideColumnStore):
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _call(self, what: str, fn: Callable[[happybase.Connection], _T], *, idempotent: bool = True) -> _T:
-        """Run ``fn`` on a pooled connection; transport failures become StoreUnavailable with context."""
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[happybase.Connection], _T],
+        *,
+        idempotent: bool = True,
+        rows: Iterable[bytes] = (),
+    ) -> _T:
+        """Run ``fn`` on a pooled connection; transport failures become StoreUnavailable with context.
+
+        ``rows``: the row keys of the call, hashed wherever the server's message quotes them.
+        """
         attempts = 2 if idempotent else 1
         for attempt in range(1, attempts + 1):
             try:
@@ -177,8 +229,11 @@ class HBaseStore(WideColumnStore):
                 if "TableNotFoundException" in msg:
                     raise UnknownTableError(self._missing(what)) from exc
                 if "NoSuchColumnFamilyException" in msg:
-                    raise ValueError(f"HBase {self.endpoint}: {what}: unknown column family: {msg[:300]}") from exc
-                raise StoreUnavailable(f"HBase {self.endpoint}: {what} failed on the server: {msg[:500]}") from exc
+                    raise ValueError(f"HBase {self.endpoint}: {what}: unknown column family") from None
+                # `from None`: the chained TException would print the server's text with the traceback.
+                raise StoreUnavailable(
+                    f"HBase {self.endpoint}: {what} failed on the server: {_server_summary(msg, rows)}"
+                ) from None
         raise AssertionError("unreachable")
 
     def _missing(self, table: str) -> str:
@@ -209,12 +264,14 @@ class HBaseStore(WideColumnStore):
         as_bytes(row, "row key")
         out: dict[bytes, bytes] = {}
         for col, value in cells.items():
-            col = as_bytes(col, "column")
-            family, sep, _ = col.partition(b":")
-            if not sep or family not in families:
+            # Type checks in their cheap form first: this runs for every cell the preprocessor writes.
+            if type(col) is not bytes:
+                col = as_bytes(col, "column")
+            end = col.find(b":")
+            if end < 0 or col[:end] not in families:
                 names = tuple(sorted(f.decode() for f in families))
                 raise ValueError(f"table {table!r}: column {col!r} is not 'family:qualifier' with a family in {names}")
-            out[col] = as_bytes(value, f"value of {col!r}")
+            out[col] = value if type(value) is bytes else as_bytes(value, f"value of {col!r}")
         return out
 
     @staticmethod
@@ -281,29 +338,55 @@ class HBaseStore(WideColumnStore):
     def put(self, table: str, row: bytes, cells: Mapping[bytes, bytes]) -> None:
         checked = self._check_cells(table, row, cells)
         if checked:
-            self._call(f"put into {table!r} row {row!r}", lambda c: c.table(table).put(row, checked))
+            self._call(f"put into {table!r} {_row(row)}", lambda c: c.table(table).put(row, checked), rows=(row,))
 
     def put_many(self, table: str, rows: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> None:
-        checked = [(bytes(r), self._check_cells(table, r, cells)) for r, cells in rows]
-        checked = [(r, cells) for r, cells in checked if cells]
-        if not checked:
-            return
+        self.put_tables({table: rows})
 
+    def put_tables(self, writes: Mapping[str, Iterable[tuple[bytes, Mapping[bytes, bytes]]]]) -> None:
+        """Each table's rows in ``put_batch_size`` chunks of batched mutations (``mutateRows``), one table
+        after the other in the order given, a table's chunks sent concurrently on pooled connections
+        (one at a time, a consumer batch waited for every round trip in turn)."""
+        step = max(1, self.put_batch_size)
+        tables: list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]] = []
+        for table, rows in writes.items():  # every cell checked before anything is written
+            checked = [(bytes(r), self._check_cells(table, r, cells)) for r, cells in rows]
+            tables.append((table, [(r, cells) for r, cells in checked if cells]))
+        for table, rows in tables:
+            chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
+            if len(chunks) == 1:
+                self._put_chunk(table, chunks[0])
+                continue
+            futures = [self._writer().submit(self._put_chunk, table, chunk) for chunk in chunks]
+            # Every chunk finishes (or fails) before the next table or the caller goes on.
+            errors = [f.exception() for f in futures]
+            for error in errors:
+                if error is not None:
+                    raise error
+
+    def _put_chunk(self, table: str, rows: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         def run(conn: happybase.Connection) -> None:
-            with conn.table(table).batch(batch_size=self.put_batch_size) as batch:
-                for r, cells in checked:
+            with conn.table(table).batch(batch_size=len(rows)) as batch:
+                for r, cells in rows:
                     batch.put(r, cells)
 
-        self._call(f"put_many into {table!r} ({len(checked)} rows)", run)
+        self._call(f"put_many into {table!r} ({len(rows)} rows)", run, rows=[r for r, _ in rows])
+
+    def _writer(self) -> ThreadPoolExecutor:
+        with self._families_lock:
+            if self._writers is None:
+                self._writers = ThreadPoolExecutor(self._pool_size, thread_name_prefix=f"hbase-{self.namespace}")
+            return self._writers
 
     def increment(self, table: str, row: bytes, column: bytes, amount: int = 1) -> int:
         self._check_cells(table, row, {column: b""})
         # Not retried: a lost reply would make a retry count twice.
         return int(
             self._call(
-                f"increment {table!r}/{row!r}/{column!r}",
+                f"increment {table!r} {_row(row)} column {column!r}",
                 lambda c: c.table(table).counter_inc(row, column, value=int(amount)),
                 idempotent=False,
+                rows=(row,),
             )
         )
 
@@ -311,7 +394,9 @@ class HBaseStore(WideColumnStore):
         row = as_bytes(row, "row key")
         self._table_families(table)
         cols = self._columns(columns)
-        self._call(f"delete from {table!r} row {row!r}", lambda c: c.table(table).delete(row, columns=cols))
+        self._call(
+            f"delete from {table!r} {_row(row)}", lambda c: c.table(table).delete(row, columns=cols), rows=(row,)
+        )
 
     def delete_many(self, table: str, rows: Iterable[bytes]) -> None:
         keys = [as_bytes(r, "row key") for r in rows]
@@ -324,7 +409,7 @@ class HBaseStore(WideColumnStore):
                 for k in keys:
                     batch.delete(k)
 
-        self._call(f"delete_many from {table!r} ({len(keys)} rows)", run)
+        self._call(f"delete_many from {table!r} ({len(keys)} rows)", run, rows=keys)
 
     # -- reads -----------------------------------------------------------------------------------------
 
@@ -332,7 +417,9 @@ class HBaseStore(WideColumnStore):
         row = as_bytes(row, "row key")
         self._table_families(table)
         cols = self._columns(columns)
-        return dict(self._call(f"get from {table!r} row {row!r}", lambda c: c.table(table).row(row, columns=cols)))
+        return dict(
+            self._call(f"get from {table!r} {_row(row)}", lambda c: c.table(table).row(row, columns=cols), rows=(row,))
+        )
 
     def get_many(self, table: str, rows: Sequence[bytes], columns: Sequence[bytes] | None = None) -> dict[bytes, Row]:
         keys = list(dict.fromkeys(as_bytes(r, "row key") for r in rows))
@@ -341,7 +428,9 @@ class HBaseStore(WideColumnStore):
             return {}
         cols = self._columns(columns)
         found = self._call(
-            f"get_many from {table!r} ({len(keys)} rows)", lambda c: c.table(table).rows(keys, columns=cols)
+            f"get_many from {table!r} ({len(keys)} rows)",
+            lambda c: c.table(table).rows(keys, columns=cols),
+            rows=keys,
         )
         return {k: dict(v) for k, v in found if v}
 
@@ -385,7 +474,9 @@ class HBaseStore(WideColumnStore):
                 )
                 return [(k, dict(v)) for k, v in scanner]
 
-            rows = self._call(f"scan of {table!r} from {lower!r}", page)
+            rows = self._call(
+                f"scan of {table!r} from {_row(lower)}", page, rows=[r for r in (lower, stop) if r is not None]
+            )
             yield from rows
             if remaining is not None:
                 remaining -= len(rows)
@@ -401,4 +492,8 @@ class HBaseStore(WideColumnStore):
             return False
 
     def close(self) -> None:
+        with self._families_lock:
+            writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.shutdown(wait=True)
         self._pool.close()

@@ -59,6 +59,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import OffsetAndMetadata
+from scalerec_core.logging import key_ref
 from scalerec_events.topics import TopicSpec
 
 from scalerec_adapters.bus import (
@@ -490,6 +491,8 @@ class KafkaEventBus(EventBus):
     ) -> Any:
         """Send one message until it is acknowledged by all in-sync replicas or ``send_timeout_s`` passes."""
         backoff = _Backoff(deadline if deadline is not None else time.monotonic() + self.send_timeout_s)
+        # Message keys are user ids: an error names the key by its keyed hash, as log lines do.
+        ref = "none" if key is None else key_ref(key)
         attempt = 0
         while True:
             attempt += 1
@@ -500,11 +503,11 @@ class KafkaEventBus(EventBus):
                     producer.send_and_wait(topic, value, key=key, headers=headers), timeout=remaining
                 )
             except BusUnavailable as exc:
-                raise BusUnavailable(f"could not send to {topic!r} (key={key!r}): {exc}") from exc
+                raise BusUnavailable(f"could not send to {topic!r} (key {ref}): {exc}") from exc
             except Exception as exc:
                 if not _retriable(exc) or backoff.expired():
                     raise BusUnavailable(
-                        f"could not send to {topic!r} (key={key!r}) on Kafka {self.bootstrap_servers} "
+                        f"could not send to {topic!r} (key {ref}) on Kafka {self.bootstrap_servers} "
                         f"after {attempt} attempt(s) in {self.send_timeout_s:.0f}s: {exc!r}"
                     ) from exc
                 log.warning("send to %s failed (%r), retrying", topic, exc)

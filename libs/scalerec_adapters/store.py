@@ -62,6 +62,19 @@ class WideColumnStore(ABC):
     def put_many(self, table: str, rows: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> None:
         """Batched puts (one round trip per batch)."""
 
+    def put_tables(self, writes: Mapping[str, Iterable[tuple[bytes, Mapping[bytes, bytes]]]]) -> None:
+        """Batched puts into several tables at once: what one consumer batch writes.
+
+        The embedded store writes them all in one transaction; HBase sends each table's rows as
+        batched mutations (``mutateRows``), a table's chunks concurrently.  Per row the result is
+        the same as ``put_many`` per table, in the order of ``writes``: every row of a table is
+        written before any row of the next one (a reader that sees a later table's row sees the
+        earlier tables' rows too).  There is no atomicity across tables (HBase has none); every
+        row is written when the call returns.
+        """
+        for table, rows in writes.items():
+            self.put_many(table, rows)
+
     @abstractmethod
     def get(self, table: str, row: bytes, columns: Sequence[bytes] | None = None) -> Row:
         """Cells of ``row`` (all, or the given columns / families); empty dict when absent."""

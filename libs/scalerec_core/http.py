@@ -184,7 +184,9 @@ class RateLimiter:
 
     The counters live in ``storage_url``: ``memory://`` (this process) or the deployment's
     Memcached (``memcached://h1:11211,h2:11211``), so every replica draws on one budget per
-    caller.  A counter store that fails or is slow lets requests through: a broken cache
+    caller.  They are named after ``namespace`` (the DEPLOYMENT) and ``name`` (which budget):
+    two deployments on one Memcached, or the request and failed-authentication budgets of one,
+    never share a counter.  A counter store that fails or is slow lets requests through: a broken cache
     degrades the limit, never the API.  Its calls time out after ``timeout_s`` and, once one
     fails, the store is left alone for ``backoff_s`` so a black-holed Memcached costs one
     timeout per back-off period, not one per request.
@@ -197,12 +199,16 @@ class RateLimiter:
         storage_url: str = "memory://",
         timeout_s: float = 0.05,
         backoff_s: float = 5.0,
+        *,
+        namespace: str = "scalerec",
+        name: str = "requests",
     ) -> None:
         self.rate = per_second
         self.burst = burst or max(1.0, per_second * 2)
         self.backoff_s = backoff_s
         self._limiter: Any = None
         self._skip_until = 0.0
+        self._scope = (namespace, name)
         if per_second > 0:
             from limits import RateLimitItemPerSecond
             from limits.storage import storage_from_string
@@ -223,9 +229,9 @@ class RateLimiter:
         if self._limiter is None or time.monotonic() < self._skip_until:
             return 0
         try:
-            if self._limiter.hit(self._item, "scalerec", caller):
+            if self._limiter.hit(self._item, *self._scope, caller):
                 return 0
-            reset_at = self._limiter.get_window_stats(self._item, "scalerec", caller).reset_time
+            reset_at = self._limiter.get_window_stats(self._item, *self._scope, caller).reset_time
         except Exception as exc:
             self._skip_until = time.monotonic() + self.backoff_s
             log.warning("rate-limit counters unavailable (%s); not limiting for %.0f s", exc, self.backoff_s)
@@ -305,6 +311,36 @@ class _Guard:
         await response(scope, receive, send)
 
 
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    service: str,
+    description: str,
+    lifespan: Callable[[FastAPI], Any],
+    max_body_bytes: int = 4 * 1024 * 1024,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+) -> FastAPI:
+    """The app every service starts from: titled and versioned as the release, FastAPI's OpenTelemetry on,
+    ``settings`` in ``app.state`` (what ``deps.py`` providers read), and :func:`install_common`'s health,
+    metrics, errors, keys and limits. The service adds its routers.
+
+    Readiness checks may close over the returned app (they run only once it serves).
+    """
+    from scalerec_core import __version__
+    from scalerec_core.telemetry import http_telemetry
+
+    app = FastAPI(
+        title=f"ScaleRec {service}",
+        version=__version__,
+        description=description,
+        lifespan=lifespan,
+        telemetry=http_telemetry(),
+    )
+    app.state.settings = settings
+    install_common(app, settings, service=service, max_body_bytes=max_body_bytes, readiness=readiness)
+    return app
+
+
 def install_common(
     app: FastAPI,
     settings: ServiceSettings,
@@ -327,10 +363,17 @@ def install_common(
     if keys is None:
         log.warning("%s runs with AUTH=disabled: every route is open to anyone who can reach it", service)
     _install_error_handlers(app)
-    limiter = RateLimiter(rate_limit_per_second, storage_url=rate_limit_storage)
+    # Counters named after the deployment: deployments sharing a Memcached keep their own budgets.
+    limiter = RateLimiter(rate_limit_per_second, storage_url=rate_limit_storage, namespace=settings.deployment)
     # A window of a minute: `failures_per_minute` tries, then 429 until the minute is over.
     per_minute = settings.auth_failures_per_minute
-    failures = RateLimiter(per_minute / 60, burst=per_minute, storage_url=rate_limit_storage)
+    failures = RateLimiter(
+        per_minute / 60,
+        burst=per_minute,
+        storage_url=rate_limit_storage,
+        namespace=settings.deployment,
+        name="auth-failures",
+    )
     checks = dict(readiness or {})
     # Added innermost first: the body limit is outermost, then the guard. Request spans and metrics
     # come from FastAPI's own telemetry (scalerec_core.telemetry.http_telemetry), outside both.

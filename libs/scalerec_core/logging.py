@@ -22,8 +22,21 @@ def user_ref(user_id: str, key: str | None = None) -> str:
     With the same LOG_ID_KEY every service writes the same reference for a user, so an operator who
     knows an id can find its lines (``user_ref(id, key)``) while the logs alone do not reveal it.
     """
+    return _ref("u:", user_id.encode("utf-8", "surrogatepass"), key)
+
+
+def key_ref(key_bytes: bytes, key: str | None = None) -> str:
+    """How a log line or error names a storage or bus key (an HBase row key, a Kafka message key).
+
+    Such keys embed user ids (``<salt>|<user>|...``), so they get the same keyed hash as
+    :func:`user_ref`: with LOG_ID_KEY an operator who builds the key from an id can find its lines.
+    """
+    return _ref("k:", key_bytes, key)
+
+
+def _ref(kind: str, data: bytes, key: str | None) -> str:
     secret = _id_key if key is None else key.encode()
-    return "u:" + hmac.new(secret, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
+    return kind + hmac.new(secret, data, hashlib.sha256).hexdigest()[:16]
 
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

@@ -8,7 +8,7 @@ excluded, and ties count against the model.  For the test ranking each model
 sees the validation item as part of the history (baselines are refit on it,
 BPR is retrained on it for the chosen number of epochs).
 
-Torch is imported only when a neural model (bpr, two-tower, sequential) runs.
+Torch is imported only when a neural model (two-tower, sequential) runs; ``implicit`` only for BPR.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from scalerec_metrics import evaluate_full_ranking
 from scalerec_models.baselines import ItemKNN, Popularity, UserKNN
 from scalerec_models.config import ModelConfig, model_config
 from scalerec_models.data import FIRST_ITEM, LeaveOneOut
+from scalerec_models.runtime import CF_SEEDS, NEIGHBOURS_PER_ITEM
 
 if TYPE_CHECKING:  # torch is imported lazily: the baselines run without it
     from scalerec_models.training import TrainInfo
@@ -98,8 +99,9 @@ def run_popularity(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, floa
     return m, {}
 
 
-# The usual ItemKNN grid (e.g. Dacrema et al., RecSys 2019): neighbours up to 500, shrink 0-100, TF-IDF or not.
-ITEM_CF_K = (20, 50, 100, 200, 500)
+# The usual ItemKNN grid (e.g. Dacrema et al., RecSys 2019): neighbours up to 500, shrink 0-100, TF-IDF or not;
+# k from 2, since on MovieLens-small the smallest neighbourhoods win (k=5: the optimum lies inside the grid).
+ITEM_CF_K = (2, 3, 5, 7, 10, 20, 50, 100, 200, 500)
 ITEM_CF_SHRINK = (0.0, 10.0, 50.0, 100.0)
 
 
@@ -128,19 +130,18 @@ def run_user_cf(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float],
     return m, {"k": k}
 
 
-# BPR-MF grid: learning rate x L2 regularisation x dimension, each early-stopped on validation NDCG@10.
-BPR_LR = (5e-3, 2e-2)
-BPR_REG = (3e-3, 1e-2, 3e-2)
+# BPR-MF (implicit's SGD) grid: dimension x learning rate x L2 regularisation, each early-stopped on validation
+# NDCG@10, checked every BPR_EVERY epochs (patience: cfg.patience checks).
 BPR_DIM = (64, 128)
-BPR_MAX_EPOCHS = 100
+BPR_LR = (0.005, 0.01, 0.05)
+BPR_REG = (0.01, 0.03)
+BPR_MAX_EPOCHS = 300
+BPR_EVERY = 5
 
 
 def run_bpr(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    import torch
+    from scalerec_models.bpr import BPRModel
 
-    from scalerec_models.training import BPRModel
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     train_h = _stage_histories(split, "val")
     rows = split.eval_users
     best, best_p, best_epochs = -1.0, (BPR_LR[0], BPR_REG[0], BPR_DIM[0]), 1
@@ -152,6 +153,7 @@ def run_bpr(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float], dic
                     train_h,
                     epochs=BPR_MAX_EPOCHS,
                     patience=cfg.patience,
+                    every=BPR_EVERY,
                     validate=lambda b: _evaluate(split, "val", lambda u: b.scores(rows[u]))[f"ndcg@{K}"],
                 )
                 log.info("  BPR dim %d lr %g reg %g: val ndcg@10 %.4f after %d epochs", dim, lr, reg, ndcg, epochs)
@@ -162,7 +164,13 @@ def run_bpr(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, float], dic
     bpr = BPRModel(split.n_items, dim=dim, reg=reg, lr=lr, seed=cfg.seed)
     bpr.fit(_stage_histories(split, "test"), epochs=best_epochs)
     m = _evaluate(split, "test", lambda u: bpr.scores(rows[u])) | {"val_ndcg@10": best}
-    grid = {"lr": list(BPR_LR), "reg": list(BPR_REG), "dim": list(BPR_DIM), "max_epochs": BPR_MAX_EPOCHS}
+    grid = {
+        "lr": list(BPR_LR),
+        "reg": list(BPR_REG),
+        "dim": list(BPR_DIM),
+        "max_epochs": BPR_MAX_EPOCHS,
+        "validate_every": BPR_EVERY,
+    }
     return m, {"dim": dim, "lr": lr, "reg": reg, "epochs": best_epochs, "seed": cfg.seed, "grid": grid}
 
 
@@ -208,10 +216,6 @@ def run_sequential(split: LeaveOneOut, cfg: ModelConfig) -> tuple[dict[str, floa
 # ---------------------------------------------------------------- candidate generators
 
 CANDIDATES_K = 100
-# As the ranker builds them (scalerec_ranker.recommend): CF seeds are the 10 most recent distinct items,
-# each neighbour list the trainer's item_neighbors.json (ItemKNN k=50, default shrink).
-RECENT_FOR_CF = 10
-NEIGHBOURS_PER_ITEM = 50
 
 
 def _top(scores: np.ndarray, blocked: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
@@ -249,7 +253,7 @@ def candidate_recall(split: LeaveOneOut, cfg: ModelConfig, tower: Any, k: int = 
     for h, ex in zip(hist, blocked, strict=True):
         rev = h[::-1]
         _, first = np.unique(rev, return_index=True)
-        recent = rev[np.sort(first)][:RECENT_FOR_CF]
+        recent = rev[np.sort(first)][:CF_SEEDS]
         weights = np.zeros(split.n_items, np.float32)
         weights[recent] = 1.0 / (1.0 + np.arange(len(recent), dtype=np.float32))
         # Each neighbour scored by its best seed: max over seeds of sim(seed, j) / (1 + recency rank).

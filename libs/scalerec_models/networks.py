@@ -1,4 +1,4 @@
-"""The neural networks (torch): item encoder, causal sequence encoder, ranker, two-tower, BPR.
+"""The neural networks (torch): item encoder, causal sequence encoder, ranker, two-tower.
 
 Imported only by the trainer and ``scalerec eval-dataset``; serving runs the
 exported ONNX files (see :mod:`scalerec_models.bundle`).
@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from scalerec_features import CONTEXT_CARDINALITIES, ITEM_FEATURE_CARDINALITIES, TEXT_TOKENS
 from torch import nn
-from torch.nn import functional as F
 
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import UNKNOWN
@@ -208,27 +207,6 @@ class TwoTower(nn.Module):
     def forward(self, history: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The serving signature of ``scalerec_user_tower``: user_embedding [B, D]."""
         return self.user_states(history, context)[:, -1]
-
-
-class BPR(nn.Module):
-    """Matrix factorisation trained with the BPR pairwise loss (a baseline)."""
-
-    def __init__(self, n_users: int, n_items: int, dim: int) -> None:
-        super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
-        self.item_bias = nn.Embedding(n_items, 1)
-        nn.init.normal_(self.user.weight, std=0.1)
-        nn.init.normal_(self.item.weight, std=0.1)
-        nn.init.zeros_(self.item_bias.weight)
-
-    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return (self.user(users) * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
-
-    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
-        diff = self.score(users, pos) - self.score(users, neg)
-        l2 = self.user(users).pow(2).sum(-1) + self.item(pos).pow(2).sum(-1) + self.item(neg).pow(2).sum(-1)
-        return -F.logsigmoid(diff).mean() + reg * l2.mean()
 
 
 def unknown_dropout(ids: torch.Tensor, rate: float) -> torch.Tensor:

@@ -9,7 +9,6 @@ all their events.  Early stopping watches NDCG@10 on the validation item
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from scalerec_models import distributed as dd
 from scalerec_models.checkpoint import Checkpoint, RunRandomness, TrainState
 from scalerec_models.config import ModelConfig
 from scalerec_models.data import FIRST_ITEM, LeaveOneOut, Sequences
-from scalerec_models.networks import BPR, SeqRanker, TwoTower, unknown_dropout
+from scalerec_models.networks import SeqRanker, TwoTower, unknown_dropout
 
 log = logging.getLogger(__name__)
 
@@ -428,11 +427,12 @@ def train_ranker(
         # Full softmax materialises the whole catalogue once per step; sampled mode only what it needs.
         items = model.all_items() if cfg.negatives <= 0 else None
         if items is not None:
-            # bf16 matmul (AMX/tensor cores where present) for the [positions x catalogue] product.
-            logits = (s.to(torch.bfloat16) @ items.to(torch.bfloat16).T).float()
-            # Pad and unknown are never targets: leave their columns out (label smoothing spreads over real items).
-            loss = F.cross_entropy(logits[:, FIRST_ITEM:], t - FIRST_ITEM, label_smoothing=cfg.label_smoothing)
-            pos = logits.gather(1, t[:, None]).squeeze(1)
+            # bf16 matmul (AMX/tensor cores where present) for the [positions x catalogue] product.  Pad and
+            # unknown are never targets: their rows are left out of the product itself (slicing the logits
+            # instead copies the biggest tensor of the step), and label smoothing spreads over real items only.
+            logits = (s.to(torch.bfloat16) @ items[FIRST_ITEM:].to(torch.bfloat16).T).float()
+            loss = F.cross_entropy(logits, t - FIRST_ITEM, label_smoothing=cfg.label_smoothing)
+            pos = logits.gather(1, (t - FIRST_ITEM)[:, None]).squeeze(1)
         else:
             neg = torch.randint(FIRST_ITEM, n_items, (cfg.negatives,), generator=gen).to(t.device)
             pos = (s * model.item_vectors(t)).sum(-1)
@@ -510,67 +510,9 @@ def train_two_tower(
             logits = torch.cat([logits, un], 1)
         return F.cross_entropy(logits.float(), torch.arange(len(t), device=t.device))
 
-    tcfg = cfg.with_(epochs=cfg.tower_epochs)
+    tcfg = cfg.with_(epochs=cfg.tower_epochs, batch_size=cfg.tower_batch_size)
     validate = (lambda: evaluate_model(model, split, "val", cfg.max_len)["ndcg@10"]) if split else None
     info = _train_loop(
         model, windows, tcfg, step, validate, tcfg.epochs, progress, "two-tower", generators=(gen,), on_epoch=on_epoch
     )
     return model, info
-
-
-# ---------------------------------------------------------------- BPR baseline
-
-
-class BPRModel:
-    """BPR matrix factorisation; ``fit`` on per-user item lists, ``scores`` for some of those users."""
-
-    def __init__(self, n_items: int, dim: int = 64, reg: float = 1e-4, lr: float = 5e-3, seed: int = 0) -> None:
-        self.n_items, self.dim, self.reg, self.lr, self.seed = n_items, dim, reg, lr, seed
-        self.net: BPR | None = None
-
-    def fit(
-        self,
-        histories: Sequence[np.ndarray],
-        epochs: int,
-        validate: Callable[[BPRModel], float] | None = None,
-        patience: int = 3,
-        batch: int = 4096,
-    ) -> tuple[int, float]:
-        """Train; with ``validate``, stop when it stops improving and keep the best epoch.  -> (epochs, best)."""
-        seed_everything(self.seed)
-        users = np.concatenate([np.full(len(h), u) for u, h in enumerate(histories)]).astype(np.int64)
-        items = np.concatenate(histories).astype(np.int64)
-        self.net = BPR(len(histories), self.n_items, self.dim)
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=True)
-        rng = np.random.default_rng(self.seed)
-        best, best_state, best_epoch, bad = -1.0, None, epochs, 0
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(len(users))
-            neg_all = rng.integers(FIRST_ITEM, self.n_items, len(users))
-            for s in range(0, len(users), batch):
-                b = order[s : s + batch]
-                loss = self.net.loss(
-                    torch.from_numpy(users[b]), torch.from_numpy(items[b]), torch.from_numpy(neg_all[b]), self.reg
-                )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            if validate is not None:
-                score = validate(self)
-                if score > best:
-                    best, best_state, best_epoch, bad = score, copy.deepcopy(self.net.state_dict()), epoch, 0
-                else:
-                    bad += 1
-                    if bad >= patience:
-                        break
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        return best_epoch, best
-
-    @torch.no_grad()
-    def scores(self, users: np.ndarray) -> np.ndarray:
-        assert self.net is not None, "fit first"
-        u = self.net.user(torch.from_numpy(np.asarray(users, dtype=np.int64)))
-        sc = u @ self.net.item.weight.T + self.net.item_bias.weight.T
-        sc[:, :FIRST_ITEM] = -math.inf
-        return sc.numpy()

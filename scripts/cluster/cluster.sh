@@ -54,8 +54,10 @@ PROMETHEUS_OPERATOR_CRDS=(example/prometheus-operator-crd/monitoring.coreos.com_
 
 PROCS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-log() { printf '[cluster] %s\n' "$*" >&2; }
-die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=cluster
+PROC_DIR="$CLUSTER_DIR"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
 PKI="$CLUSTER_DIR/pki"
 ADMIN_KUBECONFIG="$CLUSTER_DIR/kubeconfig"
@@ -177,64 +179,13 @@ subjectAltName=IP:$HOST_IP,IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kuberne
 }
 
 # ---------------------------------------------------------------------------------------------------
-# process bookkeeping: one pid file per process; a pid counts only if it runs the binary we started
+# process bookkeeping (scripts/lib.sh): a pid counts only if its command line names this cluster's folder
 # ---------------------------------------------------------------------------------------------------
 
-pidfile() { echo "$CLUSTER_DIR/$1/pid"; }
 logfile() { echo "$CLUSTER_DIR/$1/$1.log"; }
-binary_of() { if [[ "$1" == etcd ]]; then echo "$ETCD_BIN"; else echo "$BIN/$1"; fi; }
 
-alive() { kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
-
-running_pid() {  # running_pid NAME -> prints the pid and succeeds when that process of ours is alive
-  local f pid
-  f="$(pidfile "$1")"
-  [[ -f "$f" ]] || return 1
-  pid="$(cat "$f" 2>/dev/null)"
-  [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" || return 1
-  # Its command line names this cluster's folder (every process gets a file from it).
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/" || return 1
-  echo "$pid"
-}
-
-launch() {  # launch NAME CMD...: detached (own session), so it outlives this shell and the test run
-  local name="$1"; shift
-  mkdir -p "$CLUSTER_DIR/$name"
-  setsid nohup "$@" >>"$(logfile "$name")" 2>&1 </dev/null 9>&- &
-  echo $! >"$(pidfile "$name")"
-}
-
-show_tail() { [[ -f "$(logfile "$1")" ]] && tail -25 "$(logfile "$1")" >&2 || true; }
-
-wait_ready() {  # wait_ready NAME CHECK...: poll until the check passes, the process dies, or timeout
-  local name="$1"; shift
-  local deadline=$((SECONDS + TIMEOUT)) pid
-  pid="$(cat "$(pidfile "$name")")"
-  until "$@" >/dev/null 2>&1; do
-    alive "$pid" || { show_tail "$name"; die "$name exited during start-up (log: $(logfile "$name"))"; }
-    ((SECONDS < deadline)) || { show_tail "$name"; die "$name not ready after ${TIMEOUT}s (log: $(logfile "$name"))"; }
-    sleep 0.5
-  done
-}
-
-stop_one() {  # stop_one NAME: TERM, wait up to 30 s, then KILL
-  local name="$1" pid
-  if ! pid="$(running_pid "$name")"; then
-    rm -f "$(pidfile "$name")"
-    return 0
-  fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do
-    alive "$pid" || break
-    sleep 0.2
-  done
-  if alive "$pid"; then
-    log "$name (pid $pid) did not stop in 30s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$(pidfile "$name")"
-  log "stopped $name"
-}
+# Its command line names this cluster's folder (every process gets a file from it).
+owns_pid() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/"; }
 
 kubectl_() { "$KUBECTL" --kubeconfig="$ADMIN_KUBECONFIG" --request-timeout=20s "$@"; }
 
@@ -257,7 +208,7 @@ up_etcd() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "scalerec=http://127.0.0.1:$ETCD_PEER_PORT" \
     --quota-backend-bytes 1073741824 --snapshot-count 10000
-  wait_ready etcd curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+  wait_ready etcd etcd curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
   log "etcd ready on 127.0.0.1:$ETCD_PORT"
 }
 
@@ -276,7 +227,7 @@ up_apiserver() {
     --enable-admission-plugins NodeRestriction \
     --profiling=false --audit-log-path "" \
     --cert-dir "$CLUSTER_DIR/kube-apiserver"
-  wait_ready kube-apiserver kubectl_ get --raw /readyz
+  wait_ready kube-apiserver kube-apiserver kubectl_ get --raw /readyz
   log "kube-apiserver $K8S_VERSION ready on https://$HOST_IP:$APISERVER_PORT"
 }
 
@@ -292,7 +243,7 @@ up_controller_manager() {
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --cluster-cidr "$POD_CIDR" --service-cluster-ip-range "$SERVICE_CIDR" \
     --allocate-node-cidrs=false
-  wait_ready kube-controller-manager healthz "$CONTROLLER_MANAGER_PORT"
+  wait_ready kube-controller-manager kube-controller-manager healthz "$CONTROLLER_MANAGER_PORT"
   log "kube-controller-manager ready"
 }
 
@@ -303,7 +254,7 @@ up_scheduler() {
     --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" \
     --cert-dir "$CLUSTER_DIR/kube-scheduler" --leader-elect=false
-  wait_ready kube-scheduler healthz "$SCHEDULER_PORT"
+  wait_ready kube-scheduler kube-scheduler healthz "$SCHEDULER_PORT"
   log "kube-scheduler ready"
 }
 
@@ -321,7 +272,7 @@ up_kwok() {
     --cidr "$POD_CIDR" --node-ip "$HOST_IP" \
     --node-lease-duration-seconds 40 \
     --server-address "127.0.0.1:$KWOK_PORT"
-  wait_ready kwok kwok_ready
+  wait_ready kwok kwok kwok_ready
   log "kwok ready"
 }
 
@@ -396,12 +347,8 @@ cmd_logs() {
 
 cmd_env() { echo "KUBECONFIG=$ADMIN_KUBECONFIG"; }
 
-lock_cluster() {
-  mkdir -p "$CLUSTER_DIR"
-  exec 9>"$CLUSTER_DIR/.lock"
-  # The first `up` on a fresh machine builds the binaries (minutes): wait that long for it.
-  flock -w 3600 9 || die "another cluster.sh holds $CLUSTER_DIR/.lock"
-}
+# The first `up` on a fresh machine builds the binaries (minutes): wait that long for it.
+lock_cluster() { lock_dir 3600; }
 
 main() {
   local cmd="${1:-}"
@@ -415,7 +362,7 @@ main() {
     reset) cmd_reset ;;
     build) cmd_build ;;
     env) cmd_env ;;
-    *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help ]] ;;
+    *) usage "${BASH_SOURCE[0]}"; [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help ]] ;;
   esac
 }
 

@@ -66,8 +66,10 @@ HBASE_JDK17_OPTS=(
 # Small JVMs: this stack shares a 2-core laptop-size machine with the services and the tests.
 JVM_COMMON=(-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss512k -Djava.net.preferIPv4Stack=true -Djava.awt.headless=true)
 
-log() { printf '[stack] %s\n' "$*" >&2; }
-die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=stack
+PROC_DIR="$STACK_DIR"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
 # ---------------------------------------------------------------------------------------------------
 # fetch: jars from Maven Central into the cache, once per version
@@ -119,76 +121,19 @@ fetch_memcached() {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# process bookkeeping: one pid file per server; a pid counts only if its command line carries our tag
+# process bookkeeping (scripts/lib.sh): a pid counts only if its command line carries our tag
 # ---------------------------------------------------------------------------------------------------
 
-pidfile() { echo "$STACK_DIR/$1/pid"; }
-
-running_pid() {  # running_pid NAME -> prints the pid and succeeds when that server of ours is alive
-  local f pid
-  f="$(pidfile "$1")"
-  [[ -f "$f" ]] || return 1
-  pid="$(cat "$f" 2>/dev/null)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "scalerec.stack=$1" || return 1
-  echo "$pid"
-}
-
-# A stopped daemon stays a zombie until PID 1 reaps it (seconds, in some sandboxes): that is gone.
-alive() { kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
+# Every server's command line carries -Dscalerec.stack=NAME (Memcached's as its argv[0]).
+owns_pid() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "scalerec.stack=$2"; }
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-# launch NAME LOGFILE CMD...: detached (own session), so it outlives this shell and the test run.
-launch() {
-  local name="$1" logfile="$2"; shift 2
-  mkdir -p "$STACK_DIR/$name"
-  # 9>&-: not the stack lock (lock_stack), or every server would hold it for life and the next up/down wait on it.
-  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null 9>&- &
-  echo $! >"$(pidfile "$name")"
-}
-
-# wait_ready NAME DESCRIPTION CHECK-FUNCTION...: poll until the check passes, the process dies, or timeout.
-wait_ready() {
-  local name="$1" what="$2"; shift 2
-  local deadline=$((SECONDS + TIMEOUT)) pid
-  pid="$(cat "$(pidfile "$name")")"
-  until "$@"; do
-    # Liveness of the pid just launched, not running_pid: for a moment after the fork the child
-    # still has this script's command line, without the tag.
-    alive "$pid" || { show_tail "$name"; die "$what exited during start-up (log: $(logfile "$name"))"; }
-    ((SECONDS < deadline)) || { show_tail "$name"; die "$what not ready after ${TIMEOUT}s (log: $(logfile "$name"))"; }
-    sleep 0.5
-  done
-}
 
 logfile() {
   case "$1" in
     memcached-*) echo "$STACK_DIR/$1/memcached.log" ;;
     *) echo "$STACK_DIR/$1/$1.log" ;;
   esac
-}
-
-show_tail() { if [[ -f "$(logfile "$1")" ]]; then tail -25 "$(logfile "$1")" >&2; fi; }
-
-stop_one() {  # stop_one NAME: TERM, wait up to 30 s for a clean shutdown, then KILL
-  local name="$1" pid
-  if ! pid="$(running_pid "$name")"; then
-    rm -f "$(pidfile "$name")"
-    return 0
-  fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do
-    alive "$pid" || break
-    sleep 0.2
-  done
-  if alive "$pid"; then
-    log "$name (pid $pid) did not stop in 30s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$(pidfile "$name")"
-  log "stopped $name"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,7 +200,7 @@ EOF
   fi
   local start=$SECONDS
   : >"$(logfile kafka).start"; mv "$(logfile kafka).start" "$(logfile kafka)"
-  launch kafka "$(logfile kafka)" "$JAVA" -Dscalerec.stack=kafka "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" "${JVM_COMMON[@]}" \
+  launch kafka "$JAVA" -Dscalerec.stack=kafka "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" "${JVM_COMMON[@]}" \
     -Dlog4j.configuration="file:$dir/log4j.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
   wait_ready kafka "Kafka" kafka_ready
   log "kafka ready on $HOST:$KAFKA_PORT in $((SECONDS - start))s (pid $(cat "$(pidfile kafka)"))"
@@ -327,7 +272,7 @@ EOF
 hbase_java() {  # hbase_java NAME HEAP MAIN ARGS...
   local name="$1" heap="$2"; shift 2
   local dir="$STACK_DIR/hbase"
-  launch "$name" "$(logfile "$name")" "$JAVA" "-Dscalerec.stack=$name" "-Xmx$heap" "${JVM_COMMON[@]}" "${HBASE_JDK17_OPTS[@]}" \
+  launch "$name" "$JAVA" "-Dscalerec.stack=$name" "-Xmx$heap" "${JVM_COMMON[@]}" "${HBASE_JDK17_OPTS[@]}" \
     -Dzookeeper.admin.enableServer=false \
     -Dlog4j2.configurationFile="file:$dir/conf/log4j2.properties" \
     -Dhbase.log.dir="$STACK_DIR/$name" -Dhbase.root.logger=INFO,console \
@@ -390,7 +335,7 @@ up_memcached() {  # up_memcached [PORT...] (default: every port of SCALEREC_MEMC
     start=$SECONDS
     # The tag is in argv from the start (bash's $0), so it is there before and after the exec.
     # shellcheck disable=SC2016  # $0 and $@ are for the inner bash
-    launch "$name" "$(logfile "$name")" bash -c 'exec -a "$0" memcached "$@"' "memcached -Dscalerec.stack=$name" \
+    launch "$name" bash -c 'exec -a "$0" memcached "$@"' "memcached -Dscalerec.stack=$name" \
       "${user[@]}" -l "$HOST" -p "$port" -U 0 -m "$MEMCACHED_MEMORY_MB" -c 1024 -t 2
     wait_ready "$name" "Memcached on $port" memcached_ready "$port"
     log "$name ready on $HOST:$port in $((SECONDS - start))s (pid $(cat "$(pidfile "$name")"))"
@@ -479,11 +424,7 @@ cmd_env() {
 
 # One up/down/reset at a time per stack folder: two test runs starting the stack together must
 # not both find Kafka missing and race for its port.
-lock_stack() {
-  mkdir -p "$STACK_DIR"
-  exec 9>"$STACK_DIR/.lock"
-  flock -w "$TIMEOUT" 9 || die "another stack.sh holds $STACK_DIR/.lock"
-}
+lock_stack() { lock_dir "$TIMEOUT"; }
 
 main() {
   local cmd="${1:-}"
@@ -497,7 +438,7 @@ main() {
     reset) cmd_reset ;;
     fetch) fetch_kafka; fetch_hbase; fetch_memcached ;;
     env) cmd_env ;;
-    *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help ]] ;;
+    *) usage "${BASH_SOURCE[0]}"; [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help ]] ;;
   esac
 }
 

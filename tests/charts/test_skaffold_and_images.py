@@ -104,15 +104,17 @@ def _apply_patches(doc: dict[str, Any], profile: str) -> dict[str, Any]:
     return out
 
 
-def test_profiles_pick_example_values_and_the_cuda_trainer() -> None:
+def test_profiles_pick_example_values_and_one_trainer_image_for_cpu_and_gpu() -> None:
     doc = skaffold_configs()["scalerec"]
     dev = _apply_patches(doc, "dev")["deploy"]["helm"]["releases"][0]
     assert dev["valuesFiles"] == ["charts/scalerec/examples/dev/values.yaml"]
     gpu = _apply_patches(doc, "gpu")
     release = gpu["deploy"]["helm"]["releases"][0]
     assert release["valuesFiles"] == ["charts/scalerec/examples/prod-gpu/values.yaml"]
-    dockerfiles = {a["image"]: a["docker"]["dockerfile"] for a in gpu["build"]["artifacts"]}
-    assert dockerfiles["scalerec/trainer"] == "services/trainer/Dockerfile.cuda"
+    # The trainer image is the CUDA build already (PyPI's torch; tests/deploy checks it in the container):
+    # the GPU profile builds exactly what the tests ran, with no second recipe that nothing builds.
+    assert gpu["build"] == doc["build"]
+    assert "TORCH_INDEX" not in build_args("trainer"), "the CPU-only torch index would drop CUDA"
     for path in release["valuesFiles"] + dev["valuesFiles"]:
         assert (REPO / path).is_file()
 
@@ -122,7 +124,7 @@ def test_loadtests_config_runs_only_locust_from_the_locustfile() -> None:
     (release,) = config["deploy"]["helm"]["releases"]
     assert release["setFiles"] == {"components.loadtests.locustfile": "loadtests/locustfile.py"}
     assert (REPO / "loadtests" / "locustfile.py").is_file()
-    # The locustfile imports scalerec_cli: the Locust image is built from loadtests/Dockerfile
+    # The locustfile imports scalerec_synthetic (libs/): the Locust image is built from loadtests/Dockerfile
     # (owned with loadtests/), from the repository root like the service images.
     (artifact,) = config["build"]["artifacts"]
     assert artifact["image"] == "scalerec/loadtests" and artifact["context"] == "."
@@ -133,6 +135,16 @@ def test_loadtests_config_runs_only_locust_from_the_locustfile() -> None:
     assert values["components.loadtests.enabled"] is True
     for s in SERVICES:
         assert values[f"components.{s}.enabled"] is False
+
+
+def test_the_locust_image_needs_libs_and_not_the_cli() -> None:
+    """What the locustfile imports of ours lives in libs/, so the image installs libs alone (no CLI, no ML extras)."""
+    locustfile = (REPO / "loadtests" / "locustfile.py").read_text()
+    ours = set(re.findall(r"^(?:from|import) (scalerec_\w+)", locustfile, re.M))
+    assert ours and all((REPO / "libs" / name / "__init__.py").is_file() for name in ours), ours
+    dockerfile = (REPO / "loadtests" / "Dockerfile").read_text()
+    assert "COPY libs/ libs/" in dockerfile and "cli/" not in dockerfile
+    assert "!cli/" not in (REPO / ".dockerignore").read_text().splitlines()
 
 
 def _stages(dockerfile: Path) -> list[str]:
@@ -158,15 +170,6 @@ def test_the_service_dockerfile_is_multi_stage_non_root_and_runs_the_service_it_
         assert scripts[f"scalerec-{service}"] == f"scalerec_{service}.__main__:main"
 
 
-def test_cuda_trainer_dockerfile_is_multi_stage_non_root_and_runs_the_trainer() -> None:
-    path = REPO / "services" / "trainer" / "Dockerfile.cuda"
-    text = path.read_text()
-    assert len(_stages(path)) >= 2 and "COPY --from=builder /opt/venv /opt/venv" in text
-    (user,) = re.findall(r"^USER\s+(\S+)", text, re.M)
-    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
-    assert 'ENTRYPOINT ["python", "-m", "scalerec_trainer"]' in text
-
-
 @pytest.mark.parametrize("service", ["collector", "preprocessor"])
 def test_light_images_carry_no_torch_or_onnxruntime(service: str) -> None:
     extras = set(build_args(service)["EXTRAS"].split(","))
@@ -175,7 +178,7 @@ def test_light_images_carry_no_torch_or_onnxruntime(service: str) -> None:
     assert "torch" not in pyproject and "onnxruntime" not in pyproject and "[ml" not in pyproject
 
 
-IMAGE_DOCKERFILES = (DOCKERFILE, "loadtests/Dockerfile", "services/trainer/Dockerfile.cuda")
+IMAGE_DOCKERFILES = (DOCKERFILE, "loadtests/Dockerfile")
 
 
 @pytest.mark.parametrize("dockerfile", IMAGE_DOCKERFILES)
@@ -202,15 +205,8 @@ def test_images_start_from_our_base_at_a_fixed_tag(dockerfile: str) -> None:
     assert "sed -n 's/^ARG PYTHON_IMAGE=//p' \"$REPO/services/Dockerfile\"" in script
 
 
-def test_cuda_trainer_starts_from_an_nvidia_cuda_runtime() -> None:
-    stages = _stages(REPO / "services" / "trainer" / "Dockerfile.cuda")
-    text = (REPO / "services" / "trainer" / "Dockerfile.cuda").read_text()
-    (base,) = re.findall(r"^ARG CUDA_IMAGE=(\S+)", text, re.M)
-    assert base.startswith("nvidia/cuda:") and "runtime" in base
-    assert all("${CUDA_IMAGE}" in s for s in stages)
-
-
 def test_dockerignore_keeps_the_context_to_the_lock_libs_and_services() -> None:
     lines = [x.strip() for x in (REPO / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*") :].count("!libs/") == 1 and "!services/" in lines
     assert "!requirements.lock" in lines
+    assert "services/*/README.md" in lines  # docs edits leave every install layer cached

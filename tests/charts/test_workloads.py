@@ -334,3 +334,54 @@ def test_an_existing_secret_keeps_the_keys_out_of_the_release() -> None:
     assert not [s for s in r.of_kind("Secret") if "api-keys" in s["metadata"]["name"]]
     sums = _keys_checksums(r)
     assert len(sums) == 5 and set(sums.values()) == {None}
+
+
+SERVICES = ("collector", "preprocessor", "trainer", "ranker", "evaluator")
+
+
+def _log_id_key_refs(r: Rendered) -> dict[str, dict[str, str]]:
+    """LOG_ID_KEY's secretKeyRef per ScaleRec container (Deployments and the training Job/CronJob)."""
+    refs = {}
+    for obj in r.objects:
+        spec = pod_spec(obj)
+        for c in spec["containers"] if spec else []:
+            env = {e["name"]: e for e in c.get("env", [])}
+            if "SCALEREC_SERVICE" in env or c["name"] in SERVICES or "API_KEYS" in env:
+                assert "LOG_ID_KEY" in env, f"{r.scenario}: {obj['metadata']['name']}/{c['name']} has no LOG_ID_KEY"
+                assert "value" not in env["LOG_ID_KEY"], "LOG_ID_KEY must come from a Secret"
+                refs[f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}"] = env["LOG_ID_KEY"]["valueFrom"][
+                    "secretKeyRef"
+                ]
+    return refs
+
+
+def test_every_service_hashes_ids_in_logs_with_one_key_from_a_secret() -> None:
+    """Without one LOG_ID_KEY each process hashes with its own random key: two services' lines about
+    one user could not be joined. The chart makes the key once and gives it to every ScaleRec pod."""
+    for scenario in ("dev", "single-machine", "everything"):
+        r = rendered(scenario)
+        refs = _log_id_key_refs(r)
+        services = {n.split("/")[2] for n in refs}
+        assert services >= set(SERVICES), (scenario, services)
+        (ref,) = {(x["name"], x["key"]) for x in refs.values()}  # one Secret, one key, for all
+        secret = r.get("Secret", ref[0])
+        key = base64.b64decode(secret["data"][ref[1]])
+        assert len(key) == 48 and key.isalnum(), "a random key, long enough for HMAC-SHA256"
+        expected = hashlib.sha256(json.dumps(secret["data"], separators=(",", ":")).encode()).hexdigest()[:16]
+        for d in r.of_kind("Deployment"):
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] in SERVICES:
+                assert d["spec"]["template"]["metadata"]["annotations"]["checksum/log-id-key"] == expected
+
+
+def test_the_log_id_key_is_new_per_install_and_an_existing_secret_keeps_it_out_of_the_release() -> None:
+    first, second = (render(["-f", str(EXAMPLES / "dev" / "values.yaml")]) for _ in range(2))
+    name = f"{RELEASE}-log-id-key"
+    assert first.get("Secret", name)["data"] != second.get("Secret", name)["data"]  # upgrades keep it: lookup
+
+    r = render(["-f", str(EXAMPLES / "dev" / "values.yaml"), "--set", "logIdKey.existingSecret=ops-log-key"])
+    assert not [s for s in r.of_kind("Secret") if "log-id-key" in s["metadata"]["name"]]
+    refs = _log_id_key_refs(r)
+    assert refs and {(x["name"], x["key"]) for x in refs.values()} == {("ops-log-key", "log-id-key")}
+    # No cluster to read it from under `helm template`, so no checksum (helm upgrade reads it with lookup).
+    for d in r.of_kind("Deployment"):
+        assert "checksum/log-id-key" not in (d["spec"]["template"]["metadata"].get("annotations") or {})

@@ -38,8 +38,23 @@ def _history(release: Release) -> list[dict[str, Any]]:
     return list(json.loads(release.helm("history", release.name, "-o", "json").stdout))
 
 
+def _log_id_key(release: Release) -> tuple[str, set[str]]:
+    """The chart's LOG_ID_KEY Secret data as the cluster holds it, and the pods' checksums of it."""
+    secret = release.cluster.get("secrets", release.namespace, "scalerec-log-id-key")
+    sums = {
+        (d["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/log-id-key", "")
+        for d in release.deployments()
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] != "triton"
+    }
+    return secret["data"]["log-id-key"], sums
+
+
 def test_upgrade_with_changed_values_then_rollback(upgradable: Release) -> None:
     r = upgradable
+    # The random LOG_ID_KEY made at install: kept by every upgrade and rollback (lookup), or the
+    # services' log lines about one user could not be joined across a release.
+    key, sums = _log_id_key(r)
+    assert len(sums) == 1 and "" not in sums, sums
     assert _pods_env(r, "LOG_LEVEL") and all(v == {"DEBUG"} for v in _pods_env(r, "LOG_LEVEL").values())
     before = {
         d["metadata"]["name"]: d["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
@@ -56,6 +71,7 @@ def test_upgrade_with_changed_values_then_rollback(upgradable: Release) -> None:
     }
     assert all(int(after[n]) > int(before[n]) for n in before), (before, after)
     assert [(h["revision"], h["status"]) for h in _history(r)] == [(1, "superseded"), (2, "deployed")]
+    assert _log_id_key(r) == (key, sums)
 
     r.helm("rollback", r.name, "1", "--wait", "--timeout", "5m")
     poll_until("the rollback rolled out", lambda: _settled(r, 1), timeout=120)
@@ -63,3 +79,4 @@ def test_upgrade_with_changed_values_then_rollback(upgradable: Release) -> None:
     history = _history(r)
     assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "superseded"), (3, "deployed")]
     assert history[-1]["description"] == "Rollback to 1"
+    assert _log_id_key(r) == (key, sums)

@@ -71,6 +71,43 @@ async def test_producing_to_a_missing_topic_creates_it(tmp_path: Path) -> None:
         await bus.close()
 
 
+async def test_concurrent_batches_share_one_commit_and_keep_their_order(tmp_path: Path) -> None:
+    """The collector's requests each send a batch: under load they are group-committed (fewer fsyncs),
+    every batch still lands whole and in order, and a batch that cannot be appended fails alone."""
+    bus = SqliteEventBus(tmp_path / "bus.db", default_partitions=1)
+    await bus.start()
+    appends: list[int] = []
+    real_append = bus._append
+
+    def counting_append(batch):  # type: ignore[no-untyped-def]
+        appends.append(len(batch))
+        return real_append(batch)
+
+    bus._append = counting_append  # type: ignore[method-assign]
+    try:
+        producer = bus.producer()
+        batches = [[OutgoingMessage(b"%d-%d" % (b, i), b"k") for i in range(10)] for b in range(20)]
+        await asyncio.gather(*(producer.send_batch("t", b) for b in batches[:10]))
+        assert len(appends) < 10, f"every batch had its own commit: {appends}"
+        # A value that is not bytes makes the append raise: only its sender sees the error.
+        bad = [OutgoingMessage("not bytes", b"k")]  # type: ignore[arg-type]
+        results = await asyncio.gather(
+            *(producer.send_batch("t", b) for b in batches[10:15]),
+            producer.send_batch("t", bad),
+            *(producer.send_batch("t", b) for b in batches[15:]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[5], TypeError) and all(r is None for i, r in enumerate(results) if i != 5)
+        consumer = await bus.consumer(["t"], "g")
+        got = [m.value for m in await drain(consumer, 200)]
+        assert sorted(got) == sorted(m.value for b in batches for m in b)
+        for b in batches:  # each batch contiguous and in its own order
+            first = got.index(b[0].value)
+            assert got[first : first + 10] == [m.value for m in b]
+    finally:
+        await bus.close()
+
+
 async def test_consumer_subscribed_before_the_topic_exists_gets_its_messages(tmp_path: Path) -> None:
     bus = SqliteEventBus(tmp_path / "bus.db")
     await bus.start()

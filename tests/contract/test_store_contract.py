@@ -97,6 +97,36 @@ def test_put_many_is_all_or_nothing(users: WideColumnStore) -> None:
     assert users.get("users", b"before") == {b"p:x": b"1"}
 
 
+def test_put_tables_writes_every_table_in_one_call(store: WideColumnStore) -> None:
+    store.ensure_tables([USERS, TableSpec("items", ("d",))])
+    n = 2_500  # several chunks per table on HBase (1,000 rows a round trip), sent concurrently
+    store.put_tables(
+        {
+            "users": [(b"u%05d" % i, {b"p:n": b"%d" % i, b"h:last": b"i%d" % (i % 7)}) for i in range(n)],
+            "items": [(b"i%d" % i, {b"d:title": b"item %d" % i}) for i in range(7)],
+        }
+    )
+    users = dict(store.scan("users", batch_size=1000))
+    assert len(users) == n and users[b"u01234"] == {b"p:n": b"1234", b"h:last": b"i2"}
+    assert store.get("items", b"i3") == {b"d:title": b"item 3"}
+    # One cell written twice in one call: the later write wins, as with put() one after the other.
+    store.put_tables({"users": [(b"twice", {b"p:n": b"first"}), (b"twice", {b"p:n": b"second"})], "items": []})
+    assert store.get("users", b"twice") == {b"p:n": b"second"}
+
+
+def test_put_tables_checks_every_cell_before_writing_any(store: WideColumnStore) -> None:
+    store.ensure_tables([USERS, TableSpec("items", ("d",))])
+    with pytest.raises(ValueError, match="nofamily"):
+        store.put_tables(
+            {
+                "users": [(b"ok%d" % i, {b"p:x": b"1"}) for i in range(1500)],
+                "items": [(b"bad", {b"nofamily:x": b"3"})],
+            }
+        )
+    assert store.get_many("users", [b"ok0", b"ok1499"]) == {}
+    assert store.get_many("items", [b"bad"]) == {}
+
+
 def test_delete_row_columns_and_families(users: WideColumnStore) -> None:
     users.put("users", b"u1", {b"p:a": b"1", b"p:b": b"2", b"h:a": b"3", b"h:b": b"4"})
     users.delete("users", b"u1", columns=[b"p:a"])

@@ -65,12 +65,20 @@ class Deployed:
     objects: list[dict[str, Any]]
     ports: dict[str, int]
     api_key: str
+    secrets: dict[str, dict[str, str]]  # name -> key -> value, as the pods read them
     started_s: float = 0.0
     ready_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key}
+
+    def env_value(self, var: dict[str, Any]) -> str | None:
+        """What an ``env`` entry of the rendered pod gives the process: its value, or its Secret's."""
+        if "value" in var:
+            return str(var["value"])
+        ref = var["valueFrom"]["secretKeyRef"]
+        return self.secrets.get(ref["name"], {}).get(ref["key"])
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -166,9 +174,17 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     folder: Path = tmp_path_factory.mktemp("deploy")
     manifest = folder / "play.yaml"
     manifest.write_text(yaml.safe_dump_all(play, sort_keys=False))
-    # The key every service gets (the chart's one Secret), as a client would be given it.
-    (api_keys,) = [s["stringData"]["api-keys"] for s in secrets]
-    deployed = Deployed(release, deployment, objects, ports, api_keys.split(",")[0].split(":")[0])
+    # The Secrets' data as the pods read them (the chart renders `data`, base64).
+    values = {
+        s["metadata"]["name"]: {
+            **{k: base64.b64decode(v).decode() for k, v in s.get("data", {}).items()},
+            **s.get("stringData", {}),
+        }
+        for s in secrets
+    }
+    # The key every service gets, as a client would be given it.
+    (api_keys,) = [v["api-keys"] for v in values.values() if "api-keys" in v]
+    deployed = Deployed(release, deployment, objects, ports, api_keys.split(",")[0].split(":")[0], values)
     volumes = [o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"]
     try:
         for secret in secrets:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from scalerec_cli import driver
-from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
+from scalerec_synthetic import Shop, ShopConfig, generate_shop
 
 from tests.deploy.conftest import SERVICES, Deployed, podman
 
@@ -109,8 +109,8 @@ def test_each_container_runs_as_the_chart_says(deployed: Deployed, service: str)
     assert info["Config"]["Image"].endswith(c["image"].split("/", 1)[1]), (info["Config"]["Image"], c["image"])
     env = dict(e.split("=", 1) for e in config["Env"])
     for e in c["env"]:
-        expected = e.get("value", deployed.api_key)  # API_KEYS comes from the Secret
-        assert env.get(e["name"]) == expected, e["name"]
+        assert env.get(e["name"]) == deployed.env_value(e), e["name"]  # API_KEYS, LOG_ID_KEY: from Secrets
+    assert len(env["LOG_ID_KEY"]) == 48  # the chart's random key
     # Mounts: every one the chart asks for, read-only exactly where it says so.
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     for m in c["volumeMounts"]:
@@ -142,3 +142,36 @@ def test_the_model_repository_is_read_only_in_the_ranker_and_written_by_the_eval
     evaluator = json.loads(podman("exec", deployed.container("evaluator"), "python", "-c", script).stdout)
     assert evaluator["write_errno"] == 0, evaluator
     podman("exec", deployed.container("evaluator"), "rm", "-f", "/models/probe")
+
+
+def test_every_container_names_users_in_logs_with_one_key(deployed: Deployed) -> None:
+    """LOG_ID_KEY from the chart's one Secret: every service's log lines name a user by the same hash."""
+    keys = {}
+    for service in SERVICES:
+        env = dict(e.split("=", 1) for e in deployed.inspect(service)["Config"]["Env"])
+        keys[service] = env.get("LOG_ID_KEY")
+    assert len(set(keys.values())) == 1 and None not in keys.values(), keys
+
+
+def test_the_trainer_container_is_the_cuda_build_and_trains_on_the_cpu_without_a_gpu(
+    run: Run, deployed: Deployed
+) -> None:
+    """One trainer image for CPU and GPU nodes: its torch is PyPI's CUDA build, carrying CUDA, cuDNN and
+    NCCL as wheels (the node brings only the driver). Here, with no GPU, TRAIN_DEVICE=auto chose the
+    CPU (the run above trained there) and asking for CUDA fails with a message, not a crash later."""
+    script = (
+        "import json, torch\n"
+        "from scalerec_models.distributed import resolve_device\n"
+        "out = {'cuda': torch.version.cuda, 'cudnn': torch.backends.cudnn.version(),\n"
+        "       'nccl': list(torch.cuda.nccl.version()), 'archs': torch.cuda.get_arch_list(),\n"
+        "       'visible': torch.cuda.is_available(), 'auto': str(resolve_device('auto'))}\n"
+        "try:\n resolve_device('cuda'); out['forced'] = ''\n"
+        "except RuntimeError as e:\n out['forced'] = str(e)\n"
+        "print(json.dumps(out))\n"
+    )
+    info = json.loads(podman("exec", deployed.container("trainer"), "python", "-c", script).stdout)
+    assert info["cuda"] and info["cudnn"] and info["nccl"], info  # built with CUDA, its libraries inside
+    assert "sm_90" in info["archs"], info  # Hopper (H100/H200) among the compiled architectures
+    assert (info["visible"], info["auto"]) == (False, "cpu"), info
+    assert "CUDA is not available" in info["forced"], info
+    assert run.job["status"] == "succeeded", run.job  # and it trained, on the CPU

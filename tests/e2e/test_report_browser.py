@@ -9,6 +9,7 @@ draw every chart the data calls for.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,15 @@ def test_the_demo_writes_a_report_that_renders_in_chromium(demo_dir: Path, tmp_p
     html = demo_dir / "demo.html"
     png = tmp_path / "demo.png"
     page = visit(html, png)
+    skipped = json.loads((demo_dir / "report.json").read_text())["result"]["experiment"].get("skipped")
+    if skipped:
+        # On this small shop the offline gate judges v1 on a few dozen holdout users; when v1 does not beat
+        # item-CF there is no champion for v2 to be tested against, and the demo says so instead of running one.
+        # (The experiment's page is drawn from the fixture in the next test either way.)
+        assert skipped.startswith("champion None"), skipped
+        _assert_clean_render(page, png, html, ALWAYS)
+        assert "No experiment ran" in page.text and "No load test found" in page.text
+        return
     _assert_clean_render(page, png, html, ALWAYS | {"experiment"})
     assert "No experiment ran" not in page.text and "No load test found" in page.text
     # The demo's own online experiment, written as the evaluator's results plus the decision, is what the page shows.

@@ -37,10 +37,10 @@ from scalerec_adapters.factory import make_store
 from scalerec_adapters.store import WideColumnStore
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
-from scalerec_cli.synthetic import ShopConfig, generate_shop
 from scalerec_events.models import Event, Item
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
+from scalerec_synthetic import ShopConfig, generate_shop
 
 from tests.faults.proxy import FaultProxy
 

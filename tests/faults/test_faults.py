@@ -88,7 +88,7 @@ def test_preprocessor_killed_in_the_middle_of_a_batch(pipeline: FaultCluster) ->
 
             def first_batch_done() -> bool:
                 try:
-                    return bool(store.get_many(s.EVENT_INDEX, sample, columns=[b"m:row"]))
+                    return bool(store.get_many(s.EVENT_INDEX, sample, columns=[b"m"]))
                 except Exception:  # the first call may race the table's first region opening
                     return False
 

@@ -94,3 +94,29 @@ def test_tables_live_under_the_namespace_prefix(shared_hbase: tuple[str, int]) -
         for s in (a, b):
             s.drop_tables()
             s.close()
+
+
+def test_a_server_error_names_the_row_by_its_keyed_hash_never_the_user_id(shared_hbase: tuple[str, int]) -> None:
+    """HBase's own message quotes what it failed on; none of it may put a user id into a log line."""
+    from scalerec_core.logging import key_ref
+    from scalerec_storage.schema import profile_key
+
+    host, port = shared_hbase
+    user = "alice.smith-77"
+    row = profile_key(user)
+    store = HBaseStore(host, port, namespace=_namespace(), pool_size=1)
+    try:
+        store.ensure_tables([TABLE])
+        store.put("profiles", row, {b"p:n": b"abc"})  # 3 bytes: HBase refuses to increment it
+        with pytest.raises(StoreUnavailable) as failed:
+            store.increment("profiles", row, b"p:n", 1)
+        message = str(failed.value)
+        # What an operator needs stays: the operation, the server's reason and the row's reference.
+        assert "Field is not a long" in message and "DoNotRetryIOException" in message, message
+        assert key_ref(row) in message, message
+        assert user not in message and row.decode() not in message, message
+        # Nor in the traceback a log line would print with it (the server's text is not chained).
+        assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    finally:
+        store.drop_tables()
+        store.close()

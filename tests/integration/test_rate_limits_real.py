@@ -42,3 +42,40 @@ def test_a_dead_counter_store_lets_requests_through_and_is_left_alone_for_a_whil
     t0 = time.monotonic()
     assert all(limiter.allow("k") for _ in range(50))
     assert time.monotonic() - t0 < 1.0  # one failed call, then no more attempts during the back-off
+
+
+def test_two_deployments_on_one_memcached_keep_their_own_budgets(shared_memcached: list[tuple[str, int]]) -> None:
+    """The same key id under two DEPLOYMENTs (a staging copy of production, say) counts apart."""
+    cache_url = "memcached://" + ",".join(f"{h}:{p}" for h, p in shared_memcached)
+    suffix = uuid.uuid4().hex[:8]  # fresh counters on the shared stack
+    key = "same-key-id"
+    prod, staging = (RateLimiter(1, burst=3, storage_url=cache_url, namespace=f"{d}{suffix}") for d in ("p", "s"))
+    assert [prod.allow(key) for _ in range(4)] == [True, True, True, False]
+    # Before namespacing, staging found prod's counter at its limit: its first request was refused.
+    assert [staging.allow(key) for _ in range(4)] == [True, True, True, False]
+    # And within one deployment, the failed-authentication budget is not the request budget.
+    failures = RateLimiter(1, burst=3, storage_url=cache_url, namespace=f"p{suffix}", name="auth-failures")
+    assert failures.allow(key)
+
+
+def test_a_service_names_its_counters_after_its_deployment(
+    shared_memcached: list[tuple[str, int]], tmp_path: Path
+) -> None:
+    cache_url = "memcached://" + ",".join(f"{h}:{p}" for h, p in shared_memcached)
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    apps = [
+        create_app(
+            CollectorSettings(
+                deployment=f"d{n}{uuid.uuid4().hex[:6]}",
+                data_dir=tmp_path / f"d{n}",
+                api_keys=key,
+                cache_url=cache_url,
+                rate_limit_per_second=1,
+            )  # a burst of 2 per deployment
+        )
+        for n in range(2)
+    ]
+    with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
+        post = {"json": {"events": []}, "headers": {"X-API-Key": key}}
+        assert [a.post("/v1/events", **post).status_code == 429 for _ in range(3)] == [False, False, True]
+        assert [b.post("/v1/events", **post).status_code == 429 for _ in range(3)] == [False, False, True]

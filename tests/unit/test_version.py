@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -33,3 +34,16 @@ def test_charts_deploy_the_project_version(path: Path) -> None:
 def test_the_api_documents_the_project_version(tmp_path: Path) -> None:
     app: FastAPI = create_app(CollectorSettings(data_dir=tmp_path, auth="disabled"))
     assert app.openapi()["info"]["version"] == scalerec_core.__version__
+
+
+@pytest.mark.parametrize("service", ["collector", "preprocessor", "trainer", "evaluator", "ranker"])
+def test_every_service_app_is_titled_and_versioned_alike(tmp_path: Path, service: str) -> None:
+    """Built without starting (no lifespan): the title, the release version and the common endpoints."""
+    main = importlib.import_module(f"scalerec_{service}.main")
+    config = importlib.import_module(f"scalerec_{service}.config")
+    settings_class = getattr(config, f"{service.capitalize()}Settings")
+    app: FastAPI = main.create_app(settings_class(data_dir=tmp_path, auth="disabled"))
+    info = app.openapi()["info"]
+    assert info["title"] == f"ScaleRec {service}" and info["version"] == scalerec_core.__version__
+    assert {"/healthz", "/readyz", "/metrics"} <= {getattr(r, "path", "") for r in app.routes}
+    assert app.state.settings.service_name == service

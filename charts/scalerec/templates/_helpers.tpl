@@ -127,6 +127,34 @@ checksum come from here, so the checksum is over the Secret's data, never over v
 {{- end -}}
 {{- end -}}
 
+{{/*
+LOG_ID_KEY's Secret data as the cluster will hold it ({secretKey: base64}): an existingSecret read
+with `lookup` (empty under `helm template`); else the chart's own Secret as the cluster already holds
+it, so the key made at install survives upgrades; else a new random key. Made once per render
+(kept in .Values.logIdKey), so the Secret and the pods' checksum agree.
+*/}}
+{{- define "scalerec.logIdKeyData" -}}
+{{- $v := .Values.logIdKey -}}
+{{- if not (hasKey $v "_data") -}}
+{{- $data := "" -}}
+{{- $name := include "scalerec.logIdKeySecretName" . -}}
+{{- $found := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- if $v.existingSecret -}}
+{{- if $found -}}{{- $data = toJson (default dict $found.data) -}}{{- end -}}
+{{- else if and $found (hasKey (default dict $found.data) $v.secretKey) -}}
+{{- $data = toJson (dict $v.secretKey (index $found.data $v.secretKey)) -}}
+{{- else -}}
+{{- $data = toJson (dict $v.secretKey (randAlphaNum 48 | b64enc)) -}}
+{{- end -}}
+{{- $_ := set $v "_data" $data -}}
+{{- end -}}
+{{- $v._data -}}
+{{- end -}}
+
+{{- define "scalerec.logIdKeySecretName" -}}
+{{- .Values.logIdKey.existingSecret | default (include "scalerec.componentName" (list . "log-id-key")) -}}
+{{- end -}}
+
 {{/* Is the model repository an object-storage mirror (vs a shared PVC)? */}}
 {{- define "scalerec.modelRepoIsObjectStorage" -}}
 {{- if eq .Values.modelRepository.type "objectStorage" -}}true{{- end -}}
@@ -234,7 +262,7 @@ as a dict rendered to YAML. default.env and the component's env override it.
 
 {{/*
 The `env:` list of a scalerec service container: generated <- default.env <- component env,
-every value tpl'd, sorted by name; then API_KEYS from the Secret; then extraEnv.
+every value tpl'd, sorted by name; then API_KEYS and LOG_ID_KEY from their Secrets; then extraEnv.
 (list $root $c)
 */}}
 {{- define "scalerec.env" -}}
@@ -256,6 +284,13 @@ every value tpl'd, sorted by name; then API_KEYS from the Secret; then extraEnv.
     secretKeyRef:
       name: {{ $secret }}
       key: {{ $root.Values.apiKeys.secretKey }}
+{{- end }}
+{{- if not (hasKey $env "LOG_ID_KEY") }}
+- name: LOG_ID_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "scalerec.logIdKeySecretName" $root }}
+      key: {{ $root.Values.logIdKey.secretKey }}
 {{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}

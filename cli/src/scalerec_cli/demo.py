@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,13 +23,25 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from scalerec_events.experiments import ExperimentDecision, ExperimentOut, ExperimentOutcome
+from scalerec_events.experiments import ExperimentDecision, ExperimentOut, ExperimentOutcome, Interval
+from scalerec_events.models import Event
+from scalerec_synthetic import Shop, ShopConfig, generate_shop, shop_summary
 
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_cli.report import DEMO_REPORT_FILE, EXPERIMENT_FILE
+from scalerec_cli.report.models import (
+    BatchCounts,
+    DemoConfig,
+    DemoReport,
+    DemoResult,
+    Evaluation,
+    ExperimentSkipped,
+    Ingested,
+    Sample,
+    TrainSummary,
+)
 from scalerec_cli.simulate import simulate
-from scalerec_cli.synthetic import ShopConfig, generate_shop, shop_summary
 
 # The first model is trained on this share of the shop's history (oldest first), the challenger on all of it.
 FIRST_SHARE = 0.6
@@ -142,16 +153,14 @@ def run(args: argparse.Namespace) -> int:
     env.setdefault("TIME_BUDGET_S", "60")
     # The demo runs open on loopback; a deployment sets API_KEYS (see README, "Access").
     env.setdefault("AUTH", "disabled")
-    report: dict[str, Any] = {
-        "config": {
-            "users": args.users,
-            "items": args.items,
-            "events_per_user": args.events_per_user,
-            "seed": args.seed,
-            "model_size": env["MODEL_SIZE"],
-            "backends": ", ".join(f"{k}={env[k]}" for k in sorted(env) if k.endswith("_URL")) or "embedded",
-        }
-    }
+    config = DemoConfig(
+        users=args.users,
+        items=args.items,
+        events_per_user=args.events_per_user,
+        seed=args.seed,
+        model_size=env["MODEL_SIZE"],
+        backends=", ".join(f"{k}={env[k]}" for k in sorted(env) if k.endswith("_URL")) or "embedded",
+    )
     if args.experiment_requests:
         # The second version passes the offline gate as a challenger only: the experiment decides.
         env.setdefault("PROMOTION", "online")
@@ -161,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         shop = generate_shop(
             ShopConfig(users=args.users, items=args.items, events_per_user=args.events_per_user, seed=args.seed)
         )
-        report["data"] = shop_summary(shop)
+        data = shop_summary(shop)
         console.print(f"  {len(shop.users):,} users, {len(shop.items):,} items, {len(shop.events):,} events")
     try:
         with stages.stage("start the five services"):
@@ -171,21 +180,24 @@ def run(args: argparse.Namespace) -> int:
                 console.print(
                     "  AUTH=disabled: open APIs on loopback for the demo (services refuse to start so elsewhere)"
                 )
-        report["result"] = _pipeline(cluster, shop, stages, console, args.experiment_requests)
+        result = _pipeline(cluster, shop, stages, console, args.experiment_requests)
     finally:
         cluster.stop_all()
-    report["stages_seconds"] = stages.seconds
-    report["total_seconds"] = round(sum(stages.seconds.values()), 2)
+    report = DemoReport(
+        config=config,
+        data=data,
+        stages_seconds=stages.seconds,
+        total_seconds=round(sum(stages.seconds.values()), 2),
+        result=result,
+    )
     _print_report(console, report)
     _write_reports(console, report, args)
-    model = report["result"]["evaluation"]["models"]
-    mine = model[f"model_v{report['result']['version']}"]["ndcg@10"]
-    return 0 if mine > model["popularity"]["ndcg@10"] else 1
+    return 0 if report.model_beats_popularity() else 1
 
 
-def _write_reports(console: Console, report: dict[str, Any], args: argparse.Namespace) -> None:
+def _write_reports(console: Console, report: DemoReport, args: argparse.Namespace) -> None:
     """JSON into the data folder (what `scalerec report` reads), optionally a copy, then the HTML page."""
-    text = json.dumps(report, indent=2, default=str)
+    text = report.model_dump_json(indent=2)
     for path in [args.data_dir / DEMO_REPORT_FILE] + ([args.json] if args.json else []):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -197,7 +209,8 @@ def _write_reports(console: Console, report: dict[str, Any], args: argparse.Name
         console.print(f"[bold]HTML report written to {html.resolve()}[/]")
 
 
-def _ingest(cluster: LocalCluster, events: list[Any], console: Console, out: dict[str, Any]) -> None:
+def _ingest(cluster: LocalCluster, events: list[Event], console: Console, accepted_before: int) -> int:
+    """Send ``events`` through the collector and wait until the preprocessor stored them; the total accepted."""
     with _progress(console) as bar:
         t_events = bar.add_task("events", total=len(events))
         sent = asyncio.run(
@@ -209,19 +222,16 @@ def _ingest(cluster: LocalCluster, events: list[Any], console: Console, out: dic
                 progress=lambda n: bar.advance(t_events, n),
             )
         )
-    out["accepted"] = out.get("accepted", 0) + sent["accepted"]
+    accepted = accepted_before + sent["accepted"]
     with _progress(console) as bar:
-        task = bar.add_task("stored", total=out["accepted"])
-        stats = driver.wait_preprocessed(
-            cluster.url("preprocessor"), out["accepted"], progress=lambda n: bar.advance(task, n)
-        )
-    out["preprocessor"] = {k: v for k, v in stats.items() if k != "workers"}
+        task = bar.add_task("stored", total=accepted)
+        driver.wait_preprocessed(cluster.url("preprocessor"), accepted, progress=lambda n: bar.advance(task, n))
+    return accepted
 
 
 def _pipeline(
-    cluster: LocalCluster, shop: Any, stages: Stages, console: Console, experiment_requests: int = 0
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    cluster: LocalCluster, shop: Shop, stages: Stages, console: Console, experiment_requests: int = 0
+) -> DemoResult:
     first = shop.events[: int(len(shop.events) * FIRST_SHARE)] if experiment_requests else shop.events
     rest = shop.events[len(first) :]
     with stages.stage("send the catalogue and events through the collector (HTTP)"), _progress(console) as bar:
@@ -245,46 +255,51 @@ def _pipeline(
                 progress=lambda n: bar.advance(t_events, n),
             )
         )
-        out["ingested"] = {"items": items, "events": events}
+        ingested = Ingested(items=BatchCounts.model_validate(items), events=BatchCounts.model_validate(events))
     with stages.stage("wait for the preprocessor (dedupe, histories, features, examples)"), _progress(console) as bar:
         task = bar.add_task("stored", total=events["accepted"])
         stats = driver.wait_preprocessed(
             cluster.url("preprocessor"), events["accepted"], progress=lambda n: bar.advance(task, n)
         )
-        out["preprocessor"] = {k: v for k, v in stats.items() if k != "workers"}
+        preprocessor = {k: v for k, v in stats.items() if k != "workers"}
     with stages.stage("train (ranking transformer + two-tower retrieval), export ONNX"), _progress(console) as bar:
         job = driver.train(cluster.url("trainer"), on_update=TrainingBar(bar).update)
-        out["version"] = job["version"]
-        out["train"] = {"seconds": job["seconds"], "metrics": job["metrics"]}
+        train = TrainSummary(seconds=job["seconds"], metrics=job["metrics"])
     with stages.stage("evaluate on the time holdout and gate the promotion"):
-        evaluation = driver.wait_report(cluster.url("evaluator"), job["version"])
-        out["evaluation"] = evaluation
-        console.print(f"  {evaluation['decision']}")
-    if evaluation["promoted"]:
+        evaluation = Evaluation.model_validate(driver.wait_report(cluster.url("evaluator"), job["version"]))
+        console.print(f"  {evaluation.decision}")
+    if evaluation.promoted:
         with stages.stage("ranker swaps to the promoted model"):
             driver.wait_serving(cluster.url("ranker"), job["version"])
+    experiment = None
     if experiment_requests and rest:
-        out["experiment"] = _experiment(cluster, shop, rest, stages, console, out, experiment_requests)
+        experiment = _experiment(cluster, shop, rest, stages, console, ingested.events.accepted, experiment_requests)
     with stages.stage("ask the ranker"):
         users = [shop.users[i] for i in (0, len(shop.users) // 3, 2 * len(shop.users) // 3)]
-        samples = [driver.recommend(cluster.url("ranker"), u, 5, device="mobile") for u in users]
-        samples.append(driver.recommend(cluster.url("ranker"), "newcomer-without-history", 5))
-        out["samples"] = samples
-    return out
+        answers = [driver.recommend(cluster.url("ranker"), u, 5, device="mobile") for u in users]
+        answers.append(driver.recommend(cluster.url("ranker"), "newcomer-without-history", 5))
+    return DemoResult(
+        ingested=ingested,
+        preprocessor=preprocessor,
+        version=job["version"],
+        train=train,
+        evaluation=evaluation,
+        experiment=experiment,
+        samples=[Sample.model_validate(a) for a in answers],
+    )
 
 
 def _experiment(
     cluster: LocalCluster,
-    shop: Any,
-    rest: list[Any],
+    shop: Shop,
+    rest: list[Event],
     stages: Stages,
     console: Console,
-    out: dict[str, Any],
+    accepted_before: int,
     requests: int,
-) -> dict[str, Any]:
-    ingest = {"accepted": out["ingested"]["events"]["accepted"]}
+) -> ExperimentOutcome | ExperimentSkipped:
     with stages.stage(f"the rest of the history ({len(rest):,} events) through the collector"):
-        _ingest(cluster, rest, console, ingest)
+        _ingest(cluster, rest, console, accepted_before)
     with stages.stage("train a second version on all of it; the offline gate"):
         job = driver.train(cluster.url("trainer"))
         second = driver.wait_report(cluster.url("evaluator"), job["version"])
@@ -295,7 +310,7 @@ def _experiment(
         console.print(
             f"  [yellow]no experiment:[/] the champion is {champion or 'none'}, nothing to test v{job['version']} against"
         )
-        return {"skipped": f"champion {champion}, candidate v{job['version']}"}
+        return ExperimentSkipped(skipped=f"champion {champion}, candidate v{job['version']}")
     spec = {
         "name": f"v{job['version']} (all data) vs v{champion}",
         "variants": [
@@ -348,78 +363,76 @@ def _experiment(
         decision=ExperimentDecision.model_validate_json(decided.content),
     )
     (cluster.data_dir / EXPERIMENT_FILE).write_text(outcome.model_dump_json(indent=2))
-    return outcome.model_dump(mode="json")
+    return outcome
 
 
-def _print_experiment(console: Console, exp: dict[str, Any]) -> None:
-    res = exp["results"]
-    t = Table(title=f"Online experiment {exp['experiment']['experiment_id']}: {exp['experiment']['name']}")
+def _print_experiment(console: Console, exp: ExperimentOutcome) -> None:
+    res = exp.results
+    t = Table(title=f"Online experiment {exp.experiment.experiment_id}: {exp.experiment.name}")
     for col in ("variant", "version", "users", "answers", "CTR", "CTR 95% CI", "conversion", "NDCG@10"):
         t.add_column(col, justify="left" if col == "variant" else "right")
-    for v in res["variants"]:
-        bounds = v["ctr_interval"]
+    for v in res.variants:
+        bounds = v.ctr_interval
         t.add_row(
-            v["name"],
-            f"v{v['model_version']}",
-            f"{v['users']:,}",
-            f"{v['impressions']:,}",
-            f"{v['ctr']:.4f}",
-            "no data" if bounds is None else f"[{bounds['low']:.4f}, {bounds['high']:.4f}]",
-            f"{v['conversion_rate']:.4f}",
-            f"{v['ndcg_at_10']:.4f}",
+            v.name,
+            f"v{v.model_version}",
+            f"{v.users:,}",
+            f"{v.impressions:,}",
+            f"{v.ctr:.4f}",
+            "no data" if bounds is None else f"[{bounds.low:.4f}, {bounds.high:.4f}]",
+            f"{v.conversion_rate:.4f}",
+            f"{v.ndcg_at_10:.4f}",
         )
     console.print(t)
 
-    def ci(i: dict[str, Any] | None) -> str:
+    def ci(i: Interval | None) -> str:
         if i is None:
             return "no data"
-        return f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] p={i['p_value']:.2g}"
+        return f"{i.diff:+.4f} [{i.low:+.4f}, {i.high:+.4f}] p={i.p_value:.2g}"
 
-    for v in res["variants"]:
-        if v["name"] != res["control"]:
-            console.print(f"{v['name']} minus {res['control']}, 95% CI:")
-            console.print(f"  CTR {ci(v['ctr_vs_control'])}")
-            console.print(f"  conversion {ci(v['conversion_rate_vs_control'])}")
-            console.print(f"  NDCG@10 {ci(v['ndcg_at_10_vs_control'])}")
-    srm = res["srm"]
-    console.print(f"sample-ratio check: chi-square p={srm['p_value']:.3g} ({'MISMATCH' if srm['mismatch'] else 'ok'})")
-    d = exp["decision"]
+    for v in res.variants:
+        if v.name != res.control:
+            console.print(f"{v.name} minus {res.control}, 95% CI:")
+            console.print(f"  CTR {ci(v.ctr_vs_control)}")
+            console.print(f"  conversion {ci(v.conversion_rate_vs_control)}")
+            console.print(f"  NDCG@10 {ci(v.ndcg_at_10_vs_control)}")
+    srm = res.srm
+    console.print(f"sample-ratio check: chi-square p={srm.p_value:.3g} ({'MISMATCH' if srm.mismatch else 'ok'})")
+    d = exp.decision
     console.print(
-        f"decision: {'[green]promoted ' + str(d['winner']) if d['promoted'] else '[yellow]kept the champion'}[/] — {d['reason']}"
+        f"decision: {'[green]promoted ' + str(d.winner) if d.promoted else '[yellow]kept the champion'}[/] — {d.reason}"
     )
 
 
-def _print_report(console: Console, report: dict[str, Any]) -> None:
-    res = report["result"]
+def _print_report(console: Console, report: DemoReport) -> None:
+    res = report.result
     data = Table(title="Data", show_header=False)
-    for k, v in report["data"].items():
+    for k, v in report.data.items():
         data.add_row(str(k), f"{v:,.3f}" if isinstance(v, float) else f"{v:,}")
     console.print(data)
     times = Table(title="Time per stage")
     times.add_column("stage")
     times.add_column("seconds", justify="right")
-    for k, v in report["stages_seconds"].items():
-        times.add_row(k, f"{v:.1f}")
-    times.add_row("[bold]total", f"[bold]{report['total_seconds']:.1f}")
+    for stage, seconds in report.stages_seconds.items():
+        times.add_row(stage, f"{seconds:.1f}")
+    times.add_row("[bold]total", f"[bold]{report.total_seconds:.1f}")
     console.print(times)
-    ev = res["evaluation"]
-    metrics = Table(
-        title=f"Offline metrics on the time holdout ({ev['users']} users, {ev['items']} items, full ranking)"
-    )
+    ev = res.evaluation
+    metrics = Table(title=f"Offline metrics on the time holdout ({ev.users} users, {ev.items} items, full ranking)")
     metrics.add_column("model")
     for col in ("ndcg@10", "hr@10", "mrr", "coverage@10"):
         metrics.add_column(col, justify="right")
-    for name, m in sorted(ev["models"].items(), key=lambda kv: -kv[1]["ndcg@10"]):
+    for name, m in sorted(ev.models.items(), key=lambda kv: -kv[1]["ndcg@10"]):
         metrics.add_row(name, *(f"{m[c]:.4f}" for c in ("ndcg@10", "hr@10", "mrr", "coverage@10")))
     console.print(metrics)
-    console.print(f"gate: {'[green]promoted' if ev['promoted'] else '[red]not promoted'}[/] — {ev['decision']}")
-    if "experiment" in res and "skipped" not in res["experiment"]:
-        _print_experiment(console, res["experiment"])
-    for s in res["samples"]:
-        flag = f" [yellow](fallback: {s['fallback_reason']})[/]" if s["fallback"] else ""
-        t = Table(title=f"user {s['user_id']} — model v{s['model_version']}, scorer {s['scorer']}{flag}")
+    console.print(f"gate: {'[green]promoted' if ev.promoted else '[red]not promoted'}[/] — {ev.decision}")
+    if isinstance(res.experiment, ExperimentOutcome):
+        _print_experiment(console, res.experiment)
+    for s in res.samples:
+        flag = f" [yellow](fallback: {s.fallback_reason})[/]" if s.fallback else ""
+        t = Table(title=f"user {s.user_id} — model v{s.model_version}, scorer {s.scorer}{flag}")
         for col in ("item", "title", "category", "source", "reason"):
             t.add_column(col)
-        for it in s["items"]:
-            t.add_row(it["item_id"], it["title"][:40], it["category"], it["source"], it["reason"][:60])
+        for it in s.items:
+            t.add_row(it.item_id, it.title[:40], it.category, it.source, it.reason[:60])
         console.print(t)

@@ -22,8 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-
-from scalerec_cli.synthetic import Shop
+from scalerec_synthetic import Shop
 
 # P(click) of the favourite category's item at the top of the list: low enough that most answers get no
 # click (CTR ~0.4 in the demo), so the share of answers clicked can tell two models apart.

@@ -86,6 +86,7 @@ class OnnxRuntimeScorer(Scorer):
         # release the GIL long enough for the loop to serve HTTP meanwhile.
         self.inline = inline
         self._sessions: dict[tuple[str, int], Any] = {}
+        self._outputs: dict[tuple[str, int], frozenset[str]] = {}  # each session's output names
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._queues: dict[tuple[str, int, tuple[str, ...]], _Queue] = {}
@@ -116,6 +117,7 @@ class OnnxRuntimeScorer(Scorer):
                 raise ScorerUnavailable(f"model {model!r} version {version}: cannot load {path}: {exc}") from exc
             if self.warm_up:
                 self._warm_up(model, version, session)
+            self._outputs[key] = frozenset(o.name for o in session.get_outputs())
             self._sessions[key] = session
             log.info("loaded model %s version %s from %s", model, version, path)
             return session
@@ -156,15 +158,16 @@ class OnnxRuntimeScorer(Scorer):
         self, model: str, version: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
         # Loads on first use: the embedded deployment has no separate load step to forget.
-        session = self._sessions.get((model, int(version))) or self._load(model, version)
-        known = {o.name for o in session.get_outputs()}
+        key = (model, int(version))
+        session = self._sessions.get(key) or self._load(model, version)
+        known = self._outputs[key]  # not session.get_outputs(): it builds new NodeArg objects per call
         missing = [o for o in outputs if o not in known]
         if missing:
             raise ScorerUnavailable(
                 f"model {model!r} version {version} has no output(s) {missing}; it has {sorted(known)}"
             )
         try:
-            results = session.run(list(outputs), {k: np.asarray(v) for k, v in inputs.items()})
+            results = session.run(list(outputs), dict(inputs))
         except Exception as exc:
             shapes = {k: (np.asarray(v).dtype.name, np.shape(v)) for k, v in inputs.items()}
             raise ScorerUnavailable(

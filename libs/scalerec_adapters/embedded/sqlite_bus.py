@@ -363,41 +363,71 @@ class SqliteEventBus(EventBus):
 
 
 class SqliteProducer(Producer):
-    """Group-commits concurrent sends: one transaction (one fsync) per burst, not per message."""
+    """Group-commits concurrent sends: one transaction (one fsync) per burst, not per message or per batch.
+
+    ``send`` and ``send_batch`` queue their messages; one flusher appends everything queued so far in
+    one transaction, and each caller returns once its own messages are durable.  A batch keeps its
+    messages together and in order.  When a combined append fails, each sender's messages are
+    appended alone, so one failing sender never fails the others' sends.
+    """
 
     def __init__(self, bus: SqliteEventBus) -> None:
         self._bus = bus
-        self._pending: list[tuple[str, OutgoingMessage, asyncio.Future[Placement]]] = []
+        self._pending: list[tuple[list[tuple[str, OutgoingMessage]], asyncio.Future[list[Placement]]]] = []
         self._flusher: asyncio.Task[None] | None = None
+
+    def _enqueue(self, messages: list[tuple[str, OutgoingMessage]]) -> asyncio.Future[list[Placement]]:
+        fut: asyncio.Future[list[Placement]] = asyncio.get_running_loop().create_future()
+        self._pending.append((messages, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop())
+        return fut
 
     async def send(
         self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
     ) -> tuple[int, int]:
-        fut: asyncio.Future[Placement] = asyncio.get_running_loop().create_future()
-        self._pending.append((topic, OutgoingMessage(value=value, key=key, headers=tuple(headers)), fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop())
-        return await fut
+        placed = await self._enqueue([(topic, OutgoingMessage(value=value, key=key, headers=tuple(headers)))])
+        return placed[0]
 
     async def _flush_loop(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                placed = await asyncio.to_thread(self._bus._append, [(t, m) for t, m, _ in batch])
+                placed = await asyncio.to_thread(self._bus._append, [m for messages, _ in batch for m in messages])
             except BaseException as exc:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("send cancelled"))
                 if not isinstance(exc, Exception):
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(RuntimeError("send cancelled"))
                     raise
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(exc)
+                    continue
+                await self._append_one_by_one(batch)
                 continue
-            for (_, _, fut), where in zip(batch, placed, strict=True):
+            i = 0
+            for messages, fut in batch:
                 if not fut.done():
-                    fut.set_result(where)
+                    fut.set_result(placed[i : i + len(messages)])
+                i += len(messages)
+
+    async def _append_one_by_one(
+        self, batch: list[tuple[list[tuple[str, OutgoingMessage]], asyncio.Future[list[Placement]]]]
+    ) -> None:
+        for messages, fut in batch:
+            try:
+                placed = await asyncio.to_thread(self._bus._append, messages)
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(placed)
 
     async def send_batch(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         if messages:
-            await asyncio.to_thread(self._bus._append, [(topic, m) for m in messages])
+            await self._enqueue([(topic, m) for m in messages])
 
     async def flush(self) -> None:
         """Wait for queued sends (close() calls it so no acknowledged-to-be send is dropped)."""

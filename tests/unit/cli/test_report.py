@@ -5,6 +5,7 @@ The browser side (Chromium renders it without console errors) is tests/e2e/test_
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 from markupsafe import escape
+from rich.console import Console
+from scalerec_cli import demo
 from scalerec_cli.__main__ import main
 from scalerec_cli.report import html, inputs
 from scalerec_cli.report.inputs import ReportInputError
+from scalerec_cli.report.models import DemoReport
 from scalerec_events.experiments import ExperimentOutcome, VariantResult
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "report"
@@ -213,3 +217,40 @@ def test_variant_results_are_checked() -> None:
         ExperimentOutcome.model_validate({**good, "results": {**results, "control": "nobody"}})
     with pytest.raises(ValueError, match="decision"):
         ExperimentOutcome.model_validate({k: v for k, v in good.items() if k != "decision"})
+
+
+def test_the_demo_writes_its_report_as_the_model_the_page_reads(data_dir: Path, tmp_path: Path) -> None:
+    """`scalerec demo` builds a DemoReport, prints it and writes it; `scalerec report` reads the same model back.
+
+    The demo's own writer and printer run here (not a hand-made JSON), with the experiment it embeds."""
+    fixture = DemoReport.model_validate_json((data_dir / "report.json").read_text())
+    outcome = ExperimentOutcome.model_validate_json((FIXTURES / "experiment.json").read_text())
+    report = fixture.model_copy(update={"result": fixture.result.model_copy(update={"experiment": outcome})})
+    assert report.config is not None and report.result.ingested is not None
+    console = Console(record=True, width=400)
+    demo._print_report(console, report)
+    copy = tmp_path / "elsewhere" / "report.json"
+    demo._write_reports(console, report, argparse.Namespace(data_dir=data_dir, json=copy, no_html=False, html=None))
+
+    assert inputs.load(data_dir).demo == report  # every field survives the round trip, typed
+    assert DemoReport.model_validate_json(copy.read_text()) == report
+    printed = console.export_text()
+    mine = f"model_v{report.result.version}"
+    assert mine in printed and f"{report.result.evaluation.ndcg_of(mine):.4f}" in printed
+    assert f"Online experiment {outcome.experiment.experiment_id}" in printed and outcome.decision.reason in printed
+    assert report.model_beats_popularity() == (
+        report.result.evaluation.models[mine]["ndcg@10"] > report.result.evaluation.models["popularity"]["ndcg@10"]
+    )
+    page = (data_dir / "report.html").read_text()
+    events = report.result.ingested.events
+    assert f'<tr><th>events</th><td class="num">{events.accepted:,}</td>' in page
+    assert f"<th>model size</th><td>{report.config.model_size}</td>" in page
+    assert f"model v{report.result.version}" in page
+
+
+def test_a_report_of_an_older_demo_without_config_or_ingest_counts_still_renders(data_dir: Path) -> None:
+    report = json.loads((data_dir / "report.json").read_text())
+    del report["config"], report["result"]["ingested"]
+    (data_dir / "report.json").write_text(json.dumps(report))
+    page = html.render(inputs.load(data_dir))
+    assert "Ingested through the collector" not in page and "Demo settings" not in page

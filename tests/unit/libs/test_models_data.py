@@ -128,6 +128,26 @@ def test_ann_index_finds_the_nearest_and_round_trips(tmp_path: Path) -> None:
     assert hnsw.search(emb[[10]], 1)[1][0, 0] == items[0, 0]
 
 
+@pytest.mark.parametrize("k", [1, 7, 48, 60])
+def test_flat_ann_in_numpy_answers_as_faiss_does(k: int) -> None:
+    import faiss
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    queries = rng.normal(size=(3, 8)).astype(np.float32)
+    ann = AnnIndex(8, kind="flat").build(emb)
+    scores, items = ann.search(queries, k)
+    reference = faiss.IndexFlatIP(8)
+    reference.add(emb[FIRST_ITEM:])
+    ref_scores, ref_rows = reference.search(queries, k)
+    assert scores.shape == items.shape == (3, k) and scores.dtype == np.float32
+    assert np.array_equal(items, np.where(ref_rows >= 0, ref_rows + FIRST_ITEM, -1))
+    found = ref_rows >= 0  # fewer items than k: the rest is -1 / -inf, as faiss pads
+    assert np.array_equal(np.isfinite(scores), found)
+    assert np.allclose(scores[found], ref_scores[found], atol=1e-5)
+    assert (np.diff(scores[:, : min(k, 48)], axis=1) <= 0).all()  # best first
+
+
 def test_bundle_builds_the_contract_arrays(tmp_path: Path) -> None:
     cfg = model_config("demo", history_len=4)
     cfg.save(tmp_path / "config.json")

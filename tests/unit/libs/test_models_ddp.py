@@ -63,6 +63,7 @@ def _cfg() -> ModelConfig:
         tower_epochs=6,
         tower_dim=16,
         batch_size=16,
+        tower_batch_size=16,
         lr=1e-2,
         id_dropout=0.2,
         dropout=0.1,

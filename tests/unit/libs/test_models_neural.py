@@ -71,6 +71,7 @@ def trained() -> TrainedModels:
         tower_epochs=15,
         tower_dim=16,
         batch_size=32,
+        tower_batch_size=32,
         lr=1e-2,
         id_dropout=0.2,
         dropout=0.1,

@@ -44,6 +44,7 @@ def _cfg(tmp: Path | None = None, epochs: int = 4) -> ModelConfig:
         epochs=epochs,
         patience=50,
         batch_size=16,
+        tower_batch_size=16,
         lr=1e-2,
         device="cpu",
         checkpoint_dir=str(tmp) if tmp else None,

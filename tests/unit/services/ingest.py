@@ -9,11 +9,11 @@ from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
-from scalerec_cli.synthetic import Shop
 from scalerec_events.topics import Topic, topic_name
 from scalerec_preprocessor.consumers.events import EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_storage import schema as s
+from scalerec_synthetic import Shop
 
 
 async def ingest_shop(data_dir: Path, shop: Shop) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from scalerec_collector.config import CollectorSettings
 from scalerec_collector.main import create_app
+from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, EventType
 from scalerec_events.topics import Topic, topic_name
 
 
@@ -130,6 +132,62 @@ def test_items_and_erasure_go_on_their_own_topics(client: TestClient) -> None:
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/events", "/v1/items", "/v1/users/{user_id}"} <= set(paths)
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+@pytest.mark.parametrize(
+    "path, key, model, fields",
+    [
+        ("/v1/events", "events", "Event", {"event_id", "user_id", "item_id", "type", "timestamp", "value", "context"}),
+        ("/v1/items", "items", "Item", {"item_id", "category", "price", "title", "text", "attributes", "created_at"}),
+    ],
+)
+def test_openapi_shows_the_request_body_a_producer_writes(
+    client: TestClient, path: str, key: str, model: str, fields: set[str]
+) -> None:
+    """/docs and /openapi.json carry the wire schema of each element (a producer in another language is written
+    from it): the body is an object with a required non-empty list of the scalerec_events model."""
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"][path]["post"]["requestBody"]
+    assert body["required"] is True
+    media = body["content"]["application/json"]
+    batch = _resolve(spec, media["schema"])
+    assert batch["required"] == [key] and batch["properties"][key]["minItems"] == 1
+    element = batch["properties"][key]["items"]
+    assert element == {"$ref": f"#/components/schemas/{model}"}
+    schema = _resolve(spec, element)
+    assert fields <= set(schema["properties"]), schema["properties"].keys()
+    assert {key[:-1] + "_id"} <= set(schema["required"])
+    assert media["examples"], "the example stays next to the schema"
+    if model == "Event":
+        assert _resolve(spec, schema["properties"]["type"])["enum"] == [t.value for t in EventType]
+        assert "Context" in spec["components"]["schemas"]
+    erase = spec["paths"]["/v1/users/{user_id}"]["delete"]
+    assert "requestBody" not in erase  # the user id is the path, checked against the id rules
+    (param,) = erase["parameters"]
+    assert param["schema"]["pattern"] == ID_PATTERN and param["schema"]["maxLength"] == ID_MAX_LENGTH
+    assert erase["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErasureAccepted")
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ([{"event_id": "e1"}], "body"),  # not an object
+        ({"event": []}, "body"),  # no events list
+        ({"events": {"e1": 1}}, "events"),  # not a list
+        ({"events": []}, "events"),  # empty
+    ],
+)
+def test_a_batch_of_the_wrong_shape_is_a_422_naming_the_field(client: TestClient, body: object, field: str) -> None:
+    r = client.post("/v1/events", json=body)
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == [field]
+    assert _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 0
 
 
 @pytest.mark.parametrize(

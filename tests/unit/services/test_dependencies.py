@@ -262,7 +262,7 @@ def dockerfile_extras(path: Path) -> list[set[str]]:
 
 def image_extras(service: str) -> list[set[str]]:
     """The libs extras each image of a service installs: the EXTRAS build argument skaffold.yaml gives
-    services/Dockerfile for it, and those its own Dockerfile.* variants (the trainer's CUDA build) name."""
+    services/Dockerfile for it, and those any Dockerfile.* variant of its own names."""
     import yaml
 
     docs = [d for d in yaml.safe_load_all((ROOT / "skaffold.yaml").read_text()) if d]

@@ -91,6 +91,17 @@ async def test_a_crash_before_the_dedupe_index_is_safe(world: World) -> None:
     assert sum(r.item_scores(world.store).values()) == 2.0
 
 
+async def test_index_rows_of_an_earlier_version_still_mark_their_events_done(world: World) -> None:
+    """Index rows are one cell (m:at) now; rows written with m:row as well must still dedupe."""
+    old, new = _events("u1", ["a"]), _events("u1", ["b"], start=1)
+    ingested = old[0].timestamp_ms
+    row = s.interaction_key("u1", ingested, "u1-0")
+    world.store.put(s.EVENT_INDEX, s.event_index_key("u1", "u1-0"), {b"m:row": row, b"m:at": b"%d" % ingested})
+    await world.events.handle(old + new)
+    assert world.events.stored == 1 and world.events.duplicates == 1
+    assert world.store.get(s.EVENT_INDEX, s.event_index_key("u1", "u1-1")) == {b"m:at": b"%d" % new[0].timestamp_ms}
+
+
 async def test_examples_see_only_the_past(world: World) -> None:
     # Out of order delivery: the later events first.
     await world.events.handle(_events("u1", ["c", "d"], start=2))
@@ -113,6 +124,33 @@ async def test_poison_messages_are_reported_not_fatal(world: World) -> None:
     result = await world.events.handle(batch)
     assert len(result.poison) == 1 and "invalid event" in result.poison[0][1]
     assert r.count_interactions(world.store) == 1
+
+
+async def test_a_purchase_written_while_an_erasure_runs_stays_in_the_rebuilt_profile(world: World) -> None:
+    """The user comes back during the erasure: a batch of purchases ingested after the tombstone lands
+    between the erasure's scan of the interactions and its delete of the profile.  The profile it
+    rebuilds must still hold those purchases (they are not erased, and the ranker must never
+    recommend them again)."""
+    await world.events.handle(_events("u1", ["a", "b"]))
+    tombstone = int((T0 + timedelta(hours=1)).timestamp() * 1000)
+    back = Event(
+        event_id="u1-back", user_id="u1", item_id="bought-later", type="purchase", timestamp=T0 + timedelta(hours=2)
+    )
+    real_delete = world.store.delete
+    raced: list[bool] = []
+
+    def delete_racing_a_batch(table: str, row: bytes, columns: list[bytes] | None = None) -> None:
+        if table == s.PROFILES and not raced:  # the batch lands right before the profile is deleted
+            raced.append(True)
+            world.events._finish(world.events._write([(back, tombstone + 1000)]))
+        real_delete(table, row, columns)
+
+    world.store.delete = delete_racing_a_batch  # type: ignore[method-assign]
+    r.erase_user(world.store, world.cache, world.keys, "u1", tombstone)
+    world.store.delete = real_delete  # type: ignore[method-assign]
+    assert raced
+    assert r.purchased_items(world.store, "u1") == {"bought-later"}
+    assert [h.event_id for h in r.recent_history(world.store, "u1", 10)] == ["u1-back"]
 
 
 async def test_erasure_removes_everything_and_drops_late_events(world: World) -> None:

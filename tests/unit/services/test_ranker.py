@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,6 @@ from scalerec_adapters.bus import OutgoingMessage
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_adapters.scoring import ScorerUnavailable
 from scalerec_adapters.store import StoreUnavailable
-from scalerec_cli.synthetic import Shop, ShopConfig, generate_shop
 from scalerec_events.models import Item
 from scalerec_events.topics import Topic, topic_name
 from scalerec_models import repository as repo
@@ -31,6 +30,7 @@ from scalerec_ranker.api.routes.recommendations import ItemOut, RecommendationsO
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
 from scalerec_storage import schema as s
+from scalerec_synthetic import Shop, ShopConfig, generate_shop
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import train_version
 
@@ -311,6 +311,39 @@ async def test_a_version_built_during_catalogue_changes_misses_none_of_them(worl
     assert new is not None and new.version == 2 and new is not old
     pos = new.table.position[item.item_id]
     assert new.table.titles[pos] == "changed mid-build" and not new.table.available[pos]
+    await manager.close()
+    await scorer.close()
+
+
+async def test_the_warm_up_request_is_shaped_by_the_features(world: World) -> None:
+    """The warm-up's context comes from scalerec_features (as a request's does), so a change to the context
+    features (a field, a cardinality) changes the warm-up with it instead of sending a stale literal."""
+    from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
+    from scalerec_features import CONTEXT_CARDINALITIES, CONTEXT_FIELDS, DEVICES
+    from scalerec_ranker.items import ItemRow
+    from scalerec_ranker.models import ModelManager
+
+    sent: list[tuple[str, Mapping[str, np.ndarray]]] = []
+
+    class Recording(OnnxRuntimeScorer):
+        async def infer(
+            self, model: str, version: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+        ) -> dict[str, np.ndarray]:
+            sent.append((model, inputs))
+            return await super().infer(model, version, inputs, outputs)
+
+    scorer = Recording(world.repository, inline=True)
+    manager = ModelManager(scorer, world.repository, unload_grace_s=0, max_candidates=40)
+    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
+    assert await manager.activate(1)
+    ranker = [inputs for name, inputs in sent if name == repo.RANKER_MODEL]
+    assert ranker, "no warm-up request reached the scorer"
+    context = ranker[0]["context"]
+    assert context.shape == (1, len(CONTEXT_FIELDS)) and context.dtype == np.int64
+    assert all(0 <= int(v) < card for v, card in zip(context[0], CONTEXT_CARDINALITIES, strict=True)), context
+    assert int(context[0][CONTEXT_FIELDS.index("device")]) == DEVICES.index("desktop")
+    assert int(context[0][CONTEXT_FIELDS.index("locale")]) > 0  # a named locale, hashed like a request's
+    assert ranker[0]["candidates"].shape == (1, 40)
     await manager.close()
     await scorer.close()
 

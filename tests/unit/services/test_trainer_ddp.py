@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("torch")
 
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
-from scalerec_cli.synthetic import ShopConfig, generate_shop
 from scalerec_events.models import EventType, TrainingExample
 from scalerec_features import context_vector
 from scalerec_models import repository as repo
@@ -26,6 +25,7 @@ from scalerec_models.data import Interactions
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 from scalerec_storage.windows import DataWindow, data_window
+from scalerec_synthetic import ShopConfig, generate_shop
 from scalerec_trainer.pipeline import load_training_data
 
 from tests.unit.services.ingest import ingest_shop

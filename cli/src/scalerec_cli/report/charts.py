@@ -20,7 +20,8 @@ from matplotlib.ticker import MaxNLocator
 from scalerec_events.experiments import CONFIDENCE, ExperimentOutcome, RateInterval
 
 from scalerec_cli.locust_stats import EndpointStats
-from scalerec_cli.report.inputs import Evaluation, TrainingRun
+from scalerec_cli.report.inputs import TrainingRun
+from scalerec_cli.report.models import Evaluation
 
 # Colour-blind-safe (Okabe-Ito); the candidate model is always the first colour.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")

@@ -2,7 +2,7 @@
 
 A finished ``scalerec demo`` leaves in its ``--data-dir``:
 
-- ``report.json`` — the demo's own report (:class:`DemoReport`: data summary, stage times, the
+- ``report.json`` — the demo's own report (:class:`scalerec_cli.report.models.DemoReport`: data summary, stage times, the
   evaluator's report with its HR@K/NDCG@K curves, sample recommendations);
 - ``model_repository/`` — each version's ``card.json`` with ``training_history`` (one record per epoch);
 - ``experiment.json`` when an online experiment ran: the decided experiment with its per-variant results,
@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from scalerec_events.experiments import ExperimentOutcome
-from scalerec_metrics import RankingCurve
 from scalerec_models import repository as repo
 
 from scalerec_cli.locust_stats import AGGREGATED, EndpointStats, parse_stats
 from scalerec_cli.report import DEMO_REPORT_FILE, EXPERIMENT_FILE, LOADTEST_DIR, MODEL_REPOSITORY_DIR
+from scalerec_cli.report.models import DemoReport
 
 # loadtests/run.py's --csv prefix: locust_stats.csv, locust_failures.csv, locust.html.
 LOCUST_PREFIX = "locust"
@@ -35,75 +35,6 @@ M = TypeVar("M", bound=BaseModel)
 
 class ReportInputError(ValueError):
     """A report input that exists but cannot be used (missing, unreadable or malformed); says which."""
-
-
-class _Lenient(BaseModel):
-    # Producers may add fields (a newer demo, the experiments API): the report reads what it knows.
-    model_config = ConfigDict(extra="ignore")
-
-
-# ----------------------------------------------------------------------------------------- demo report
-
-
-class Evaluation(_Lenient):
-    """The evaluator's report of the demo's model version (``GET /v1/reports/{version}``)."""
-
-    users: int
-    items: int
-    k: int = 10
-    models: dict[str, dict[str, float]]
-    curves: dict[str, RankingCurve] = Field(default_factory=dict)
-    version: int
-    champion_before: int | None = None
-    metric: str = "ndcg@10"
-    promoted: bool
-    decision: str
-
-
-class SampleItem(_Lenient):
-    item_id: str
-    title: str = ""
-    category: str = ""
-    source: str = ""
-    reason: str = ""
-    score: float | None = None
-
-
-class Sample(_Lenient):
-    """One answer of the ranker (``GET /v1/recommendations``) as the demo asked for it."""
-
-    user_id: str
-    model_version: int | None = None
-    variant: str | None = None
-    fallback: bool = False
-    fallback_reason: str | None = None
-    scorer: str = ""
-    took_ms: float | None = None
-    items: list[SampleItem]
-
-
-class TrainSummary(_Lenient):
-    seconds: float
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-
-class DemoResult(_Lenient):
-    ingested: dict[str, dict[str, int]] = Field(default_factory=dict)
-    preprocessor: dict[str, int] = Field(default_factory=dict)
-    version: int
-    train: TrainSummary
-    evaluation: Evaluation
-    samples: list[Sample] = Field(default_factory=list)
-
-
-class DemoReport(_Lenient):
-    """``scalerec demo``'s report (``report.json`` in its data folder, and ``--json``)."""
-
-    config: dict[str, Any] = Field(default_factory=dict)
-    data: dict[str, float]
-    stages_seconds: dict[str, float]
-    total_seconds: float
-    result: DemoResult
 
 
 # ------------------------------------------------------------------------------------- training curve

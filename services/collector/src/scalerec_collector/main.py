@@ -7,10 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from scalerec_adapters.factory import make_bus
-from scalerec_core import __version__
-from scalerec_core.http import install_common
+from scalerec_core.http import create_service_app
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import http_telemetry
 
 from scalerec_collector.api.routes import events, items, users
 from scalerec_collector.config import CollectorSettings, get_settings
@@ -34,22 +32,14 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         finally:
             await bus.close()
 
-    app = FastAPI(
-        title="ScaleRec collector",
-        version=__version__,
-        description="Accepts events, items and erasure requests; every accepted message is durable on the bus.",
-        lifespan=lifespan,
-        telemetry=http_telemetry(),
-    )
-    app.state.settings = settings
-
     async def bus_ready() -> bool:
         return bool(await app.state.bus.healthy())
 
-    install_common(
-        app,
+    app = create_service_app(
         settings,
         service="collector",
+        description="Accepts events, items and erasure requests; every accepted message is durable on the bus.",
+        lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
         readiness={"bus": bus_ready},
     )

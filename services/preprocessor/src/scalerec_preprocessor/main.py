@@ -8,10 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.worker import ConsumerWorker
-from scalerec_core import __version__
-from scalerec_core.http import install_common
+from scalerec_core.http import create_service_app
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import http_telemetry
 from scalerec_events.topics import Topic
 from scalerec_storage.backends import Backends
 
@@ -84,25 +82,17 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
                 await worker.stop()
             await backends.close()
 
-    app = FastAPI(
-        title="ScaleRec preprocessor",
-        version=__version__,
-        description="Consumes raw events, items and erasure requests; keeps features and histories; emits examples.",
-        lifespan=lifespan,
-        telemetry=http_telemetry(),
-    )
-    app.state.settings = settings
-
     async def consuming() -> bool:
         return all(w.running and not w.failing for w in app.state.workers.values())
 
     async def store_ok() -> bool:
         return await app.state.backends.store_healthy()
 
-    install_common(
-        app,
+    app = create_service_app(
         settings,
         service="preprocessor",
+        description="Consumes raw events, items and erasure requests; keeps features and histories; emits examples.",
+        lifespan=lifespan,
         readiness={"consumers": consuming, "store": store_ok},
     )
     app.include_router(status.router)

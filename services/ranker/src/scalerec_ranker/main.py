@@ -13,10 +13,8 @@ from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.factory import make_scorer
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.worker import ConsumerWorker
-from scalerec_core import __version__
-from scalerec_core.http import install_common
+from scalerec_core.http import create_service_app
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import http_telemetry
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_storage.backends import Backends
@@ -125,23 +123,15 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
             await scorer.close()
             await backends.close()
 
-    app = FastAPI(
-        title="ScaleRec ranker",
-        version=__version__,
-        description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
-        lifespan=lifespan,
-        telemetry=http_telemetry(),
-    )
-    app.state.settings = settings
-
     async def scorer_ok() -> bool:
         return bool(await app.state.scorer.healthy())
 
     # Readiness does not wait for a model: without one the ranker still serves the flagged baseline.
-    install_common(
-        app,
+    app = create_service_app(
         settings,
         service="ranker",
+        description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
+        lifespan=lifespan,
         readiness={"scorer": scorer_ok},
     )
     app.include_router(recommendations.router)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.experiments import Assignment, Experiment
+from scalerec_features import context_features
 from scalerec_models import repository as repo
 from scalerec_models.integrity import verify_files
 from scalerec_models.runtime import ModelVersion
@@ -212,9 +214,11 @@ class ModelManager:
     async def _warm_up(self, model: ServingModel, has_tower: bool) -> None:
         """One full-size request: the shape every request has, so the first real one pays nothing extra."""
         n = self.max_candidates
+        # A context as a request gets one (now, a named device and locale), from the features' own function.
+        context = context_features(int(time.time() * 1000), "desktop", "en-US")
         inputs = {
             "history": np.zeros((1, model.model.history_len), dtype=np.int64),
-            "context": np.asarray([[12, 2, 1, 0]], dtype=np.int64),
+            "context": np.asarray([context], dtype=np.int64),
             "candidates": np.zeros((1, n), dtype=np.int64),
             "candidate_features": np.zeros((1, n, model.table.features.shape[1]), dtype=np.int64),
         }

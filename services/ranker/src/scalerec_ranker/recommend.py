@@ -44,6 +44,7 @@ from scalerec_events.models import Context, EventType, ImpressedItem, Impression
 from scalerec_features import HISTORY_LEN, context_features
 from scalerec_models import repository as repo
 from scalerec_models.data import FIRST_ITEM
+from scalerec_models.runtime import CF_SEEDS
 from scalerec_storage import records as r
 
 from scalerec_ranker.baselines import Baselines
@@ -55,7 +56,6 @@ from scalerec_ranker.serving import FRESH, ITEM_CF, RETRIEVAL, SOURCES, TRENDING
 
 log = logging.getLogger(__name__)
 
-RECENT_FOR_CF = 10
 JUST_SEEN = 5  # the last few items seen are not news
 _IMPRESSION = EventType.IMPRESSION.value
 _PURCHASE = EventType.PURCHASE.value
@@ -378,9 +378,8 @@ class Recommender:
                 log.info("retrieval skipped: %s", exc or "over half the remaining request budget")
         # Item-item CF: neighbours of the most recent distinct items, the most recent first.
         rev = hist_pos[::-1]
-        _, first = np.unique(rev, return_index=True)
-        recent = rev[np.sort(first)]
-        recent = recent[recent >= FIRST_ITEM][:RECENT_FOR_CF]
+        recent = rev[model.first_occurrences(rev)]
+        recent = recent[recent >= FIRST_ITEM][:CF_SEEDS]
         cf_pos, cf_score, cf_seed = model.item_cf(recent, per)
         parts.append((ITEM_CF, cf_pos, cf_score, cf_seed))
         lists = model.baseline_positions(self.baselines.generation, self.baselines.trending, self.baselines.fresh)

@@ -65,6 +65,8 @@ class ServingModel:
     neighbour_score: np.ndarray  # [P, N] float32, best first
     unit: np.ndarray | None  # [V, D] float32 L2-normalised item embeddings, by model index
     _baselines: _BaselinePositions | None = field(default=None, repr=False)
+    _slot: np.ndarray | None = field(default=None, repr=False)  # scratch for first occurrences
+    _mark: np.ndarray | None = field(default=None, repr=False)  # scratch for blocked positions
 
     @property
     def version(self) -> int:
@@ -126,17 +128,14 @@ class ServingModel:
         if not len(seeds) or not self.neighbour_pos.shape[1]:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
         width = min(per_source, self.neighbour_pos.shape[1])
-        pos = self.neighbour_pos[seeds, :width]
-        score = self.neighbour_score[seeds, :width] / (1.0 + np.arange(len(seeds), dtype=np.float32))[:, None]
-        seed = np.broadcast_to(seeds[:, None], pos.shape)
-        valid = pos >= 0
-        pos, score, seed = pos[valid], score[valid], seed[valid]
-        order = np.argsort(-score, kind="stable")
-        pos, score, seed = pos[order], score[order], seed[order]
-        _, first = np.unique(pos, return_index=True)  # each item once, with its best seed
-        first.sort()
-        first = first[:per_source]
-        return pos[first], score[first], seed[first]
+        pos = self.neighbour_pos[seeds, :width].ravel()
+        score = (self.neighbour_score[seeds, :width] / (1.0 + np.arange(len(seeds), dtype=np.float32))[:, None]).ravel()
+        valid = np.flatnonzero(pos >= 0)
+        order = valid[np.argsort(-score[valid], kind="stable")]
+        pos = pos[order]
+        first = self.first_occurrences(pos)[:per_source]  # each item once, with its best seed
+        picked = order[first]
+        return pos[first], score[picked], seeds[picked // width]
 
     def merge(
         self,
@@ -150,47 +149,90 @@ class ServingModel:
         if not parts:
             return Candidates.empty()
         positions = np.concatenate([p[1] for p in parts])
-        source = np.concatenate([np.full(len(p[1]), p[0], dtype=np.int8) for p in parts])
+        # Positions are -1 (none) or inside the table; -1 indexes the last slot, masked by the first test.
+        offer = (positions >= FIRST_ITEM) & self.table.available[positions]
+        if len(blocked):
+            mark = self._scratch_mark()
+            blocked = blocked[(blocked >= 0) & (blocked < len(mark))]
+            mark[blocked] = True
+            offer &= ~mark[positions]
+            mark[blocked] = False
+        idx = np.flatnonzero(offer)
+        keep = idx[self.first_occurrences(positions[idx])][:limit]
+        source = np.repeat(np.array([p[0] for p in parts], dtype=np.int8), [len(p[1]) for p in parts])
         because = np.concatenate([p[3] if p[3] is not None else np.full(len(p[1]), -1, np.int64) for p in parts])
         prior = np.concatenate(
             [p[2].astype(np.float32) if p[2] is not None else np.zeros(len(p[1]), np.float32) for p in parts]
         )
-        keep = (positions >= FIRST_ITEM) & (positions < self.table.size)
-        idx = np.flatnonzero(keep)
-        keep_idx = idx[self.table.available[positions[idx]]]
-        if len(blocked):
-            keep_idx = keep_idx[~np.isin(positions[keep_idx], blocked)]
-        _, first = np.unique(positions[keep_idx], return_index=True)
-        first.sort()
-        return Candidates(positions, source, because, prior).take(keep_idx[first][:limit])
+        return Candidates(positions, source, because, prior).take(keep)
+
+    # ------------------------------------------------------------ scratch (event loop only)
+
+    def _slots(self) -> np.ndarray:
+        n = len(self.table.model_index)  # the table's capacity: every position fits
+        if self._slot is None or len(self._slot) < n:
+            self._slot = np.empty(n, dtype=np.int64)
+            self._mark = np.zeros(n, dtype=bool)
+        return self._slot
+
+    def _scratch_mark(self) -> np.ndarray:
+        self._slots()
+        assert self._mark is not None
+        return self._mark
+
+    def first_occurrences(self, positions: np.ndarray) -> np.ndarray:
+        """Indices of each position's first occurrence, in order: O(n) with a per-table scratch array
+        (``np.unique`` sorts twice). Positions must be in the table (>= 0)."""
+        slot = self._slots()
+        at = np.arange(len(positions))
+        slot[positions] = len(positions)
+        np.minimum.at(slot, positions, at)  # ufunc.at: defined for repeated indices (plain assignment is not)
+        return np.flatnonzero(slot[positions] == at)
 
     # ------------------------------------------------------------ re-ranking and explanations
 
     def rerank(self, cands: Candidates, scores: np.ndarray, k: int, per_category: int, explore: int) -> np.ndarray:
         """Indices into ``cands``: best first, at most ``per_category`` per category, ``explore`` slots
         kept for fresh items (appended after the rest), topped up from the best left when the cap was too
-        strict for this candidate set."""
+        strict for this candidate set.
+
+        One sort, then a walk down the order that stops at ``k`` picks (a few dozen steps in practice):
+        cheaper than the handful of whole-array passes a vectorised category cap needs for ``k`` = 10."""
         n = len(cands)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         order = np.argsort(-scores[:n], kind="stable")
-        is_fresh = cands.source[order] == FRESH
-        fresh = order[is_fresh][:explore] if explore else np.zeros(0, np.int64)
-        rest = order[~is_fresh] if explore else order
-        cats = self.table.category[cands.positions[rest]]
-        # Rank of each candidate within its category, in score order: a stable sort by category.
-        by_cat = np.argsort(cats, kind="stable")
-        sorted_cats = cats[by_cat]
-        starts = np.flatnonzero(np.r_[True, sorted_cats[1:] != sorted_cats[:-1]])
-        run = np.arange(len(cats)) - np.repeat(starts, np.diff(np.r_[starts, len(cats)]))
-        rank = np.empty_like(run)
-        rank[by_cat] = run
-        picked = rest[rank < per_category][: k - len(fresh)]
-        out = np.concatenate([picked, fresh])[:k]
+        fresh: list[int] = []
+        is_fresh: list[bool] = []
+        if explore:
+            fresh_mask = cands.source == FRESH
+            fresh = order[fresh_mask[order]][:explore].tolist()
+            is_fresh = fresh_mask.tolist()
+        ranked = order.tolist()
+        need = k - len(fresh)
+        picked: list[int] = []
+        if need > 0:
+            category = self.table.category[cands.positions].tolist()
+            per: dict[int, int] = {}
+            for i in ranked:
+                if explore and is_fresh[i]:
+                    continue
+                c = category[i]
+                seen = per.get(c, 0)
+                per[c] = seen + 1
+                if seen < per_category:
+                    picked.append(i)
+                    if len(picked) == need:
+                        break
+        out = (picked + fresh)[:k]
         if len(out) < k:
-            left = order[~np.isin(order, out)]
-            out = np.concatenate([out, left[: k - len(out)]])
-        return out
+            chosen = set(out)
+            for i in ranked:
+                if i not in chosen:
+                    out.append(i)
+                    if len(out) == k:
+                        break
+        return np.asarray(out, dtype=np.int64)
 
     def explain(
         self, picked: np.ndarray, history: np.ndarray, min_similarity: float, preferred: np.ndarray | None = None
@@ -211,18 +253,20 @@ class ServingModel:
         known = mi[picked] >= FIRST_ITEM
         if not known.any():
             return out
-        sims = self.unit[mi[picked[known]]] @ self.unit[mi[hist]].T  # [k, H]
-        sims[picked[known][:, None] == hist[None, :]] = -np.inf
-        best = np.argmax(sims, axis=1)
-        ok = sims[np.arange(len(best)), best] >= min_similarity
-        choice = hist[best]
-        if preferred is not None:
-            pref = preferred[known]
-            match = pref[:, None] == hist[None, :]
-            has = match.any(axis=1)
-            pref_sim = np.where(has, np.max(np.where(match, sims, -np.inf), axis=1), -np.inf)
-            use = has & (pref_sim >= min_similarity)
-            choice = np.where(use, pref, choice)
-            ok |= use
-        out[np.flatnonzero(known)[ok]] = choice[ok]
+        rows = np.flatnonzero(known)
+        sims = self.unit[mi[picked[rows]]] @ self.unit[mi[hist]].T  # [k, H]
+        sims[picked[rows][:, None] == hist[None, :]] = -np.inf  # an item does not explain itself
+        best = sims.argmax(axis=1)
+        best_sim = sims[np.arange(len(rows)), best].tolist()
+        hist_ids = hist.tolist()
+        column = {p: j for j, p in reversed(list(enumerate(hist_ids)))}  # first column of each item
+        seeds = preferred[rows].tolist() if preferred is not None else None
+        # k rows (10): a loop over them is cheaper than the masks a vectorised choice needs.
+        for r, (row, j_best) in enumerate(zip(rows.tolist(), best.tolist(), strict=True)):
+            seed = seeds[r] if seeds is not None else -1
+            j = column.get(seed)  # never -1: history positions are items
+            if j is not None and sims[r, j] >= min_similarity:
+                out[row] = seed
+            elif best_sim[r] >= min_similarity:
+                out[row] = hist_ids[j_best]
         return out

@@ -7,10 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from scalerec_adapters.worker import ConsumerWorker
-from scalerec_core import __version__
-from scalerec_core.http import install_common
+from scalerec_core.http import create_service_app
 from scalerec_core.service import bootstrap
-from scalerec_core.telemetry import http_telemetry
 from scalerec_events.topics import Topic
 from scalerec_storage.backends import Backends
 
@@ -48,22 +46,14 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
             await trainer.close()
             await backends.close()
 
-    app = FastAPI(
-        title="ScaleRec trainer",
-        version=__version__,
-        description="Trains retrieval and ranking models, exports ONNX, writes Triton model versions.",
-        lifespan=lifespan,
-        telemetry=http_telemetry(),
-    )
-    app.state.settings = settings
-
     async def store_ok() -> bool:
         return await app.state.backends.store_healthy()
 
-    install_common(
-        app,
+    app = create_service_app(
         settings,
         service="trainer",
+        description="Trains retrieval and ranking models, exports ONNX, writes Triton model versions.",
+        lifespan=lifespan,
         readiness={"store": store_ok},
     )
     app.include_router(train.router)

@@ -21,7 +21,7 @@ from scalerec_events.models import ModelAnnouncement
 from scalerec_events.topics import Topic
 from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
-from scalerec_models.runtime import NEIGHBORS_FILE
+from scalerec_models.runtime import NEIGHBORS_FILE, NEIGHBOURS_PER_ITEM
 from scalerec_models.versions import allocate_version, prune_versions
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
@@ -39,7 +39,7 @@ class NotEnoughData(RuntimeError):
     pass
 
 
-def write_item_neighbors(interactions: Any, vocab: Any, path: Path, k: int = 50) -> Path:
+def write_item_neighbors(interactions: Any, vocab: Any, path: Path, k: int = NEIGHBOURS_PER_ITEM) -> Path:
     """Item-item CF neighbours (the ranker's ``item_cf`` candidates), fitted on the same training data."""
     import numpy as np
     from scalerec_models.baselines import ItemKNN

@@ -1,16 +1,23 @@
-"""Batch ingestion shared by events and items: per-element validation, the valid rest still accepted."""
+"""Batch ingestion shared by events and items: per-element validation, the valid rest still accepted.
+
+The request bodies are documented as :class:`EventBatch` and :class:`ItemBatch` (so ``/docs`` and
+``/openapi.json`` show the Event and Item schemas a producer in any language can be written from) but
+are not validated as those models: one invalid element would then reject the whole batch, while the
+collector accepts the valid rest and names each invalid element's field (:func:`split_valid`).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, PlainValidator, ValidationError
 from scalerec_adapters.bus import OutgoingMessage, Producer
 from scalerec_core.http import field_error, validation_errors
 from scalerec_core.telemetry import inject_headers, meter, tracer
+from scalerec_events.models import Event, Item
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -23,6 +30,30 @@ class ElementError(BaseModel):
     message: str
     # 422: the element is invalid; 413: it is valid but too large for the bus.
     status: int = 422
+
+
+class EventBatch(BaseModel):
+    """The body of POST /v1/events. Each event is validated on its own: an invalid one is reported in
+    the answer's ``errors`` (with the field at fault) and the rest of the batch is accepted."""
+
+    events: list[Event] = Field(min_length=1, description="At most MAX_BATCH_EVENTS (1,000 by default) a request.")
+
+
+class ItemBatch(BaseModel):
+    """The body of POST /v1/items: upserts by ``item_id``, each item validated on its own."""
+
+    items: list[Item] = Field(min_length=1, description="At most MAX_BATCH_ITEMS (1,000 by default) a request.")
+
+
+def _as_received(value: Any) -> Any:
+    return value
+
+
+# Body parameters that OpenAPI shows as the batch model and that reach the route as the parsed JSON, for
+# split_valid to check element by element. Passing the JSON through costs nothing, where validating it as
+# the model first would refuse a whole batch for one bad element.
+EventBatchBody = Annotated[Any, PlainValidator(_as_received, json_schema_input_type=EventBatch)]
+ItemBatchBody = Annotated[Any, PlainValidator(_as_received, json_schema_input_type=ItemBatch)]
 
 
 # Room left in a bus message for its key (an id, at most 128 bytes) and headers (trace context).

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, status
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import Event
 from scalerec_events.topics import Topic
 
-from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
+from scalerec_collector.api.ingest import EventBatchBody, IngestResult, publish, reject_all, split_valid
 from scalerec_collector.dedupe import dedupe_key
 from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
 
@@ -42,7 +42,7 @@ _EXAMPLE = {
     },
 )
 async def post_events(
-    payload: Annotated[dict[str, Any], Body(openapi_examples={"one view": {"value": _EXAMPLE}})],
+    payload: Annotated[EventBatchBody, Body(openapi_examples={"one view": {"value": _EXAMPLE}})],
     settings: SettingsDep,
     producer: ProducerDep,
     recent: RecentIdsDep,

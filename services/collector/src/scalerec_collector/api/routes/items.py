@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, status
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import Item
 from scalerec_events.topics import Topic
 
-from scalerec_collector.api.ingest import IngestResult, publish, reject_all, split_valid
+from scalerec_collector.api.ingest import IngestResult, ItemBatchBody, publish, reject_all, split_valid
 from scalerec_collector.deps import ProducerDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["items"], dependencies=[require(Scope.INGEST)])
@@ -40,7 +40,7 @@ _EXAMPLE = {
     },
 )
 async def post_items(
-    payload: Annotated[dict[str, Any], Body(openapi_examples={"one item": {"value": _EXAMPLE}})],
+    payload: Annotated[ItemBatchBody, Body(openapi_examples={"one item": {"value": _EXAMPLE}})],
     settings: SettingsDep,
     producer: ProducerDep,
 ) -> IngestResult:

@@ -21,6 +21,11 @@ Everything is drawn from one seeded ``numpy`` generator and vectorised across se
 is one numpy step for all sessions at once).  The default shop (~80k events) takes 1.5-2.5 s on a shared
 2-core machine, nearly all of it building the validated pydantic events; the numbers take ~0.1 s.
 Ids are stable strings (``u00042``, ``i00017``) shared with the load tests.
+
+A library of its own, not part of the CLI, because more than the demo needs it: the tests, the load tests
+(their ids), the benchmarks. It imports only ``scalerec_events`` and ``scalerec_features`` of ours (no
+service, no CLI, no model code; ``tests/unit/test_layering.py``), so an image with ``libs/`` alone (the
+Locust image) can import it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from scalerec_features import Device
 __all__ = [
     "DEVICE_NAMES",
     "DEVICE_SHARES",
+    "EVENT_NAMESPACE",
     "LOCALES",
     "Shop",
     "ShopConfig",
