@@ -14,7 +14,9 @@ not the bottleneck.
 
 Printed per connection count: req/s, p50/p95/p99, the floor's req/s and p99, the
 ratio, the share of answers that were fallbacks (they do not count as served by the
-model), and the candidates scored per request.  ``--profile`` samples the ranker
+model), the share whose user state missed the ranker's cache (each worker's embedded cache
+fills as users come back: ``--warmup`` decides how warm the rows start), and the
+candidates scored per request.  ``--profile`` samples the ranker
 workers with py-spy during the best run and prints the share of ranker CPU spent in
 model scoring (onnxruntime's ``run``).
 """
@@ -43,13 +45,14 @@ WRK_SCRIPT = textwrap.dedent(
     """
     math.randomseed(os.time())
     local users = tonumber(os.getenv("BENCH_USERS") or "3000")
-    local fallbacks, answers, candidates = 0, 0, 0
+    local fallbacks, answers, candidates, misses = 0, 0, 0, 0
     request = function()
       return wrk.format("GET", string.format("/v1/recommendations?user_id=u%05d&k=10", math.random(0, users - 1)))
     end
     response = function(status, headers, body)
       answers = answers + 1
       if string.find(body, '"fallback":true', 1, true) then fallbacks = fallbacks + 1 end
+      if not string.find(body, '"history_source":"cache"', 1, true) then misses = misses + 1 end
       local c = string.match(body, '"candidates_scored":(%d+)')
       if c then candidates = candidates + tonumber(c) end
     end
@@ -57,13 +60,13 @@ WRK_SCRIPT = textwrap.dedent(
     local threads = {}
     setup = function(thread) table.insert(threads, thread) end
     done = function(summary, latency, requests)
-      local f, a, c = 0, 0, 0
+      local f, a, c, m = 0, 0, 0, 0
       for _, t in ipairs(threads) do
-        f = f + t:get("fallbacks"); a = a + t:get("answers"); c = c + t:get("candidates")
+        f = f + t:get("fallbacks"); a = a + t:get("answers"); c = c + t:get("candidates"); m = m + t:get("misses")
       end
-      io.write(string.format("BENCH %d %d %.3f %.3f %.3f %.3f %d %d %d\\n",
+      io.write(string.format("BENCH %d %d %.3f %.3f %.3f %.3f %d %d %d %d\\n",
         summary.requests, summary.duration, latency:percentile(50) / 1000, latency:percentile(95) / 1000,
-        latency:percentile(99) / 1000, latency.max / 1000, a, f, c))
+        latency:percentile(99) / 1000, latency.max / 1000, a, f, c, m))
       io.write(string.format("ERRORS %d %d %d %d %d\\n", summary.errors.connect, summary.errors.read,
         summary.errors.write, summary.errors.status, summary.errors.timeout))
     end
@@ -71,7 +74,7 @@ WRK_SCRIPT = textwrap.dedent(
 )
 # Thread-local counters have to be globals for thread:get() to see them.
 WRK_SCRIPT = WRK_SCRIPT.replace(
-    "local fallbacks, answers, candidates = 0, 0, 0", "fallbacks, answers, candidates = 0, 0, 0"
+    "local fallbacks, answers, candidates, misses = 0, 0, 0, 0", "fallbacks, answers, candidates, misses = 0, 0, 0, 0"
 )
 
 FLOOR_APP = textwrap.dedent(
@@ -101,6 +104,12 @@ class Run:
     fallbacks: int
     candidates: int
     errors: int
+    misses: int = 0
+
+    @property
+    def miss_share(self) -> float:
+        """Answers whose user state was not in the ranker's cache (read from the store, or not at all)."""
+        return self.misses / self.answers if self.answers else 0.0
 
     @property
     def fallback_share(self) -> float:
@@ -156,7 +165,7 @@ def wrk(url: str, connections: int, duration: float, threads: int, users: int, s
         url,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_USERS": str(users)})
-    m = re.search(r"^BENCH (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+)$", out.stdout, re.M)
+    m = re.search(r"^BENCH (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+) (\S+)$", out.stdout, re.M)
     e = re.search(r"^ERRORS (\d+) (\d+) (\d+) (\d+) (\d+)$", out.stdout, re.M)
     if not m or not e:
         raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
@@ -171,6 +180,7 @@ def wrk(url: str, connections: int, duration: float, threads: int, users: int, s
         int(m[8]),
         int(m[9]),
         sum(int(x) for x in e.groups()),
+        int(m[10]),
     )
 
 
@@ -244,7 +254,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="uvicorn workers, ranker and floor")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--users", type=int, default=3000, help="user ids u00000.. asked for")
-    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the first row (fills caches)")
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the first row (fills caches)")
     ap.add_argument("--profile", action="store_true", help="py-spy the ranker during the best run")
     ap.add_argument("--json", type=Path, help="write the table as JSON too")
     args = ap.parse_args()
@@ -358,14 +368,14 @@ def main() -> int:
     )
     print(
         f"{'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'floor req/s':>11} {'floor p99':>9} "
-        f"{'ratio':>6} {'fallback':>8} {'cands/req':>9} {'errors':>6}"
+        f"{'ratio':>6} {'fallback':>8} {'misses':>6} {'cands/req':>9} {'errors':>6}"
     )
     rows = []
     for r, f in zip(results, floor, strict=True):
         ratio = r.rps / f.rps if f.rps else 0.0
         print(
             f"{r.connections:>5} {r.rps:>8.0f} {r.p50:>7.2f} {r.p95:>7.2f} {r.p99:>7.2f} {f.rps:>11.0f} {f.p99:>9.2f} "
-            f"{ratio:>6.3f} {r.fallback_share:>8.1%} {r.candidates_per_request:>9.0f} {r.errors:>6}"
+            f"{ratio:>6.3f} {r.fallback_share:>8.1%} {r.miss_share:>6.1%} {r.candidates_per_request:>9.0f} {r.errors:>6}"
         )
         rows.append(
             {
@@ -378,6 +388,7 @@ def main() -> int:
                 "floor_p99_ms": f.p99,
                 "ratio": ratio,
                 "fallback_share": r.fallback_share,
+                "cache_miss_share": r.miss_share,
                 "candidates_per_request": r.candidates_per_request,
                 "errors": r.errors,
             }

@@ -7,18 +7,19 @@ with a 4xx that names what was wrong — never a 500 for bad input.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,6 +59,57 @@ def validation_errors(exc: ValidationError | RequestValidationError, prefix: str
         msg = msg.removeprefix("Value error, ")
         errors.append({"field": path, "message": msg})
     return errors
+
+
+QueryModel = TypeVar("QueryModel", bound=BaseModel)
+
+
+@functools.cache
+def _query_schema(model: type[BaseModel]) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
+    """(properties, required names, list-valued names) of a query model's JSON Schema, once per model."""
+    schema = model.model_json_schema()
+    if "$defs" in schema:
+        raise TypeError(f"{model.__name__}: a query model's fields must be scalars or lists of them")
+    props: dict[str, Any] = schema["properties"]
+    lists = frozenset(
+        name
+        for name, prop in props.items()
+        if prop.get("type") == "array" or any(alt.get("type") == "array" for alt in prop.get("anyOf", ()))
+    )
+    return props, frozenset(schema.get("required", ())), lists
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI ``parameters`` of a query model, as FastAPI lists separate ``Query()`` parameters.
+
+    For a hot route that takes its query with :func:`parse_query`: ``openapi_extra={"parameters":
+    query_parameters(Model)}`` documents it exactly as before (a test compares the two).
+    """
+    props, required, _ = _query_schema(model)
+    params = []
+    for name, prop in props.items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        params.append(param)
+    return params
+
+
+def parse_query(request: Request, model: type[QueryModel]) -> QueryModel:
+    """The request's query string as ``model``, validated in one call; 422 as FastAPI's own when invalid.
+
+    FastAPI solves and validates each ``Query()`` parameter on its own, which on the ranker's hot
+    route cost more than a tenth of a request. Repeated names are lists for list fields
+    (``?exclude=a&exclude=b``) and the last value otherwise; unknown names are ignored — all as
+    FastAPI does.
+    """
+    props, _, lists = _query_schema(model)
+    params = request.query_params
+    raw = {name: params.getlist(name) if name in lists else params[name] for name in params if name in props}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in exc.errors()]) from None
 
 
 def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None, **extra: Any) -> JSONResponse:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from scalerec_adapters.bus import Message
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_evaluator.consumers.online import OnlineRecorder
 from scalerec_evaluator.results import online_by_version
-from scalerec_events.models import Context, Event, Impression
+from scalerec_events.models import Context, Event, ImpressedItem, Impression
 from scalerec_events.topics import Topic, topic_name
 from scalerec_ranker.recommend import Recommendation, Recommended, impression_payload
 from scalerec_storage import schema as s
@@ -41,6 +43,56 @@ def _feedback(n: int, kind: str, request_id: str, value: float | None = None, it
         context=Context(request_id=request_id, model_version=3),
     )
     return Message(EVENTS, 0, 100 + n, b"u1", ev.model_dump_json().encode())
+
+
+@pytest.mark.parametrize(
+    ("rec", "device", "locale"),
+    [
+        (_rec("r1", 3, False, 5), "mobile", "en-US"),
+        (_rec("r2", None, True, 0), None, None),
+        (_rec("r3", 3, False, 2), None, "de-DE"),
+        (
+            Recommendation(
+                "r4",
+                "u9",
+                [Recommended("i1", float("nan"), "trending", "Popular right now")],
+                4,
+                True,
+                "onnxruntime unavailable; scored by triton",
+                "triton",
+                "store",
+                variant="challenger",
+                experiment_id="exp-1",
+            ),
+            "desktop",
+            None,
+        ),
+    ],
+)
+def test_impression_payload_is_the_models_json(rec: Recommendation, device: str | None, locale: str | None) -> None:
+    """The payload is built without the model (it is on the request path): it must say what the model would."""
+    payload = impression_payload(rec, device, locale)
+    parsed = Impression.model_validate_json(payload)
+    expected = Impression(
+        request_id=rec.request_id,
+        user_id=rec.user_id,
+        model_version=rec.model_version,
+        experiment_id=rec.experiment_id,
+        variant=rec.variant,
+        fallback=rec.fallback,
+        fallback_reason=rec.fallback_reason,
+        scorer=rec.scorer,
+        items=[
+            ImpressedItem(
+                item_id=i.item_id, position=n, source=i.source, score=None if math.isnan(i.score) else i.score
+            )
+            for n, i in enumerate(rec.items)
+        ],
+        context=Context(device=device, locale=locale),
+        ts_ms=parsed.ts_ms,
+    )
+    assert parsed == expected
+    assert abs(parsed.ts_ms - time.time() * 1000) < 60_000
 
 
 async def test_ranker_impressions_are_valid_models_the_evaluator_counts(tmp_path: Path) -> None:

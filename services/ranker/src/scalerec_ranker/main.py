@@ -106,9 +106,9 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         erasures.start()
         app.state.store, app.state.cache, app.state.scorer, app.state.models = store, cache, scorer, models
         app.state.producer = bus.producer()
-        impressions = app.state.impressions = ImpressionPublisher(app.state.producer, settings.topic(Topic.IMPRESSIONS))
+        impressions = ImpressionPublisher(app.state.producer, settings.topic(Topic.IMPRESSIONS))
         impressions.start()
-        app.state.recommender = Recommender(settings, store, cache, scorer, models, baselines)
+        app.state.recommender = Recommender(settings, store, cache, scorer, models, baselines, impressions)
         try:
             yield
         finally:
