@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, HTTPException, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 
 class Scope(StrEnum):
@@ -92,20 +93,24 @@ class KeyRing:
         return Principal(digest[:6].hex(), found[1])
 
 
-# Declared so that OpenAPI lists both ways to send a key and /docs has an Authorize button;
-# the guard middleware has already verified whichever was sent.
+# How OpenAPI documents a key (both ways to send one; /docs gets an Authorize button). The guard
+# middleware verifies whichever was sent before routing, so routes take nothing from these.
 _API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key with the route's scope")
 _BEARER = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
+_SECURITY_SCHEMES = {
+    type(scheme).__name__: scheme.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for scheme in (_API_KEY_HEADER, _BEARER)
+}
 
 
 def require(scope: Scope) -> Any:
-    """A dependency that lets a request through only if its verified key carries ``scope`` (403 otherwise)."""
+    """A dependency that lets a request through only if its verified key carries ``scope`` (403 otherwise).
 
-    async def check(
-        request: Request,
-        _key: Annotated[str | None, Security(_API_KEY_HEADER)],
-        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
-    ) -> Principal:
+    It reads the caller the guard left in the ASGI scope and takes no sub-dependencies: it runs on
+    every request, the ranker's hottest included (:func:`document_keys` puts the schemes in OpenAPI).
+    """
+
+    async def check(request: Request) -> Principal:
         principal: Principal | None = request.scope.get(PRINCIPAL)
         if principal is None:  # AUTH=disabled
             return OPEN
@@ -115,3 +120,21 @@ def require(scope: Scope) -> Any:
         return principal
 
     return Depends(check)
+
+
+def document_keys(app: FastAPI, open_paths: Collection[str]) -> None:
+    """OpenAPI says what the guard enforces: every path but ``open_paths`` takes an API key, sent as
+    ``X-API-Key`` or as a bearer token (one place, the guard's own list, instead of each route)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # FastAPI's, built once and cached; what follows is idempotent
+        schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
+        requirement = [{name: []} for name in _SECURITY_SCHEMES]
+        for path, operations in schema.get("paths", {}).items():
+            if path not in open_paths:
+                for operation in operations.values():
+                    operation["security"] = requirement
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scalerec_core.auth import PRINCIPAL, KeyRing
+from scalerec_core.auth import PRINCIPAL, KeyRing, document_keys
 
 if TYPE_CHECKING:
     from scalerec_core.settings import ServiceSettings
@@ -430,6 +430,7 @@ def install_common(
     # Added innermost first: the body limit is outermost, then the guard. Request spans and metrics
     # come from FastAPI's own telemetry (scalerec_core.telemetry.http_telemetry), outside both.
     app.add_middleware(_Guard, keys=keys, limiter=limiter, failures=failures)
+    document_keys(app, _OPEN_PATHS)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process is up (with its task and thread counts)")

@@ -91,3 +91,25 @@ def test_readiness_checks_run_at_most_once_per_cache_period(tmp_path: Path) -> N
         assert calls["n"] == 1
         time.sleep(READY_CACHE_S + 0.1)
         assert c.get("/readyz").status_code == 200 and calls["n"] == 2
+
+
+def test_openapi_documents_a_key_on_every_guarded_path_and_routes_solve_nothing_for_it(tmp_path: Path) -> None:
+    """The schemes come from the guard's one list of open paths; ``require`` reads what the guard verified,
+    so a request solves no header or bearer dependency for it (it runs on every request)."""
+    from fastapi.routing import APIRoute
+    from scalerec_ranker.api.routes.recommendations import router
+    from scalerec_ranker.config import RankerSettings
+    from scalerec_ranker.main import create_app as ranker_app
+
+    app = ranker_app(RankerSettings(data_dir=tmp_path, auth="disabled"))
+    doc = app.openapi()
+    assert set(doc["components"]["securitySchemes"]) == {"APIKeyHeader", "HTTPBearer"}
+    for path, operations in doc["paths"].items():
+        for op in operations.values():
+            expected = (
+                None if path in ("/healthz", "/readyz", "/metrics") else [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+            )
+            assert op.get("security") == expected, path
+    route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/recommendations")
+    guard = route.dependant.dependencies[0]  # the router's require(Scope.SERVE)
+    assert guard.dependencies == []
