@@ -70,6 +70,7 @@ tools:
 # the ingest benchmark runs the preprocessor on the stack's HBase too (started here if it is not up).
 bench: venv tools
 	$(BIN)/python benchmarks/ranker_throughput.py --profile
+	$(BIN)/python benchmarks/ranker_request_cpu.py
 	$(BIN)/python benchmarks/telemetry_cost.py
 	$(STACK) up hbase thrift
 	$(BIN)/python benchmarks/ingest_throughput.py

@@ -130,7 +130,7 @@ def document_keys(app: FastAPI, open_paths: Collection[str]) -> None:
     def openapi() -> dict[str, Any]:
         schema = generate()  # FastAPI's, built once and cached; what follows is idempotent
         schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
-        requirement = [{name: []} for name in _SECURITY_SCHEMES]
+        requirement: list[dict[str, list[str]]] = [{name: []} for name in _SECURITY_SCHEMES]
         for path, operations in schema.get("paths", {}).items():
             if path not in open_paths:
                 for operation in operations.values():

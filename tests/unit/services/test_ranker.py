@@ -402,6 +402,34 @@ def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path)
     assert all(row["candidates_per_request"] > 0 for row in report["rows"])
 
 
+def test_the_request_cpu_benchmark_runs_and_reports(world: World) -> None:
+    """A few-second smoke run: the floor, the ranker app and the recommender alone, each with its row."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/ranker_request_cpu.py",
+            "--data-dir",
+            str(world.data_dir),
+            "--rounds",
+            "1",
+            "--requests",
+            "20",
+            "--users",
+            str(len(world.shop.users)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {line[:34].strip(): line[34:].split() for line in r.stdout.splitlines() if line[:34].strip()}
+    for arm in ("bare FastAPI, same body (floor)", "ranker app", "recommender alone"):
+        us, ratio = map(float, rows[arm])
+        assert us > 0 and 0 < ratio <= 1.5, (arm, r.stdout)
+    assert "of the recommender's CPU" in r.stdout
+
+
 @pytest.mark.parametrize("bad", ["i1|i2", "i1\x00", "i\u202e1", "i\u200b1", "i" * 129])
 def test_hostile_item_ids_in_exclude_and_the_path_are_422_naming_the_field(
     client: TestClient, world: World, bad: str
