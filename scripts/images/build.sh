@@ -15,7 +15,8 @@
 # whose torch wheels are several GB), or a list of names.
 # State lives in ${SCALEREC_CACHE:-~/.cache/scalerec}/images: podman's storage (images, layers),
 # containers.conf, build logs and the report. Kept between runs: the base image, every layer whose
-# inputs did not change, and pip's download cache (RUN --mount=type=cache, under /var/tmp).
+# inputs did not change, and pip's download cache (RUN --mount=type=cache, under /var/tmp); an image
+# a rebuild replaced is removed (`podman image prune` reclaims older build stages by hand).
 # Needs root (apt-get, debootstrap, chroot, podman's storage). See docs/kubernetes.md "Images".
 set -euo pipefail
 
@@ -202,6 +203,8 @@ build_one() {
   local args=(--build-arg "PYTHON_IMAGE=$BASE") arg
   while read -r arg; do args+=(--build-arg "$arg"); done < <(artifact "$name" | sed -n 's/^arg //p')
   log "building $ref from $file ${args[*]:2} (log: $logf)"
+  local before
+  before=$(podman image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)
   if ! podman build --layers --pull=never "${args[@]}" "${mounts[@]}" \
       -f "$REPO/$file" -t "$ref" "$REPO" >"$logf" 2>&1; then
     tail -30 "$logf" >&2
@@ -210,6 +213,11 @@ build_one() {
   local took=$((SECONDS - start)) size
   size=$(size_mb "$ref")
   log "built $ref in ${took}s, ${size} MB"
+  # The image the tag moved off is garbage (its layers shared with the new one stay): without this
+  # every rebuild of the trainer left 6 GB behind. Its build-stage layers stay too: they are the cache.
+  if [[ -n "$before" && "$before" != "$(podman image inspect --format '{{.Id}}' "$ref")" ]]; then
+    podman rmi "$before" >/dev/null 2>&1 || true
+  fi
   # One line per image, the latest build wins: name, seconds, MB, when.
   touch "$STATE/report.tsv"
   { grep -v "^$name	" "$STATE/report.tsv" || true; printf '%s\t%s\t%s\t%s\n' "$name" "$took" "$size" "$(date -u +%FT%TZ)"; } \
