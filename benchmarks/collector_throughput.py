@@ -23,11 +23,11 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from inprocess import App, request
 from scalerec_adapters.bus import OutgoingMessage
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_collector.config import CollectorSettings
@@ -48,47 +48,21 @@ def bodies(events: list[dict[str, Any]], batch: int, round_: int) -> list[bytes]
     return out
 
 
-async def post(app: Callable[..., Awaitable[None]], body: bytes) -> None:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/events",
-        "raw_path": b"/v1/events",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"bench"),
+async def post(app: App, body: bytes) -> None:
+    status, answer = await request(
+        app,
+        "POST",
+        "/v1/events",
+        body=body,
+        headers=[
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"x-api-key", KEY.encode()),
         ],
-        "server": ("127.0.0.1", 8081),
-        "client": ("127.0.0.1", 50000),
-    }
-    sent = False
-    answer: list[bytes] = []
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            await asyncio.sleep(3600)  # a client that waits for the answer
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            answer.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    if status != 202 or json.loads(b"".join(answer))["rejected"]:
-        raise SystemExit(f"HTTP {status}: {b''.join(answer)[:300]!r}")
+        port=8081,
+    )
+    if status != 202 or json.loads(answer)["rejected"]:
+        raise SystemExit(f"HTTP {status}: {answer[:300]!r}")
 
 
 async def collector_round(app: Any, requests: list[bytes]) -> float:

@@ -31,47 +31,23 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 from fastapi.testclient import TestClient
+from inprocess import App, request
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
-
-App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
 async def get(app: App, user: str) -> bytes:
     """One GET /v1/recommendations into ``app``'s ASGI callable; the body, after checking the status."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/v1/recommendations",
-        "raw_path": b"/v1/recommendations",
-        "root_path": "",
-        "query_string": f"user_id={user}&k=10".encode(),
-        "headers": [(b"host", b"bench"), (b"user-agent", b"bench")],
-        "server": ("127.0.0.1", 8080),
-        "client": ("127.0.0.1", 50000),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    if sent[0]["status"] != 200:
-        raise RuntimeError(f"{user}: {sent}")
-    return b"".join(m.get("body", b"") for m in sent[1:])
+    status, body = await request(app, "GET", "/v1/recommendations", query=f"user_id={user}&k=10".encode())
+    if status != 200:
+        raise RuntimeError(f"{user}: HTTP {status} {body[:300]!r}")
+    return body
 
 
 def floor_app(body: bytes) -> FastAPI:

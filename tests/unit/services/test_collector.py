@@ -306,3 +306,22 @@ def test_erasure_path_ids_follow_the_id_rules(client: TestClient, user_id: str) 
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["field"] == "user_id"
     assert _bus_count(client, topic_name(Topic.ERASURE)) == 0
+
+
+def test_the_collector_benchmark_runs_and_reports() -> None:
+    """A few-second smoke run of benchmarks/collector_throughput.py: both rows and the ratio, not the figures."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    r = subprocess.run(
+        [sys.executable, "benchmarks/collector_throughput.py", "--events", "300", "--batch", "100", "--rounds", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| floor:" in r.stdout and "| collector:" in r.stdout
+    ratio = float(r.stdout.rsplit("ratio floor / collector (1.0 = free):", 1)[1].split()[0])
+    assert 0 < ratio <= 2, r.stdout
