@@ -53,6 +53,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     CircuitOpen,
 )
 DEFAULT_MAX_RETRIES = 5
+DEFAULT_STALL_AFTER_S = 30.0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -127,6 +128,7 @@ class ConsumerWorker:
         poll_timeout_ms: int = 500,
         max_backoff_s: float = 10.0,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        stall_after_s: float = DEFAULT_STALL_AFTER_S,
         name: str = "worker",
     ) -> None:
         self.bus = bus
@@ -138,6 +140,9 @@ class ConsumerWorker:
         self.max_backoff_s = max_backoff_s
         # Attempts a message gets before it is dead-lettered (0 behaves as 1: no retry).
         self.max_retries = max(1, max_retries)
+        # Polls that return nothing for this long while the group lags: the client is wedged; rejoin.
+        self.stall_after_s = stall_after_s
+        self.stall_resets = 0
         self.name = name
         self.consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -185,13 +190,20 @@ class ConsumerWorker:
 
     async def _run(self) -> None:
         backoff = 0.2
+        loop = asyncio.get_running_loop()
+        last_messages = loop.time()  # when a poll last returned something (or the consumer was made)
         while not self._stopping.is_set():
             try:
                 if self.consumer is None:
                     self.consumer = await self.bus.consumer(self.topics, self.group_id)
+                    last_messages = loop.time()
                 messages = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
                 if not messages:
+                    if loop.time() - last_messages >= self.stall_after_s:
+                        last_messages = loop.time()
+                        await self._check_stalled()
                     continue
+                last_messages = loop.time()
                 try:
                     result = await self._handle(messages)
                 except _Stopping:
@@ -292,6 +304,31 @@ class ConsumerWorker:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds * (1 + random.random() * 0.2))
+
+    async def _check_stalled(self) -> None:
+        """Nothing polled for ``stall_after_s``: if the group still lags, rejoin from the committed offsets.
+
+        A Kafka client can come out of a broker restart with a partition it no longer fetches (the
+        coordinator rediscovered, the fetch position lost) and poll empty forever without an error:
+        the messages wait on the broker, uncommitted, and nothing would ever read them.  Idle polls
+        with nothing waiting are normal and cost one lag query per ``stall_after_s``.
+        """
+        if self.consumer is None:
+            return
+        try:
+            waiting = await asyncio.wait_for(self.consumer.lag(), timeout=10)
+        except Exception as exc:  # the bus is away: the poll loop's own retries deal with that
+            log.debug("%s: lag check failed (%r)", self.name, exc)
+            return
+        if waiting > 0:
+            self.stall_resets += 1
+            log.warning(
+                "%s: no message polled for %.0fs while %d wait uncommitted; rejoining the group",
+                self.name,
+                self.stall_after_s,
+                waiting,
+            )
+            await self._reset_consumer()
 
     async def _reset_consumer(self) -> None:
         """Rejoin from the committed offsets so uncommitted messages are read again."""

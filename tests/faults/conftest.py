@@ -20,24 +20,26 @@ Isolation (why these tests neither disturb nor are disturbed by anyone else on t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from scalerec_adapters.factory import make_store
+from scalerec_adapters.factory import make_bus, make_store
 from scalerec_adapters.store import WideColumnStore
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_events.models import Event, Item
+from scalerec_events.topics import Topic, dlq, topic_name
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
 from scalerec_synthetic import ShopConfig, generate_shop
@@ -158,6 +160,48 @@ class FaultCluster:
 
     def store(self) -> WideColumnStore:
         return make_store(self.stack.store_url, namespace=self.deployment)
+
+    def where_missing(self, missing: set[str]) -> str:
+        """For a failure message: whether Kafka holds the missing events (in the topic, in its dead
+        letters) and what the preprocessor says of its consumers; says so if it could not tell."""
+        lines: list[str] = []
+        try:
+            found = asyncio.run(_event_ids_on_the_bus(self.stack.bus_url, self.deployment))
+            for where, ids in found.items():
+                lines.append(f"{len(missing & ids)} of the {len(missing)} missing are in {where}")
+        except Exception as exc:
+            lines.append(f"could not read the events topic back: {exc!r}")
+        try:
+            metrics = httpx.get(f"{self.url('preprocessor')}/metrics", timeout=10).text
+            lines += [
+                m for m in metrics.splitlines() if m.startswith(("scalerec_bus_consumer_lag", "scalerec_bus_messages"))
+            ]
+        except Exception as exc:
+            lines.append(f"could not read the preprocessor's metrics: {exc!r}")
+        return "\n".join(lines)
+
+
+async def _event_ids_on_the_bus(bus_url: str, deployment: str) -> dict[str, set[str]]:
+    """Every event id in the raw events topic and in its dead-letter twin, read by a new group."""
+    bus = make_bus(bus_url)
+    await bus.start()
+    out: dict[str, set[str]] = {}
+    try:
+        raw = topic_name(Topic.EVENTS_RAW, deployment)
+        for name in (raw, dlq(raw)):
+            consumer = await bus.consumer([name], f"diagnose-{uuid.uuid4().hex[:8]}")
+            ids: set[str] = set()
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 5:
+                batch = await consumer.getmany(timeout_ms=500)
+                if batch:
+                    quiet_since = time.monotonic()
+                ids.update(json.loads(m.value)["event_id"] for m in batch)
+            await consumer.stop()
+            out[name] = ids
+    finally:
+        await bus.close()
+    return out
 
 
 def _start_private_stack(stack: PrivateStack) -> None:
@@ -405,9 +449,16 @@ def stored_event_ids(store: WideColumnStore, users: Sequence[str]) -> list[str]:
 
 
 def assert_stored_exactly_once(
-    store: WideColumnStore, users: Sequence[str], accepted: set[str], timeout: float = 90
+    store: WideColumnStore,
+    users: Sequence[str],
+    accepted: set[str],
+    timeout: float = 90,
+    explain: Callable[[set[str]], str] | None = None,
 ) -> list[str]:
-    """Wait until every accepted event is an interaction in HBase, then: none missing, none extra, none twice."""
+    """Wait until every accepted event is an interaction in HBase, then: none missing, none extra, none twice.
+
+    ``explain`` (``FaultCluster.where_missing``) adds where the missing events are to the failure.
+    """
     deadline = time.monotonic() + timeout
     ids: list[str] = []
     while time.monotonic() < deadline:
@@ -425,6 +476,7 @@ def assert_stored_exactly_once(
     twice = len(ids) - len(set(ids))
     assert not missing, (
         f"{len(missing)} of {len(accepted)} accepted events are not in HBase, e.g. {sorted(missing)[:5]}"
+        + (f"\n{explain(missing)}" if explain is not None else "")
     )
     assert not extra, f"{len(extra)} events in HBase were never accepted, e.g. {sorted(extra)[:5]}"
     assert twice == 0, f"{twice} events are stored twice"

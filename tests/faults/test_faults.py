@@ -56,7 +56,9 @@ def test_kafka_broker_restart_during_ingestion(pipeline: FaultCluster) -> None:
         poster.join()
         store = pipeline.store()
         try:
-            assert_stored_exactly_once(store, users_of(events), poster.accepted, timeout=120)
+            assert_stored_exactly_once(
+                store, users_of(events), poster.accepted, timeout=120, explain=pipeline.where_missing
+            )
         finally:
             store.close()
 
@@ -101,7 +103,7 @@ def test_preprocessor_killed_in_the_middle_of_a_batch(pipeline: FaultCluster) ->
             pipeline.cluster.start("preprocessor")
             pipeline.cluster.wait_ready("preprocessor")
         # The uncommitted batch is read again and rewritten to the same cells: nothing lost, nothing twice.
-        assert_stored_exactly_once(store, users, poster.accepted, timeout=120)
+        assert_stored_exactly_once(store, users, poster.accepted, timeout=120, explain=pipeline.where_missing)
         stats = driver.wait_preprocessed(preprocessor, 0, timeout=60)
         assert not any(w["failing"] or w["dead_lettered"] for w in stats["workers"].values()), stats
     store.close()
@@ -127,7 +129,9 @@ def test_hbase_thrift_server_outage(pipeline: FaultCluster) -> None:
         poster.join()
         store = pipeline.store()
         try:
-            assert_stored_exactly_once(store, users_of(events), poster.accepted, timeout=120)
+            assert_stored_exactly_once(
+                store, users_of(events), poster.accepted, timeout=120, explain=pipeline.where_missing
+            )
         finally:
             store.close()
         back = time.monotonic()
@@ -161,7 +165,7 @@ def test_memcached_down(pipeline: FaultCluster) -> None:
             down_from = time.monotonic()
             # With no cache at all the preprocessor still stores everything ...
             poster.join()
-            assert_stored_exactly_once(store, users, poster.accepted, timeout=120)
+            assert_stored_exactly_once(store, users, poster.accepted, timeout=120, explain=pipeline.where_missing)
             # ... and the ranker reads histories from HBase, for old users and for the ones just stored.
             fresh = driver.recommend(pipeline.url("ranker"), users[0], 10)
             down_until = time.monotonic()

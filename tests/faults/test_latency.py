@@ -306,6 +306,8 @@ def test_no_event_lost_or_doubled_through_a_slow_and_black_holed_kafka_and_hbase
     assert poster.accepted == {e.event_id for e in events}
     store = pipeline.store()
     try:
-        assert_stored_exactly_once(store, users_of(events), poster.accepted, timeout=180)
+        assert_stored_exactly_once(
+            store, users_of(events), poster.accepted, timeout=180, explain=pipeline.where_missing
+        )
     finally:
         store.close()

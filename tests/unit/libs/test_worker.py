@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from scalerec_adapters.bus import Message
+from scalerec_adapters.bus import Consumer, Message
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.worker import BatchResult, ConsumerWorker
 from scalerec_events.topics import TopicSpec, dlq
@@ -154,4 +154,56 @@ async def test_a_backend_outage_is_never_dead_lettered_however_long_it_lasts(tmp
     await _wait(lambda: seen == [b"m"])
     await worker.stop()
     assert worker.dead_lettered == 0
+    await bus.close()
+
+
+class _Deaf(Consumer):
+    """A real member of the group whose polls come back empty: a client wedged after a broker restart."""
+
+    def __init__(self, inner: Consumer) -> None:
+        self.inner = inner
+
+    async def getmany(self, timeout_ms: int = 1000, max_records: int = 500) -> list[Message]:
+        await asyncio.sleep(timeout_ms / 1000)
+        return []
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        await self.inner.commit(offsets)
+
+    async def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        return await self.inner.lag_by_partition()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+
+async def test_a_member_that_polls_nothing_while_messages_wait_rejoins_and_reads_them(tmp_path: Path) -> None:
+    bus = SqliteEventBus(tmp_path / "bus.db")
+    await bus.start()
+    await bus.ensure_topics([TopicSpec("t", 2)])
+    for i in range(10):
+        await bus.producer().send("t", f"m{i}".encode(), key=f"k{i}".encode())
+    joins = {"n": 0}
+    real_consumer = bus.consumer
+
+    async def consumer(topics: Sequence[str], group_id: str) -> Consumer:
+        joins["n"] += 1
+        inner = await real_consumer(topics, group_id)
+        return _Deaf(inner) if joins["n"] == 1 else inner
+
+    bus.consumer = consumer  # type: ignore[method-assign]
+    seen: list[bytes] = []
+
+    async def handler(messages: Sequence[Message]) -> BatchResult:
+        seen.extend(m.value for m in messages)
+        return BatchResult()
+
+    worker = ConsumerWorker(bus, ["t"], "g", handler, poll_timeout_ms=50, stall_after_s=0.5)
+    worker.start()
+    await _wait(lambda: len(set(seen)) == 10)
+    assert worker.stall_resets == 1 and joins["n"] == 2
+    # Caught up, the idle member's lag checks find nothing waiting: it stays in the group.
+    await asyncio.sleep(1.2)
+    assert worker.stall_resets == 1 and joins["n"] == 2
+    await worker.stop()
     await bus.close()
