@@ -104,6 +104,31 @@ def test_a_known_user_gets_scored_explained_recommendations(client: TestClient, 
     assert RecommendationsOut.model_validate_json(r.content).model_dump(mode="json") == body
 
 
+def test_an_active_users_refilled_state_is_renewed_before_it_expires(world: World) -> None:
+    settings = RankerSettings(
+        data_dir=world.data_dir, model_repository=world.repository, auth="disabled", user_state_ttl_seconds=2
+    )
+    user = world.shop.users[1]
+
+    def source() -> str:
+        r = client.get("/v1/recommendations", params={"user_id": user})
+        assert r.status_code == 200, r.text
+        return str(r.json()["history_source"])
+
+    with TestClient(create_app(settings)) as client:
+        recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        assert source() == "store"  # a miss: read from the store, written back for 2 s
+        refilled = time.monotonic()
+        assert source() == "cache" and recommender.refreshes == 0  # young: no refresh
+        time.sleep(1.6)  # three quarters of the TTL gone
+        assert source() == "cache"  # answered from the cache at once, the refresh runs behind it
+        wait_until(lambda: recommender.refreshes == 1, timeout=10)
+        # Past the first write's expiry: the hit is the renewed entry, no request waited for the store.
+        time.sleep(max(0.0, refilled + 2.4 - time.monotonic()))
+        assert source() == "cache"
+        assert recommender.refreshes == 1
+
+
 def test_swap_under_concurrent_load_drops_no_request(client: TestClient, world: World) -> None:
     users = world.shop.users[:40]
 

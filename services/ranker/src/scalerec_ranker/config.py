@@ -61,7 +61,11 @@ class RankerSettings(ModelRepositorySettings):
         description="Cosine of item embeddings under which no 'because you viewed' is shown.",
     )
     user_state_ttl_seconds: int = Field(
-        default=30, ge=1, description="How long a history read from the store stays in the cache."
+        default=30,
+        ge=1,
+        description="How long a user state read from the store stays in the cache (the only way an embedded "
+        "ranker sees new events). A request that finds one past three quarters of it is answered from the cache "
+        "and the state is read again behind it, so active users never wait for the store.",
     )
     workers: int = Field(default=0, ge=0, description="uvicorn worker processes; 0 = the CPUs this process may use.")
 

@@ -31,6 +31,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ from scalerec_ranker.serving import FRESH, ITEM_CF, RETRIEVAL, SOURCES, TRENDING
 log = logging.getLogger(__name__)
 
 JUST_SEEN = 5  # the last few items seen are not news
+# A refilled cache entry is read again in the background once a hit finds it this far into its TTL.
+_REFRESH_AT = 0.75
+_REFILLS_REMEMBERED = 200_000  # users whose refill time this process keeps (~100 bytes each)
 _IMPRESSION = EventType.IMPRESSION.value
 _PURCHASE = EventType.PURCHASE.value
 # Request ids: a random prefix per process and a counter (unique across replicas; no syscall per request).
@@ -133,6 +137,15 @@ class Recommender:
         # A slot per thread and per queued read: what waits for a slow backend is bounded too.
         self._queue = self._threads + settings.backend_queue
         self._slots = threading.BoundedSemaphore(self._queue)
+        # Refresh-ahead of the cache entries this process refilled from the store (they live
+        # USER_STATE_TTL_SECONDS): a hit on one older than _REFRESH_AT of that is answered at once and
+        # read again off the request path, so an active user's entry is renewed before it expires
+        # instead of one of their requests waiting for the store every TTL.
+        self._refresh_after_s = settings.user_state_ttl_seconds * _REFRESH_AT
+        self._refilled: OrderedDict[str, float] = OrderedDict()  # user -> monotonic time of the refill
+        self._refreshing: set[str] = set()
+        self._refill_lock = threading.Lock()
+        self.refreshes = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -160,13 +173,64 @@ class Recommender:
             answer.set_exception(exc)
             raise
         answer.set_result(state)
-        if refill and self.cache_breaker.allow():  # timed against the cache, not the store
+        if refill:
+            self._write_back(user_id, refill)
+
+    def _write_back(self, user_id: str, refill: dict[str, bytes]) -> None:
+        """Store reads into the cache for USER_STATE_TTL_SECONDS, remembered for refresh-ahead."""
+        if not self.cache_breaker.allow():
+            return
+        t = time.perf_counter()  # timed against the cache, not the store
+        try:
+            self.cache.set_many(refill, self.settings.user_state_ttl_seconds)
+        except Exception as exc:
+            self._outcome(self.cache_breaker, "cache", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
+            return
+        self._outcome(self.cache_breaker, "cache", time.perf_counter() - t)
+        if len(refill) == 2:  # both entries renewed: the whole state is as fresh as this read
+            with self._refill_lock:
+                self._refilled[user_id] = time.monotonic()
+                self._refilled.move_to_end(user_id)
+                while len(self._refilled) > _REFILLS_REMEMBERED:
+                    self._refilled.popitem(last=False)
+
+    def _refresh_if_due(self, user_id: str) -> None:
+        """After a cache hit: re-read the state in the background if this process refilled it long ago."""
+        refilled = self._refilled.get(user_id)
+        if refilled is None or time.monotonic() - refilled < self._refresh_after_s:
+            return
+        with self._refill_lock:
+            if user_id in self._refreshing:
+                return
+            self._refreshing.add(user_id)
+        # Only with a free backend slot: a request's read always comes before a refresh.
+        if not self._slots.acquire(blocking=False):
+            self._refreshing.discard(user_id)
+            return
+        try:
+            job = self._pool.submit(self._refresh, user_id)
+        except RuntimeError:  # the pool is shut down: the ranker is stopping
+            self._slots.release()
+            self._refreshing.discard(user_id)
+            return
+        job.add_done_callback(self._release_slot)
+
+    def _refresh(self, user_id: str) -> None:
+        try:
+            if not self.store_breaker.allow():
+                return
             t = time.perf_counter()
             try:
-                self.cache.set_many(refill, self.settings.user_state_ttl_seconds)
-                self._outcome(self.cache_breaker, "cache", time.perf_counter() - t)
+                _, _, _, refill = r.fill_user_state(self.store, self.keys, user_id, HISTORY_LEN, None, None)
             except Exception as exc:
-                self._outcome(self.cache_breaker, "cache", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
+                self._outcome(self.store_breaker, "store", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
+                return
+            self._outcome(self.store_breaker, "store", time.perf_counter() - t)
+            self._write_back(user_id, refill)
+            self.refreshes += 1
+        finally:
+            with self._refill_lock:
+                self._refreshing.discard(user_id)
 
     def _state(self, user_id: str) -> tuple[State, dict[str, bytes]]:
         """The user's state, cache first; each backend's outcome goes to its breaker."""
@@ -179,6 +243,7 @@ class Recommender:
             history, bought = r.read_cached_user_state(self.cache, self.keys, user_id, HISTORY_LEN)
             self._outcome(self.cache_breaker, "cache", time.perf_counter() - t)
             if history is not None and bought is not None:
+                self._refresh_if_due(user_id)
                 return (history, bought, "cache", None), {}
         if not self.store_breaker.allow():
             if history is not None:
@@ -201,6 +266,7 @@ class Recommender:
         if self.cache.in_process:  # no I/O on a hit: no thread hop
             history, bought = r.read_cached_user_state(self.cache, self.keys, user_id, HISTORY_LEN)
             if history is not None and bought is not None:
+                self._refresh_if_due(user_id)
                 return history, bought, "cache", None
         if not self._slots.acquire(blocking=False):
             return (
