@@ -105,8 +105,9 @@ def test_a_known_user_gets_scored_explained_recommendations(client: TestClient, 
 
 
 def test_an_active_users_refilled_state_is_renewed_before_it_expires(world: World) -> None:
+    ttl = 4
     settings = RankerSettings(
-        data_dir=world.data_dir, model_repository=world.repository, auth="disabled", user_state_ttl_seconds=2
+        data_dir=world.data_dir, model_repository=world.repository, auth="disabled", user_state_ttl_seconds=ttl
     )
     user = world.shop.users[1]
 
@@ -117,14 +118,15 @@ def test_an_active_users_refilled_state_is_renewed_before_it_expires(world: Worl
 
     with TestClient(create_app(settings)) as client:
         recommender = client.app.state.recommender  # type: ignore[attr-defined]
-        assert source() == "store"  # a miss: read from the store, written back for 2 s
-        refilled = time.monotonic()
+        assert source() == "store"  # a miss: read from the store, written back (after the answer) for ttl s
+        wait_until(lambda: user in recommender._refilled, timeout=10)
+        refilled = recommender._refilled[user]
         assert source() == "cache" and recommender.refreshes == 0  # young: no refresh
-        time.sleep(1.6)  # three quarters of the TTL gone
+        time.sleep(max(0.0, refilled + 0.8 * ttl - time.monotonic()))  # past three quarters of the TTL
         assert source() == "cache"  # answered from the cache at once, the refresh runs behind it
         wait_until(lambda: recommender.refreshes == 1, timeout=10)
         # Past the first write's expiry: the hit is the renewed entry, no request waited for the store.
-        time.sleep(max(0.0, refilled + 2.4 - time.monotonic()))
+        time.sleep(max(0.0, refilled + 1.2 * ttl - time.monotonic()))
         assert source() == "cache"
         assert recommender.refreshes == 1
 
