@@ -71,6 +71,7 @@ tools:
 bench: venv tools
 	$(BIN)/python benchmarks/ranker_throughput.py --profile
 	$(BIN)/python benchmarks/ranker_request_cpu.py
+	$(BIN)/python benchmarks/ranker_gc_pauses.py
 	$(BIN)/python benchmarks/telemetry_cost.py
 	$(STACK) up hbase thrift
 	$(BIN)/python benchmarks/ingest_throughput.py

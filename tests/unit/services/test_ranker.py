@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import subprocess
@@ -129,6 +130,15 @@ def test_an_active_users_refilled_state_is_renewed_before_it_expires(world: Worl
         time.sleep(max(0.0, refilled + 1.2 * ttl - time.monotonic()))
         assert source() == "cache"
         assert recommender.refreshes == 1
+
+
+def test_what_start_up_built_is_kept_out_of_the_cyclic_collectors_way(world: World) -> None:
+    settings = RankerSettings(data_dir=world.data_dir, model_repository=world.repository, auth="disabled")
+    gc.unfreeze()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/recommendations", params={"user_id": world.shop.users[0]}).status_code == 200
+        assert gc.get_freeze_count() > 10_000  # the model, the catalogue, the app
+    assert gc.get_freeze_count() == 0  # given back at shutdown
 
 
 def test_swap_under_concurrent_load_drops_no_request(client: TestClient, world: World) -> None:
@@ -455,6 +465,31 @@ def test_the_request_cpu_benchmark_runs_and_reports(world: World) -> None:
         us, ratio = map(float, rows[arm])
         assert us > 0 and 0 < ratio <= 1.5, (arm, r.stdout)
     assert "of the recommender's CPU" in r.stdout
+
+
+def test_the_gc_pause_benchmark_runs_and_reports(world: World) -> None:
+    """A few-second smoke run: both arms, each with its collections per generation."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/ranker_gc_pauses.py",
+            "--data-dir",
+            str(world.data_dir),
+            "--requests",
+            "300",
+            "--users",
+            str(len(world.shop.users)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "arm" not in line]
+    assert {row[0].strip() for row in rows} == {"floor: no freeze", "ranker: frozen at start-up"}, r.stdout
+    assert all(int(row[2]) > 0 and float(row[4]) > 0 for row in rows), r.stdout
+    assert "frozen / not frozen" in r.stdout or "no full collection" in r.stdout
 
 
 @pytest.mark.parametrize("bad", ["i1|i2", "i1\x00", "i\u202e1", "i\u200b1", "i" * 129])
