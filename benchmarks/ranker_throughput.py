@@ -18,7 +18,9 @@ model), the share whose user state missed the ranker's cache (each worker's embe
 fills as users come back: ``--warmup`` decides how warm the rows start), and the
 candidates scored per request.  ``--profile`` samples the ranker
 workers with py-spy during the best run and prints the share of ranker CPU spent in
-model scoring (onnxruntime's ``run``).
+model scoring (onnxruntime's ``run``).  ``busiest`` is the busiest ranker worker's share of the
+workers' CPU during the row (50 % = balanced with two): uvicorn's workers race to accept, and a row
+whose connections mostly landed on one worker measures one core, not two.
 """
 
 from __future__ import annotations
@@ -197,6 +199,26 @@ def worker_pids(parent: int) -> list[int]:
     return pids or [parent]
 
 
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """User + system CPU ticks per process so far (/proc/PID/stat fields 14 and 15)."""
+    ticks = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def busiest_share(before: dict[int, int], after: dict[int, int]) -> float | None:
+    """The busiest worker's share of the workers' CPU between two readings (1/N = balanced); None for one."""
+    used = [after[p] - before[p] for p in after if p in before]
+    if len(used) < 2 or sum(used) <= 0:
+        return None
+    return max(used) / sum(used)
+
+
 def scoring_share(pids: list[int], seconds: float, out_dir: Path) -> tuple[float, int]:
     """Share of sampled (non-idle) ranker stacks inside onnxruntime's run, over all workers."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -290,6 +312,9 @@ def main() -> int:
     results: list[Run] = []
     floor: list[Run] = []
     share: tuple[float, int] | None = None
+    # Per row, the busiest worker's share of the workers' CPU: uvicorn's workers race to accept, so a
+    # few connections opened at once may land mostly on one of them (that row then measures one core).
+    balance: list[float | None] = []
     try:
         wait_ready(url, ranker)
         # Every worker activates the champion; wait until answers come from the model.
@@ -306,8 +331,11 @@ def main() -> int:
         for _ in range(50):  # every worker warm
             httpx.get(f"{url}/v1/recommendations", params={"user_id": "u00002", "k": 10}, timeout=10)
         wrk(url, 8, args.warmup, args.wrk_threads, args.users, script)  # warm-up, not recorded
+        workers = worker_pids(ranker.pid)
         for c in conns:
+            before = cpu_ticks(workers)
             results.append(wrk(url, c, args.duration, args.wrk_threads, args.users, script))
+            balance.append(busiest_share(before, cpu_ticks(workers)))
         if args.profile:
             best = max(results, key=lambda r: r.rps)
             pids = worker_pids(ranker.pid)
@@ -368,14 +396,15 @@ def main() -> int:
     )
     print(
         f"{'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'floor req/s':>11} {'floor p99':>9} "
-        f"{'ratio':>6} {'fallback':>8} {'misses':>6} {'cands/req':>9} {'errors':>6}"
+        f"{'ratio':>6} {'fallback':>8} {'misses':>6} {'cands/req':>9} {'errors':>6} {'busiest':>7}"
     )
     rows = []
-    for r, f in zip(results, floor, strict=True):
+    for r, f, busiest in zip(results, floor, balance, strict=True):
         ratio = r.rps / f.rps if f.rps else 0.0
         print(
             f"{r.connections:>5} {r.rps:>8.0f} {r.p50:>7.2f} {r.p95:>7.2f} {r.p99:>7.2f} {f.rps:>11.0f} {f.p99:>9.2f} "
-            f"{ratio:>6.3f} {r.fallback_share:>8.1%} {r.miss_share:>6.1%} {r.candidates_per_request:>9.0f} {r.errors:>6}"
+            f"{ratio:>6.3f} {r.fallback_share:>8.1%} {r.miss_share:>6.1%} {r.candidates_per_request:>9.0f} {r.errors:>6} "
+            f"{'-' if busiest is None else f'{busiest:.0%}':>7}"
         )
         rows.append(
             {
@@ -391,6 +420,7 @@ def main() -> int:
                 "cache_miss_share": r.miss_share,
                 "candidates_per_request": r.candidates_per_request,
                 "errors": r.errors,
+                "busiest_worker_cpu_share": busiest,
             }
         )
     if share is not None:

@@ -437,6 +437,7 @@ def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path)
     assert [row["connections"] for row in report["rows"]] == [1, 4]
     assert all(row["rps"] > 0 and row["floor_rps"] > 0 and row["errors"] == 0 for row in report["rows"])
     assert all(row["candidates_per_request"] > 0 for row in report["rows"])
+    assert all(row["busiest_worker_cpu_share"] is None for row in report["rows"])  # one worker: no balance to tell
 
 
 def test_the_request_cpu_benchmark_runs_and_reports(world: World) -> None:
