@@ -13,6 +13,8 @@ from scalerec_collector.main import create_app
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, EventType
 from scalerec_events.topics import Topic, topic_name
 
+from tests.unit.services.bench import run_benchmark
+
 
 def _event(i: int, **over: object) -> dict[str, object]:
     return {
@@ -310,18 +312,7 @@ def test_erasure_path_ids_follow_the_id_rules(client: TestClient, user_id: str) 
 
 def test_the_collector_benchmark_runs_and_reports() -> None:
     """A few-second smoke run of benchmarks/collector_throughput.py: both rows and the ratio, not the figures."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[3]
-    r = subprocess.run(
-        [sys.executable, "benchmarks/collector_throughput.py", "--events", "300", "--batch", "100", "--rounds", "1"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "| floor:" in r.stdout and "| collector:" in r.stdout
-    ratio = float(r.stdout.rsplit("ratio floor / collector (1.0 = free):", 1)[1].split()[0])
-    assert 0 < ratio <= 2, r.stdout
+    stdout = run_benchmark("collector_throughput.py", "--events", "300", "--batch", "100", "--rounds", "1")
+    assert "| floor:" in stdout and "| collector:" in stdout
+    ratio = float(stdout.rsplit("ratio floor / collector (1.0 = free):", 1)[1].split()[0])
+    assert 0 < ratio <= 2, stdout

@@ -6,8 +6,6 @@ import asyncio
 import gc
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,6 +33,7 @@ from scalerec_synthetic import Shop, ShopConfig, generate_shop
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import train_version
 
+from tests.unit.services.bench import run_benchmark
 from tests.unit.services.ingest import ingest_shop
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -406,33 +405,25 @@ def test_explanations_are_never_shown_below_the_similarity_threshold(client: Tes
 def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path) -> None:
     """A few-second smoke run: it starts the ranker and the floor, drives both with wrk, prints the table."""
     out = tmp_path / "bench.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/ranker_throughput.py",
-            "--data-dir",
-            str(world.data_dir),
-            "--duration",
-            "1",
-            "--connections",
-            "1,4",
-            "--workers",
-            "1",
-            "--users",
-            str(len(world.shop.users)),
-            "--warmup",
-            "1",
-            "--profile",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    stdout = run_benchmark(
+        "ranker_throughput.py",
+        "--data-dir",
+        str(world.data_dir),
+        "--duration",
+        "1",
+        "--connections",
+        "1,4",
+        "--workers",
+        "1",
+        "--users",
+        str(len(world.shop.users)),
+        "--warmup",
+        "1",
+        "--profile",
+        "--json",
+        str(out),
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "floor req/s" in r.stdout and "model scoring" in r.stdout
+    assert "floor req/s" in stdout and "model scoring" in stdout
     report = json.loads(out.read_text())
     assert [row["connections"] for row in report["rows"]] == [1, 4]
     assert all(row["rps"] > 0 and row["floor_rps"] > 0 and row["errors"] == 0 for row in report["rows"])
@@ -442,55 +433,39 @@ def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path)
 
 def test_the_request_cpu_benchmark_runs_and_reports(world: World) -> None:
     """A few-second smoke run: the floor, the ranker app and the recommender alone, each with its row."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/ranker_request_cpu.py",
-            "--data-dir",
-            str(world.data_dir),
-            "--rounds",
-            "1",
-            "--requests",
-            "20",
-            "--users",
-            str(len(world.shop.users)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    stdout = run_benchmark(
+        "ranker_request_cpu.py",
+        "--data-dir",
+        str(world.data_dir),
+        "--rounds",
+        "1",
+        "--requests",
+        "20",
+        "--users",
+        str(len(world.shop.users)),
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    rows = {line[:34].strip(): line[34:].split() for line in r.stdout.splitlines() if line[:34].strip()}
+    rows = {line[:34].strip(): line[34:].split() for line in stdout.splitlines() if line[:34].strip()}
     for arm in ("bare FastAPI, same body (floor)", "ranker app", "recommender alone"):
         us, ratio = map(float, rows[arm])
-        assert us > 0 and 0 < ratio <= 1.5, (arm, r.stdout)
-    assert "of the recommender's CPU" in r.stdout
+        assert us > 0 and 0 < ratio <= 1.5, (arm, stdout)
+    assert "of the recommender's CPU" in stdout
 
 
 def test_the_gc_pause_benchmark_runs_and_reports(world: World) -> None:
     """A few-second smoke run: both arms, each with its collections per generation."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/ranker_gc_pauses.py",
-            "--data-dir",
-            str(world.data_dir),
-            "--requests",
-            "300",
-            "--users",
-            str(len(world.shop.users)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    stdout = run_benchmark(
+        "ranker_gc_pauses.py",
+        "--data-dir",
+        str(world.data_dir),
+        "--requests",
+        "300",
+        "--users",
+        str(len(world.shop.users)),
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "arm" not in line]
-    assert {row[0].strip() for row in rows} == {"floor: no freeze", "ranker: frozen at start-up"}, r.stdout
-    assert all(int(row[2]) > 0 and float(row[4]) > 0 for row in rows), r.stdout
-    assert "frozen / not frozen" in r.stdout or "no full collection" in r.stdout
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ") and "arm" not in line]
+    assert {row[0].strip() for row in rows} == {"floor: no freeze", "ranker: frozen at start-up"}, stdout
+    assert all(int(row[2]) > 0 and float(row[4]) > 0 for row in rows), stdout
+    assert "frozen / not frozen" in stdout or "no full collection" in stdout
 
 
 @pytest.mark.parametrize("bad", ["i1|i2", "i1\x00", "i\u202e1", "i\u200b1", "i" * 129])
