@@ -4,11 +4,23 @@ PyTorch >= 2.9 exports through the dynamo exporter (needs onnxscript).  Models
 under 2 GB are written as one self-contained file; bigger ones (hashed tables of
 tens of millions of rows) keep their weights in ``<file>.data`` next to it —
 ONNX protobufs cannot exceed 2 GB.
+
+The history side of both models is exported precomputed.  A history item's vector depends on its
+index alone (its content comes from the model's own training-time feature table, not from the
+request), so the export evaluates the item encoder once for every index and the graph gathers one
+row per history item from that table, instead of an id row, a category row, a price row and ten
+token rows and their sums.  The outputs are the same (the parity check compares them with the
+unchanged torch model), the inputs are the same, and the request touches a table of one row per
+item instead of the whole token table: at serving time, where Python work between two inference
+calls evicts the weights from the CPU's caches, that matters more than the arithmetic saved.
+Candidates keep the full encoder: their content is the catalogue's current one, sent per request.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +35,58 @@ from scalerec_models.networks import SeqRanker, TwoTower
 log = logging.getLogger(__name__)
 
 ONNX_SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of parameters; leaves headroom under protobuf's 2 GB
+# The ranker keeps its item encoder for the candidates, so its precomputed history table is extra weight
+# (one row per item, like the id table): above this many bytes it is left out and the history is encoded
+# per request as before. The user tower's table replaces its item tables and is always precomputed.
+PRECOMPUTED_HISTORY_MAX_EXTRA_BYTES = 256 << 20
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+class _PrecomputedItems(torch.nn.Module):
+    """Stands in for a sequence encoder's item encoder: row ``i`` of the table is the vector of index ``i``."""
+
+    table: torch.Tensor  # a registered buffer
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        # ``feats`` were looked up from the same training-time table the rows were computed with: unused.
+        return torch.nn.functional.embedding(ids, self.table)
+
+
+@torch.no_grad()
+def history_item_table(model: SeqRanker | TwoTower, chunk: int = 65536) -> torch.Tensor:
+    """[n_items, dim]: what the model's sequence encoder computes for each item index (row 0, padding, is 0)."""
+    model.eval()
+    n = model.item_encoder.id.num_embeddings
+    parts = []
+    for start in range(0, n, chunk):
+        ids = torch.arange(start, min(n, start + chunk))
+        parts.append(model.item_encoder(ids, model.hist_features(ids)))
+    return torch.cat(parts)
+
+
+@contextmanager
+def _history_precomputed(model: SeqRanker | TwoTower) -> Iterator[None]:
+    """While exporting: the sequence encoder reads item vectors from a precomputed table (see the module doc)."""
+    encoder = model.encoder
+    original = encoder.items
+    # Module.__setattr__ registers it in the original's place; the original comes back afterwards.
+    setattr(encoder, "items", _PrecomputedItems(history_item_table(model)))  # noqa: B010 (typed as ItemEncoder)
+    try:
+        yield
+    finally:
+        encoder.items = original
+
+
+def _precompute_ranker_history(model: SeqRanker) -> bool:
+    emb = model.item_encoder.id
+    return emb.num_embeddings * emb.embedding_dim * 4 <= PRECOMPUTED_HISTORY_MAX_EXTRA_BYTES
 
 
 def example_ranker_inputs(history_len: int, batch: int = 2, n: int = 3, n_items: int = 10) -> dict[str, torch.Tensor]:
@@ -79,9 +139,11 @@ def export_ranker(model: SeqRanker, path: str | Path, external_data: bool | None
         CANDIDATES.name: {0: batch, 1: n},
         CANDIDATE_FEATURES.name: {0: batch, 1: n},
     }
-    return _export(
-        model, tuple(ex[k] for k in RANKER_INPUTS), Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data
-    )
+    args = tuple(ex[k] for k in RANKER_INPUTS)
+    if not _precompute_ranker_history(model):
+        return _export(model, args, Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data)
+    with _history_precomputed(model):
+        return _export(model, args, Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data)
 
 
 class _UserTower(torch.nn.Module):
@@ -97,15 +159,16 @@ def export_user_tower(model: TwoTower, history_len: int, path: str | Path, exter
     """Write ``scalerec_user_tower`` with the tensors of scalerec_features.serving.USER_TOWER (batch dynamic)."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     ex = example_ranker_inputs(history_len, n_items=min(10, model.feature_table.shape[0]))
-    return _export(
-        _UserTower(model),
-        tuple(ex[k] for k in USER_TOWER_INPUTS),
-        Path(path),
-        USER_TOWER_INPUTS,
-        USER_TOWER_OUTPUTS,
-        {HISTORY.name: {0: batch}, CONTEXT.name: {0: batch}},
-        external_data,
-    )
+    with _history_precomputed(model):
+        return _export(
+            _UserTower(model),
+            tuple(ex[k] for k in USER_TOWER_INPUTS),
+            Path(path),
+            USER_TOWER_INPUTS,
+            USER_TOWER_OUTPUTS,
+            {HISTORY.name: {0: batch}, CONTEXT.name: {0: batch}},
+            external_data,
+        )
 
 
 def _ort(path: Path) -> Any:

@@ -132,6 +132,54 @@ def test_onnx_matches_torch_for_both_models(version: Path, trained: TrainedModel
     assert diffs["ranker"] <= 1e-5 and diffs["user_tower"] <= 1e-5, diffs
 
 
+def _initializers(path: Path) -> dict[str, tuple[int, ...]]:
+    import onnx
+
+    return {i.name: tuple(i.dims) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_history_items_are_exported_as_one_precomputed_table(version: Path, trained: TrainedModels) -> None:
+    """The history side gathers one row per item from a table the export computed (see onnx_export)."""
+    n, dim, tower_dim = trained.vocab.size, trained.config.dim, trained.config.tower_dim
+    tower = _initializers(version / "user_tower.onnx")
+    # The user tower reads items only through that table: no id, category, price or token table is left.
+    assert [k for k, v in tower.items() if v == (n, tower_dim)] == ["tower.encoder.items.table"]
+    assert not [k for k in tower if "item_encoder" in k or "feature_table" in k], sorted(tower)
+    ranker = _initializers(version / "ranker.onnx")
+    assert ranker["encoder.items.table"] == (n, dim)
+    assert "item_encoder.token.weight" in ranker  # the candidates' content is still encoded per request
+    # The table holds what the torch encoder computes for every index, padding (0) and unknown (1) included.
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(version / "ranker.onnx")).graph
+    table = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == "encoder.items.table")
+    with torch.no_grad():
+        ids = torch.arange(n)
+        expected = trained.ranker.item_encoder(ids, trained.ranker.hist_features(ids)).numpy()
+    assert np.abs(table - expected).max() <= 1e-6
+    assert not table[0].any()  # padding
+
+
+def test_a_ranker_too_large_for_an_extra_table_encodes_its_history_per_request(
+    trained: TrainedModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scalerec_models import onnx_export
+
+    monkeypatch.setattr(onnx_export, "PRECOMPUTED_HISTORY_MAX_EXTRA_BYTES", 0)
+    path = export_ranker(trained.ranker, tmp_path / "ranker.onnx")
+    assert "encoder.items.table" not in _initializers(path)
+    rng = np.random.default_rng(1)
+    n, length = trained.vocab.size, trained.config.history_len
+    inputs = {
+        "history": rng.integers(0, n, (3, length)),
+        "context": np.array([[1, 2, 3, 4]] * 3),
+        "candidates": rng.integers(1, n, (3, 6)),
+        "candidate_features": rng.integers(0, 16, (3, 6, ITEM_FEATURE_LEN)),
+    }
+    assert ranker_parity(trained.ranker, path, inputs) <= 1e-5
+
+
 def test_new_item_of_the_users_taste_is_recommended(version: Path) -> None:
     bundle = ModelBundle(version)
     catalogue = _catalogue()
