@@ -146,6 +146,19 @@ def test_flat_ann_in_numpy_answers_as_faiss_does(k: int) -> None:
     assert np.array_equal(np.isfinite(scores), found)
     assert np.allclose(scores[found], ref_scores[found], atol=1e-5)
     assert (np.diff(scores[:, : min(k, 48)], axis=1) <= 0).all()  # best first
+    for i, query in enumerate(queries):  # one query (the request path's own branch): the same answer
+        one_scores, one_items = ann.search(query, k)  # (BLAS rounds one row and three rows differently)
+        assert np.array_equal(one_items[0], items[i]) and np.allclose(one_scores[0], scores[i], atol=1e-6)
+
+
+def test_flat_ann_breaks_ties_by_row_for_one_query_and_for_many() -> None:
+    emb = np.zeros((12, 4), dtype=np.float32)
+    emb[FIRST_ITEM:, 0] = [3, 1, 2, 2, 2, 1, 0, 3, 2, 1]  # rows 2..11; several equal scores
+    ann = AnnIndex(4, kind="flat").build(emb)
+    q = np.array([[1, 0, 0, 0]], dtype=np.float32)
+    expected = [2, 9, 4, 5, 6, 10]  # by score, then by row
+    assert ann.search(q, 6)[1][0].tolist() == expected
+    assert ann.search(np.repeat(q, 2, axis=0), 6)[1].tolist() == [expected, expected]
 
 
 def test_bundle_builds_the_contract_arrays(tmp_path: Path) -> None:
