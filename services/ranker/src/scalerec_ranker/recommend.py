@@ -219,14 +219,10 @@ class Recommender:
         try:
             if not self.store_breaker.allow():
                 return
-            t = time.perf_counter()
-            try:
-                _, _, _, refill = r.fill_user_state(self.store, self.keys, user_id, HISTORY_LEN, None, None)
-            except Exception as exc:
-                self._outcome(self.store_breaker, "store", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
+            read = self._read_store(user_id, None, None)
+            if isinstance(read, str):
                 return
-            self._outcome(self.store_breaker, "store", time.perf_counter() - t)
-            self._write_back(user_id, refill)
+            self._write_back(user_id, read[3])
             self.refreshes += 1
         finally:
             with self._refill_lock:
@@ -249,16 +245,24 @@ class Recommender:
             if history is not None:
                 return (history, bought or set(), "cache", None), {}
             return ([], set(), "unavailable", "store circuit open"), {}
+        read = self._read_store(user_id, history, bought)
+        if isinstance(read, str):
+            return ([], set(), "unavailable", f"store failed: {read}"), {}
+        history, bought, source, refill = read
+        return (history, bought, source, None), refill
+
+    def _read_store(
+        self, user_id: str, history: list[r.HistoryEntry] | None, bought: set[str] | None
+    ) -> tuple[list[r.HistoryEntry], set[str], str, dict[str, bytes]] | str:
+        """What the cache lacked, from the store, timed into the store's breaker; the error's type on failure."""
         t = time.perf_counter()
         try:
-            history, bought, source, refill = r.fill_user_state(
-                self.store, self.keys, user_id, HISTORY_LEN, history, bought
-            )
+            read = r.fill_user_state(self.store, self.keys, user_id, HISTORY_LEN, history, bought)
         except Exception as exc:
             self._outcome(self.store_breaker, "store", time.perf_counter() - t, f"{type(exc).__name__}: {exc}")
-            return ([], set(), "unavailable", f"store failed: {type(exc).__name__}"), {}
+            return type(exc).__name__
         self._outcome(self.store_breaker, "store", time.perf_counter() - t)
-        return (history, bought, source, None), refill
+        return read
 
     async def user_state(self, user_id: str, deadline: float) -> State:
         """(recent history oldest first, every item ever bought, where the history came from, why it
