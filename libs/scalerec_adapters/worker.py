@@ -98,7 +98,7 @@ def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
 
 
 @functools.cache
-def _instruments() -> tuple[Any, Any]:
+def _instruments() -> tuple[Any, Any, Any]:
     """The workers' instruments, made once per process (every worker reports into the same ones)."""
     m = meter("scalerec.worker")
     processed = m.create_counter(
@@ -107,13 +107,18 @@ def _instruments() -> tuple[Any, Any]:
     dead_lettered = m.create_counter(
         "scalerec.bus.messages.dead_lettered", unit="{message}", description="Bus messages sent to a dead-letter topic"
     )
+    rejoins = m.create_counter(
+        "scalerec.bus.consumer.rejoins",
+        unit="{rejoin}",
+        description="Group rejoins after a member polled nothing for 30 s while messages waited uncommitted",
+    )
     m.create_observable_gauge(
         "scalerec.bus.consumer.lag",
         callbacks=[_observe_lag],
         unit="{message}",
         description="Messages not yet committed by the consumer group, per partition (read at scrape time)",
     )
-    return processed, dead_lettered
+    return processed, dead_lettered, rejoins
 
 
 class ConsumerWorker:
@@ -150,7 +155,7 @@ class ConsumerWorker:
         self.processed = 0
         self.dead_lettered = 0
         self.failing = False
-        self._processed_counter, self._dlq_counter = _instruments()
+        self._processed_counter, self._dlq_counter, self._rejoin_counter = _instruments()
         #: Last known lag per (topic, partition), refreshed before every /metrics scrape.
         self.lags: dict[tuple[str, int], int] = {}
         self._forget_scrape_hook: Callable[[], None] | None = None
@@ -159,6 +164,7 @@ class ConsumerWorker:
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-consumer")
         _LIVE.add(self)
         # Series exist from the start (at 0), so dashboards and alerts see "none yet", not "no data".
+        self._rejoin_counter.add(0, {"worker": self.name, "group": self.group_id})
         for topic in self.topics:
             self._processed_counter.add(0, {"worker": self.name, "group": self.group_id})
             self._dlq_counter.add(0, {"worker": self.name, "topic": topic})
@@ -322,6 +328,7 @@ class ConsumerWorker:
             return
         if waiting > 0:
             self.stall_resets += 1
+            self._rejoin_counter.add(1, {"worker": self.name, "group": self.group_id})
             log.warning(
                 "%s: no message polled for %.0fs while %d wait uncommitted; rejoining the group",
                 self.name,

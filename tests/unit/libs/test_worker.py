@@ -9,6 +9,8 @@ from pathlib import Path
 from scalerec_adapters.bus import Consumer, Message
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.worker import BatchResult, ConsumerWorker
+from scalerec_core.settings import ServiceSettings
+from scalerec_core.telemetry import render_metrics, setup_telemetry
 from scalerec_events.topics import TopicSpec, dlq
 
 
@@ -198,10 +200,17 @@ async def test_a_member_that_polls_nothing_while_messages_wait_rejoins_and_reads
         seen.extend(m.value for m in messages)
         return BatchResult()
 
-    worker = ConsumerWorker(bus, ["t"], "g", handler, poll_timeout_ms=50, stall_after_s=0.5)
+    setup_telemetry(ServiceSettings())  # the default exporter: Prometheus, as /metrics serves it
+    worker = ConsumerWorker(bus, ["t"], "g-rejoin", handler, poll_timeout_ms=50, stall_after_s=0.5)
     worker.start()
     await _wait(lambda: len(set(seen)) == 10)
     assert worker.stall_resets == 1 and joins["n"] == 2
+    rejoins = [
+        line
+        for line in (await render_metrics()).decode().splitlines()
+        if line.startswith("scalerec_bus_consumer_rejoins_total{") and 'group="g-rejoin"' in line
+    ]
+    assert len(rejoins) == 1 and rejoins[0].endswith(" 1.0"), rejoins
     # Caught up, the idle member's lag checks find nothing waiting: it stays in the group.
     await asyncio.sleep(1.2)
     assert worker.stall_resets == 1 and joins["n"] == 2
