@@ -68,7 +68,8 @@ class AnnIndex:
         return np.where(rows >= 0, scores, -np.inf).astype(np.float32), items
 
     def _search_flat(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k by inner product, best first (ties: lower row first), as faiss's flat index answers."""
+        """Exact top-k by inner product, best first, ties in row order; as faiss's flat index answers
+        except where equal scores straddle the k-th place (which of those rows make the cut is not fixed)."""
         assert self._flat is not None
         n = len(self._flat)
         take = min(k, n)

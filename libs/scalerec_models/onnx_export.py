@@ -63,12 +63,13 @@ class _PrecomputedItems(torch.nn.Module):
 def history_item_table(model: SeqRanker | TwoTower, chunk: int = 65536) -> torch.Tensor:
     """[n_items, dim]: what the model's sequence encoder computes for each item index (row 0, padding, is 0)."""
     model.eval()
-    n = model.item_encoder.id.num_embeddings
-    parts = []
+    encoder = model.encoder.items  # what the export replaces (the model's item encoder, shared)
+    n, dim = encoder.id.num_embeddings, encoder.id.embedding_dim
+    table = torch.empty(n, dim, dtype=encoder.id.weight.dtype)  # filled in place: hashed tables are large
     for start in range(0, n, chunk):
         ids = torch.arange(start, min(n, start + chunk))
-        parts.append(model.item_encoder(ids, model.hist_features(ids)))
-    return torch.cat(parts)
+        table[start : start + len(ids)] = encoder(ids, model.hist_features(ids))
+    return table
 
 
 @contextmanager
