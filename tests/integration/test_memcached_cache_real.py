@@ -90,7 +90,9 @@ def test_purge_deletes_a_key_on_every_node_not_only_where_the_ring_points(
     nodes = [Client(node) for node in shared_memcached]
     try:
         for node in nodes:  # a copy on each node, as the ring's history can leave it
-            node.set(f"{prefix}user-7", b"history", expire=60)
+            # Confirmed before the purge: pymemcache sends a set without waiting for its reply by default,
+            # and the purge deletes over connections of its own, which memcached may serve first.
+            assert node.set(f"{prefix}user-7", b"history", expire=60, noreply=False)
         cache.purge(["user-7"])
         assert [node.get(f"{prefix}user-7") for node in nodes] == [None, None]
         cache.delete("absent")  # best effort, as before
