@@ -16,7 +16,7 @@
 # State lives in ${SCALEREC_CACHE:-~/.cache/scalerec}/images: podman's storage (images, layers),
 # containers.conf, build logs and the report. Kept between runs: the base image, every layer whose
 # inputs did not change, and pip's download cache (RUN --mount=type=cache, under /var/tmp); an image
-# a rebuild replaced is removed (`podman image prune` reclaims older build stages by hand).
+# a rebuild replaced is removed, and so are the build stages of earlier runs (prune_stale_stages).
 # Needs root (apt-get, debootstrap, chroot, podman's storage). See docs/kubernetes.md "Images".
 set -euo pipefail
 
@@ -225,6 +225,23 @@ build_one() {
   mv "$STATE/report.tsv.tmp" "$STATE/report.tsv"
 }
 
+# Untagged images that no image's latest build log mentions: the build stages of superseded builds.
+# A stage is keyed on the sources it copies (libs/, the service), so once they changed it is never
+# reused, and the trainer's weighs 6 GB: without this every code change left ~9 GB behind until the
+# disk filled. Every stage a latest build made or took from the cache ("--> <id>" in its log) stays:
+# it is the cache of the next build with the same sources.
+prune_stale_stages() {
+  local used id removed=0
+  # podman build prints 11 hex digits of an image id, `podman images` 12: compared on the first 11.
+  used=$(sed -n 's/^--> \([0-9a-f]\{11,64\}\)$/\1/p' "$STATE"/logs/*.log 2>/dev/null | cut -c1-11 | sort -u)
+  while read -r id; do
+    [[ -n "$id" ]] || continue
+    grep -qx "${id:0:11}" <<<"$used" && continue
+    podman rmi "$id" >/dev/null 2>&1 && removed=$((removed + 1))
+  done < <(podman images --quiet --filter dangling=true)
+  ((removed == 0)) || log "removed $removed build stage(s) of superseded builds"
+}
+
 report() {
   [[ -f "$STATE/report.tsv" ]] || die "nothing built yet"
   printf '%-14s %8s %8s  %s\n' image seconds MB built
@@ -259,6 +276,7 @@ main() {
       make_base
       for name in "${names[@]}"; do build_one "$name"; done
       log "built ${names[*]} in $((SECONDS - start))s"
+      prune_stale_stages
       ;;
     clean)
       podman rmi --all --force >/dev/null 2>&1 || true
