@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +141,7 @@ def export_ranker(model: SeqRanker, path: str | Path, external_data: bool | None
         CANDIDATE_FEATURES.name: {0: batch, 1: n},
     }
     args = tuple(ex[k] for k in RANKER_INPUTS)
-    if not _precompute_ranker_history(model):
-        return _export(model, args, Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data)
-    with _history_precomputed(model):
+    with _history_precomputed(model) if _precompute_ranker_history(model) else nullcontext():
         return _export(model, args, Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data)
 
 
