@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from scalerec_cli import driver
-from scalerec_synthetic import Shop, ShopConfig, generate_shop
+from scalerec_synthetic import Shop
 
 from tests.deploy.conftest import SERVICES, Deployed, podman
+from tests.pipeline_shop import pipeline_shop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,7 +38,7 @@ class Run:
 @pytest.fixture(scope="module")
 def run(deployed: Deployed) -> Run:
     # The shop the e2e pipeline test uses: the model trained on it beats the baselines at the gate.
-    shop = generate_shop(ShopConfig(users=1200, items=600, events_per_user=25, seed=11))
+    shop = pipeline_shop()
     seconds: dict[str, float] = {}
     collector, headers = deployed.url("collector"), deployed.headers
     try:
@@ -63,7 +64,8 @@ def run(deployed: Deployed) -> Run:
     except driver.PipelineError as exc:
         pytest.fail(f"{exc}\n{deployed.all_logs()}", pytrace=False)
     steps = {k: round(v, 1) for k, v in seconds.items()}
-    print(f"\ndeploy pipeline seconds: ready {deployed.ready_s} steps {steps}")
+    ndcg = {name: round(m["ndcg@10"], 4) for name, m in report.get("models", {}).items()}
+    print(f"\ndeploy pipeline seconds: ready {deployed.ready_s} steps {steps}; ndcg@10 {ndcg}")
     return Run(shop, ingested, stats, job, report, model, seconds)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,9 @@ from scalerec_adapters.factory import make_store
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
 from scalerec_storage import records as r
-from scalerec_synthetic import Shop, ShopConfig, generate_shop
+from scalerec_synthetic import Shop
+
+from tests.pipeline_shop import pipeline_shop
 
 
 @dataclass
@@ -34,10 +35,7 @@ class Pipeline:
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     data_dir: Path = tmp_path_factory.mktemp("pipeline")
-    # A fixed window, not one ending at "now": the time split, the hour and weekday context and therefore
-    # whether the model beats item-CF must not move with the wall clock (it did: passed at 00:22, failed at 01:09).
-    end = datetime(2026, 12, 4, 23, 59, tzinfo=UTC)
-    shop = generate_shop(ShopConfig(users=1200, items=600, events_per_user=25, seed=11, end=end))
+    shop = pipeline_shop()
     cluster = LocalCluster(data_dir, env={"MODEL_SIZE": "demo", "TRAIN_AFTER_EXAMPLES": "0", "AUTH": "disabled"})
     cluster.start_all()
     try:
