@@ -6,6 +6,7 @@ means the route found the right object.
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from scalerec_evaluator.config import EvaluatorSettings
 from scalerec_evaluator.main import create_app as evaluator_app
 from scalerec_preprocessor.config import PreprocessorSettings
+from scalerec_preprocessor.consumers.events import BATCH_GC_THRESHOLD
 from scalerec_preprocessor.main import create_app as preprocessor_app
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.main import create_app as trainer_app
@@ -25,6 +27,7 @@ def test_preprocessor_reports_its_consumers_and_a_users_history(tmp_path: Path) 
         body = stats.json()
         assert set(body["workers"]) == {"items", "events", "erasure"}
         assert body["events_stored"] == body["items_stored"] == body["users_erased"] == 0
+        assert body["timeline_memo_entries"] == 0
         history = client.get("/v1/users/u1/history", params={"limit": 5})
         assert history.status_code == 200, history.text
         assert history.json() == []
@@ -32,6 +35,16 @@ def test_preprocessor_reports_its_consumers_and_a_users_history(tmp_path: Path) 
             hostile = client.get(f"/v1/users/{bad}/history")
             assert hostile.status_code == 422, hostile.text
             assert hostile.json()["errors"][0]["field"] == "user_id"
+
+
+def test_the_preprocessor_consumes_with_its_start_up_frozen_and_a_batch_sized_gc_threshold(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    gc.unfreeze()
+    with TestClient(preprocessor_app(PreprocessorSettings(data_dir=tmp_path, auth="disabled"))) as client:
+        assert client.get("/v1/stats").status_code == 200
+        assert gc.get_freeze_count() > 10_000  # the imports, the clients, the app
+        assert gc.get_threshold() == (BATCH_GC_THRESHOLD, *before[1:])
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before  # given back at shutdown
 
 
 def test_trainer_runs_a_job_and_reports_it(tmp_path: Path) -> None:

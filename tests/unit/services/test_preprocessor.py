@@ -113,6 +113,31 @@ async def test_examples_see_only_the_past(world: World) -> None:
     assert r.recent_history(world.store, "u1", 10)[-1].item_id == "d"
 
 
+async def test_the_memo_of_parsed_timelines_stays_within_its_bound_and_changes_no_example(
+    world: World, tmp_path: Path
+) -> None:
+    small = EventsConsumer(
+        SqliteStore(tmp_path / "small.db"),
+        MemoryCache(),
+        world.keys,
+        world.bus.producer(),
+        history_len=50,
+        cache_ttl=60,
+        examples_topic=topic_name(Topic.EXAMPLES),
+        memo_entries=5,
+    )
+    small.store.ensure_tables(s.tables())
+    users = [f"u{n}" for n in range(4)]
+    for part in range(3):  # each user's next events start from the timeline the last batch cached
+        batch = [m for u in users for m in _events(u, [f"{u}-i{part}-{k}" for k in range(2)], start=part * 10)]
+        await world.events.handle(batch)
+        await small.handle(batch)
+        assert small.memo_entries_held <= 5
+    assert world.events.memo_entries_held == 4 * 6  # the default bound holds them all
+    examples = [sorted(ex.model_dump_json() for ex in r.scan_examples(c.store)) for c in (world.events, small)]
+    assert len(examples[0]) == 4 * 6 and examples[0] == examples[1]
+
+
 async def test_hot_history_lands_in_the_cache(world: World) -> None:
     await world.events.handle(_events("u2", ["x", "y"]))
     history, source = r.cached_history(world.store, world.cache, world.keys, "u2", 10)

@@ -16,6 +16,14 @@ class PreprocessorSettings(ServiceSettings):
     poll_max_records: int = Field(default=2000, ge=1, description="Most messages handled in one batch.")
     history_len: int = Field(default=50, ge=1, le=1000, description="Recent items kept per user in the hot cache.")
     user_cache_ttl_seconds: int = Field(default=3600, ge=0)
+    timeline_memo_entries: int = Field(
+        default=500_000,
+        ge=0,
+        description=(
+            "History entries of recently written users kept parsed in memory (~350 bytes each with their cached "
+            "bytes), so that a user's next batch skips decoding its timeline; 0 turns the memo off."
+        ),
+    )
     max_retries: int = Field(
         default=5,
         ge=0,

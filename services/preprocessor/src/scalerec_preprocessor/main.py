@@ -9,14 +9,14 @@ from fastapi import FastAPI
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import create_service_app
-from scalerec_core.service import bootstrap
+from scalerec_core.service import bootstrap, long_lived_heap
 from scalerec_events.topics import Topic
 from scalerec_storage.backends import Backends
 
 from scalerec_preprocessor.api.routes import status
 from scalerec_preprocessor.config import PreprocessorSettings, get_settings
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
-from scalerec_preprocessor.consumers.events import EventsConsumer
+from scalerec_preprocessor.consumers.events import BATCH_GC_THRESHOLD, EventsConsumer
 from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_preprocessor.deps import Consumers
 
@@ -39,6 +39,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
             settings.history_len,
             settings.user_cache_ttl_seconds,
             examples_topic=settings.topic(Topic.EXAMPLES),
+            memo_entries=settings.timeline_memo_entries,
         )
         items = ItemsConsumer(store)
         erasure = ErasureConsumer(store, cache, keys)
@@ -76,7 +77,8 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         for worker in workers.values():
             worker.start()
         try:
-            yield
+            with long_lived_heap(young_threshold=BATCH_GC_THRESHOLD):
+                yield
         finally:
             for worker in workers.values():
                 await worker.stop()

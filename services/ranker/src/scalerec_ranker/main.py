@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from scalerec_adapters.factory import make_scorer
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import create_service_app
-from scalerec_core.service import bootstrap
+from scalerec_core.service import bootstrap, long_lived_heap
 from scalerec_events.topics import Topic
 from scalerec_models import repository as repo
 from scalerec_storage.backends import Backends
@@ -111,14 +110,11 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         impressions.start()
         app.state.recommender = Recommender(settings, store, cache, scorer, models, baselines, impressions)
         # What start-up built (the model's tables, the catalogue, the baselines) lives as long as the
-        # process: out of the cyclic collector's way, so a full collection scans only what requests
-        # made since (benchmarks/ranker_gc_pauses.py: a full collection's pause 67 ms -> 6 ms on the demo).
-        gc.collect()
-        gc.freeze()
+        # process: out of the cyclic collector's way, so a full collection scans only what requests made.
         try:
-            yield
+            with long_lived_heap():
+                yield
         finally:
-            gc.unfreeze()  # collectable again: a process that runs more than one app (tests) leaks nothing
             app.state.recommender.close()
             await impressions.stop()
             await promotions.stop()

@@ -39,6 +39,11 @@ from scalerec_storage import schema as s
 log = logging.getLogger(__name__)
 
 
+# The youngest generation's GC threshold while consuming (main.py; scalerec_core.service.long_lived_heap):
+# a batch makes tens of thousands of objects that live until it ends.
+BATCH_GC_THRESHOLD = 10_000
+
+
 @functools.cache
 def _stored_counter() -> Any:
     """Events stored per second is its rate; one instrument per process, however many consumers."""
@@ -72,6 +77,7 @@ class EventsConsumer:
         cache_ttl: int,
         *,
         examples_topic: str,
+        memo_entries: int = 500_000,
     ) -> None:
         self.store = store
         self.examples_topic = examples_topic
@@ -85,8 +91,11 @@ class EventsConsumer:
         self.dropped_erased = 0
         self._stored_counter = _stored_counter()
         # The timelines this process last wrote, parsed: reused when the cache still holds those bytes.
+        # Bounded by entries, not users (a user holds up to history_len of them, ~350 bytes each with
+        # the cached bytes): 200,000 users of 50 entries took 3 GB, past the chart's 2 GiB limit.
         self._parsed: OrderedDict[str, tuple[bytes, list[r.HistoryEntry]]] = OrderedDict()
-        self._parsed_max = 200_000
+        self._parsed_entries = 0
+        self._memo_entries = memo_entries
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
         parsed, result = parse_batch(messages, Event, "event")
@@ -265,16 +274,33 @@ class EventsConsumer:
                 values[r.history_cache_key(self.keys, user)] = value  # what the ranker reads
                 values[r.timeline_cache_key(self.keys, user)] = value  # what the next batch starts from
             self.cache.set_many(values, self.cache_ttl)
-            for user, hist in plan.histories.items():
-                self._parsed[user] = (values[r.timeline_cache_key(self.keys, user)], hist)
-                self._parsed.move_to_end(user)
-            while len(self._parsed) > self._parsed_max:
-                self._parsed.popitem(last=False)
+            self._memo(plan.histories, values)
             # The cached "everything bought" set is now short: the next read refills it from the store.
             if plan.buyers:
                 self.cache.delete_many([r.bought_cache_key(self.keys, u) for u in sorted(plan.buyers)])
         except Exception as exc:  # the cache is an optimisation; the store has it all
             log.info("cache update skipped: %s", exc)
+
+    @property
+    def memo_entries_held(self) -> int:
+        """History entries the memo of parsed timelines holds now (at most ``memo_entries``)."""
+        return self._parsed_entries
+
+    def _memo(self, histories: dict[str, list[r.HistoryEntry]], values: dict[str, bytes]) -> None:
+        """Remember what was just cached for each user, parsed; the least recently written go first."""
+        for user, hist in histories.items():
+            self._forget(user)
+            if len(hist) <= self._memo_entries:
+                self._parsed[user] = (values[r.timeline_cache_key(self.keys, user)], hist)
+                self._parsed_entries += len(hist)
+        while self._parsed_entries > self._memo_entries:
+            _, (_, hist) = self._parsed.popitem(last=False)
+            self._parsed_entries -= len(hist)
+
+    def _forget(self, user_id: str) -> None:
+        old = self._parsed.pop(user_id, None)
+        if old is not None:
+            self._parsed_entries -= len(old[1])
 
     def _recheck_erasures(self, plan: _Plan) -> None:
         """After the writes: an erasure whose tombstone appeared (or moved) since ``_write`` read them may
@@ -292,6 +318,6 @@ class EventsConsumer:
         for user_id in changed:
             r.erase_user(self.store, self.cache, self.keys, user_id, now[user_id])
             self.store.delete_many(s.EVENT_INDEX, plan.user_index[user_id])
-            self._parsed.pop(user_id, None)
+            self._forget(user_id)
             log.info("erasure of user %s ran during a batch; the batch runs again", user_ref(user_id))
         raise RetryLater(f"{len(changed)} user(s) of the batch were erased while it was written")

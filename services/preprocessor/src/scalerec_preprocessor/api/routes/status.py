@@ -30,6 +30,7 @@ class Stats(BaseModel):
     dropped_after_erasure: int
     items_stored: int
     users_erased: int
+    timeline_memo_entries: int  # parsed history entries held in memory (TIMELINE_MEMO_ENTRIES bounds it)
 
 
 @router.get("/stats", response_model=Stats, summary="Consumer progress and counts")
@@ -47,6 +48,7 @@ async def stats(workers: WorkersDep, consumers: ConsumersDep) -> Stats:
         dropped_after_erasure=ev.dropped_erased,
         items_stored=consumers.items.stored,
         users_erased=consumers.erasure.erased,
+        timeline_memo_entries=ev.memo_entries_held,
     )
 
 
