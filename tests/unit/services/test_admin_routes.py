@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import gc
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from scalerec_evaluator.config import EvaluatorSettings
 from scalerec_evaluator.main import create_app as evaluator_app
+from scalerec_events.models import Event
 from scalerec_preprocessor.config import PreprocessorSettings
 from scalerec_preprocessor.consumers.events import BATCH_GC_THRESHOLD
 from scalerec_preprocessor.main import create_app as preprocessor_app
+from scalerec_storage import records as r
+from scalerec_storage import schema as s
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.main import create_app as trainer_app
 
@@ -31,6 +35,14 @@ def test_preprocessor_reports_its_consumers_and_a_users_history(tmp_path: Path) 
         history = client.get("/v1/users/u1/history", params={"limit": 5})
         assert history.status_code == 200, history.text
         assert history.json() == []
+        store = client.app.state.store  # type: ignore[attr-defined]
+        event = Event(
+            event_id="e1", user_id="u1", item_id="i1", type="view", timestamp=datetime(2026, 5, 1, tzinfo=UTC)
+        )
+        store.put(s.INTERACTIONS, s.interaction_key("u1", event.ts_ms, "e1"), r.interaction_cells(event))
+        history = client.get("/v1/users/u1/history", params={"limit": 5})
+        assert history.status_code == 200, history.text
+        assert history.json() == [{"item_id": "i1", "ts_ms": event.ts_ms, "type": "view", "event_id": "e1"}]
         for bad in ("u1%7Cu2", "u1%00", "%E2%80%8Bu1", "u" * 129):
             hostile = client.get(f"/v1/users/{bad}/history")
             assert hostile.status_code == 422, hostile.text

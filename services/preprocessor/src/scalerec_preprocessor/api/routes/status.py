@@ -66,4 +66,4 @@ async def history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[HistoryItem]:
     entries = await asyncio.to_thread(r.recent_history, store, user_id, limit)
-    return [HistoryItem(**e.__dict__) for e in entries]
+    return [HistoryItem(item_id=e.item_id, ts_ms=e.ts_ms, type=e.type, event_id=e.event_id) for e in entries]
