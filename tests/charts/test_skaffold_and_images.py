@@ -178,6 +178,58 @@ def test_light_images_carry_no_torch_or_onnxruntime(service: str) -> None:
     assert "torch" not in pyproject and "onnxruntime" not in pyproject and "[ml" not in pyproject
 
 
+def _image_requirements(service: str, extras: str | None = None) -> subprocess.CompletedProcess[str]:
+    script = REPO / "services" / "image_requirements.py"
+    extras = build_args(service)["EXTRAS"] if extras is None else extras
+    args = [str(REPO / "libs" / "pyproject.toml"), extras, str(REPO / "services" / service / "pyproject.toml")]
+    return subprocess.run(["python3", str(script), *args], capture_output=True, text=True, check=False)
+
+
+def _names(lines: list[str]) -> set[str]:
+    return {re.split(r"[\[<>=!~; ]", line, maxsplit=1)[0].lower() for line in lines}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_dependency_layer_asks_for_what_the_image_installs_and_nothing_of_ours(service: str) -> None:
+    """What services/Dockerfile installs before copying our code: libs' dependencies, its extras' (the
+    build's EXTRAS and those the service's pyproject asks for) and the service's own, never a scalerec
+    package; the image build's `pip check` proves at build time that nothing is missing."""
+    run = _image_requirements(service)
+    assert run.returncode == 0, run.stderr
+    names = _names(run.stdout.split())
+    libs = tomllib.loads((REPO / "libs" / "pyproject.toml").read_text())["project"]
+    extras = set(build_args(service)["EXTRAS"].split(","))
+    service_deps = tomllib.loads((REPO / "services" / service / "pyproject.toml").read_text())["project"]
+    for dep in service_deps["dependencies"]:
+        if dep.startswith("scalerec-libs["):
+            extras |= set(dep[len("scalerec-libs[") : dep.index("]")].split(","))
+    expected = [*libs["dependencies"], *(d for e in extras for d in libs["optional-dependencies"][e])]
+    expected += [d for d in service_deps["dependencies"] if not d.startswith("scalerec-")]
+    assert names == _names(expected)
+    assert not any(n.startswith("scalerec") for n in names)
+    assert ("torch" in names) == (service == "trainer")  # the collector's and preprocessor's stay light
+
+
+def test_the_dependency_layer_refuses_an_extra_libs_does_not_have() -> None:
+    run = _image_requirements("collector", "kafka,no-such-extra")
+    assert run.returncode != 0 and "no extra no-such-extra" in run.stderr
+
+
+def test_our_code_is_copied_after_the_dependency_layer() -> None:
+    """A change to libs/ or a service must not invalidate the layer that installs torch and the rest."""
+    text = (REPO / DOCKERFILE).read_text()
+    deps = text.index("--requirement /tmp/requirements.txt")
+    assert deps < text.index("COPY libs/ libs/") and deps < text.index("COPY services/${SERVICE}/ services/${SERVICE}/")
+    before = [line for line in text[:deps].splitlines() if line.startswith("COPY ")]
+    assert before == [
+        "COPY requirements.lock ./",
+        "COPY services/image_requirements.py /tmp/image_requirements.py",
+        "COPY libs/pyproject.toml libs/pyproject.toml",
+        "COPY services/${SERVICE}/pyproject.toml services/${SERVICE}/pyproject.toml",
+    ]
+    assert '--no-deps "./libs[${EXTRAS}]" "./services/${SERVICE}"' in text and "pip check" in text
+
+
 IMAGE_DOCKERFILES = (DOCKERFILE, "loadtests/Dockerfile")
 
 
