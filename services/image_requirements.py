@@ -33,6 +33,7 @@ def _name(requirement: str) -> tuple[str, set[str]]:
 
 
 def requirements(libs: dict, extras: set[str], services: list[dict]) -> list[str]:
+    extras = set(extras)  # the caller's set stays as it was
     own = _name(libs["project"]["name"])[0]
     project = libs["project"]
     optional = project.get("optional-dependencies", {})

@@ -74,10 +74,11 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
         app.state.backends, app.state.store, app.state.cache, app.state.keys = backends, store, cache, keys
         app.state.workers = workers
         app.state.consumers = Consumers(events=events, items=items, erasure=erasure)
-        for worker in workers.values():
-            worker.start()
         try:
+            # Frozen before the workers start: what start-up built, not a first batch in flight.
             with long_lived_heap(young_threshold=BATCH_GC_THRESHOLD):
+                for worker in workers.values():
+                    worker.start()
                 yield
         finally:
             for worker in workers.values():
