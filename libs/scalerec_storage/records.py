@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+from pydantic_core import to_json
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore, prefix_successor
 from scalerec_events.models import Event, EventType, Item, TrainingExample
@@ -44,9 +45,6 @@ class HistoryEntry(NamedTuple):
     event_id: str
     # When the bus accepted the event (0: unknown, a row written before it was recorded); not cached.
     ingest_ms: int = 0
-
-    def to_list(self) -> list[str | int]:
-        return [self.item_id, self.ts_ms, self.type, self.event_id]
 
     @classmethod
     def from_list(cls, raw: Sequence[str | int]) -> HistoryEntry:
@@ -128,7 +126,7 @@ def cached_history(
         return list(_decode_history(bytes(raw))[-limit:]), "cache"
     history = recent_history(store, user_id, limit)
     with contextlib.suppress(Exception):
-        cache.set(key, json.dumps([h.to_list() for h in history]).encode(), ttl_seconds)
+        cache.set(key, encode_history(history), ttl_seconds)
     return history, "store"
 
 
@@ -148,6 +146,13 @@ def read_cached_user_state(
     raw_b = hits.get(bought_cache_key(keys, user_id))
     history = list(_decode_history(bytes(raw_h))[-limit:]) if raw_h is not None else None
     return history, (set(_decode_bought(bytes(raw_b))) if raw_b is not None else None)
+
+
+def encode_history(history: Sequence[HistoryEntry]) -> bytes:
+    """A history as the cache holds it: ``[[item, ts_ms, type, event_id], ...]`` (no ingest time), compact
+    JSON in one pydantic-core call (a third of ``json.dumps`` of ``to_list()`` rows, which the preprocessor
+    paid for every user of every batch)."""
+    return to_json([h[:4] for h in history])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -194,7 +199,7 @@ def fill_user_state(
     source = "cache"
     if history is None:
         history, source = recent_history(store, user_id, limit), "store"
-        refill[history_cache_key(keys, user_id)] = json.dumps([h.to_list() for h in history]).encode()
+        refill[history_cache_key(keys, user_id)] = encode_history(history)
     if bought is None:
         bought = purchased_items(store, user_id)
         refill[bought_cache_key(keys, user_id)] = json.dumps(sorted(bought)).encode()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scalerec_adapters.bus import Message
@@ -12,10 +14,12 @@ from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
-from scalerec_events.models import Context, ErasureRequest, Event, EventType, Item
+from scalerec_events.labels import is_conversion
+from scalerec_events.models import Context, ErasureRequest, Event, EventType, Item, TrainingExample
 from scalerec_events.topics import Topic, topic_name
+from scalerec_features import CONTEXT_FIELDS, context_features
 from scalerec_preprocessor.consumers.erasure import ErasureConsumer
-from scalerec_preprocessor.consumers.events import EventsConsumer
+from scalerec_preprocessor.consumers.events import EventsConsumer, example_json
 from scalerec_preprocessor.consumers.items import ItemsConsumer
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
@@ -136,6 +140,50 @@ async def test_the_memo_of_parsed_timelines_stays_within_its_bound_and_changes_n
     assert world.events.memo_entries_held == 4 * 6  # the default bound holds them all
     examples = [sorted(ex.model_dump_json() for ex in r.scan_examples(c.store)) for c in (world.events, small)]
     assert len(examples[0]) == 4 * 6 and examples[0] == examples[1]
+
+
+@pytest.mark.parametrize("etype", list(EventType))
+@pytest.mark.parametrize("value", [None, 4.0, 2.5])
+@pytest.mark.parametrize("context", [None, {"device": "mobile", "locale": "en-US", "session_id": "s-1"}])
+def test_example_json_is_the_training_examples_own_dump(etype: EventType, value: float | None, context: Any) -> None:
+    if etype is EventType.RATING and value is None:
+        value = 5.0  # a rating needs its value
+    e = Event(
+        event_id="e-1",
+        user_id="u-1",
+        item_id="i-1",
+        type=etype,
+        value=value,
+        timestamp=T0,
+        **({"context": context} if context else {}),
+    )
+    for history, features in (([], None), (["a", "b"], [7, 3]), (["a"], [7, 3, 11, 12])):
+        fast = example_json(e, e.ts_ms + 5, history, features)
+        category, price = features[:2] if features else (0, 0)
+        model = TrainingExample(
+            event_id=e.event_id,
+            user_id=e.user_id,
+            item_id=e.item_id,
+            type=e.type,
+            ts_ms=e.ts_ms + 5,
+            value=e.value,
+            history=history,
+            context=dict(
+                zip(CONTEXT_FIELDS, context_features(e.ts_ms + 5, e.context.device, e.context.locale), strict=True)
+            ),
+            item={"category": category, "price_bucket": price},
+            label_click=int(etype is not EventType.VIEW),
+            label_conversion=int(is_conversion(etype, value)),
+        )
+        assert fast == model.model_dump_json().encode()
+        assert TrainingExample.model_validate_json(fast) == model
+
+
+def test_cached_histories_decode_to_what_was_encoded() -> None:
+    history = [r.HistoryEntry("i-1", 1, "view", "e-1", ingest_ms=99), r.HistoryEntry('i "2"', 2, "purchase", "e/2")]
+    raw = r.encode_history(history)
+    assert raw == b'[["i-1",1,"view","e-1"],["i \\"2\\"",2,"purchase","e/2"]]'
+    assert [r.HistoryEntry.from_list(x) for x in json.loads(raw)] == [h._replace(ingest_ms=0) for h in history]
 
 
 async def test_hot_history_lands_in_the_cache(world: World) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import to_json
 from scalerec_adapters.bus import Message, OutgoingMessage, Producer
 from scalerec_adapters.cache import Cache, CacheKeys
 from scalerec_adapters.store import WideColumnStore
@@ -31,7 +32,7 @@ from scalerec_adapters.worker import BatchResult, RetryLater, parse_batch
 from scalerec_core.logging import user_ref
 from scalerec_core.telemetry import inject_headers, meter
 from scalerec_events.labels import is_conversion
-from scalerec_events.models import Event, EventType, TrainingExample
+from scalerec_events.models import Event, EventType
 from scalerec_features import CONTEXT_FIELDS, context_features
 from scalerec_storage import records as r
 from scalerec_storage import schema as s
@@ -64,6 +65,36 @@ class _Plan:
     user_index: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     duplicates: int = 0
     erased: int = 0
+
+
+def example_json(e: Event, ts_ms: int, history: list[str], features: list[int] | None) -> bytes:
+    """The :class:`TrainingExample` of ``e`` as its JSON, built from already-validated parts.
+
+    As plain values in one pydantic-core call: constructing the model and dumping it cost twice as much
+    (7.6 against 4.0 µs), for every event of every batch.  The keys are the model's fields in its
+    order and the values what its dump writes (``tests/unit/services/test_preprocessor.py`` holds
+    this to ``TrainingExample(...).model_dump_json()`` for every event type); the trainer validates
+    what it reads.
+    """
+    category, price = features[:2] if features else (0, 0)
+    return to_json(
+        {
+            "schema_version": 1,
+            "event_id": e.event_id,
+            "user_id": e.user_id,
+            "item_id": e.item_id,
+            "type": e.type.value,
+            "ts_ms": ts_ms,
+            "value": e.value,
+            "history": history,
+            "context": dict(
+                zip(CONTEXT_FIELDS, context_features(ts_ms, e.context.device, e.context.locale), strict=True)
+            ),
+            "item": {"category": category, "price_bucket": price},
+            "label_click": int(e.type is not EventType.VIEW),
+            "label_conversion": int(is_conversion(e.type, e.value)),
+        }
+    )
 
 
 class EventsConsumer:
@@ -189,7 +220,7 @@ class EventsConsumer:
                 # Point in time: only what happened strictly before this event.
                 cut = bisect_left(interest_ts, e_ts)
                 before = interest[max(0, cut - self.history_len) : cut]
-                payload = self._example(e, e_ts, [h.item_id for h in before], items).model_dump_json().encode()
+                payload = example_json(e, e_ts, [h.item_id for h in before], items.get(e.item_id))
                 plan.examples.append((user_id.encode(), payload))
                 examples_rows.append((s.example_key(user_id, e_ts, e.event_id), r.example_cells(payload, e_at)))
             last = user_events[-1]
@@ -244,24 +275,6 @@ class EventsConsumer:
                 out[user_id] = tail
         return out
 
-    def _example(self, e: Event, ts_ms: int, history: list[str], items: dict[str, list[int]]) -> TrainingExample:
-        features = items.get(e.item_id) or [0, 0]
-        # Built from already-validated parts: construct, do not validate again (a third of the batch's time).
-        return TrainingExample.model_construct(
-            schema_version=1,
-            event_id=e.event_id,
-            user_id=e.user_id,
-            item_id=e.item_id,
-            type=e.type,
-            ts_ms=ts_ms,
-            value=e.value,
-            history=history,
-            context=dict(zip(CONTEXT_FIELDS, context_features(ts_ms, e.context.device, e.context.locale), strict=True)),
-            item={"category": features[0], "price_bucket": features[1]},
-            label_click=int(e.type is not EventType.VIEW),
-            label_conversion=int(is_conversion(e.type, e.value)),
-        )
-
     def _finish(self, plan: _Plan) -> None:
         # Last: marks the batch's events as done. Everything before it is safe to redo.
         self.store.put_many(s.EVENT_INDEX, plan.index_rows)
@@ -270,7 +283,7 @@ class EventsConsumer:
         try:
             values = {}
             for user, hist in plan.histories.items():
-                value = json.dumps([h.to_list() for h in hist]).encode()
+                value = r.encode_history(hist)
                 values[r.history_cache_key(self.keys, user)] = value  # what the ranker reads
                 values[r.timeline_cache_key(self.keys, user)] = value  # what the next batch starts from
             self.cache.set_many(values, self.cache_ttl)
