@@ -11,6 +11,10 @@ Prints one row per stage: events/s of the platform code, of its floor, and their
 * **preprocessor, embedded**: ``EventsConsumer.handle`` over the whole shop on the SQLite store
   (dedupe, histories, counters, point-in-time examples onto the bus) against ``executemany`` of
   one row per event into one SQLite table (``synchronous=NORMAL``, as the store runs).
+* **preprocessor service, WORKERS=1 and 2**: the service itself (``python -m scalerec_preprocessor``,
+  embedded backends) with one and with two consumer processes, over the whole shop put on its bus
+  first: reading the bus, committing offsets, the three consumers; events/s from the first event
+  stored to the last as ``/v1/stats`` reports them, against the same raw SQLite floor.
 * **preprocessor, HBase**: the same consumer on a real HBase (the stack's Thrift server; start it
   with ``scripts/stack/stack.sh up hbase thrift``), in a namespace of its own that is dropped at
   the end, over the first ``--hbase-events`` events; the floor is happybase batches
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
 from ranker_throughput import free_port, stop, wait_ready
 from scalerec_adapters.bus import Message, OutgoingMessage
 from scalerec_adapters.cache import CacheKeys
@@ -190,6 +195,43 @@ async def _preprocess(
     return len(payloads) / took, cpu / len(payloads) * 1e6
 
 
+def _service(tmp: Path, payloads: list[tuple[bytes, bytes]], workers: int) -> float:
+    """Events/s of the preprocessor service (``python -m scalerec_preprocessor``, embedded backends) with
+    ``WORKERS`` consumer processes, over ``payloads`` already on its bus: from the first event stored to
+    the last, as its ``/v1/stats`` reports them (polled every 50 ms; a run too short for two polls is
+    timed from the service's first answer, start-up included)."""
+    data = tmp / f"service-{workers}"
+    data.mkdir()
+    asyncio.run(_bus_append(data / "bus.db", payloads, 1000))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATA_DIR": str(data),
+        "AUTH": "disabled",
+        "WORKERS": str(workers),
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = _serve([sys.executable, "-m", "scalerec_preprocessor"], env, tmp / f"service-{workers}.log")
+    try:
+        wait_ready(url, proc)
+        first = (time.perf_counter(), 0)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
+            now, done = time.perf_counter(), stats["events_stored"] + stats["duplicates_dropped"]
+            if done >= len(payloads):
+                return (done - first[1]) / (now - first[0])
+            if done and not first[1]:
+                first = (now, done)
+            time.sleep(0.05)
+        raise TimeoutError(f"WORKERS={workers}: not every event handled in 600 s")
+    finally:
+        stop(proc)
+
+
 def _hbase_rows(url: str, payloads: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
     """(consumer events/s, its CPU µs per event, raw mutateRows events/s) on a real HBase, in a namespace
     dropped afterwards."""
@@ -320,6 +362,11 @@ def main() -> int:
         rows.append(
             Row("preprocessor, embedded (SQLite)", pre, n / raw_s, "raw SQLite (NORMAL)", f"{cpu_us:.0f} µs CPU/event")
         )
+
+        for workers in (1, 2):
+            rate = _service(tmp, payloads, workers)
+            stage = f"preprocessor service, WORKERS={workers}"
+            rows.append(Row(stage, rate, n / raw_s, "raw SQLite (NORMAL)", "embedded; first to last event stored"))
 
         if "hbase" not in skip:
             part = payloads[: args.hbase_events]

@@ -52,6 +52,11 @@ class Cache(ABC):
     def healthy(self) -> bool:
         return True
 
+    def forget_local(self) -> None:
+        """Drop what only this process holds (an in-process cache's entries); a shared cache keeps its
+        entries, which other processes wrote and read."""
+        return None
+
     @abstractmethod
     def close(self) -> None: ...
 

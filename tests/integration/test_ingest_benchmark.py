@@ -35,6 +35,8 @@ def test_smoke_run_reports_every_stage_with_its_floor() -> None:
     assert set(rows) == {
         "bus append, batches of 1,000",
         "preprocessor, embedded (SQLite)",
+        "preprocessor service, WORKERS=1",
+        "preprocessor service, WORKERS=2",
         "preprocessor, HBase",
         "collector HTTP, batches of 50",
         "wrk ceiling: bare FastAPI reading the bodies",

@@ -85,6 +85,10 @@ class MemoryCache(Cache):
             for key in keys:
                 self._items.pop(key, None)
 
+    def forget_local(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)

@@ -142,6 +142,34 @@ async def test_the_memo_of_parsed_timelines_stays_within_its_bound_and_changes_n
     assert len(examples[0]) == 4 * 6 and examples[0] == examples[1]
 
 
+async def test_a_partition_handed_to_another_process_and_back_is_not_served_from_a_stale_cache(
+    world: World,
+) -> None:
+    """WORKERS > 1 on embedded backends: each process has its own in-process cache of the timelines it
+    wrote.  Process A consumes u1's partition, B takes it over (a rebalance) and writes u1's next events,
+    A gets it back: A's cached timeline lacks B's events, so A must not build examples from it."""
+    a = world.events
+    b = EventsConsumer(
+        world.store,
+        MemoryCache(),  # B's own in-process cache
+        world.keys,
+        world.bus.producer(),
+        history_len=50,
+        cache_ttl=60,
+        examples_topic=topic_name(Topic.EXAMPLES),
+    )
+    await a.handle(_events("u1", ["a", "b"], start=0))  # offsets 0-1
+    await b.handle(_events("u1", ["c", "d"], start=2))  # offsets 2-3, by the other process
+    await a.handle(_events("u1", ["e"], start=4))  # offset 4: back to A, past where it stopped
+    examples = {x.item_id: x.history for x in r.scan_examples(world.store)}
+    assert examples["e"] == ["a", "b", "c", "d"]
+    assert [h.item_id for h in r.cached_history(world.store, world.cache, world.keys, "u1", 10)[0]] == list("abcde")
+    # A re-delivered batch (it resumes before where A stopped) keeps the cache: nothing was missed.
+    world.cache.set("marker", b"1")
+    await a.handle(_events("u1", ["e"], start=4))
+    assert world.cache.get("marker") == b"1"
+
+
 @pytest.mark.parametrize("etype", list(EventType))
 @pytest.mark.parametrize("value", [None, 4.0, 2.5])
 @pytest.mark.parametrize("context", [None, {"device": "mobile", "locale": "en-US", "session_id": "s-1"}])

@@ -24,6 +24,15 @@ class PreprocessorSettings(ServiceSettings):
             "bytes), so that a user's next batch skips decoding its timeline; 0 turns the memo off."
         ),
     )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Consumer processes: 1 = the consumers run in the API's process; N > 1 = N child processes in the same "
+            "consumer groups, each with its share of the partitions (the events consumer is CPU-bound: one per core "
+            "a pod has; no more than the topics' partitions); 0 = the CPUs this process may use."
+        ),
+    )
     max_retries: int = Field(
         default=5,
         ge=0,

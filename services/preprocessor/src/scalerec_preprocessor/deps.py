@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from scalerec_adapters.store import WideColumnStore
-from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import from_app_state
 
-from scalerec_preprocessor.consumers.erasure import ErasureConsumer
-from scalerec_preprocessor.consumers.events import EventsConsumer
-from scalerec_preprocessor.consumers.items import ItemsConsumer
+from scalerec_preprocessor.pipeline import ChildPipelines, Pipeline
 
-
-@dataclass(frozen=True)
-class Consumers:
-    """The three bus consumers, for their counters in /v1/stats."""
-
-    events: EventsConsumer
-    items: ItemsConsumer
-    erasure: ErasureConsumer
-
-
-WorkersDep = Annotated[dict[str, ConsumerWorker], from_app_state("workers")]
-ConsumersDep = Annotated[Consumers, from_app_state("consumers")]
+# The consumers: in this process (WORKERS=1) or in child processes; both answer ``await stats()``.
+PipelineDep = Annotated[Pipeline | ChildPipelines, from_app_state("pipeline")]
 StoreDep = Annotated[WideColumnStore, from_app_state("store")]

@@ -127,8 +127,13 @@ class EventsConsumer:
         self._parsed: OrderedDict[str, tuple[bytes, list[r.HistoryEntry]]] = OrderedDict()
         self._parsed_entries = 0
         self._memo_entries = memo_entries
+        # The offset after the last this process consumed, per (topic, partition): an in-process cache is
+        # trusted only for partitions consumed without a gap (see _check_continuity).
+        self._next_offset: dict[tuple[str, int], int] = {}
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
+        if self.cache.in_process:
+            self._check_continuity(messages)
         parsed, result = parse_batch(messages, Event, "event")
         if not parsed:
             return result
@@ -149,6 +154,33 @@ class EventsConsumer:
         self.duplicates += plan.duplicates
         self.dropped_erased += plan.erased
         return result
+
+    def _check_continuity(self, messages: Sequence[Message]) -> None:
+        """Forget the in-process cache and the memo when another process consumed some of these partitions.
+
+        An in-process cache (embedded backends) holds only the timelines this process wrote.  With
+        ``WORKERS`` > 1 the consumer group can hand a partition to another process and back (one stopped,
+        died or joined); that process wrote newer events of the partition's users, which this cache has
+        not seen, and a timeline taken from it would miss them.  Such a hand-over shows as a partition
+        resuming past the offset this process stopped at: then everything cached goes (the store has it
+        all; the next batches read it).  A re-delivered batch resumes before that offset: nothing is lost.
+        A shared cache (Memcached) sees every process's writes and is kept.
+        """
+        ends: dict[tuple[str, int], tuple[int, int]] = {}  # (first, last) offset of each partition here
+        for m in messages:
+            where = (m.topic, m.partition)
+            first = ends[where][0] if where in ends else m.offset
+            ends[where] = (first, m.offset)
+        gap = False
+        for where, (first, last) in ends.items():
+            expected = self._next_offset.get(where)
+            gap = gap or (expected is not None and first > expected)
+            self._next_offset[where] = max(expected or 0, last + 1)
+        if gap:
+            log.info("another consumer process handled some of these partitions: the in-process cache is dropped")
+            self.cache.forget_local()
+            self._parsed.clear()
+            self._parsed_entries = 0
 
     def _write(self, batch: list[tuple[Event, int]]) -> _Plan:
         plan = _Plan()

@@ -11,7 +11,7 @@ from scalerec_core.auth import Scope, require
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 from scalerec_storage import records as r
 
-from scalerec_preprocessor.deps import ConsumersDep, StoreDep, WorkersDep
+from scalerec_preprocessor.deps import PipelineDep, StoreDep
 
 router = APIRouter(prefix="/v1", tags=["status"], dependencies=[require(Scope.ADMIN)])
 
@@ -20,6 +20,7 @@ class WorkerStats(BaseModel):
     processed: int
     dead_lettered: int
     lag: int
+    running: bool
     failing: bool
 
 
@@ -34,22 +35,9 @@ class Stats(BaseModel):
 
 
 @router.get("/stats", response_model=Stats, summary="Consumer progress and counts")
-async def stats(workers: WorkersDep, consumers: ConsumersDep) -> Stats:
-    out = {}
-    for name, w in workers.items():
-        out[name] = WorkerStats(
-            processed=w.processed, dead_lettered=w.dead_lettered, lag=await w.lag(), failing=w.failing
-        )
-    ev = consumers.events
-    return Stats(
-        workers=out,
-        events_stored=ev.stored,
-        duplicates_dropped=ev.duplicates,
-        dropped_after_erasure=ev.dropped_erased,
-        items_stored=consumers.items.stored,
-        users_erased=consumers.erasure.erased,
-        timeline_memo_entries=ev.memo_entries_held,
-    )
+async def stats(pipeline: PipelineDep) -> Stats:
+    """Summed over the consumer processes when ``WORKERS`` > 1 (each asked now, not a snapshot)."""
+    return Stats.model_validate(await pipeline.stats())
 
 
 class HistoryItem(BaseModel):
