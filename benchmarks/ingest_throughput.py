@@ -11,8 +11,8 @@ Prints one row per stage: events/s of the platform code, of its floor, and their
 * **preprocessor, embedded**: ``EventsConsumer.handle`` over the whole shop on the SQLite store
   (dedupe, histories, counters, point-in-time examples onto the bus) against ``executemany`` of
   one row per event into one SQLite table (``synchronous=NORMAL``, as the store runs).
-* **preprocessor service, WORKERS=1 and 2**: the service itself (``python -m scalerec_preprocessor``,
-  embedded backends) with one and with two consumer processes, over the whole shop put on its bus
+* **preprocessor service, WORKERS=1, 2 and 4**: the service itself (``python -m scalerec_preprocessor``,
+  embedded backends) with one, two and four consumer processes, over the whole shop put on its bus
   first: reading the bus, committing offsets, the three consumers; events/s from the first event
   stored to the last as ``/v1/stats`` reports them, against the same raw SQLite floor.
 * **preprocessor, HBase**: the same consumer on a real HBase (the stack's Thrift server; start it
@@ -363,7 +363,7 @@ def main() -> int:
             Row("preprocessor, embedded (SQLite)", pre, n / raw_s, "raw SQLite (NORMAL)", f"{cpu_us:.0f} µs CPU/event")
         )
 
-        for workers in (1, 2):
+        for workers in (1, 2, 4):
             rate = _service(tmp, payloads, workers)
             stage = f"preprocessor service, WORKERS={workers}"
             rows.append(Row(stage, rate, n / raw_s, "raw SQLite (NORMAL)", "embedded; first to last event stored"))

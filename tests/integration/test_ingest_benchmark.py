@@ -37,6 +37,7 @@ def test_smoke_run_reports_every_stage_with_its_floor() -> None:
         "preprocessor, embedded (SQLite)",
         "preprocessor service, WORKERS=1",
         "preprocessor service, WORKERS=2",
+        "preprocessor service, WORKERS=4",
         "preprocessor, HBase",
         "collector HTTP, batches of 50",
         "wrk ceiling: bare FastAPI reading the bodies",
