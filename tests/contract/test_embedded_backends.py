@@ -293,6 +293,50 @@ def test_increment_is_atomic_across_processes(tmp_path: Path) -> None:
     store.close()
 
 
+def test_writers_queue_on_the_lock_file_and_a_failed_transaction_lets_go(tmp_path: Path) -> None:
+    """A writer holds the writers' lock file for its whole transaction; the next one starts when it ends
+    (not a busy-handler sleep later), and a transaction that raises releases it too."""
+    import fcntl
+    import threading
+
+    from scalerec_adapters.embedded._sqlite import connect, write_txn
+
+    path = tmp_path / "w.db"
+    first, second = connect(path), connect(path)
+    first.execute("CREATE TABLE t (v INTEGER)")
+    events: list[tuple[str, float]] = []
+
+    def hold() -> None:
+        with write_txn(first):
+            first.execute("INSERT INTO t VALUES (1)")
+            events.append(("first holds", time.monotonic()))
+            time.sleep(0.2)
+            events.append(("first commits", time.monotonic()))
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while not events:
+        time.sleep(0.001)
+    with write_txn(second):  # waits on the lock file, then finds SQLite's lock free
+        events.append(("second begins", time.monotonic()))
+        second.execute("INSERT INTO t VALUES (2)")
+    holder.join()
+    assert [e for e, _ in events] == ["first holds", "first commits", "second begins"]
+    assert first.execute("SELECT v FROM t ORDER BY v").fetchall() == [(1,), (2,)]
+
+    with pytest.raises(RuntimeError), write_txn(first):
+        first.execute("INSERT INTO t VALUES (3)")
+        raise RuntimeError("boom")
+    probe = os.open(f"{path}-writers.lock", os.O_RDWR)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: raises BlockingIOError otherwise
+    finally:
+        os.close(probe)
+    assert first.execute("SELECT count(*) FROM t").fetchone() == (2,)  # the failed one rolled back
+    first.close()
+    second.close()
+
+
 # -- onnxruntime scorer ------------------------------------------------------------------------------
 
 
