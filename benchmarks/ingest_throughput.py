@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ingest_throughput.py [--users 3000] [--items 1500]
         [--hbase-url hbase://127.0.0.1:19090] [--hbase-events 20000]
-        [--http-batch 100] [--connections 8] [--duration 10] [--skip hbase,http]
+        [--http-batch 100] [--connections 8] [--duration 10] [--collector-workers 1,2] [--skip hbase,http]
 
 Prints one row per stage: events/s of the platform code, of its floor, and their ratio.
 
@@ -20,7 +20,7 @@ Prints one row per stage: events/s of the platform code, of its floor, and their
   the end, over the first ``--hbase-events`` events; the floor is happybase batches
   (``mutateRows``) of one cell per event into one table of that namespace.
 * **collector HTTP**: the real collector app (``python -m scalerec_collector``, uvicorn, API key
-  auth on, the embedded bus) driven by ``wrk`` posting batches of ``--http-batch`` distinct events
+  auth on, the embedded bus; one row per ``--collector-workers``, 1 and 2) driven by ``wrk`` posting batches of ``--http-batch`` distinct events
   as clients send them, against the bus append at that batch size measured in the same run.  A
   bare FastAPI app that reads the same bodies and answers 202, under the same ``wrk``, is printed
   as the generator's ceiling: it proves the load generator is not the bottleneck.
@@ -44,12 +44,13 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-from ranker_throughput import free_port, stop, wait_ready
+from ranker_throughput import busiest_share, cpu_ticks, free_port, stop, wait_ready, worker_pids
 from scalerec_adapters.bus import Message, OutgoingMessage
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
@@ -140,6 +141,8 @@ class HttpRun:
     p50_ms: float
     p99_ms: float
     errors: int
+    # With WORKERS > 1: the busiest worker's share of the workers' CPU (1/N = balanced).
+    busiest: float | None = None
 
 
 def _raw_insert(path: Path, rows: list[tuple[bytes, bytes]], batch: int, synchronous: str) -> float:
@@ -274,9 +277,9 @@ def _serve(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def _http_rows(
-    tmp: Path, shop_events: list[Event], batch: int, connections: int, duration: float
-) -> tuple[HttpRun, HttpRun, float]:
-    """(collector, floor app, bus append events/s at ``batch``): the collector's HTTP path in one run."""
+    tmp: Path, shop_events: list[Event], batch: int, connections: int, duration: float, workers: Sequence[int]
+) -> tuple[dict[int, HttpRun], HttpRun, float]:
+    """(collector per WORKERS, floor app, bus append events/s at ``batch``): the collector's HTTP path in one run."""
     bodies = tmp / "bodies.jsonl"
     with bodies.open("w") as f:
         for i in range(0, len(shop_events), batch):
@@ -289,24 +292,30 @@ def _http_rows(
     script.write_text(WRK_SCRIPT)
     base_env = {**os.environ, "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **base_env,
-        "PORT": str(port),
-        "BUS_URL": f"sqlite:///{tmp / 'collector-bus.db'}",
-        "DATA_DIR": str(tmp / "collector"),
-        "AUTH": "enabled",
-        "API_KEYS": f"{API_KEY}:ingest",
-        "MAX_BATCH_EVENTS": str(max(1000, batch)),
-    }
-    proc = _serve([sys.executable, "-m", "scalerec_collector"], env, tmp / "collector.log")
-    try:
-        wait_ready(url, proc)
-        _wrk(url, connections, 2, script, bodies)  # warm-up, not recorded
-        collector = _wrk(url, connections, duration, script, bodies)
-    finally:
-        stop(proc)
+    collectors: dict[int, HttpRun] = {}
+    for n in workers:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **base_env,
+            "PORT": str(port),
+            "BUS_URL": f"sqlite:///{tmp / f'collector-bus-{n}.db'}",
+            "DATA_DIR": str(tmp / f"collector-{n}"),
+            "AUTH": "enabled",
+            "API_KEYS": f"{API_KEY}:ingest",
+            "MAX_BATCH_EVENTS": str(max(1000, batch)),
+            "WORKERS": str(n),
+        }
+        proc = _serve([sys.executable, "-m", "scalerec_collector"], env, tmp / f"collector-{n}.log")
+        try:
+            wait_ready(url, proc)
+            _wrk(url, connections, 2, script, bodies)  # warm-up, not recorded
+            pids = worker_pids(proc.pid)
+            before = cpu_ticks(pids)
+            collectors[n] = _wrk(url, connections, duration, script, bodies)
+            collectors[n].busiest = busiest_share(before, cpu_ticks(pids))
+        finally:
+            stop(proc)
 
     fport = free_port()
     (tmp / "floor_app.py").write_text(FLOOR_APP)
@@ -321,7 +330,7 @@ def _http_rows(
 
     payloads = [(e.user_id.encode(), e.model_dump_json().encode()) for e in shop_events]
     append = asyncio.run(_bus_append(tmp / "append-bus.db", payloads, batch))
-    return collector, floor, append
+    return collectors, floor, append
 
 
 def main() -> int:
@@ -337,6 +346,7 @@ def main() -> int:
     ap.add_argument("--http-batch", type=int, default=100, help="events per POST /v1/events")
     ap.add_argument("--connections", type=int, default=8, help="wrk connections to the collector")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of wrk load per HTTP row")
+    ap.add_argument("--collector-workers", default="1,2", help="the collector's WORKERS, one HTTP row each")
     ap.add_argument("--skip", default="", help="comma-separated stages to leave out: hbase, http")
     args = ap.parse_args()
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
@@ -375,24 +385,30 @@ def main() -> int:
             rows.append(Row("preprocessor, HBase", mine, base, "raw mutateRows", note))
 
         if "http" not in skip:
-            collector, floor, append = _http_rows(tmp, shop.events, args.http_batch, args.connections, args.duration)
-            batch = f"batches of {args.http_batch:,}"
-            rows.append(
-                Row(
-                    f"collector HTTP, {batch}",
-                    collector.events_per_s,
-                    append,
-                    f"bus append, {batch}",
-                    f"{args.connections} conns, p50 {collector.p50_ms:.1f} ms, p99 {collector.p99_ms:.1f} ms, "
-                    f"{collector.errors} errors",
-                )
+            workers = [int(w) for w in args.collector_workers.split(",")]
+            collectors, floor, append = _http_rows(
+                tmp, shop.events, args.http_batch, args.connections, args.duration, workers
             )
+            batch = f"batches of {args.http_batch:,}"
+            for n, collector in collectors.items():
+                rows.append(
+                    Row(
+                        f"collector HTTP, {batch}, WORKERS={n}",
+                        collector.events_per_s,
+                        append,
+                        f"bus append, {batch}",
+                        f"{args.connections} conns, p50 {collector.p50_ms:.1f} ms, p99 {collector.p99_ms:.1f} ms, "
+                        f"{collector.errors} errors"
+                        + ("" if collector.busiest is None else f", busiest worker {collector.busiest:.0%} of the CPU"),
+                    )
+                )
+            best = max(c.events_per_s for c in collectors.values())
             rows.append(
                 Row(
                     "  wrk ceiling: bare FastAPI reading the bodies",
                     floor.events_per_s,
-                    collector.events_per_s,
-                    "collector",
+                    best,
+                    "collector (best)",
                     f"{floor.requests_per_s:,.0f} req/s, {floor.errors} errors",
                 )
             )

@@ -39,9 +39,11 @@ def test_smoke_run_reports_every_stage_with_its_floor() -> None:
         "preprocessor service, WORKERS=2",
         "preprocessor service, WORKERS=4",
         "preprocessor, HBase",
-        "collector HTTP, batches of 50",
+        "collector HTTP, batches of 50, WORKERS=1",
+        "collector HTTP, batches of 50, WORKERS=2",
         "wrk ceiling: bare FastAPI reading the bodies",
     }, out.stdout
     for m in rows.values():
         assert int(m["rate"].replace(",", "")) > 0 and int(m["base"].replace(",", "")) > 0, out.stdout
-    assert "0 errors" in out.stdout.split("collector HTTP", 1)[1].splitlines()[0]
+    for workers in (1, 2):
+        assert "0 errors" in out.stdout.split(f"WORKERS={workers} ", 2)[-1].splitlines()[0], out.stdout

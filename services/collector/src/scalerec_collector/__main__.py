@@ -1,14 +1,20 @@
-"""``python -m scalerec_collector``: run the collector alone."""
+"""``python -m scalerec_collector``: run the collector alone, in ``WORKERS`` processes."""
 
-from scalerec_core.service import serve
+from scalerec_core.service import available_cpus, serve
 
 from scalerec_collector.config import get_settings
-from scalerec_collector.main import create_app
 
 
 def main() -> None:
     settings = get_settings()
-    serve(create_app(settings), settings.host, settings.port, settings.log_level)
+    workers = settings.workers or available_cpus()
+    if workers > 1:
+        # Each worker imports the factory and builds its own app (its bus producer, its edge dedupe memory).
+        serve("scalerec_collector.main:create_app", settings.host, settings.port, settings.log_level, workers)
+    else:
+        from scalerec_collector.main import create_app
+
+        serve(create_app(settings), settings.host, settings.port, settings.log_level)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,15 @@ class CollectorSettings(ServiceSettings):
             "topic's max.message.bytes (1 MiB by default). A larger item is refused with 413 for that element."
         ),
     )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "uvicorn worker processes; 0 = the CPUs this process may use. Validating and re-encoding events is "
+            "CPU-bound Python: on 2 cores 2 workers took ~42k events/s where 1 took ~32k (embedded bus). Each "
+            "worker remembers its own recent event ids (DEDUPE_WINDOW); the preprocessor dedupes for real."
+        ),
+    )
     dedupe_window: int = Field(
         default=200_000, ge=0, description="Recent event_ids remembered to drop retried duplicates at the edge."
     )
