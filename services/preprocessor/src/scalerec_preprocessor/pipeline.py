@@ -86,33 +86,23 @@ class Pipeline:
         )
         items = ItemsConsumer(store)
         erasure = ErasureConsumer(store, cache, keys)
+
+        def worker(stream: str, topic: Topic, handle: Any, **batch: int) -> ConsumerWorker:
+            return ConsumerWorker(
+                bus,
+                [settings.topic(topic)],
+                settings.stream_group(stream),
+                handle,
+                max_retries=settings.max_retries,
+                name=stream,
+                **batch,
+            )
+
+        batch = {"max_records": settings.poll_max_records}
         workers = {
-            "items": ConsumerWorker(
-                bus,
-                [settings.topic(Topic.ITEMS)],
-                settings.stream_group("items"),
-                items.handle,
-                max_records=settings.poll_max_records,
-                max_retries=settings.max_retries,
-                name="items",
-            ),
-            "events": ConsumerWorker(
-                bus,
-                [settings.topic(Topic.EVENTS_RAW)],
-                settings.stream_group("events"),
-                events.handle,
-                max_records=settings.poll_max_records,
-                max_retries=settings.max_retries,
-                name="events",
-            ),
-            "erasure": ConsumerWorker(
-                bus,
-                [settings.topic(Topic.ERASURE)],
-                settings.stream_group("erasure"),
-                erasure.handle,
-                max_retries=settings.max_retries,
-                name="erasure",
-            ),
+            "items": worker("items", Topic.ITEMS, items.handle, **batch),
+            "events": worker("events", Topic.EVENTS_RAW, events.handle, **batch),
+            "erasure": worker("erasure", Topic.ERASURE, erasure.handle),
         }
         return cls(backends, keys, events, items, erasure, workers)
 
