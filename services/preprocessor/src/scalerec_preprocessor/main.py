@@ -51,7 +51,7 @@ def create_app(settings: PreprocessorSettings | None = None) -> FastAPI:
             await backends.close()
 
     async def consuming() -> bool:
-        stats = await app.state.pipeline.stats()
+        stats = await app.state.pipeline.stats(lag=False)  # a rebalancing broker must not make it unready
         return all(w["running"] and not w["failing"] for w in stats["workers"].values())
 
     async def store_ok() -> bool:

@@ -87,22 +87,19 @@ class Pipeline:
         items = ItemsConsumer(store)
         erasure = ErasureConsumer(store, cache, keys)
 
-        def worker(stream: str, topic: Topic, handle: Any, **batch: int) -> ConsumerWorker:
-            return ConsumerWorker(
-                bus,
-                [settings.topic(topic)],
-                settings.stream_group(stream),
-                handle,
-                max_retries=settings.max_retries,
-                name=stream,
-                **batch,
-            )
-
-        batch = {"max_records": settings.poll_max_records}
+        retries = {"max_retries": settings.max_retries}
+        batched = {**retries, "max_records": settings.poll_max_records}
+        group = settings.stream_group
         workers = {
-            "items": worker("items", Topic.ITEMS, items.handle, **batch),
-            "events": worker("events", Topic.EVENTS_RAW, events.handle, **batch),
-            "erasure": worker("erasure", Topic.ERASURE, erasure.handle),
+            "items": ConsumerWorker(
+                bus, [settings.topic(Topic.ITEMS)], group("items"), items.handle, name="items", **batched
+            ),
+            "events": ConsumerWorker(
+                bus, [settings.topic(Topic.EVENTS_RAW)], group("events"), events.handle, name="events", **batched
+            ),
+            "erasure": ConsumerWorker(
+                bus, [settings.topic(Topic.ERASURE)], group("erasure"), erasure.handle, name="erasure", **retries
+            ),
         }
         return cls(backends, keys, events, items, erasure, workers)
 
@@ -115,13 +112,15 @@ class Pipeline:
             await worker.stop()
         await self.backends.close()
 
-    async def stats(self) -> dict[str, Any]:
-        """Counters of this process, as :data:`COUNTS` and per worker :data:`WORKER_COUNTS`, running, failing."""
+    async def stats(self, lag: bool = True) -> dict[str, Any]:
+        """Counters of this process, as :data:`COUNTS` and per worker :data:`WORKER_COUNTS`, running, failing.
+
+        ``lag=False`` leaves the bus out (lag 0): readiness must not wait on a broker that is rebalancing."""
         workers = {
             name: {
                 "processed": w.processed,
                 "dead_lettered": w.dead_lettered,
-                "lag": await w.lag(),
+                "lag": await w.lag() if lag else 0,
                 "running": w.running,
                 "failing": w.failing,
             }
@@ -188,8 +187,8 @@ async def _child(settings: PreprocessorSettings, conn: Connection, index: int) -
                         return  # the parent is gone
                     if request == "stop":
                         return
-                    if request == "stats":
-                        conn.send((number, await pipeline.stats()))
+                    if request in ("stats", "state"):
+                        conn.send((number, await pipeline.stats(lag=request == "stats")))
     finally:
         loop.remove_reader(conn.fileno())
         await pipeline.stop()
@@ -249,7 +248,7 @@ class ChildPipelines:
                 self._children[i] = self._spawn(child.index)
                 self.restarts += 1
 
-    def _ask(self, child: _Child) -> dict[str, Any] | None:
+    def _ask(self, child: _Child, what: str = "stats") -> dict[str, Any] | None:
         """A child's stats; None while it is starting (not asked: its backends may take long to open), or
         when it does not answer in time (dead, or its loop blocked for that long)."""
         with child.lock:
@@ -259,22 +258,25 @@ class ChildPipelines:
                         return None
                     child.started = True
                 child.asked += 1
-                child.conn.send(("stats", child.asked))
+                child.conn.send((what, child.asked))
                 deadline = time.monotonic() + _ANSWER_S
                 while (left := deadline - time.monotonic()) > 0 and child.conn.poll(left):
                     number, value = child.conn.recv()
                     if number == child.asked:
-                        child.last = value
+                        if what == "stats":
+                            child.last = value
                         return value
             except (EOFError, OSError):
                 return None
         return None
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, lag: bool = True) -> dict[str, Any]:
         """Every child's stats added up (asked now, in parallel); a child that is starting or does not
-        answer counts what it last said, with its workers not running (and failing, if it was started)."""
+        answer counts what it last said, with its workers not running (and failing, if it was started).
+        ``lag=False``: without asking the bus (readiness)."""
         children = list(self._children)
-        answers = await asyncio.gather(*(asyncio.to_thread(self._ask, c) for c in children))
+        what = "stats" if lag else "state"
+        answers = await asyncio.gather(*(asyncio.to_thread(self._ask, c, what) for c in children))
         parts = []
         for child, answer in zip(children, answers, strict=True):
             if answer is None:
