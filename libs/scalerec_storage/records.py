@@ -150,7 +150,7 @@ def read_cached_user_state(
 
 def encode_history(history: Sequence[HistoryEntry]) -> bytes:
     """A history as the cache holds it: ``[[item, ts_ms, type, event_id], ...]`` (no ingest time), compact
-    JSON in one pydantic-core call (a third of ``json.dumps`` of ``to_list()`` rows, which the preprocessor
+    JSON in one pydantic-core call (a third of ``json.dumps`` of list rows, which the preprocessor
     paid for every user of every batch)."""
     return to_json([h[:4] for h in history])
 

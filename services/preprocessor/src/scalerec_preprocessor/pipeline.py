@@ -53,6 +53,7 @@ COUNTS = (
     "timeline_memo_entries",
 )
 WORKER_COUNTS = ("processed", "dead_lettered", "lag")
+STREAMS = ("items", "events", "erasure")  # the consumer workers, by their names
 _ANSWER_S = 10.0  # a child that does not answer a stats request within this counts as failing
 _STOP_S = 30.0  # a child's graceful stop (its batch in flight, commits, leaving the groups) before it is killed
 
@@ -62,7 +63,6 @@ class Pipeline:
     """The three consumers with their backends and workers, in one process."""
 
     backends: Backends
-    keys: CacheKeys
     events: EventsConsumer
     items: ItemsConsumer
     erasure: ErasureConsumer
@@ -101,7 +101,7 @@ class Pipeline:
                 bus, [settings.topic(Topic.ERASURE)], group("erasure"), erasure.handle, name="erasure", **retries
             ),
         }
-        return cls(backends, keys, events, items, erasure, workers)
+        return cls(backends, events, items, erasure, workers)
 
     def start(self) -> None:
         for worker in self.workers.values():
@@ -282,7 +282,7 @@ class ChildPipelines:
             if answer is None:
                 last = child.last or {}
                 state = {"running": False, "failing": child.started}
-                workers = last.get("workers") or {n: {} for n in ("items", "events", "erasure")}
+                workers = last.get("workers") or {n: {} for n in STREAMS}
                 answer = {**last, "workers": {n: {**w, **state} for n, w in workers.items()}}
             parts.append(answer)
         return add_stats(parts, self._retired)
