@@ -164,20 +164,22 @@ class KafkaProducer(Producer):
                 futures.append(await producer.send(topic, m.value, key=m.key, headers=list(m.headers)))
             except Exception as exc:
                 futures.append(exc)
+        # One wait for all of them (a wait_for per message cost ~10 µs of the loop's CPU each).
+        enqueued = [f for f in futures if not isinstance(f, BaseException)]
+        if enqueued:
+            _, late = await asyncio.wait(enqueued, timeout=max(0.1, deadline - time.monotonic()))
+            if late:
+                raise BusUnavailable(
+                    f"could not send {len(messages)} message(s) to {topic!r} on Kafka "
+                    f"{self._bus.bootstrap_servers} within {self._bus.send_timeout_s:.0f}s"
+                )
         for m, fut in zip(messages, futures, strict=True):
             if isinstance(fut, BaseException):
                 err: BaseException | None = fut
+            elif fut.cancelled():  # the producer was stopped under it (a reconnect): send it again
+                err = KafkaConnectionError(f"send to {topic!r} cancelled")
             else:
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.1, deadline - time.monotonic()))
-                    err = None
-                except TimeoutError as exc:
-                    raise BusUnavailable(
-                        f"could not send {len(messages)} message(s) to {topic!r} on Kafka "
-                        f"{self._bus.bootstrap_servers} within {self._bus.send_timeout_s:.0f}s"
-                    ) from exc
-                except Exception as exc:
-                    err = exc
+                err = fut.exception()
             if err is not None:
                 if not _retriable(err):
                     raise err
