@@ -85,6 +85,23 @@ async def test_headers_key_and_timestamp_round_trip(bus: EventBus) -> None:
     assert first.timestamp_ms > 1_600_000_000_000, "timestamps are epoch milliseconds"
 
 
+async def test_each_message_of_a_batch_keeps_its_own_headers(bus: EventBus) -> None:
+    # A sender's batch shares one headers object (its trace context); others carry their own or none.
+    topic = await _topic(bus, partitions=1)
+    shared = (("traceparent", b"00-aa-01"),)
+    sent = [
+        OutgoingMessage(b"a", headers=shared),
+        OutgoingMessage(b"b", headers=(("traceparent", b"00-bb-01"), ("x", b"\xff"))),
+        OutgoingMessage(b"c", headers=shared),
+        OutgoingMessage(b"d"),
+        OutgoingMessage(b"e", headers=(("one", b"1"),)),
+        OutgoingMessage(b"f", headers=shared),
+    ]
+    await bus.producer().send_batch(topic, sent)
+    got = await drain(await bus.consumer([topic], unique("group")), len(sent))
+    assert [(m.value, tuple(m.headers)) for m in got] == [(m.value, tuple(m.headers)) for m in sent]
+
+
 async def test_committed_offsets_survive_reopening_the_bus(bus_backend: BusBackend) -> None:
     bus = await bus_backend.connect()
     topic = await _topic(bus)

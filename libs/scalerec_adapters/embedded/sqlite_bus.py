@@ -287,6 +287,9 @@ class SqliteEventBus(EventBus):
                 placed: list[tuple[int, int]] = []
                 next_off: dict[TopicPartition, int] = {}
                 created: dict[str, int] = {}  # cached only once the transaction committed
+                # A batch's messages usually share one headers object (the sender's trace context):
+                # encoded once per object, not once per message (a json.dumps each, ~2 µs).
+                headers: dict[int, str | None] = {}
                 rows = []
                 for topic, msg in batch:
                     n = created.get(topic) or self._partition_count(conn, topic)
@@ -307,9 +310,10 @@ class SqliteEventBus(EventBus):
                     offset = next_off[tp]
                     next_off[tp] = offset + 1
                     placed.append((partition, offset))
-                    rows.append(
-                        (topic, partition, offset, msg.key, bytes(msg.value), _encode_headers(msg.headers), now)
-                    )
+                    h = id(msg.headers)  # the batch holds every message, so no id is reused meanwhile
+                    if h not in headers:
+                        headers[h] = _encode_headers(msg.headers)
+                    rows.append((topic, partition, offset, msg.key, bytes(msg.value), headers[h], now))
                 conn.executemany(
                     "INSERT INTO messages(topic, partition, off, key, value, headers, ts_ms) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",

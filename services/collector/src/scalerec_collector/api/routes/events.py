@@ -57,17 +57,17 @@ async def post_events(
     if not events:
         raise reject_all(errors, "event")
     fresh: list[Event] = []
-    seen_in_batch: set[str] = set()
+    keys: dict[str, None] = {}  # the fresh events' keys, in order
     for event in events:
         # Per user, as the preprocessor dedupes: one event id sent for two users is two events.
         key = dedupe_key(event)
-        if key in recent or key in seen_in_batch:
+        if key in recent or key in keys:
             continue
-        seen_in_batch.add(key)
+        keys[key] = None
         fresh.append(event)
     if fresh:
         await publish(producer, settings.topic(Topic.EVENTS_RAW), fresh, lambda e: e.user_id, "events")
-        recent.add_all([dedupe_key(e) for e in fresh])
+        recent.add_all(list(keys))
     return IngestResult(
         accepted=len(fresh), duplicates=len(events) - len(fresh), rejected=len({e.index for e in errors}), errors=errors
     )
