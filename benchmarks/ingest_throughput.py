@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ingest_throughput.py [--users 3000] [--items 1500]
         [--hbase-url hbase://127.0.0.1:19090] [--hbase-events 20000]
-        [--http-batch 100] [--connections 8] [--duration 10] [--collector-workers 1,2] [--skip hbase,http]
+        [--http-batch 100] [--connections 8] [--duration 10] [--collector-workers 1,2]
+        [--kafka-url kafka://127.0.0.1:19092] [--skip preprocessor,hbase,http,kafka]
 
 Prints one row per stage: events/s of the platform code, of its floor, and their ratio.
 
@@ -24,6 +25,11 @@ Prints one row per stage: events/s of the platform code, of its floor, and their
   as clients send them, against the bus append at that batch size measured in the same run.  A
   bare FastAPI app that reads the same bodies and answers 202, under the same ``wrk``, is printed
   as the generator's ceiling: it proves the load generator is not the bottleneck.
+* **Kafka** (the chart's bus; the stack's broker: ``scripts/stack/stack.sh up kafka``): the Kafka bus's
+  ``send_batch`` against aiokafka's own producer (the same one, acks=all and idempotent, ``send`` per
+  message and one ``gather`` a batch) over the whole shop in batches of ``--http-batch``; then the
+  collector with ``BUS_URL=kafka://…`` under the same ``wrk`` against that bus append.  The rows run in
+  a deployment (topic prefix) of their own whose topics are deleted at the end.
 
 The machine's load (``uptime``) is printed with the table.
 """
@@ -56,10 +62,11 @@ from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
 from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
+from scalerec_adapters.factory import make_bus
 from scalerec_adapters.store import TableSpec, WideColumnStore
 from scalerec_core.service import long_lived_heap
 from scalerec_events.models import Event
-from scalerec_events.topics import Topic, topic_name
+from scalerec_events.topics import Topic, TopicSpec, topic_name
 from scalerec_preprocessor.consumers.events import BATCH_GC_THRESHOLD, EventsConsumer
 from scalerec_storage import schema as s
 from scalerec_synthetic import ShopConfig, generate_shop
@@ -259,6 +266,87 @@ def _hbase_rows(url: str, payloads: list[tuple[bytes, bytes]]) -> tuple[float, f
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def _kafka_appends(
+    url: str, deployment: str, payloads: list[tuple[bytes, bytes]], batch: int
+) -> tuple[float, float]:
+    """(events/s of the Kafka bus's ``send_batch``, events/s of aiokafka's own producer), ``payloads`` in
+    batches of ``batch`` each way, alternating halves so that neither gets the broker's warmer half."""
+    from scalerec_adapters.kafka_bus import KafkaEventBus
+
+    bus = make_bus(url)
+    assert isinstance(bus, KafkaEventBus)
+    await bus.start()
+    try:
+        ours_topic, raw_topic = topic_name(Topic.EVENTS_RAW, deployment), f"{deployment}.raw-append"
+        await bus.ensure_topics([TopicSpec(ours_topic, 4), TopicSpec(raw_topic, 4)])
+        producer = bus.producer()
+        raw = await bus._live_producer()  # the same aiokafka producer (acks=all, idempotent), used directly
+
+        async def ours(part: list[tuple[bytes, bytes]]) -> float:
+            started = time.perf_counter()
+            for i in range(0, len(part), batch):
+                await producer.send_batch(ours_topic, [OutgoingMessage(v, k) for k, v in part[i : i + batch]])
+            return time.perf_counter() - started
+
+        async def floor(part: list[tuple[bytes, bytes]]) -> float:
+            started = time.perf_counter()
+            for i in range(0, len(part), batch):
+                await asyncio.gather(*[await raw.send(raw_topic, v, key=k) for k, v in part[i : i + batch]])
+            return time.perf_counter() - started
+
+        await ours(payloads[:batch])  # warm-up: metadata and connections
+        await floor(payloads[:batch])
+        half = len(payloads) // 2
+        took_ours = await ours(payloads[:half]) + await ours(payloads[half:])
+        took_raw = await floor(payloads[half:]) + await floor(payloads[:half])
+        return len(payloads) / took_ours, len(payloads) / took_raw
+    finally:
+        await bus.close()
+
+
+def _drop_kafka_deployment(url: str, deployment: str) -> None:
+    """Delete the topics a Kafka row created (every name starts with its own deployment)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def drop() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=urlparse(url).netloc)
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith(f"{deployment}.")]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+
+
+def _kafka_rows(
+    url: str, tmp: Path, shop_events: list[Event], batch: int, connections: int, duration: float
+) -> list[Row]:
+    """The Kafka bus against aiokafka alone, and the collector on Kafka against the bus: in a deployment
+    (topic prefix) of its own, deleted at the end."""
+    deployment = f"bench{uuid.uuid4().hex[:8]}"
+    payloads = [(e.user_id.encode(), e.model_dump_json().encode()) for e in shop_events]
+    try:
+        ours, raw = asyncio.run(_kafka_appends(url, deployment, payloads, batch))
+        _wrk_files(tmp, shop_events, batch)
+        run = _collector(tmp, url, 1, batch, connections, duration, deployment=deployment)
+    finally:
+        _drop_kafka_deployment(url, deployment)
+    size = f"batches of {batch:,}"
+    return [
+        Row(f"Kafka bus append, {size}", ours, raw, "aiokafka alone", f"{len(payloads):,} events, acks=all"),
+        Row(
+            f"collector HTTP on Kafka, {size}, WORKERS=1",
+            run.events_per_s,
+            ours,
+            "Kafka bus append",
+            f"{connections} conns, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.errors} errors",
+        ),
+    ]
+
+
 def _wrk(url: str, connections: int, duration: float, script: Path, bodies: Path) -> HttpRun:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(script)]
     env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_KEY": API_KEY, "BENCH_RUN": uuid.uuid4().hex[:8]}
@@ -276,46 +364,67 @@ def _serve(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _wrk_files(tmp: Path, shop_events: list[Event], batch: int) -> tuple[Path, Path]:
+    """(wrk's script, its request bodies of ``batch`` events each), written once into ``tmp``."""
+    bodies = tmp / f"bodies-{batch}.jsonl"
+    script = tmp / "collector.lua"
+    if not bodies.exists():
+        with bodies.open("w") as f:
+            for i in range(0, len(shop_events), batch):
+                chunk = shop_events[i : i + batch]
+                events = [json.loads(e.model_dump_json()) for e in chunk]
+                for ev in events:
+                    ev["event_id"] = PLACEHOLDER + ev["event_id"]
+                f.write(json.dumps({"events": events}, separators=(",", ":")) + "\n")
+        script.write_text(WRK_SCRIPT)
+    return script, bodies
+
+
+def _collector(
+    tmp: Path, bus_url: str, workers: int, batch: int, connections: int, duration: float, deployment: str = "default"
+) -> HttpRun:
+    """The real collector (``python -m scalerec_collector``, ``WORKERS``, on ``bus_url``) under ``wrk``."""
+    script, bodies = tmp / "collector.lua", tmp / f"bodies-{batch}.jsonl"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    name = f"collector-{deployment}-{workers}"
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "WARNING",
+        "PORT": str(port),
+        "BUS_URL": bus_url,
+        "DEPLOYMENT": deployment,
+        "DATA_DIR": str(tmp / name),
+        "AUTH": "enabled",
+        "API_KEYS": f"{API_KEY}:ingest",
+        "MAX_BATCH_EVENTS": str(max(1000, batch)),
+        "WORKERS": str(workers),
+    }
+    proc = _serve([sys.executable, "-m", "scalerec_collector"], env, tmp / f"{name}.log")
+    try:
+        wait_ready(url, proc)
+        _wrk(url, connections, 2, script, bodies)  # warm-up, not recorded
+        pids = worker_pids(proc.pid)
+        before = cpu_ticks(pids)
+        run = _wrk(url, connections, duration, script, bodies)
+        run.busiest = busiest_share(before, cpu_ticks(pids))
+        return run
+    finally:
+        stop(proc)
+
+
 def _http_rows(
     tmp: Path, shop_events: list[Event], batch: int, connections: int, duration: float, workers: Sequence[int]
 ) -> tuple[dict[int, HttpRun], HttpRun, float]:
     """(collector per WORKERS, floor app, bus append events/s at ``batch``): the collector's HTTP path in one run."""
-    bodies = tmp / "bodies.jsonl"
-    with bodies.open("w") as f:
-        for i in range(0, len(shop_events), batch):
-            chunk = shop_events[i : i + batch]
-            events = [json.loads(e.model_dump_json()) for e in chunk]
-            for ev in events:
-                ev["event_id"] = PLACEHOLDER + ev["event_id"]
-            f.write(json.dumps({"events": events}, separators=(",", ":")) + "\n")
-    script = tmp / "collector.lua"
-    script.write_text(WRK_SCRIPT)
+    script, bodies = _wrk_files(tmp, shop_events, batch)
     base_env = {**os.environ, "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
 
-    collectors: dict[int, HttpRun] = {}
-    for n in workers:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **base_env,
-            "PORT": str(port),
-            "BUS_URL": f"sqlite:///{tmp / f'collector-bus-{n}.db'}",
-            "DATA_DIR": str(tmp / f"collector-{n}"),
-            "AUTH": "enabled",
-            "API_KEYS": f"{API_KEY}:ingest",
-            "MAX_BATCH_EVENTS": str(max(1000, batch)),
-            "WORKERS": str(n),
-        }
-        proc = _serve([sys.executable, "-m", "scalerec_collector"], env, tmp / f"collector-{n}.log")
-        try:
-            wait_ready(url, proc)
-            _wrk(url, connections, 2, script, bodies)  # warm-up, not recorded
-            pids = worker_pids(proc.pid)
-            before = cpu_ticks(pids)
-            collectors[n] = _wrk(url, connections, duration, script, bodies)
-            collectors[n].busiest = busiest_share(before, cpu_ticks(pids))
-        finally:
-            stop(proc)
+    collectors = {
+        n: _collector(tmp, f"sqlite:///{tmp / f'collector-bus-{n}.db'}", n, batch, connections, duration)
+        for n in workers
+    }
 
     fport = free_port()
     (tmp / "floor_app.py").write_text(FLOOR_APP)
@@ -347,10 +456,14 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8, help="wrk connections to the collector")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of wrk load per HTTP row")
     ap.add_argument("--collector-workers", default="1,2", help="the collector's WORKERS, one HTTP row each")
-    ap.add_argument("--skip", default="", help="comma-separated stages to leave out: hbase, http")
+    default_kafka = (
+        f"kafka://{os.environ.get('SCALEREC_STACK_HOST', '127.0.0.1')}:{os.environ.get('SCALEREC_KAFKA_PORT', '19092')}"
+    )
+    ap.add_argument("--kafka-url", default=default_kafka, help="Kafka broker (default: the local stack's)")
+    ap.add_argument("--skip", default="", help="comma-separated stages to leave out: preprocessor, hbase, http, kafka")
     args = ap.parse_args()
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
-    if "http" not in skip and shutil.which("wrk") is None:
+    if not {"http", "kafka"} <= skip and shutil.which("wrk") is None:
         print("wrk is needed for the collector's HTTP row: apt-get install -y wrk", file=sys.stderr)
         return 2
 
@@ -364,19 +477,20 @@ def main() -> int:
         raw_s = _raw_insert(tmp / "raw_bus.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 1000, "FULL")
         rows.append(Row("bus append, batches of 1,000", bus, n / raw_s, "raw SQLite (FULL)"))
 
-        store = SqliteStore(tmp / "store.db")
-        store.ensure_tables(s.tables())
-        pre, cpu_us = asyncio.run(_preprocess(store, tmp / "pre-bus.db", payloads))
-        store.close()
-        raw_s = _raw_insert(tmp / "raw_store.db", [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)], 2000, "NORMAL")
-        rows.append(
-            Row("preprocessor, embedded (SQLite)", pre, n / raw_s, "raw SQLite (NORMAL)", f"{cpu_us:.0f} µs CPU/event")
-        )
+        if "preprocessor" not in skip:
+            store = SqliteStore(tmp / "store.db")
+            store.ensure_tables(s.tables())
+            pre, cpu_us = asyncio.run(_preprocess(store, tmp / "pre-bus.db", payloads))
+            store.close()
+            raw = [(b"%d" % i, v) for i, (_, v) in enumerate(payloads)]
+            raw_s = _raw_insert(tmp / "raw_store.db", raw, 2000, "NORMAL")
+            note = f"{cpu_us:.0f} µs CPU/event"
+            rows.append(Row("preprocessor, embedded (SQLite)", pre, n / raw_s, "raw SQLite (NORMAL)", note))
 
-        for workers in (1, 2, 4):
-            rate = _service(tmp, payloads, workers)
-            stage = f"preprocessor service, WORKERS={workers}"
-            rows.append(Row(stage, rate, n / raw_s, "raw SQLite (NORMAL)", "embedded; first to last event stored"))
+            for workers in (1, 2, 4):
+                rate = _service(tmp, payloads, workers)
+                stage = f"preprocessor service, WORKERS={workers}"
+                rows.append(Row(stage, rate, n / raw_s, "raw SQLite (NORMAL)", "embedded; first to last event stored"))
 
         if "hbase" not in skip:
             part = payloads[: args.hbase_events]
@@ -412,17 +526,19 @@ def main() -> int:
                     f"{floor.requests_per_s:,.0f} req/s, {floor.errors} errors",
                 )
             )
+        if "kafka" not in skip:
+            rows += _kafka_rows(args.kafka_url, tmp, shop.events, args.http_batch, args.connections, args.duration)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{n:,} events, {args.users:,} users, {args.items:,} items; peak RSS {rss_mb:,.0f} MB")
     print(f"load: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}\n")
-    print(f"| {'stage':46s} | {'events/s':>9s} | {'floor':24s} | {'floor/s':>9s} | {'ratio':>6s} | note")
-    print(f"|{'-' * 48}|{'-' * 11}|{'-' * 26}|{'-' * 11}|{'-' * 8}|------")
+    print(f"| {'stage':50s} | {'events/s':>9s} | {'floor':24s} | {'floor/s':>9s} | {'ratio':>6s} | note")
+    print(f"|{'-' * 52}|{'-' * 11}|{'-' * 26}|{'-' * 11}|{'-' * 8}|------")
     for r in rows:
         ratio = r.rate / r.floor if r.floor else 0.0
-        print(f"| {r.stage:46s} | {r.rate:9,.0f} | {r.floor_name:24s} | {r.floor:9,.0f} | {ratio:6.2f} | {r.note}")
+        print(f"| {r.stage:50s} | {r.rate:9,.0f} | {r.floor_name:24s} | {r.floor:9,.0f} | {ratio:6.2f} | {r.note}")
     return 0
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.conftest import HBASE_THRIFT_PORT, HOST, require_server
+from tests.integration.conftest import HBASE_THRIFT_PORT, HOST, KAFKA_PORT, require_server
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK = REPO / "benchmarks" / "ingest_throughput.py"
@@ -23,8 +23,10 @@ ROW = re.compile(
 
 def test_smoke_run_reports_every_stage_with_its_floor() -> None:
     require_server("HBase Thrift", HBASE_THRIFT_PORT, "SCALEREC_HBASE_THRIFT_PORT")
+    require_server("Kafka", KAFKA_PORT, "SCALEREC_KAFKA_PORT")
     args = ["--users", "60", "--items", "40", "--hbase-events", "600", "--http-batch", "50"]
     args += ["--connections", "2", "--duration", "1", "--hbase-url", f"hbase://{HOST}:{HBASE_THRIFT_PORT}"]
+    args += ["--kafka-url", f"kafka://{HOST}:{KAFKA_PORT}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run(
         [sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
@@ -42,8 +44,10 @@ def test_smoke_run_reports_every_stage_with_its_floor() -> None:
         "collector HTTP, batches of 50, WORKERS=1",
         "collector HTTP, batches of 50, WORKERS=2",
         "wrk ceiling: bare FastAPI reading the bodies",
+        "Kafka bus append, batches of 50",
+        "collector HTTP on Kafka, batches of 50, WORKERS=1",
     }, out.stdout
     for m in rows.values():
         assert int(m["rate"].replace(",", "")) > 0 and int(m["base"].replace(",", "")) > 0, out.stdout
-    for workers in (1, 2):
-        assert "0 errors" in out.stdout.split(f"WORKERS={workers} ", 2)[-1].splitlines()[0], out.stdout
+    for stage in ("batches of 50, WORKERS=1 ", "batches of 50, WORKERS=2 ", "on Kafka, batches of 50, WORKERS=1 "):
+        assert "0 errors" in out.stdout.split(stage, 1)[-1].splitlines()[0], out.stdout
