@@ -16,8 +16,6 @@ Micro-batching: requests that arrive while a run is in progress wait for it and
 then go together, stacked along the batch axis, in one run (grouped by shape, so
 callers that pad to a fixed size merge best).  Nothing waits for a batch to fill:
 at low load each request runs alone at once; under load the batch grows by itself.
-Inline, the first request of a batch runs it itself after one turn of the loop (no
-task, and no wake-up of its own, per run); on the inference thread a task does.
 """
 
 from __future__ import annotations
@@ -62,7 +60,6 @@ class _Queue:
 
     pending: list[_Pending] = field(default_factory=list)
     running: bool = False
-    drain: asyncio.Task[None] | None = None  # the thread mode's task (held: the loop keeps only weak references)
 
 
 class OnnxRuntimeScorer(Scorer):
@@ -195,98 +192,55 @@ class OnnxRuntimeScorer(Scorer):
                 return self._infer(model, version, arrays, outputs)
             return await loop.run_in_executor(self._executor, self._infer, model, version, arrays, outputs)
         key = (model, int(version), tuple(outputs))
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = _Queue()
-        loop = asyncio.get_running_loop()
-        pending = _Pending(arrays, rows.pop(), loop.create_future())
-        queue.pending.append(pending)
+        queue = self._queues.setdefault(key, _Queue())
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        queue.pending.append(_Pending(arrays, rows.pop(), future))
         if not queue.running:
             queue.running = True
-            if not self.inline:
-                queue.drain = loop.create_task(self._drain(key, queue))
-            else:
-                # This request leads the batch and runs it itself, without a task of its own: first one
-                # turn of the loop, in which the requests parsed alongside it join the queue.
-                try:
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:  # its request gave up: the others' runs go on without it
-                    queue.pending.remove(pending)
-                    if queue.pending:
-                        loop.call_soon(self._run_pending, key, queue)
-                    else:
-                        queue.running = False
-                    raise
-                self._run_pending(key, queue)
-        return await pending.future  # the leader's is done already: no further turn of the loop
-
-    @staticmethod
-    def _next_batch(queue: _Queue, max_rows: int) -> tuple[list[_Pending], dict[str, np.ndarray]]:
-        """The first pending request and those of its shape after it, up to ``max_rows``; their inputs stacked."""
-        batch: list[_Pending] = []
-        rest: list[_Pending] = []
-        rows = 0
-        first = queue.pending[0]
-        shape = {k: v.shape[1:] for k, v in first.inputs.items()}
-        for p in queue.pending:
-            same = p is first or {k: v.shape[1:] for k, v in p.inputs.items()} == shape
-            if (same and rows + p.rows <= max_rows) or not batch:
-                batch.append(p)
-                rows += p.rows
-            else:
-                rest.append(p)
-        queue.pending = rest
-        if len(batch) == 1:
-            return batch, first.inputs
-        return batch, {k: np.concatenate([p.inputs[k] for p in batch]) for k in shape}
-
-    @staticmethod
-    def _deliver(batch: list[_Pending], out: dict[str, np.ndarray] | BaseException) -> None:
-        if isinstance(out, BaseException):
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(out)
-            return
-        if len(batch) == 1:
-            if not batch[0].future.done():
-                batch[0].future.set_result(out)
-            return
-        start = 0
-        for p in batch:
-            if not p.future.done():
-                p.future.set_result({k: v[start : start + p.rows] for k, v in out.items()})
-            start += p.rows
-
-    def _run_pending(self, key: tuple[str, int, tuple[str, ...]], queue: _Queue) -> None:
-        """Inline: run what is pending, in batches of equal shapes, on this (the loop's) thread."""
-        model, version, outputs = key
-        try:
-            while queue.pending:
-                batch, stacked = self._next_batch(queue, self.max_batch_rows)
-                self.runs += 1
-                try:
-                    out: dict[str, np.ndarray] | BaseException = self._infer(model, version, stacked, outputs)
-                except Exception as exc:
-                    out = exc
-                self._deliver(batch, out)
-        finally:
-            queue.running = False
+            asyncio.get_running_loop().create_task(self._drain(key, queue))
+        return await future
 
     async def _drain(self, key: tuple[str, int, tuple[str, ...]], queue: _Queue) -> None:
-        """On the inference thread: run what is pending, in batches of equal shapes, until nothing is left."""
+        """Run what is pending, in batches of equal shapes, until nothing is left."""
         model, version, outputs = key
         loop = asyncio.get_running_loop()
         try:
+            if self.inline:
+                await asyncio.sleep(0)  # let the requests parsed in this loop iteration join the batch
             while queue.pending:
-                batch, stacked = self._next_batch(queue, self.max_batch_rows)
+                batch: list[_Pending] = []
+                rest: list[_Pending] = []
+                rows = 0
+                first = queue.pending[0]
+                shape = {k: v.shape[1:] for k, v in first.inputs.items()}
+                for p in queue.pending:
+                    same = {k: v.shape[1:] for k, v in p.inputs.items()} == shape
+                    if (same and rows + p.rows <= self.max_batch_rows) or not batch:
+                        batch.append(p)
+                        rows += p.rows
+                    else:
+                        rest.append(p)
+                queue.pending = rest
+                if len(batch) == 1:
+                    stacked = batch[0].inputs
+                else:
+                    stacked = {k: np.concatenate([p.inputs[k] for p in batch]) for k in shape}
                 self.runs += 1
                 try:
-                    out: dict[str, np.ndarray] | BaseException = await loop.run_in_executor(
-                        self._executor, self._infer, model, version, stacked, outputs
-                    )
+                    if self.inline:
+                        out = self._infer(model, version, stacked, outputs)
+                    else:
+                        out = await loop.run_in_executor(self._executor, self._infer, model, version, stacked, outputs)
                 except Exception as exc:
-                    out = exc
-                self._deliver(batch, out)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                start = 0
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_result({k: v[start : start + p.rows] for k, v in out.items()})
+                    start += p.rows
         finally:
             queue.running = False
             for p in queue.pending:  # only on cancellation: nobody is left to run them
