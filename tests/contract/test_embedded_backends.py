@@ -376,3 +376,30 @@ async def test_concurrent_requests_of_one_shape_run_in_fewer_executions(tmp_path
     for req, res in zip(requests, results, strict=True):
         np.testing.assert_allclose(res["scores"], req["ids"] * 2.0 + 1)
     await scorer.close()
+
+
+async def test_an_inline_batch_outlives_a_cancelled_request(tmp_path: Path) -> None:
+    """Requests batched together: when the first of them is cancelled (its time budget ran out) the
+    others still get their own rows, and a request cancelled alone leaves the scorer able to run."""
+    write_tiny_model(tmp_path / "m" / "1", scale=2.0, external_data=False)
+    scorer = OnnxRuntimeScorer(tmp_path, inline=True, max_batch_rows=16)
+    await scorer.load("m", 1)
+    rng = np.random.default_rng(1)
+    requests = [{"ids": rng.integers(0, 10, (1, FEATURES)).astype(np.int64)} for _ in range(5)]
+    leader = asyncio.create_task(scorer.infer("m", 1, requests[0], ["scores"]))
+    others = [asyncio.create_task(scorer.infer("m", 1, r, ["scores"])) for r in requests[1:]]
+    await asyncio.sleep(0)  # every request queued; the leader waits for its turn of the loop
+    leader.cancel()
+    results = await asyncio.gather(*others)
+    assert leader.cancelled()
+    for req, res in zip(requests[1:], results, strict=True):
+        np.testing.assert_allclose(res["scores"], req["ids"] * 2.0 + 1)
+    # A leader cancelled alone leaves nothing behind: the next request runs.
+    alone = asyncio.create_task(scorer.infer("m", 1, requests[0], ["scores"]))
+    await asyncio.sleep(0)
+    alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alone
+    res = await asyncio.wait_for(scorer.infer("m", 1, requests[1], ["scores"]), timeout=5)
+    np.testing.assert_allclose(res["scores"], requests[1]["ids"] * 2.0 + 1)
+    await scorer.close()
