@@ -6,7 +6,8 @@
 
 The ranker runs as it does under ``scalerec serve`` (``python -m scalerec_ranker``,
 embedded backends over the demo's data, the promoted model in process).  The floor is
-a FastAPI app under the same uvicorn, with as many workers, answering every request
+a FastAPI app served the same way (``scalerec_core.service.serve``: as many uvicorn workers, each on
+its own ``SO_REUSEPORT`` socket), answering every request
 with one real response body of the ranker: what the hardware and the framework give
 before any recommender work.  The load generator is ``wrk`` (Debian) with a Lua script
 that asks for a random user of the demo's shop per request; the floor row proves it is
@@ -19,8 +20,9 @@ fills as users come back: ``--warmup`` decides how warm the rows start), and the
 candidates scored per request.  ``--profile`` samples the ranker
 workers with py-spy during the best run and prints the share of ranker CPU spent in
 model scoring (onnxruntime's ``run``).  ``busiest`` is the busiest ranker worker's share of the
-workers' CPU during the row (50 % = balanced with two): uvicorn's workers race to accept, and a row
-whose connections mostly landed on one worker measures one core, not two.
+workers' CPU during the row (50 % = balanced with two): the kernel places each connection on a
+worker by a hash of its addresses, and a row whose connections mostly landed on one worker measures
+one core, not two.
 """
 
 from __future__ import annotations
@@ -91,8 +93,14 @@ FLOOR_APP = textwrap.dedent(
     @app.get("/v1/recommendations")
     async def recommendations(user_id: str = Query(min_length=1), k: int = 10) -> Response:
         return Response(BODY, media_type="application/json")
+
+
+    def create() -> FastAPI:  # for serve()'s workers, which import a factory
+        return app
     """
 )
+# The floor runs in the ranker's process model: scalerec_core.service.serve, the same workers and sockets.
+FLOOR_SERVE = "import sys; from scalerec_core.service import serve; serve('floor_app:create', '127.0.0.1', int(sys.argv[1]), 'warning', int(sys.argv[2]))"
 
 
 @dataclass
@@ -362,23 +370,13 @@ def main() -> int:
     fport = free_port()
     (tmp / "floor_app.py").write_text(FLOOR_APP)
     floor_proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "floor_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(fport),
-            "--workers",
-            str(args.workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [sys.executable, "-c", FLOOR_SERVE, str(fport), str(args.workers)],
         cwd=tmp,
-        env={**os.environ, "BENCH_BODY": str(tmp / "body.json")},
+        env={
+            **os.environ,
+            "BENCH_BODY": str(tmp / "body.json"),
+            "PYTHONPATH": f"{tmp}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        },
         start_new_session=True,
     )
     try:

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
+import multiprocessing
+import multiprocessing.process
 import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,10 +71,17 @@ def available_cpus() -> int:
 
 def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int = 1) -> None:
     """Run ``app`` under uvicorn; ``app`` may be an import string of an app factory when ``workers`` > 1
-    (each worker process then builds its own app, clients and model activation)."""
+    (each worker process then builds its own app, clients and model activation).
+
+    Several workers each listen on a socket of their own bound with ``SO_REUSEPORT`` (see
+    :class:`ReusePortWorkers`), where the platform has it; uvicorn's own workers otherwise.
+    """
     import uvicorn
 
     factory = isinstance(app, str)
+    if factory and workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        ReusePortWorkers(app, host, port, log_level, workers).run()
+        return
     uvicorn.run(
         app,
         host=host,
@@ -76,3 +92,120 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
         factory=factory,
         workers=workers if factory and workers > 1 else None,
     )
+
+
+STARTUP_FAILURE = 3  # uvicorn's exit code for a server that never started (bad app, lifespan failed)
+_BACKLOG = 2048  # uvicorn's default
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _worker(app: str, host: str, port: int, log_level: str) -> None:  # pragma: no cover - runs in a child
+    """One worker process: its own listening socket on the shared port, and uvicorn on it."""
+    import uvicorn
+
+    try:
+        sock = _reuse_port_socket(host, port)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(STARTUP_FAILURE)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="on", factory=True
+    )
+    try:
+        config.load()  # imports and builds the app: what fails here fails the same way on every restart
+    except Exception:
+        traceback.print_exc()
+        sys.exit(STARTUP_FAILURE)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+class ReusePortWorkers:
+    """``workers`` uvicorn processes, each accepting on a listening socket of its own (``SO_REUSEPORT``).
+
+    With uvicorn's own workers all processes accept from one socket, and whichever wakes first takes
+    every connection waiting in it: the benchmark's 8 keep-alive connections, opened at once, landed all
+    on one of the two ranker workers in about a quarter of the runs, which then served at half the pod's
+    throughput with one core idle (`busiest` 98-100 % in benchmarks/ranker_throughput.py). A proxy's
+    or gateway's pool of keep-alive connections does the same to a pod. With a socket per worker the
+    kernel spreads connections over the workers as they arrive (by a hash of their addresses).
+
+    The supervisor restarts a worker that exits, stops (with status 3) when one fails to start (a bad
+    app fails the same way every time), and on SIGTERM or SIGINT asks every worker to finish what it
+    serves (uvicorn's graceful shutdown), killing those still running after ``stop_timeout_s``. It
+    first binds the port *without* ``SO_REUSEPORT`` for a moment, so that a port another server holds
+    is refused as uvicorn would refuse it rather than silently shared with that server.
+    """
+
+    def __init__(
+        self, app: str, host: str, port: int, log_level: str, workers: int, stop_timeout_s: float = 30.0
+    ) -> None:
+        self.app, self.host, self.port, self.log_level = app, host, port, log_level
+        self.workers = workers
+        self.stop_timeout_s = stop_timeout_s
+        self._stop = threading.Event()
+        self._context = multiprocessing.get_context("spawn")
+
+    def _start(self) -> multiprocessing.process.BaseProcess:
+        process = self._context.Process(
+            target=_worker, args=(self.app, self.host, self.port, self.log_level), name="scalerec-worker"
+        )
+        process.start()
+        return process
+
+    def run(self) -> None:
+        import uvicorn
+
+        # uvicorn's logging, as its own supervisor has it: the messages below go to "uvicorn.error".
+        uvicorn.Config(self.app, log_level=self.log_level.lower(), factory=True)
+        log = logging.getLogger("uvicorn.error")
+        probe = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((self.host, self.port))
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", self.host, self.port, exc)
+            sys.exit(STARTUP_FAILURE)
+        finally:
+            probe.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        processes = [self._start() for _ in range(self.workers)]
+        log.info(
+            "%d worker processes on %s:%d, each with its own socket (SO_REUSEPORT): %s",
+            self.workers,
+            self.host,
+            self.port,
+            " ".join(str(p.pid) for p in processes),
+        )
+        failed = False
+        while not self._stop.wait(0.5):
+            for i, process in enumerate(processes):
+                if process.is_alive():
+                    continue
+                if process.exitcode == STARTUP_FAILURE:
+                    log.error("worker %d failed to start: stopping", process.pid)
+                    failed = True
+                    self._stop.set()
+                    break
+                log.warning("worker %d exited (status %s): starting another", process.pid, process.exitcode)
+                processes[i] = self._start()
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %d still running after %.0f s: killed", process.pid, self.stop_timeout_s)
+                process.kill()
+                process.join()
+        if failed:
+            sys.exit(STARTUP_FAILURE)

@@ -67,7 +67,12 @@ class RankerSettings(ModelRepositorySettings):
         "ranker sees new events). A request that finds one past three quarters of it is answered from the cache "
         "and the state is read again behind it, so active users never wait for the store.",
     )
-    workers: int = Field(default=0, ge=0, description="uvicorn worker processes; 0 = the CPUs this process may use.")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="uvicorn worker processes, each listening on its own SO_REUSEPORT socket; 0 = the CPUs this "
+        "process may use.",
+    )
 
 
 @lru_cache

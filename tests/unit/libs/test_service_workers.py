@@ -1,0 +1,176 @@
+"""scalerec_core.service.serve with several workers: a listening socket each (SO_REUSEPORT), supervised.
+
+Real processes on a real port: the supervisor and its workers are started as ``python -m scalerec_ranker``
+starts them (``serve`` with an app factory's import string), and are asked over TCP which process answered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+APP = textwrap.dedent(
+    """
+    import os
+    from fastapi import FastAPI
+
+    def create() -> FastAPI:
+        if os.environ.get("BROKEN_APP"):
+            raise RuntimeError("this app cannot be built")
+        app = FastAPI()
+
+        @app.get("/pid")
+        async def pid() -> int:
+            return os.getpid()
+
+        return app
+    """
+)
+SERVE = "import sys; from scalerec_core.service import serve; serve('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', 2)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(tmp: Path, port: int, **env: str) -> subprocess.Popen[str]:
+    (tmp / "pid_app.py").write_text(APP)
+    return subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(port)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp), *sys.path]), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _pids(port: int, n: int) -> set[int]:
+    """The processes that answered ``n`` requests, each on a connection of its own."""
+    seen = set()
+    for _ in range(n):
+        with httpx.Client(timeout=5) as client:  # a new connection each time
+            seen.add(int(client.get(f"http://127.0.0.1:{port}/pid").json()))
+    return seen
+
+
+def _wait_serving(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        try:
+            if len(_pids(port, 16)) == 2:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("two workers never both answered")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = _free_port()
+    proc = _start(tmp_path, port)
+    try:
+        _wait_serving(port, proc)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_connections_are_spread_over_the_workers_and_a_dead_one_is_replaced(
+    served: tuple[int, subprocess.Popen[str]],
+) -> None:
+    port, proc = served
+    workers = _pids(port, 40)
+    # Each connection lands on a worker by a hash of its addresses: 40 on one worker would be 2^-39.
+    assert len(workers) == 2 and proc.pid not in workers, workers
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    now: set[int] = set()
+    while time.monotonic() < deadline:
+        try:
+            now = _pids(port, 16)  # a connection the kernel gives the dead socket is refused: retried
+        except httpx.HTTPError:
+            continue
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.2)
+    assert len(now) == 2 and victim not in now and (now & workers), (workers, now)
+
+
+def test_sigterm_stops_the_supervisor_and_every_worker(served: tuple[int, subprocess.Popen[str]]) -> None:
+    port, proc = served
+    workers = _pids(port, 40)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
+
+
+def test_a_port_in_use_is_refused_not_shared(served: tuple[int, subprocess.Popen[str]], tmp_path: Path) -> None:
+    port, _ = served
+    second = _start(tmp_path, port)
+    out, _ = second.communicate(timeout=60)
+    assert second.returncode == 3, out[-3000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+def test_an_app_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
+    """A worker that fails at start-up fails again on every restart: the supervisor exits with status 3."""
+    proc = _start(tmp_path, _free_port(), BROKEN_APP="1")
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 3, out[-3000:]
+    assert "failed to start" in out
+
+
+def test_the_accept_balance_benchmark_runs_and_reports() -> None:
+    """A few-trial smoke run of benchmarks/accept_balance.py: both ways start, answer and get a row."""
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "accept_balance.py"), "--trials", "3"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "uvicorn --workers (one shared socket)",
+        "scalerec serve (a SO_REUSEPORT socket each)",
+    ], out.stdout
+    for row in rows:  # three trials, each a split of 8 connections over the two workers ("5/3: 2, 6/2: 1")
+        trials = re.findall(r"(\d+)/(\d+): (\d+)", row.split("|")[2])
+        assert all(int(a) + int(b) == 8 for a, b, _ in trials), row
+        assert sum(int(n) for _, _, n in trials) == 3, row
