@@ -27,9 +27,11 @@ Prints one row per stage: events/s of the platform code, of its floor, and their
   as the generator's ceiling: it proves the load generator is not the bottleneck.
 * **Kafka** (the chart's bus; the stack's broker: ``scripts/stack/stack.sh up kafka``): the Kafka bus's
   ``send_batch`` against aiokafka's own producer (the same one, acks=all and idempotent, ``send`` per
-  message and one ``gather`` a batch) over the whole shop in batches of ``--http-batch``; then the
-  collector with ``BUS_URL=kafka://…`` under the same ``wrk`` against that bus append.  The rows run in
-  a deployment (topic prefix) of their own whose topics are deleted at the end.
+  message and one ``gather`` a batch) over the whole shop in batches of ``--http-batch``; unless the
+  HBase stage is skipped, the preprocessor service on those events as the chart runs it (Kafka and
+  HBase, one consumer process) against the HBase stage's raw ``mutateRows``; then the collector with
+  ``BUS_URL=kafka://…`` under the same ``wrk`` against that bus append.  The rows run in a deployment
+  (topic and table prefix) of their own whose topics and tables are deleted at the end.
 
 The machine's load (``uptime``) is printed with the table.
 """
@@ -207,24 +209,22 @@ async def _preprocess(
 
 def _service(tmp: Path, payloads: list[tuple[bytes, bytes]], workers: int) -> float:
     """Events/s of the preprocessor service (``python -m scalerec_preprocessor``, embedded backends) with
-    ``WORKERS`` consumer processes, over ``payloads`` already on its bus: from the first event stored to
-    the last, as its ``/v1/stats`` reports them (polled every 50 ms; a run too short for two polls is
-    timed from the service's first answer, start-up included)."""
+    ``WORKERS`` consumer processes, over ``payloads`` already on its bus (see :func:`_run_preprocessor`)."""
     data = tmp / f"service-{workers}"
     data.mkdir()
     asyncio.run(_bus_append(data / "bus.db", payloads, 1000))
+    env = {"DATA_DIR": str(data), "WORKERS": str(workers)}
+    return _run_preprocessor(env, len(payloads), tmp / f"service-{workers}.log", f"WORKERS={workers}")
+
+
+def _run_preprocessor(env: dict[str, str], n: int, log: Path, label: str) -> float:
+    """Start the preprocessor service with ``env`` over ``n`` events already on its bus; events/s from the
+    first event stored to the last, as its ``/v1/stats`` reports them (polled every 50 ms; a run too short
+    for two polls is timed from the service's first answer, start-up included)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DATA_DIR": str(data),
-        "AUTH": "disabled",
-        "WORKERS": str(workers),
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = _serve([sys.executable, "-m", "scalerec_preprocessor"], env, tmp / f"service-{workers}.log")
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "disabled", "LOG_LEVEL": "WARNING", **env}
+    proc = _serve([sys.executable, "-m", "scalerec_preprocessor"], env, log)
     try:
         wait_ready(url, proc)
         first = (time.perf_counter(), 0)
@@ -232,12 +232,12 @@ def _service(tmp: Path, payloads: list[tuple[bytes, bytes]], workers: int) -> fl
         while time.monotonic() < deadline:
             stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
             now, done = time.perf_counter(), stats["events_stored"] + stats["duplicates_dropped"]
-            if done >= len(payloads):
+            if done >= n:
                 return (done - first[1]) / (now - first[0])
             if done and not first[1]:
                 first = (now, done)
             time.sleep(0.05)
-        raise TimeoutError(f"WORKERS={workers}: not every event handled in 600 s")
+        raise TimeoutError(f"{label}: not every event handled in 600 s")
     finally:
         stop(proc)
 
@@ -282,10 +282,10 @@ async def _kafka_appends(
         producer = bus.producer()
         raw = await bus._live_producer()  # the same aiokafka producer (acks=all, idempotent), used directly
 
-        async def ours(part: list[tuple[bytes, bytes]]) -> float:
+        async def ours(part: list[tuple[bytes, bytes]], topic: str = ours_topic) -> float:
             started = time.perf_counter()
             for i in range(0, len(part), batch):
-                await producer.send_batch(ours_topic, [OutgoingMessage(v, k) for k, v in part[i : i + batch]])
+                await producer.send_batch(topic, [OutgoingMessage(v, k) for k, v in part[i : i + batch]])
             return time.perf_counter() - started
 
         async def floor(part: list[tuple[bytes, bytes]]) -> float:
@@ -294,7 +294,7 @@ async def _kafka_appends(
                 await asyncio.gather(*[await raw.send(raw_topic, v, key=k) for k, v in part[i : i + batch]])
             return time.perf_counter() - started
 
-        await ours(payloads[:batch])  # warm-up: metadata and connections
+        await ours(payloads[:batch], raw_topic)  # warm-up (metadata, connections); the events topic gets each once
         await floor(payloads[:batch])
         half = len(payloads) // 2
         took_ours = await ours(payloads[:half]) + await ours(payloads[half:])
@@ -322,29 +322,71 @@ def _drop_kafka_deployment(url: str, deployment: str) -> None:
 
 
 def _kafka_rows(
-    url: str, tmp: Path, shop_events: list[Event], batch: int, connections: int, duration: float
+    url: str,
+    tmp: Path,
+    shop_events: list[Event],
+    batch: int,
+    connections: int,
+    duration: float,
+    hbase: tuple[str, float] | None,
 ) -> list[Row]:
-    """The Kafka bus against aiokafka alone, and the collector on Kafka against the bus: in a deployment
-    (topic prefix) of its own, deleted at the end."""
+    """The Kafka bus against aiokafka alone; with ``hbase`` (its URL and raw ``mutateRows`` events/s) the
+    preprocessor service on Kafka and HBase, over the events the bus row appended; and the collector on
+    Kafka against the bus. In a deployment (topic prefix, HBase table prefix) of its own, deleted at the end."""
     deployment = f"bench{uuid.uuid4().hex[:8]}"
     payloads = [(e.user_id.encode(), e.model_dump_json().encode()) for e in shop_events]
+    size = f"batches of {batch:,}"
+    rows: list[Row] = []
     try:
         ours, raw = asyncio.run(_kafka_appends(url, deployment, payloads, batch))
+        rows.append(
+            Row(f"Kafka bus append, {size}", ours, raw, "aiokafka alone", f"{len(payloads):,} events, acks=all")
+        )
+        if hbase is not None:
+            env = {
+                "BUS_URL": url,
+                "STORE_URL": hbase[0],
+                "DEPLOYMENT": deployment,
+                "DATA_DIR": str(tmp / f"{deployment}-preprocessor"),
+                "WORKERS": "1",
+            }
+            rate = _run_preprocessor(env, len(payloads), tmp / f"{deployment}-preprocessor.log", "Kafka + HBase")
+            rows.append(
+                Row(
+                    "preprocessor service, Kafka + HBase",
+                    rate,
+                    hbase[1],
+                    "raw mutateRows",
+                    f"{len(payloads):,} events, WORKERS=1; first to last event stored",
+                )
+            )
         _wrk_files(tmp, shop_events, batch)
         run = _collector(tmp, url, 1, batch, connections, duration, deployment=deployment)
+        rows.append(
+            Row(
+                f"collector HTTP on Kafka, {size}, WORKERS=1",
+                run.events_per_s,
+                ours,
+                "Kafka bus append",
+                f"{connections} conns, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.errors} errors",
+            )
+        )
     finally:
         _drop_kafka_deployment(url, deployment)
-    size = f"batches of {batch:,}"
-    return [
-        Row(f"Kafka bus append, {size}", ours, raw, "aiokafka alone", f"{len(payloads):,} events, acks=all"),
-        Row(
-            f"collector HTTP on Kafka, {size}, WORKERS=1",
-            run.events_per_s,
-            ours,
-            "Kafka bus append",
-            f"{connections} conns, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.errors} errors",
-        ),
-    ]
+        if hbase is not None:
+            _drop_hbase_namespace(hbase[0], deployment)
+    return rows
+
+
+def _drop_hbase_namespace(url: str, namespace: str) -> None:
+    from scalerec_adapters.hbase_store import HBaseStore
+
+    parsed = urlparse(url)
+    store = HBaseStore(parsed.hostname or "127.0.0.1", parsed.port or 9090, namespace=namespace, timeout_ms=60_000)
+    try:
+        store.drop_tables()
+    finally:
+        store.close()
 
 
 def _wrk(url: str, connections: int, duration: float, script: Path, bodies: Path) -> HttpRun:
@@ -492,11 +534,13 @@ def main() -> int:
                 stage = f"preprocessor service, WORKERS={workers}"
                 rows.append(Row(stage, rate, n / raw_s, "raw SQLite (NORMAL)", "embedded; first to last event stored"))
 
+        hbase: tuple[str, float] | None = None
         if "hbase" not in skip:
             part = payloads[: args.hbase_events]
             mine, cpu_us, base = _hbase_rows(args.hbase_url, part)
             note = f"{len(part):,} events, {cpu_us:.0f} µs CPU/event here"
             rows.append(Row("preprocessor, HBase", mine, base, "raw mutateRows", note))
+            hbase = (args.hbase_url, base)
 
         if "http" not in skip:
             workers = [int(w) for w in args.collector_workers.split(",")]
@@ -527,7 +571,9 @@ def main() -> int:
                 )
             )
         if "kafka" not in skip:
-            rows += _kafka_rows(args.kafka_url, tmp, shop.events, args.http_batch, args.connections, args.duration)
+            rows += _kafka_rows(
+                args.kafka_url, tmp, shop.events, args.http_batch, args.connections, args.duration, hbase
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -45,6 +45,7 @@ def test_smoke_run_reports_every_stage_with_its_floor() -> None:
         "collector HTTP, batches of 50, WORKERS=2",
         "wrk ceiling: bare FastAPI reading the bodies",
         "Kafka bus append, batches of 50",
+        "preprocessor service, Kafka + HBase",
         "collector HTTP on Kafka, batches of 50, WORKERS=1",
     }, out.stdout
     for m in rows.values():
