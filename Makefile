@@ -67,13 +67,15 @@ tools:
 		|| { echo "$$pkg is needed (as root: apt-get install -y $$pkg)" >&2; exit 1; }; done
 
 # Throughput against its floor, measured in the same run (docs/benchmarks.md). Needs `make demo` first;
-# the ingest benchmark runs the preprocessor on the stack's HBase too (started here if it is not up).
+# the ingest benchmark runs the preprocessor and collector on the stack's Kafka and HBase too (started
+# here if they are not up).
 bench: venv tools
 	$(BIN)/python benchmarks/ranker_throughput.py --profile
 	$(BIN)/python benchmarks/ranker_request_cpu.py
 	$(BIN)/python benchmarks/ranker_gc_pauses.py
 	$(BIN)/python benchmarks/telemetry_cost.py
-	$(STACK) up hbase thrift
+	$(BIN)/python benchmarks/accept_balance.py
+	$(STACK) up kafka hbase thrift
 	$(BIN)/python benchmarks/ingest_throughput.py
 
 stack-up:
