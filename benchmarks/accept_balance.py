@@ -29,6 +29,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from ranker_throughput import free_port
+
 APP = textwrap.dedent(
     """
     import os
@@ -44,12 +46,6 @@ APP = textwrap.dedent(
         return app
     """
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ask_pid(sock: socket.socket) -> str:
@@ -135,7 +131,7 @@ def main() -> int:
     print(f"| {'served by':44s} | {'splits (trials)':48s} | a worker idle |")
     print(f"|{'-' * 46}|{'-' * 50}|---------------|")
     for name, cmd in ways.items():
-        port = _free_port()
+        port = free_port()
         splits = trial_splits(cmd(port), env, port, args.workers, args.connections, args.trials)
         counted = collections.Counter(splits).most_common()
         text = ", ".join(f"{'/'.join(map(str, s))}: {n}" for s, n in counted)

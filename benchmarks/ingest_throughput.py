@@ -360,8 +360,8 @@ def _kafka_rows(
                     f"{len(payloads):,} events, WORKERS=1; first to last event stored",
                 )
             )
-        _wrk_files(tmp, shop_events, batch)
-        run = _collector(tmp, url, 1, batch, connections, duration, deployment=deployment)
+        files = _wrk_files(tmp, shop_events, batch)
+        run = _collector(tmp, files, url, 1, batch, connections, duration, deployment=deployment)
         rows.append(
             Row(
                 f"collector HTTP on Kafka, {size}, WORKERS=1",
@@ -423,10 +423,17 @@ def _wrk_files(tmp: Path, shop_events: list[Event], batch: int) -> tuple[Path, P
 
 
 def _collector(
-    tmp: Path, bus_url: str, workers: int, batch: int, connections: int, duration: float, deployment: str = "default"
+    tmp: Path,
+    wrk_files: tuple[Path, Path],
+    bus_url: str,
+    workers: int,
+    batch: int,
+    connections: int,
+    duration: float,
+    deployment: str = "default",
 ) -> HttpRun:
     """The real collector (``python -m scalerec_collector``, ``WORKERS``, on ``bus_url``) under ``wrk``."""
-    script, bodies = tmp / "collector.lua", tmp / f"bodies-{batch}.jsonl"
+    script, bodies = wrk_files
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     name = f"collector-{deployment}-{workers}"
@@ -461,17 +468,22 @@ def _http_rows(
 ) -> tuple[dict[int, HttpRun], HttpRun, float]:
     """(collector per WORKERS, floor app, bus append events/s at ``batch``): the collector's HTTP path in one run."""
     script, bodies = _wrk_files(tmp, shop_events, batch)
-    base_env = {**os.environ, "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
-
     collectors = {
-        n: _collector(tmp, f"sqlite:///{tmp / f'collector-bus-{n}.db'}", n, batch, connections, duration)
+        n: _collector(
+            tmp, (script, bodies), f"sqlite:///{tmp / f'collector-bus-{n}.db'}", n, batch, connections, duration
+        )
         for n in workers
     }
 
     fport = free_port()
     (tmp / "floor_app.py").write_text(FLOOR_APP)
     floor_cmd = [sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(fport), "--log-level", "warning"]
-    floor_env = {**base_env, "BENCH_BATCH": str(batch), "PYTHONPATH": f"{tmp}:{os.environ.get('PYTHONPATH', '')}"}
+    floor_env = {
+        **os.environ,
+        "LOG_LEVEL": "WARNING",
+        "BENCH_BATCH": str(batch),
+        "PYTHONPATH": f"{tmp}:{os.environ.get('PYTHONPATH', '')}",
+    }
     floor_proc = _serve([*floor_cmd, "--no-access-log"], floor_env, tmp / "floor.log")
     try:
         wait_ready(f"http://127.0.0.1:{fport}", floor_proc)

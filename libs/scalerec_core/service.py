@@ -98,8 +98,12 @@ STARTUP_FAILURE = 3  # uvicorn's exit code for a server that never started (bad 
 _BACKLOG = 2048  # uvicorn's default
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+
+
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = _tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
@@ -166,7 +170,7 @@ class ReusePortWorkers:
         # uvicorn's logging, as its own supervisor has it: the messages below go to "uvicorn.error".
         uvicorn.Config(self.app, log_level=self.log_level.lower(), factory=True)
         log = logging.getLogger("uvicorn.error")
-        probe = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        probe = _tcp_socket(self.host)
         try:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((self.host, self.port))
