@@ -93,19 +93,22 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, history: torch.Tensor, hist_feats: torch.Tensor) -> torch.Tensor:
         """history [B, L] (0 = pad, left-padded) -> states [B, L, dim]."""
-        _b, length = history.shape
+        length = history.shape[1]
         x = self.items(history, hist_feats) * (self.dim**0.5)
         x = x + self.pos.weight[self.max_len - length :].unsqueeze(0)
         x = self.drop(x)
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
-        # A fully padded prefix would attend to nothing (NaN); let every position see itself.
-        pad = history == 0
-        key_bias = pad.unsqueeze(1).to(x.dtype) * -1e9
-        eye = torch.eye(length, dtype=torch.bool, device=x.device).unsqueeze(0)
-        mask = (causal.unsqueeze(0) + key_bias).masked_fill(eye, 0.0)
-        mask = mask.repeat_interleave(self.layers.layers[0].self_attn.num_heads, 0)
-        h = self.layers(x, mask=mask)
+        h = self.layers(x, mask=self.attention_mask(history, x.dtype))
         return self.norm(h)
+
+    def attention_mask(self, history: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B * heads, L, L] additive mask: causal, padding keys hidden, each position sees itself."""
+        length = history.shape[1]
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=history.device), diagonal=1)
+        # A fully padded prefix would attend to nothing (NaN); let every position see itself.
+        key_bias = (history == 0).unsqueeze(1).to(dtype) * -1e9
+        eye = torch.eye(length, dtype=torch.bool, device=history.device).unsqueeze(0)
+        mask = (causal.unsqueeze(0) + key_bias).masked_fill(eye, 0.0)
+        return mask.repeat_interleave(self.layers.layers[0].self_attn.num_heads, 0)
 
 
 class SeqRanker(nn.Module):

@@ -21,8 +21,13 @@ from scalerec_models.ann import AnnIndex  # noqa: E402
 from scalerec_models.bundle import ModelBundle  # noqa: E402
 from scalerec_models.config import model_config  # noqa: E402
 from scalerec_models.data import UNKNOWN, Interactions  # noqa: E402
-from scalerec_models.networks import SeqRanker  # noqa: E402
-from scalerec_models.onnx_export import export_ranker, ranker_parity  # noqa: E402
+from scalerec_models.networks import SeqRanker, TwoTower  # noqa: E402
+from scalerec_models.onnx_export import (  # noqa: E402
+    export_ranker,
+    export_user_tower,
+    ranker_parity,
+    user_tower_parity,
+)
 from scalerec_models.pipeline import TrainedModels, check_parity, export, train_models  # noqa: E402
 from scalerec_models.repository import tensor_specs_from_onnx  # noqa: E402
 from scalerec_models.training import EpochReport  # noqa: E402
@@ -143,17 +148,17 @@ def test_history_items_are_exported_as_one_precomputed_table(version: Path, trai
     n, dim, tower_dim = trained.vocab.size, trained.config.dim, trained.config.tower_dim
     tower = _initializers(version / "user_tower.onnx")
     # The user tower reads items only through that table: no id, category, price or token table is left.
-    assert [k for k, v in tower.items() if v == (n, tower_dim)] == ["tower.encoder.items.table"]
+    assert [k for k, v in tower.items() if v == (n, tower_dim)] == ["tower.encoder.encoder.items.table"]
     assert not [k for k in tower if "item_encoder" in k or "feature_table" in k], sorted(tower)
     ranker = _initializers(version / "ranker.onnx")
-    assert ranker["encoder.items.table"] == (n, dim)
+    assert ranker["encoder.encoder.items.table"] == (n, dim)
     assert "item_encoder.token.weight" in ranker  # the candidates' content is still encoded per request
     # The table holds what the torch encoder computes for every index, padding (0) and unknown (1) included.
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(version / "ranker.onnx")).graph
-    table = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == "encoder.items.table")
+    table = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == "encoder.encoder.items.table")
     with torch.no_grad():
         ids = torch.arange(n)
         expected = trained.ranker.item_encoder(ids, trained.ranker.hist_features(ids)).numpy()
@@ -168,7 +173,7 @@ def test_a_ranker_too_large_for_an_extra_table_encodes_its_history_per_request(
 
     monkeypatch.setattr(onnx_export, "PRECOMPUTED_HISTORY_MAX_EXTRA_BYTES", 0)
     path = export_ranker(trained.ranker, tmp_path / "ranker.onnx")
-    assert "encoder.items.table" not in _initializers(path)
+    assert not [k for k in _initializers(path) if k.endswith("items.table")]
     rng = np.random.default_rng(1)
     n, length = trained.vocab.size, trained.config.history_len
     inputs = {
@@ -228,3 +233,34 @@ def test_hashed_large_shape_constructs_and_exports(tmp_path: Path) -> None:
         "candidate_features": rng.integers(0, 16, (2, 5, 10)),
     }
     assert ranker_parity(model, path, inputs) <= 1e-5
+
+
+def test_the_serving_graph_rewrites_keep_deeper_models_exact(tmp_path: Path) -> None:
+    """Last layer for the last position only, the context as one table: exact for more layers and heads too.
+
+    Untrained weights (padding rows included are random), windows shorter than ``max_len``, histories
+    fully padded, partly padded and full, context values out of every table's range at both ends.
+    """
+    torch.manual_seed(3)
+    cfg = model_config("small", dim=16, layers=3, heads=4, history_len=12, max_len=20)
+    n = 40
+    features = torch.randint(0, 16, (n, ITEM_FEATURE_LEN))
+    ranker, tower = SeqRanker(cfg, n, features).eval(), TwoTower(cfg, n, features).eval()
+    before = {name: list(m.state_dict()) for name, m in (("ranker", ranker), ("tower", tower))}
+    rng = np.random.default_rng(4)
+    history = rng.integers(1, n, (4, cfg.history_len))
+    history[0] = 0
+    history[1, :7] = 0
+    history[2, 5:9] = 0  # a gap inside the window
+    context = np.array([[0, 0, 0, 0], [23, 6, 5, 63], [-5, -1, -9, -1], [99, 99, 99, 999]])
+    inputs = {
+        "history": history,
+        "context": context,
+        "candidates": rng.integers(1, n, (4, 9)),
+        "candidate_features": rng.integers(0, 16, (4, 9, ITEM_FEATURE_LEN)),
+    }
+    assert ranker_parity(ranker, export_ranker(ranker, tmp_path / "ranker.onnx"), inputs) <= 1e-5
+    path = export_user_tower(tower, cfg.history_len, tmp_path / "tower.onnx")
+    assert user_tower_parity(tower, path, {"history": history, "context": context}) <= 1e-5
+    # The export swaps modules in for its graph only: the trained models come back as they were.
+    assert {name: list(m.state_dict()) for name, m in (("ranker", ranker), ("tower", tower))} == before
