@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class _LastState(torch.nn.Module):
     def __init__(self, encoder: SequenceEncoder) -> None:
         super().__init__()
         layers = encoder.layers.layers
-        if not all(layer.norm_first for layer in layers):  # type: ignore[union-attr]
+        if not all(layer.norm_first for layer in layers):
             raise ValueError("_LastState reproduces pre-norm (norm_first) layers only")
         self.encoder = encoder
 
@@ -108,10 +108,10 @@ class _LastState(torch.nn.Module):
                 x = layer(x, src_mask=mask)
         # The last row of the mask: padding keys hidden, except the last position itself.
         hidden = (history == 0) & (torch.arange(length, device=history.device) < length - 1)
-        return enc.norm(self._last_row(last, x, hidden.to(x.dtype) * -1e9))
+        return enc.norm(self._last_row(cast(torch.nn.TransformerEncoderLayer, last), x, hidden.to(x.dtype) * -1e9))
 
     @staticmethod
-    def _last_row(layer: torch.nn.Module, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+    def _last_row(layer: torch.nn.TransformerEncoderLayer, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         attn = layer.self_attn
         batch, length, dim = x.shape
         heads = attn.num_heads
