@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
@@ -110,7 +111,31 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(app: str, host: str, port: int, log_level: str) -> None:  # pragma: no cover - runs in a child
+HEARTBEAT_S = 1.0  # how often a worker's event loop marks itself alive for the supervisor
+
+
+async def _beat(heartbeat: Any) -> None:
+    """Write the monotonic clock (system-wide on Linux) into ``heartbeat`` while the event loop runs."""
+    while True:
+        heartbeat.value = time.monotonic()
+        await asyncio.sleep(HEARTBEAT_S)
+
+
+def _beating_server(config: Any, heartbeat: Any) -> Any:
+    """A uvicorn server that beats once its start-up (the app's lifespan) has finished."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            self.heartbeat = asyncio.get_running_loop().create_task(_beat(heartbeat))
+
+    return Server(config)
+
+
+def _worker(
+    app: str, host: str, port: int, log_level: str, heartbeat: Any
+) -> None:  # pragma: no cover - runs in a child
     """One worker process: its own listening socket on the shared port, and uvicorn on it."""
     import uvicorn
 
@@ -128,7 +153,7 @@ def _worker(app: str, host: str, port: int, log_level: str) -> None:  # pragma: 
     except Exception:
         traceback.print_exc()
         sys.exit(STARTUP_FAILURE)
-    uvicorn.Server(config).run(sockets=[sock])
+    _beating_server(config, heartbeat).run(sockets=[sock])
 
 
 class ReusePortWorkers:
@@ -141,28 +166,44 @@ class ReusePortWorkers:
     or gateway's pool of keep-alive connections does the same to a pod. With a socket per worker the
     kernel spreads connections over the workers as they arrive (by a hash of their addresses).
 
-    The supervisor restarts a worker that exits, stops (with status 3) when one fails to start (a bad
-    app fails the same way every time), and on SIGTERM or SIGINT asks every worker to finish what it
+    The supervisor restarts a worker that exits, and kills and replaces one whose event loop has not
+    run for ``hang_timeout_s`` since its start-up finished (each worker's loop writes the time into
+    shared memory every second): a pod's liveness probe alone would not find it, since the kernel
+    sends each probe's connection to any of the workers and the live ones answer. It stops (with
+    status 3) when a worker fails to start (a bad app fails the same way every time), and on SIGTERM
+    or SIGINT asks every worker to finish what it
     serves (uvicorn's graceful shutdown), killing those still running after ``stop_timeout_s``. It
     first binds the port *without* ``SO_REUSEPORT`` for a moment, so that a port another server holds
     is refused as uvicorn would refuse it rather than silently shared with that server.
     """
 
     def __init__(
-        self, app: str, host: str, port: int, log_level: str, workers: int, stop_timeout_s: float = 30.0
+        self,
+        app: str,
+        host: str,
+        port: int,
+        log_level: str,
+        workers: int,
+        stop_timeout_s: float = 30.0,
+        hang_timeout_s: float = 30.0,
     ) -> None:
         self.app, self.host, self.port, self.log_level = app, host, port, log_level
         self.workers = workers
         self.stop_timeout_s = stop_timeout_s
+        self.hang_timeout_s = hang_timeout_s
         self._stop = threading.Event()
         self._context = multiprocessing.get_context("spawn")
 
-    def _start(self) -> multiprocessing.process.BaseProcess:
+    def _start(self) -> tuple[multiprocessing.process.BaseProcess, Any]:
+        """A worker, and the shared double its event loop writes the time into (0 until it has started)."""
+        heartbeat = self._context.Value("d", 0.0, lock=False)
         process = self._context.Process(
-            target=_worker, args=(self.app, self.host, self.port, self.log_level), name="scalerec-worker"
+            target=_worker,
+            args=(self.app, self.host, self.port, self.log_level, heartbeat),
+            name="scalerec-worker",
         )
         process.start()
-        return process
+        return process, heartbeat
 
     def run(self) -> None:
         import uvicorn
@@ -181,18 +222,28 @@ class ReusePortWorkers:
             probe.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
-        processes = [self._start() for _ in range(self.workers)]
+        workers = [self._start() for _ in range(self.workers)]
         log.info(
             "%d worker processes on %s:%d, each with its own socket (SO_REUSEPORT): %s",
             self.workers,
             self.host,
             self.port,
-            " ".join(str(p.pid) for p in processes),
+            " ".join(str(p.pid) for p, _ in workers),
         )
         failed = False
         while not self._stop.wait(0.5):
-            for i, process in enumerate(processes):
+            for i, (process, heartbeat) in enumerate(workers):
                 if process.is_alive():
+                    last = heartbeat.value
+                    if last and time.monotonic() - last > self.hang_timeout_s:
+                        log.error(
+                            "worker %d: its event loop has not run for %.0f s: killed, starting another",
+                            process.pid,
+                            time.monotonic() - last,
+                        )
+                        process.kill()
+                        process.join()
+                        workers[i] = self._start()
                     continue
                 if process.exitcode == STARTUP_FAILURE:
                     log.error("worker %d failed to start: stopping", process.pid)
@@ -200,7 +251,8 @@ class ReusePortWorkers:
                     self._stop.set()
                     break
                 log.warning("worker %d exited (status %s): starting another", process.pid, process.exitcode)
-                processes[i] = self._start()
+                workers[i] = self._start()
+        processes = [p for p, _ in workers]
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)

@@ -23,6 +23,7 @@ import pytest
 APP = textwrap.dedent(
     """
     import os
+    import time
     from fastapi import FastAPI
 
     def create() -> FastAPI:
@@ -33,6 +34,10 @@ APP = textwrap.dedent(
         @app.get("/pid")
         async def pid() -> int:
             return os.getpid()
+
+        @app.get("/hang")
+        async def hang() -> None:
+            time.sleep(3600)  # blocks this worker's event loop: alive, serving nothing
 
         return app
     """
@@ -46,10 +51,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(tmp: Path, port: int, **env: str) -> subprocess.Popen[str]:
+# The supervisor as serve() runs it, with a short wait before a worker whose event loop stopped is replaced.
+SUPERVISE_HANGS = (
+    "import sys; from scalerec_core.service import ReusePortWorkers;"
+    " ReusePortWorkers('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', 2, hang_timeout_s=3).run()"
+)
+
+
+def _start(tmp: Path, port: int, code: str = SERVE, **env: str) -> subprocess.Popen[str]:
     (tmp / "pid_app.py").write_text(APP)
     return subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(port)],
+        [sys.executable, "-c", code, str(port)],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp), *sys.path]), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -121,6 +133,36 @@ def test_connections_are_spread_over_the_workers_and_a_dead_one_is_replaced(
             break
         time.sleep(0.2)
     assert len(now) == 2 and victim not in now and (now & workers), (workers, now)
+
+
+def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced(tmp_path: Path) -> None:
+    """Alive but serving nothing: the other worker would keep a liveness probe passing half the time."""
+    port = _free_port()
+    proc = _start(tmp_path, port, SUPERVISE_HANGS)
+    try:
+        _wait_serving(port, proc)
+        workers = _pids(port, 40)
+        with httpx.Client(timeout=1) as client, pytest.raises(httpx.ReadTimeout):
+            client.get(f"http://127.0.0.1:{port}/hang")  # lands on one of the two, which then hangs
+        deadline = time.monotonic() + 60
+        now: set[int] = set()
+        while time.monotonic() < deadline:
+            try:
+                now = _pids(port, 16)  # connections the hung worker accepted time out: retried
+            except httpx.HTTPError:
+                continue
+            if len(now) == 2 and not now <= workers:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and len(now & workers) == 1, (workers, now)
+        hung = (workers - now).pop()
+        assert not _alive(hung)
+        assert proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    assert f"worker {hung}: its event loop has not run for" in out, out[-3000:]
 
 
 def test_sigterm_stops_the_supervisor_and_every_worker(served: tuple[int, subprocess.Popen[str]]) -> None:
