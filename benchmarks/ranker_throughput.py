@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from scalerec_core.service import free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,14 +129,6 @@ class Run:
     @property
     def candidates_per_request(self) -> float:
         return self.candidates / self.answers if self.answers else 0.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

@@ -103,6 +103,13 @@ def _tcp_socket(host: str) -> socket.socket:
     return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the kernel's pick), for a local server about to be started."""
+    with _tcp_socket(host) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
     sock = _tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

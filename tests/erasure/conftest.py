@@ -26,7 +26,7 @@ from pymemcache.client.base import Client
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.factory import make_store
 from scalerec_adapters.store import WideColumnStore
-from scalerec_cli.cluster import free_port
+from scalerec_core.service import free_port
 from scalerec_storage import records as r
 
 from tests.integration.conftest import (

@@ -38,6 +38,7 @@ from scalerec_adapters.factory import make_bus, make_store
 from scalerec_adapters.store import WideColumnStore
 from scalerec_cli import driver
 from scalerec_cli.cluster import LocalCluster
+from scalerec_core.service import free_port as free_port_on
 from scalerec_events.models import Event, Item
 from scalerec_events.topics import Topic, dlq, topic_name
 from scalerec_storage import records as r
@@ -56,9 +57,7 @@ SEED_USERS = 150
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return free_port_on(HOST)
 
 
 def _listening(port: int) -> bool:

@@ -19,18 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalerec_core.service import free_port
+
 Mode = Literal["pass", "delay", "blackhole"]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -60,7 +55,7 @@ class FaultProxy:
         return f"{self.host}:{self.port}"
 
     def start(self) -> FaultProxy:
-        self.port = self.port or _free_port(self.host)
+        self.port = self.port or free_port(self.host)
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
 

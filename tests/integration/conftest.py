@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from scalerec_core.service import free_port as free_port_on
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "scripts" / "stack" / "stack.sh"
@@ -33,9 +34,7 @@ MEMCACHED_PORTS = [int(p) for p in os.environ.get("SCALEREC_MEMCACHED_PORTS", "1
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return free_port_on(HOST)
 
 
 def require_server(what: str, port: int, env: str) -> None:

@@ -8,7 +8,6 @@ learned about as well as a single process did (and better than popularity).
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from scalerec_core.service import free_port
 from scalerec_metrics import evaluate_full_ranking
 from scalerec_models.baselines import Popularity
 from scalerec_models.config import ModelConfig, model_config
@@ -71,12 +71,6 @@ def _cfg() -> ModelConfig:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rank_main(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -99,7 +93,7 @@ def test_two_gloo_processes_train_one_model(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     os.environ.pop("WORLD_SIZE", None)
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ddp_seconds = time.perf_counter() - started
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     for name in ("ranker", "two_tower"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from scalerec_core.service import free_port
 
 APP = textwrap.dedent(
     """
@@ -43,12 +43,6 @@ APP = textwrap.dedent(
     """
 )
 SERVE = "import sys; from scalerec_core.service import serve; serve('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', 2)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # The supervisor as serve() runs it, with a short wait before a worker whose event loop stopped is replaced.
@@ -102,7 +96,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    port = _free_port()
+    port = free_port()
     proc = _start(tmp_path, port)
     try:
         _wait_serving(port, proc)
@@ -137,7 +131,7 @@ def test_connections_are_spread_over_the_workers_and_a_dead_one_is_replaced(
 
 def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced(tmp_path: Path) -> None:
     """Alive but serving nothing: the other worker would keep a liveness probe passing half the time."""
-    port = _free_port()
+    port = free_port()
     proc = _start(tmp_path, port, SUPERVISE_HANGS)
     try:
         _wait_serving(port, proc)
@@ -186,7 +180,7 @@ def test_a_port_in_use_is_refused_not_shared(served: tuple[int, subprocess.Popen
 
 def test_an_app_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
     """A worker that fails at start-up fails again on every restart: the supervisor exits with status 3."""
-    proc = _start(tmp_path, _free_port(), BROKEN_APP="1")
+    proc = _start(tmp_path, free_port(), BROKEN_APP="1")
     try:
         out, _ = proc.communicate(timeout=120)
     finally:
