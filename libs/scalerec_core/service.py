@@ -119,6 +119,7 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 HEARTBEAT_S = 1.0  # how often a worker's event loop marks itself alive for the supervisor
+STOPPING = -1.0  # what a worker's heartbeat says once it has begun its graceful shutdown
 
 
 async def _beat(heartbeat: Any) -> None:
@@ -129,13 +130,21 @@ async def _beat(heartbeat: Any) -> None:
 
 
 def _beating_server(config: Any, heartbeat: Any) -> Any:
-    """A uvicorn server that beats once its start-up (the app's lifespan) has finished."""
+    """A uvicorn server that beats once its start-up (the app's lifespan) has finished, and says when it stops."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        beating: asyncio.Task[None] | None = None
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
-            self.heartbeat = asyncio.get_running_loop().create_task(_beat(heartbeat))
+            self.beating = asyncio.get_running_loop().create_task(_beat(heartbeat))
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.beating is not None:
+                self.beating.cancel()
+            heartbeat.value = STOPPING
+            await super().shutdown(sockets=sockets)
 
     return Server(config)
 
@@ -173,10 +182,13 @@ class ReusePortWorkers:
     or gateway's pool of keep-alive connections does the same to a pod. With a socket per worker the
     kernel spreads connections over the workers as they arrive (by a hash of their addresses).
 
-    The supervisor restarts a worker that exits, and kills and replaces one whose event loop has not
-    run for ``hang_timeout_s`` since its start-up finished (each worker's loop writes the time into
-    shared memory every second): a pod's liveness probe alone would not find it, since the kernel
-    sends each probe's connection to any of the workers and the live ones answer. It stops (with
+    The supervisor restarts a worker that exits, and kills and replaces one whose event loop it has not
+    seen run for ``hang_timeout_s`` since its start-up finished (each worker's loop writes the time into
+    shared memory every second), or that has not finished stopping ``stop_timeout_s`` after it began:
+    a pod's liveness probe alone would not find a hung worker, since the kernel sends each probe's
+    connection to any of the workers and the live ones answer. Silence is timed by the supervisor's own
+    checks, and a gap in those (every process stopped together: SIGSTOP, a frozen cgroup, a paused VM)
+    counts for no one. It stops (with
     status 3) when a worker fails to start (a bad app fails the same way every time), and on SIGTERM
     or SIGINT asks every worker to finish what it
     serves (uvicorn's graceful shutdown), killing those still running after ``stop_timeout_s``. It
@@ -238,19 +250,29 @@ class ReusePortWorkers:
             " ".join(str(p.pid) for p, _ in workers),
         )
         failed = False
+        checked = time.monotonic()
+        seen = [(0.0, checked)] * len(workers)  # each worker's heartbeat as last seen, and since when
         while not self._stop.wait(0.5):
+            now = time.monotonic()
+            frozen = now - checked > self.hang_timeout_s / 2  # this process did not run either
+            checked = now
             for i, (process, heartbeat) in enumerate(workers):
                 if process.is_alive():
-                    last = heartbeat.value
-                    if last and time.monotonic() - last > self.hang_timeout_s:
-                        log.error(
-                            "worker %d: its event loop has not run for %.0f s: killed, starting another",
-                            process.pid,
-                            time.monotonic() - last,
-                        )
-                        process.kill()
-                        process.join()
-                        workers[i] = self._start()
+                    beat = heartbeat.value
+                    if beat != seen[i][0] or frozen:
+                        seen[i] = (beat, now)
+                        continue
+                    silent = now - seen[i][1]
+                    if beat > 0 and silent > self.hang_timeout_s:
+                        why = f"its event loop has not run for {silent:.0f} s"
+                    elif beat == STOPPING and silent > self.stop_timeout_s:
+                        why = f"still stopping after {silent:.0f} s"
+                    else:
+                        continue
+                    log.error("worker %d: %s: killed, starting another", process.pid, why)
+                    process.kill()
+                    process.join()
+                    workers[i], seen[i] = self._start(), (0.0, now)
                     continue
                 if process.exitcode == STARTUP_FAILURE:
                     log.error("worker %d failed to start: stopping", process.pid)
@@ -258,7 +280,7 @@ class ReusePortWorkers:
                     self._stop.set()
                     break
                 log.warning("worker %d exited (status %s): starting another", process.pid, process.exitcode)
-                workers[i] = self._start()
+                workers[i], seen[i] = self._start(), (0.0, now)
         processes = [p for p, _ in workers]
         for process in processes:
             if process.is_alive() and process.pid is not None:

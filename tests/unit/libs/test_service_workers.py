@@ -159,6 +159,33 @@ def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced(tmp_path: Path) 
     assert f"worker {hung}: its event loop has not run for" in out, out[-3000:]
 
 
+def test_workers_stopped_together_with_the_supervisor_are_not_taken_for_hung(tmp_path: Path) -> None:
+    """SIGSTOP to the whole group (Ctrl-Z, a frozen cgroup, a paused VM) for longer than the hang timeout."""
+    port = free_port()
+    proc = _start(tmp_path, port, SUPERVISE_HANGS)
+    try:
+        _wait_serving(port, proc)
+        workers = _pids(port, 40)
+        # The workers stop a moment before the supervisor (a freezer stops a group's tasks one by one) and
+        # resume a moment after it, so that it has seen their last beats and checks again before their
+        # next: the order that, without the supervisor timing its own gap, takes them for hung.
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(5)
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(3)  # past the supervisor's next checks, each half a second apart
+        assert _pids(port, 40) == workers and all(_alive(p) for p in workers)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    assert "killed" not in out, out[-3000:]
+
+
 def test_sigterm_stops_the_supervisor_and_every_worker(served: tuple[int, subprocess.Popen[str]]) -> None:
     port, proc = served
     workers = _pids(port, 40)
