@@ -20,7 +20,7 @@ Serving reads the sequence encoder's state at the last position only, so its las
 for that position alone: every position's keys and values, one query, the feed-forward of one row
 (the layers before it still run over the whole window). And the context's four embedding tables
 become one, looked up once with per-column offsets, instead of a split, a clamp, a gather and an
-add per column. For the demo's one-layer model the ranker's graph went from 111 to ~70 nodes; with
+add per column. For the demo's one-layer model the ranker's graph went from 111 to 74 nodes; with
 small models onnxruntime's cost is per node more than per multiply, on a GPU a kernel launch each.
 """
 
@@ -91,9 +91,20 @@ class _LastState(torch.nn.Module):
 
     def __init__(self, encoder: SequenceEncoder) -> None:
         super().__init__()
-        layers = encoder.layers.layers
-        if not all(layer.norm_first for layer in layers):
-            raise ValueError("_LastState reproduces pre-norm (norm_first) layers only")
+        for layer in encoder.layers.layers:
+            attn = layer.self_attn
+            if not (
+                layer.norm_first
+                and attn.batch_first
+                and attn._qkv_same_embed_dim
+                and attn.in_proj_bias is not None
+                and attn.bias_k is None
+                and not attn.add_zero_attn
+            ):
+                raise ValueError(
+                    "_LastState reproduces the layers SequenceEncoder builds: pre-norm, batch first, packed q/k/v"
+                    " projections with biases, no extra key/value bias or zero attention"
+                )
         self.encoder = encoder
 
     def forward(self, history: torch.Tensor, hist_feats: torch.Tensor) -> torch.Tensor:
@@ -152,13 +163,17 @@ def _serving_graph(model: SeqRanker | TwoTower, history_table: bool) -> Iterator
     """While exporting: the rewrites of the module doc (the history's item table only with ``history_table``)."""
     encoder = model.encoder
     items, context = encoder.items, model.context
-    # Module.__setattr__ registers each in the original's place; the originals come back afterwards.
-    if history_table:
-        setattr(encoder, "items", _PrecomputedItems(history_item_table(model)))  # noqa: B010 (typed as ItemEncoder)
-    setattr(model, "encoder", _LastState(encoder))  # noqa: B010 (typed as SequenceEncoder)
-    if context is not None:
-        setattr(model, "context", _OneTableContext(context))  # noqa: B010 (typed as ContextEncoder)
+    # Every stand-in is built before the model is touched, so a failure leaves it as it was.
+    table = _PrecomputedItems(history_item_table(model)) if history_table else None
+    last = _LastState(encoder)
+    one_table = _OneTableContext(context) if context is not None else None
     try:
+        # Module.__setattr__ registers each in the original's place; the originals come back afterwards.
+        if table is not None:
+            setattr(encoder, "items", table)  # noqa: B010 (typed as ItemEncoder)
+        setattr(model, "encoder", last)  # noqa: B010 (typed as SequenceEncoder)
+        if one_table is not None:
+            setattr(model, "context", one_table)  # noqa: B010 (typed as ContextEncoder)
         yield
     finally:
         model.encoder, model.context, encoder.items = encoder, context, items

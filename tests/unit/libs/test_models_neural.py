@@ -238,7 +238,7 @@ def test_hashed_large_shape_constructs_and_exports(tmp_path: Path) -> None:
 def test_the_serving_graph_rewrites_keep_deeper_models_exact(tmp_path: Path) -> None:
     """Last layer for the last position only, the context as one table: exact for more layers and heads too.
 
-    Untrained weights (padding rows included are random), windows shorter than ``max_len``, histories
+    Untrained weights (the content tables' padding rows random), windows shorter than ``max_len``, histories
     fully padded, partly padded and full, context values out of every table's range at both ends.
     """
     torch.manual_seed(3)
@@ -264,3 +264,15 @@ def test_the_serving_graph_rewrites_keep_deeper_models_exact(tmp_path: Path) -> 
     assert user_tower_parity(tower, path, {"history": history, "context": context}) <= 1e-5
     # The export swaps modules in for its graph only: the trained models come back as they were.
     assert {name: list(m.state_dict()) for name, m in (("ranker", ranker), ("tower", tower))} == before
+
+
+def test_an_export_that_cannot_rewrite_leaves_the_model_as_it_was(tmp_path: Path) -> None:
+    """A layer the rewrite does not reproduce (post-norm) is refused before any module is swapped."""
+    cfg = model_config("small", dim=16, layers=1, heads=2, history_len=8)
+    model = SeqRanker(cfg, 20, torch.zeros((20, ITEM_FEATURE_LEN), dtype=torch.long)).eval()
+    model.encoder.layers.layers[0].norm_first = False
+    keys = list(model.state_dict())
+    with pytest.raises(ValueError, match="pre-norm"):
+        export_ranker(model, tmp_path / "ranker.onnx")
+    assert list(model.state_dict()) == keys
+    assert model.encoder.items is model.item_encoder  # the history's items were not left precomputed
