@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -94,10 +95,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+@contextmanager
+def _serving(tmp: Path, code: str = SERVE) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """The supervisor and its two workers, serving; the whole group killed afterwards (its output kept)."""
     port = free_port()
-    proc = _start(tmp_path, port)
+    proc = _start(tmp, port, code)
     try:
         _wait_serving(port, proc)
         yield port, proc
@@ -105,6 +107,12 @@ def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    with _serving(tmp_path) as server:
+        yield server
 
 
 def test_connections_are_spread_over_the_workers_and_a_dead_one_is_replaced(
@@ -131,10 +139,7 @@ def test_connections_are_spread_over_the_workers_and_a_dead_one_is_replaced(
 
 def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced(tmp_path: Path) -> None:
     """Alive but serving nothing: the other worker would keep a liveness probe passing half the time."""
-    port = free_port()
-    proc = _start(tmp_path, port, SUPERVISE_HANGS)
-    try:
-        _wait_serving(port, proc)
+    with _serving(tmp_path, SUPERVISE_HANGS) as (port, proc):
         workers = _pids(port, 40)
         with httpx.Client(timeout=1) as client, pytest.raises(httpx.ReadTimeout):
             client.get(f"http://127.0.0.1:{port}/hang")  # lands on one of the two, which then hangs
@@ -152,19 +157,13 @@ def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced(tmp_path: Path) 
         hung = (workers - now).pop()
         assert not _alive(hung)
         assert proc.poll() is None
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+    out, _ = proc.communicate()
     assert f"worker {hung}: its event loop has not run for" in out, out[-3000:]
 
 
 def test_workers_stopped_together_with_the_supervisor_are_not_taken_for_hung(tmp_path: Path) -> None:
     """SIGSTOP to the whole group (Ctrl-Z, a frozen cgroup, a paused VM) for longer than the hang timeout."""
-    port = free_port()
-    proc = _start(tmp_path, port, SUPERVISE_HANGS)
-    try:
-        _wait_serving(port, proc)
+    with _serving(tmp_path, SUPERVISE_HANGS) as (port, proc):
         workers = _pids(port, 40)
         # The workers stop a moment before the supervisor (a freezer stops a group's tasks one by one) and
         # resume a moment after it, so that it has seen their last beats and checks again before their
@@ -179,10 +178,7 @@ def test_workers_stopped_together_with_the_supervisor_are_not_taken_for_hung(tmp
         os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(3)  # past the supervisor's next checks, each half a second apart
         assert _pids(port, 40) == workers and all(_alive(p) for p in workers)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+    out, _ = proc.communicate()
     assert "killed" not in out, out[-3000:]
 
 
