@@ -205,6 +205,9 @@ class ConsumerWorker:
                     last_messages = loop.time()
                 messages = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
                 if not messages:
+                    # The bus answers and nothing waits (the batch a failed commit left may have been
+                    # committed after all, or handled by the member that took the partition).
+                    self.failing = False
                     if loop.time() - last_messages >= self.stall_after_s:
                         last_messages = loop.time()
                         await self._check_stalled()
