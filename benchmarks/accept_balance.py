@@ -29,7 +29,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from ranker_throughput import free_port
+from scalerec_core.service import free_port
 
 APP = textwrap.dedent(
     """

@@ -55,10 +55,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import httpx
-from ranker_throughput import busiest_share, cpu_ticks, free_port, stop, wait_ready, worker_pids
+from ranker_throughput import busiest_share, cpu_ticks, stop, wait_ready, worker_pids
 from scalerec_adapters.bus import Message, OutgoingMessage
 from scalerec_adapters.cache import CacheKeys
 from scalerec_adapters.embedded.memory_cache import MemoryCache
@@ -66,12 +67,15 @@ from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_adapters.factory import make_bus
 from scalerec_adapters.store import TableSpec, WideColumnStore
-from scalerec_core.service import long_lived_heap
+from scalerec_core.service import free_port, long_lived_heap
 from scalerec_events.models import Event
 from scalerec_events.topics import Topic, TopicSpec, topic_name
 from scalerec_preprocessor.consumers.events import BATCH_GC_THRESHOLD, EventsConsumer
 from scalerec_storage import schema as s
 from scalerec_synthetic import ShopConfig, generate_shop
+
+if TYPE_CHECKING:
+    from scalerec_adapters.hbase_store import HBaseStore
 
 API_KEY = "bench-ingest-key"
 PLACEHOLDER = "@R@"
@@ -242,14 +246,18 @@ def _run_preprocessor(env: dict[str, str], n: int, log: Path, label: str) -> flo
         stop(proc)
 
 
-def _hbase_rows(url: str, payloads: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
-    """(consumer events/s, its CPU µs per event, raw mutateRows events/s) on a real HBase, in a namespace
-    dropped afterwards."""
+def _hbase_store(url: str, namespace: str) -> HBaseStore:
+    """The stack's HBase (Thrift at ``url``) in ``namespace``, with a timeout long enough for bulk writes."""
     from scalerec_adapters.hbase_store import HBaseStore
 
     parsed = urlparse(url)
-    namespace = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-    store = HBaseStore(parsed.hostname or "127.0.0.1", parsed.port or 9090, namespace=namespace, timeout_ms=60_000)
+    return HBaseStore(parsed.hostname or "127.0.0.1", parsed.port or 9090, namespace=namespace, timeout_ms=60_000)
+
+
+def _hbase_rows(url: str, payloads: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+    """(consumer events/s, its CPU µs per event, raw mutateRows events/s) on a real HBase, in a namespace
+    dropped afterwards."""
+    store = _hbase_store(url, f"bench_ingest_{uuid.uuid4().hex[:8]}")
     tmp = Path(tempfile.mkdtemp(prefix="scalerec-bench-hbase-"))
     try:
         store.ensure_tables([*s.tables(), TableSpec("raw", ("f",))])
@@ -379,10 +387,7 @@ def _kafka_rows(
 
 
 def _drop_hbase_namespace(url: str, namespace: str) -> None:
-    from scalerec_adapters.hbase_store import HBaseStore
-
-    parsed = urlparse(url)
-    store = HBaseStore(parsed.hostname or "127.0.0.1", parsed.port or 9090, namespace=namespace, timeout_ms=60_000)
+    store = _hbase_store(url, namespace)
     try:
         store.drop_tables()
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from scalerec_adapters.bus import Consumer, Message
@@ -159,6 +159,20 @@ async def test_a_backend_outage_is_never_dead_lettered_however_long_it_lasts(tmp
     await bus.close()
 
 
+def _first_member_as(bus: SqliteEventBus, wrap: Callable[[Consumer], Consumer]) -> dict[str, int]:
+    """Make the bus's first consumer ``wrap(real one)`` and later ones real; the count of joins so far."""
+    joins = {"n": 0}
+    real_consumer = bus.consumer
+
+    async def consumer(topics: Sequence[str], group_id: str) -> Consumer:
+        joins["n"] += 1
+        inner = await real_consumer(topics, group_id)
+        return wrap(inner) if joins["n"] == 1 else inner
+
+    bus.consumer = consumer  # type: ignore[method-assign]
+    return joins
+
+
 class _Deaf(Consumer):
     """A real member of the group whose polls come back empty: a client wedged after a broker restart."""
 
@@ -185,15 +199,7 @@ async def test_a_member_that_polls_nothing_while_messages_wait_rejoins_and_reads
     await bus.ensure_topics([TopicSpec("t", 2)])
     for i in range(10):
         await bus.producer().send("t", f"m{i}".encode(), key=f"k{i}".encode())
-    joins = {"n": 0}
-    real_consumer = bus.consumer
-
-    async def consumer(topics: Sequence[str], group_id: str) -> Consumer:
-        joins["n"] += 1
-        inner = await real_consumer(topics, group_id)
-        return _Deaf(inner) if joins["n"] == 1 else inner
-
-    bus.consumer = consumer  # type: ignore[method-assign]
+    joins = _first_member_as(bus, _Deaf)
     seen: list[bytes] = []
 
     async def handler(messages: Sequence[Message]) -> BatchResult:
@@ -250,15 +256,7 @@ async def test_a_member_with_nothing_left_after_a_bus_failure_is_not_reported_fa
     await bus.ensure_topics([TopicSpec("t", 1)])
     for i in range(3):
         await bus.producer().send("t", f"m{i}".encode())
-    joins = {"n": 0}
-    real_consumer = bus.consumer
-
-    async def consumer(topics: Sequence[str], group_id: str) -> Consumer:
-        joins["n"] += 1
-        inner = await real_consumer(topics, group_id)
-        return _CommitAnswerLost(inner) if joins["n"] == 1 else inner
-
-    bus.consumer = consumer  # type: ignore[method-assign]
+    joins = _first_member_as(bus, _CommitAnswerLost)
     seen: list[bytes] = []
 
     async def handler(messages: Sequence[Message]) -> BatchResult:
