@@ -21,13 +21,16 @@ from scalerec_features.definitions import CONTEXT_FIELDS, ITEM_FEATURE_LEN
 
 __all__ = [
     "CANDIDATES",
+    "CANDIDATE_ENCODER",
     "CANDIDATE_FEATURES",
+    "CANDIDATE_VECTORS",
     "CONTEXT",
     "HISTORY",
     "P_CLICK",
     "P_CONVERSION",
     "RANKER",
     "RANKER_MODEL",
+    "RANKER_ON_VECTORS",
     "SCORES",
     "SERVING_CONTRACTS",
     "USER_EMBEDDING",
@@ -36,6 +39,7 @@ __all__ = [
     "ServingContract",
     "TensorSpec",
     "check_contract",
+    "contract_problems",
     "dims_compatible",
 ]
 
@@ -108,12 +112,22 @@ SCORES = TensorSpec("scores", "float32", (-1,))
 P_CLICK = TensorSpec("p_click", "float32", (-1,))
 P_CONVERSION = TensorSpec("p_conversion", "float32", (-1,))
 USER_EMBEDDING = TensorSpec("user_embedding", "float32", (-1,))
+# What the ranker's item encoder makes of each candidate (its id and content): [B, N, D].
+CANDIDATE_VECTORS = TensorSpec("candidate_vectors", "float32", (-1, -1))
 
 RANKER = ServingContract(
     RANKER_MODEL, (HISTORY, CONTEXT, CANDIDATES, CANDIDATE_FEATURES), (SCORES, P_CLICK, P_CONVERSION)
 )
 USER_TOWER = ServingContract(USER_TOWER_MODEL, (HISTORY, CONTEXT), (USER_EMBEDDING,))
 SERVING_CONTRACTS: dict[str, ServingContract] = {c.model: c for c in (RANKER, USER_TOWER)}
+
+# Two more graphs a ranker version may carry for in-process scoring (scalerec_models.bundle): the
+# ranker split at its candidate vectors.  The encoder runs when a version is activated and when an
+# item changes; the request sends vectors.  Not Triton models: Triton serves ``RANKER`` whole.
+CANDIDATE_ENCODER = ServingContract(RANKER_MODEL, (CANDIDATES, CANDIDATE_FEATURES), (CANDIDATE_VECTORS,))
+RANKER_ON_VECTORS = ServingContract(
+    RANKER_MODEL, (HISTORY, CONTEXT, CANDIDATE_VECTORS), (SCORES, P_CLICK, P_CONVERSION)
+)
 
 
 def dims_compatible(declared: Sequence[int], actual: Sequence[int]) -> bool:
@@ -129,6 +143,14 @@ def check_contract(model: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
     contract = SERVING_CONTRACTS.get(model)
     if contract is None:
         return []
+    return contract_problems(contract, inputs, outputs)
+
+
+def contract_problems(
+    contract: ServingContract, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> list[str]:
+    """Differences between a graph's schema and ``contract`` ([] when it conforms)."""
+    model = contract.model
     problems: list[str] = []
     for kind, want, have in (("input", contract.inputs, inputs), ("output", contract.outputs, outputs)):
         have_by_name = {t.name: t for t in have}

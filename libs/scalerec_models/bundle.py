@@ -4,6 +4,8 @@ A version directory written by :func:`scalerec_models.export.export` holds::
 
     ranker.onnx          scalerec_ranker: history, context, candidates, candidate_features -> scores, p_click, p_conversion
     user_tower.onnx      scalerec_user_tower: history, context -> user_embedding
+    candidate_encoder.onnx   (optional) candidates, candidate_features -> candidate_vectors
+    ranker_on_vectors.onnx   (optional) history, context, candidate_vectors -> scores, p_click, p_conversion
     item_embeddings.npy  [V, D] float32, row = item index
     item_features.npy    [V, ITEM_FEATURE_LEN] int64 content features by item index (the training-time catalogue)
     vocab.json           ItemVocab (0 = pad, 1 = unknown, items from 2; or hashed buckets)
@@ -30,6 +32,11 @@ from scalerec_models.data import FIRST_ITEM, ItemVocab
 
 RANKER_FILE = "ranker.onnx"
 USER_TOWER_FILE = "user_tower.onnx"
+# The ranker split at its candidate vectors, for in-process scoring (scalerec_models.onnx_export): written
+# into the ranker's version folder next to model.onnx, which Triton serves whole.
+CANDIDATE_ENCODER_FILE = "candidate_encoder.onnx"
+RANKER_ON_VECTORS_FILE = "ranker_on_vectors.onnx"
+CANDIDATE_GRAPH_FILES = (CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE)
 ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 ITEM_FEATURES_FILE = "item_features.npy"
 VOCAB_FILE = "vocab.json"

@@ -161,7 +161,10 @@ class SeqRanker(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The serving signature: scores, p_click, p_conversion, each [B, N]."""
         state = self.user_states(history, context)[:, -1]  # [B, D]
-        cand = self.item_encoder(candidates, candidate_features)  # [B, N, D]
+        return self.score_vectors(state, self.item_encoder(candidates, candidate_features))
+
+    def score_vectors(self, state: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The heads: user states [B, D] against candidate vectors [B, N, D] -> scores, p_click, p_conversion."""
         scores = torch.einsum("bd,bnd->bn", state, cand)
         p_click = torch.sigmoid(self.click_scale * scores + self.click_bias)
         conv = torch.einsum("bd,bnd->bn", self.conv_proj(state), cand) + self.conv_bias

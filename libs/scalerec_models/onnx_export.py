@@ -22,6 +22,12 @@ for that position alone: every position's keys and values, one query, the feed-f
 become one, looked up once with per-column offsets, instead of a split, a clamp, a gather and an
 add per column. For the demo's one-layer model the ranker's graph went from 111 to 74 nodes; with
 small models onnxruntime's cost is per node more than per multiply, on a GPU a kernel launch each.
+
+Beside the ranker, :func:`export_candidate_graphs` writes the same ranker split at its candidate
+vectors, for in-process scoring: a candidate's vector depends on the item alone (its index and its
+current content), so the ranker computes it once per item — when a version is activated and when the
+item changes — instead of once per candidate per request (``scalerec_ranker.items``).  Triton keeps
+serving the whole graph; versions without the pair are scored whole everywhere.
 """
 
 from __future__ import annotations
@@ -35,9 +41,24 @@ from typing import Any, cast
 import numpy as np
 import torch
 from scalerec_features import ITEM_FEATURE_LEN
-from scalerec_features.serving import CANDIDATE_FEATURES, CANDIDATES, CONTEXT, HISTORY
+from scalerec_features.serving import (
+    CANDIDATE_ENCODER,
+    CANDIDATE_FEATURES,
+    CANDIDATE_VECTORS,
+    CANDIDATES,
+    CONTEXT,
+    HISTORY,
+    RANKER_ON_VECTORS,
+)
 
-from scalerec_models.bundle import RANKER_INPUTS, RANKER_OUTPUTS, USER_TOWER_INPUTS, USER_TOWER_OUTPUTS
+from scalerec_models.bundle import (
+    CANDIDATE_ENCODER_FILE,
+    RANKER_INPUTS,
+    RANKER_ON_VECTORS_FILE,
+    RANKER_OUTPUTS,
+    USER_TOWER_INPUTS,
+    USER_TOWER_OUTPUTS,
+)
 from scalerec_models.networks import ContextEncoder, SeqRanker, SequenceEncoder, TwoTower
 
 log = logging.getLogger(__name__)
@@ -47,6 +68,10 @@ ONNX_SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of parameters; leaves headroom u
 # (one row per item, like the id table): above this many bytes it is left out and the history is encoded
 # per request as before. The user tower's table replaces its item tables and is always precomputed.
 PRECOMPUTED_HISTORY_MAX_EXTRA_BYTES = 256 << 20
+# The candidate graphs repeat the ranker's item tables (the encoder) and its sequence side (the ranker on
+# vectors): for item encoders above this many bytes (hashed tables of millions of rows) they are not
+# written, and the version is scored whole, as before.
+CANDIDATE_GRAPHS_MAX_ITEM_BYTES = 256 << 20
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -239,6 +264,73 @@ def export_ranker(model: SeqRanker, path: str | Path, external_data: bool | None
         return _export(model, args, Path(path), RANKER_INPUTS, RANKER_OUTPUTS, dyn, external_data)
 
 
+class _CandidateEncoder(torch.nn.Module):
+    """candidates [B, N], candidate_features [B, N, F] -> candidate_vectors [B, N, D]: the ranker's item encoder."""
+
+    def __init__(self, ranker: SeqRanker) -> None:
+        super().__init__()
+        self.items = ranker.item_encoder
+
+    def forward(self, candidates: torch.Tensor, candidate_features: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.items(candidates, candidate_features))
+
+
+class _RankerOnVectors(torch.nn.Module):
+    """:meth:`SeqRanker.forward` from the candidates' vectors on: the same heads on the same state."""
+
+    def __init__(self, ranker: SeqRanker) -> None:
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(
+        self, history: torch.Tensor, context: torch.Tensor, candidate_vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.ranker.score_vectors(self.ranker.user_states(history, context)[:, -1], candidate_vectors)
+
+
+def writes_candidate_graphs(model: SeqRanker) -> bool:
+    return _param_bytes(model.item_encoder) <= CANDIDATE_GRAPHS_MAX_ITEM_BYTES
+
+
+def export_candidate_graphs(model: SeqRanker, folder: str | Path) -> dict[str, Path]:
+    """Write ``candidate_encoder.onnx`` and ``ranker_on_vectors.onnx`` into ``folder`` (see the module doc).
+
+    Returns {} and writes nothing for a model whose item encoder is over ``CANDIDATE_GRAPHS_MAX_ITEM_BYTES``.
+    """
+    if not writes_candidate_graphs(model):
+        log.info(
+            "item encoder over %d bytes: no candidate graphs, the version is scored whole",
+            CANDIDATE_GRAPHS_MAX_ITEM_BYTES,
+        )
+        return {}
+    folder = Path(folder)
+    batch, n = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("candidates", min=1, max=1 << 20)
+    ex = example_ranker_inputs(model.cfg.history_len, n_items=min(10, model.feature_table.shape[0]))
+    candidates = (ex[CANDIDATES.name], ex[CANDIDATE_FEATURES.name])
+    encoder = _export(
+        _CandidateEncoder(model),
+        candidates,
+        folder / CANDIDATE_ENCODER_FILE,
+        CANDIDATE_ENCODER.input_names,
+        CANDIDATE_ENCODER.output_names,
+        {CANDIDATES.name: {0: batch, 1: n}, CANDIDATE_FEATURES.name: {0: batch, 1: n}},
+        False,
+    )
+    with torch.no_grad():
+        vectors = model.item_encoder(*candidates)
+    with _serving_graph(model, history_table=_precompute_ranker_history(model)):
+        on_vectors = _export(
+            _RankerOnVectors(model),
+            (ex[HISTORY.name], ex[CONTEXT.name], vectors),
+            folder / RANKER_ON_VECTORS_FILE,
+            RANKER_ON_VECTORS.input_names,
+            RANKER_ON_VECTORS.output_names,
+            {HISTORY.name: {0: batch}, CONTEXT.name: {0: batch}, CANDIDATE_VECTORS.name: {0: batch, 1: n}},
+            False,
+        )
+    return {"candidate_encoder": encoder, "ranker_on_vectors": on_vectors}
+
+
 class _UserTower(torch.nn.Module):
     def __init__(self, tower: TwoTower) -> None:
         super().__init__()
@@ -276,6 +368,19 @@ def ranker_parity(model: SeqRanker, path: str | Path, inputs: dict[str, np.ndarr
     model.eval()
     ref = model(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))
     got = _ort(Path(path)).run(list(RANKER_OUTPUTS), {k: inputs[k] for k in RANKER_INPUTS})
+    return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got, strict=True))
+
+
+@torch.no_grad()
+def candidate_graphs_parity(model: SeqRanker, folder: str | Path, inputs: dict[str, np.ndarray]) -> float:
+    """Max |torch - onnxruntime| over the three outputs, scored through the candidate graphs."""
+    model.eval()
+    ref = model(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))
+    folder = Path(folder)
+    encoder_inputs = {k: inputs[k] for k in CANDIDATE_ENCODER.input_names}
+    (vectors,) = _ort(folder / CANDIDATE_ENCODER_FILE).run(list(CANDIDATE_ENCODER.output_names), encoder_inputs)
+    feeds = {HISTORY.name: inputs[HISTORY.name], CONTEXT.name: inputs[CONTEXT.name], CANDIDATE_VECTORS.name: vectors}
+    got = _ort(folder / RANKER_ON_VECTORS_FILE).run(list(RANKER_OUTPUTS), feeds)
     return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got, strict=True))
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from scalerec_models.bundle import (
+    CANDIDATE_GRAPH_FILES,
     CONFIG_FILE,
     ITEM_EMBEDDINGS_FILE,
     ITEM_FEATURES_FILE,
@@ -41,7 +42,14 @@ from scalerec_models.bundle import (
 from scalerec_models.config import ModelConfig, model_config
 from scalerec_models.data import FIRST_ITEM, Interactions, ItemVocab, leave_one_out, to_sequences
 from scalerec_models.networks import SeqRanker, TwoTower
-from scalerec_models.onnx_export import export_ranker, export_user_tower, ranker_parity, user_tower_parity
+from scalerec_models.onnx_export import (
+    candidate_graphs_parity,
+    export_candidate_graphs,
+    export_ranker,
+    export_user_tower,
+    ranker_parity,
+    user_tower_parity,
+)
 from scalerec_models.training import EpochCallback, EpochRecord, evaluate_model, train_ranker, train_two_tower
 
 log = logging.getLogger(__name__)
@@ -159,6 +167,7 @@ def export(trained: TrainedModels, out_dir: str | Path, verify: bool = True) -> 
     paths = {
         "ranker": export_ranker(trained.ranker, out / RANKER_FILE),
         "user_tower": export_user_tower(trained.two_tower, cfg.history_len, out / USER_TOWER_FILE),
+        **export_candidate_graphs(trained.ranker, out),
     }
     np.save(out / ITEM_EMBEDDINGS_FILE, item_embeddings(trained.two_tower))
     np.save(out / ITEM_FEATURES_FILE, trained.item_features)
@@ -201,9 +210,12 @@ def check_parity(trained: TrainedModels, out_dir: str | Path, batch: int = 4, n:
     cands = [[*rng.choice(known, size=n - 1).tolist(), "a-brand-new-item"] for _ in range(batch)]
     cands[-1] = cands[-1][: n // 2]
     inputs = bundle.ranker_inputs(hist, ctx, cands)
-    return {
+    diffs = {
         "ranker": ranker_parity(trained.ranker, Path(out_dir) / RANKER_FILE, inputs),
         "user_tower": user_tower_parity(
             trained.two_tower, Path(out_dir) / USER_TOWER_FILE, bundle.user_tower_inputs(hist, ctx)
         ),
     }
+    if all((Path(out_dir) / f).exists() for f in CANDIDATE_GRAPH_FILES):
+        diffs["ranker_on_vectors"] = candidate_graphs_parity(trained.ranker, out_dir, inputs)
+    return diffs

@@ -47,13 +47,18 @@ from typing import Any
 
 import onnx
 from scalerec_features.serving import (
+    CANDIDATE_ENCODER,
     RANKER_MODEL,
+    RANKER_ON_VECTORS,
     SERVING_CONTRACTS,
     USER_TOWER_MODEL,
+    ServingContract,
     TensorSpec,
     check_contract,
+    contract_problems,
 )
 
+from scalerec_models.bundle import CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE
 from scalerec_models.fp16 import convert_to_fp16
 from scalerec_models.integrity import DIGESTS_KEY, file_digests
 from scalerec_models.onnx_graph import (
@@ -179,6 +184,12 @@ def write_champion(repository: Path, model: str, version: int) -> None:
     _atomic_write_text(_model_dir(repository, model) / CHAMPION_FILE, f"{version}\n")
 
 
+# The extra ONNX graphs a version of a model may carry (for in-process scoring), checked like the model.
+EXTRA_GRAPH_CONTRACTS: dict[str, dict[str, ServingContract]] = {
+    RANKER_MODEL: {CANDIDATE_ENCODER_FILE: CANDIDATE_ENCODER, RANKER_ON_VECTORS_FILE: RANKER_ON_VECTORS}
+}
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -259,6 +270,11 @@ def write_model_version(
     for name in extra_files:
         if name in {MODEL_FILE, MODEL_FILE_FP16, CARD_FILE} or "/" in name or name.startswith("."):
             raise ModelRepositoryError(f"extra file name {name!r} is reserved or not a plain file name")
+        graph_contract = EXTRA_GRAPH_CONTRACTS.get(model, {}).get(name)
+        if graph_contract is not None:
+            problems = contract_problems(graph_contract, *tensor_specs_from_onnx(Path(extra_files[name])))
+            if problems:
+                raise ModelRepositoryError(f"{name}: " + "; ".join(problems))
 
     staging = model_dir / f".staging-{version}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()

@@ -12,6 +12,10 @@ and one thread with one intra-op thread per process is what a pod of N cores
 running N worker processes wants (no oversubscription between the event loop
 and inference threads).
 
+A version folder may hold more graphs than ``model.onnx`` (the ranker's candidate graphs,
+``scalerec_models.bundle``): ``infer(..., graph=...)`` runs one of those by file name, with its own
+session, released with the version.
+
 Micro-batching: requests that arrive while a run is in progress wait for it and
 then go together, stacked along the batch axis, in one run (grouped by shape, so
 callers that pad to a fixed size merge best).  Nothing waits for a batch to fill:
@@ -35,6 +39,8 @@ from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 
 log = logging.getLogger(__name__)
 
+MODEL_FILE = "model.onnx"  # the graph Triton serves; a version's other graphs are named by ``graph=``
+
 _ORT_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,
@@ -56,7 +62,7 @@ class _Pending:
 
 @dataclass
 class _Queue:
-    """Requests for one (model, version, output names) waiting for the next run."""
+    """Requests for one (model, version, graph, output names) waiting for the next run."""
 
     pending: list[_Pending] = field(default_factory=list)
     running: bool = False
@@ -85,24 +91,27 @@ class OnnxRuntimeScorer(Scorer):
         # process per core (WORKERS) then keeps every core busy. Off for large models, whose runs
         # release the GIL long enough for the loop to serve HTTP meanwhile.
         self.inline = inline
-        self._sessions: dict[tuple[str, int], Any] = {}
-        self._outputs: dict[tuple[str, int], frozenset[str]] = {}  # each session's output names
+        self._sessions: dict[tuple[str, int, str], Any] = {}  # (model, version, graph file)
+        self._outputs: dict[tuple[str, int, str], frozenset[str]] = {}  # each session's output names
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        self._queues: dict[tuple[str, int, tuple[str, ...]], _Queue] = {}
+        self._queues: dict[tuple[str, int, str, tuple[str, ...]], _Queue] = {}
         self.runs = 0  # executions, for tests and benchmarks: fewer than requests when batching merges
         self.requests = 0
 
-    def model_path(self, model: str, version: int) -> Path:
-        return self.repository / model / str(int(version)) / "model.onnx"
+    def model_path(self, model: str, version: int, graph: str = MODEL_FILE) -> Path:
+        return self.repository / model / str(int(version)) / graph
 
-    def _load(self, model: str, version: int) -> Any:
-        key = (model, int(version))
+    def has_graph(self, model: str, version: int, graph: str) -> bool:
+        return self.model_path(model, version, graph).is_file()
+
+    def _load(self, model: str, version: int, graph: str = MODEL_FILE) -> Any:
+        key = (model, int(version), graph)
         with self._lock:  # one load per key even when many requests arrive for a cold model
             session = self._sessions.get(key)
             if session is not None:
                 return session
-            path = self.model_path(model, version)
+            path = self.model_path(model, version, graph)
             if not path.is_file():
                 raise ScorerUnavailable(f"model {model!r} version {version}: no file at {path}")
             import onnxruntime as ort  # lazy: services that never score do not pay for the import
@@ -146,34 +155,54 @@ class OnnxRuntimeScorer(Scorer):
         await asyncio.to_thread(self._load, model, version)
 
     async def unload(self, model: str, version: int) -> None:
+        """Release every graph of the version."""
         with self._lock:
-            self._sessions.pop((model, int(version)), None)
+            for key in [k for k in self._sessions if k[:2] == (model, int(version))]:
+                del self._sessions[key]
 
     def loaded(self) -> list[tuple[str, int]]:
         """(model, version) pairs with a live session."""
         with self._lock:
-            return sorted(self._sessions)
+            return sorted({key[:2] for key in self._sessions})
 
     def _infer(
-        self, model: str, version: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        graph: str = MODEL_FILE,
     ) -> dict[str, np.ndarray]:
         # Loads on first use: the embedded deployment has no separate load step to forget.
-        key = (model, int(version))
-        session = self._sessions.get(key) or self._load(model, version)
+        key = (model, int(version), graph)
+        session = self._sessions.get(key) or self._load(model, version, graph)
         known = self._outputs[key]  # not session.get_outputs(): it builds new NodeArg objects per call
         missing = [o for o in outputs if o not in known]
         if missing:
             raise ScorerUnavailable(
-                f"model {model!r} version {version} has no output(s) {missing}; it has {sorted(known)}"
+                f"model {model!r} version {version} ({graph}) has no output(s) {missing}; it has {sorted(known)}"
             )
         try:
             results = session.run(list(outputs), dict(inputs))
         except Exception as exc:
             shapes = {k: (np.asarray(v).dtype.name, np.shape(v)) for k, v in inputs.items()}
             raise ScorerUnavailable(
-                f"model {model!r} version {version}: inference failed for inputs {shapes}: {exc}"
+                f"model {model!r} version {version} ({graph}): inference failed for inputs {shapes}: {exc}"
             ) from exc
         return dict(zip(outputs, results, strict=True))
+
+    def run(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        graph: str = MODEL_FILE,
+    ) -> dict[str, np.ndarray]:
+        """One run now, on the caller's thread (no batching, not counted in ``runs``): for work outside
+        requests, such as encoding items."""
+        return self._infer(model, version, inputs, outputs, graph)
 
     async def infer(
         self,
@@ -181,6 +210,8 @@ class OnnxRuntimeScorer(Scorer):
         version: int,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
+        *,
+        graph: str = MODEL_FILE,
     ) -> dict[str, np.ndarray]:
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
@@ -189,9 +220,9 @@ class OnnxRuntimeScorer(Scorer):
             loop = asyncio.get_running_loop()
             self.runs += 1
             if self.inline:
-                return self._infer(model, version, arrays, outputs)
-            return await loop.run_in_executor(self._executor, self._infer, model, version, arrays, outputs)
-        key = (model, int(version), tuple(outputs))
+                return self._infer(model, version, arrays, outputs, graph)
+            return await loop.run_in_executor(self._executor, self._infer, model, version, arrays, outputs, graph)
+        key = (model, int(version), graph, tuple(outputs))
         queue = self._queues.setdefault(key, _Queue())
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         queue.pending.append(_Pending(arrays, rows.pop(), future))
@@ -200,9 +231,9 @@ class OnnxRuntimeScorer(Scorer):
             asyncio.get_running_loop().create_task(self._drain(key, queue))
         return await future
 
-    async def _drain(self, key: tuple[str, int, tuple[str, ...]], queue: _Queue) -> None:
+    async def _drain(self, key: tuple[str, int, str, tuple[str, ...]], queue: _Queue) -> None:
         """Run what is pending, in batches of equal shapes, until nothing is left."""
-        model, version, outputs = key
+        model, version, graph, outputs = key
         loop = asyncio.get_running_loop()
         try:
             if self.inline:
@@ -228,9 +259,11 @@ class OnnxRuntimeScorer(Scorer):
                 self.runs += 1
                 try:
                     if self.inline:
-                        out = self._infer(model, version, stacked, outputs)
+                        out = self._infer(model, version, stacked, outputs, graph)
                     else:
-                        out = await loop.run_in_executor(self._executor, self._infer, model, version, stacked, outputs)
+                        out = await loop.run_in_executor(
+                            self._executor, self._infer, model, version, stacked, outputs, graph
+                        )
                 except Exception as exc:
                     for p in batch:
                         if not p.future.done():

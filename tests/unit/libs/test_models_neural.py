@@ -16,13 +16,23 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from scalerec_features import ITEM_FEATURE_LEN, item_feature_vector  # noqa: E402
-from scalerec_features.serving import RANKER, USER_TOWER, ServingContract, check_contract  # noqa: E402
+from scalerec_features.serving import (  # noqa: E402
+    CANDIDATE_ENCODER,
+    RANKER,
+    RANKER_ON_VECTORS,
+    USER_TOWER,
+    ServingContract,
+    check_contract,
+    contract_problems,
+)
 from scalerec_models.ann import AnnIndex  # noqa: E402
 from scalerec_models.bundle import ModelBundle  # noqa: E402
 from scalerec_models.config import model_config  # noqa: E402
 from scalerec_models.data import UNKNOWN, Interactions  # noqa: E402
 from scalerec_models.networks import SeqRanker, TwoTower  # noqa: E402
 from scalerec_models.onnx_export import (  # noqa: E402
+    candidate_graphs_parity,
+    export_candidate_graphs,
     export_ranker,
     export_user_tower,
     ranker_parity,
@@ -135,6 +145,52 @@ def test_exported_onnx_is_the_serving_contract(version: Path, file: str, contrac
 def test_onnx_matches_torch_for_both_models(version: Path, trained: TrainedModels) -> None:
     diffs = check_parity(trained, version, batch=3, n=7)
     assert diffs["ranker"] <= 1e-5 and diffs["user_tower"] <= 1e-5, diffs
+    assert diffs["ranker_on_vectors"] <= 1e-5, diffs  # the ranker split at its candidates' vectors
+
+
+@pytest.mark.parametrize(
+    ("file", "contract"),
+    [("candidate_encoder.onnx", CANDIDATE_ENCODER), ("ranker_on_vectors.onnx", RANKER_ON_VECTORS)],
+)
+def test_the_candidate_graphs_are_their_contracts(
+    version: Path, trained: TrainedModels, file: str, contract: ServingContract
+) -> None:
+    inputs, outputs = tensor_specs_from_onnx(version / file)
+    assert contract_problems(contract, inputs, outputs) == []
+    vectors = {t.name: t for t in (*inputs, *outputs)}["candidate_vectors"]
+    assert vectors.dims == (-1, trained.config.dim)  # [B, N, D]: D fixed by the model
+
+
+def test_the_candidate_graphs_keep_padding_new_items_and_deeper_models_exact(tmp_path: Path) -> None:
+    """Untrained 3-layer model: padded candidates (id 0), unknown ids with content, out-of-range context."""
+    torch.manual_seed(5)
+    cfg = model_config("small", dim=16, layers=3, heads=4, history_len=12, max_len=20)
+    n = 40
+    ranker = SeqRanker(cfg, n, torch.randint(0, 16, (n, ITEM_FEATURE_LEN))).eval()
+    assert set(export_candidate_graphs(ranker, tmp_path)) == {"candidate_encoder", "ranker_on_vectors"}
+    rng = np.random.default_rng(6)
+    candidates = rng.integers(1, n, (3, 9))
+    candidates[0, 5:] = 0  # padding
+    candidates[1, :2] = UNKNOWN  # new items: content only
+    history = rng.integers(0, n, (3, cfg.history_len))
+    history[2] = 0
+    inputs = {
+        "history": history,
+        "context": np.array([[0, 0, 0, 0], [23, 6, 5, 63], [99, -1, 9, 999]]),
+        "candidates": candidates,
+        "candidate_features": rng.integers(0, 16, (3, 9, ITEM_FEATURE_LEN)),
+    }
+    assert candidate_graphs_parity(ranker, tmp_path, inputs) <= 1e-5
+
+
+def test_a_ranker_too_large_for_candidate_graphs_is_exported_whole_only(
+    trained: TrainedModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scalerec_models import onnx_export
+
+    monkeypatch.setattr(onnx_export, "CANDIDATE_GRAPHS_MAX_ITEM_BYTES", 0)
+    assert export_candidate_graphs(trained.ranker, tmp_path) == {}
+    assert list(tmp_path.iterdir()) == []
 
 
 def _initializers(path: Path) -> dict[str, tuple[int, ...]]:

@@ -250,6 +250,29 @@ def test_contract_is_enforced_for_the_ranker(tmp_path: Path) -> None:
     assert check_contract("not_a_contract_model", [], []) == []
 
 
+def test_a_ranker_versions_candidate_graphs_are_held_to_their_contracts(tmp_path: Path) -> None:
+    """The extra graphs a ranker version carries for in-process scoring are checked like the model itself."""
+    committed = ROOT / "model_repository"
+    ranker = committed / RANKER_MODEL / str(read_champion(committed, RANKER_MODEL)) / repo.MODEL_FILE
+    tower = next((committed / repo.USER_TOWER_MODEL).glob(f"[0-9]*/{repo.MODEL_FILE}"))
+    with pytest.raises(ModelRepositoryError, match=r"candidate_encoder.onnx: .*'candidate_vectors' missing"):
+        write_model_version(
+            tmp_path / "r", RANKER_MODEL, ranker, card={}, extra_files={"candidate_encoder.onnx": tower}
+        )
+    assert list_versions(tmp_path / "r", RANKER_MODEL) == []
+    # Another model's extra files are its own business.
+    assert (
+        write_model_version(
+            tmp_path / "r",
+            "m",
+            _scorer_onnx(tmp_path / "m.onnx"),
+            card={},
+            extra_files={"candidate_encoder.onnx": tower},
+        )
+        == 1
+    )
+
+
 def test_a_failed_write_leaves_no_version_behind(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_model_version(

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from scalerec_adapters.bus import OutgoingMessage
+from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_adapters.scoring import ScorerUnavailable
 from scalerec_adapters.store import StoreUnavailable
@@ -27,7 +28,9 @@ from scalerec_models import repository as repo
 from scalerec_models.data import FIRST_ITEM
 from scalerec_ranker.api.routes.recommendations import ItemOut, RecommendationsOut
 from scalerec_ranker.config import RankerSettings
+from scalerec_ranker.items import ItemRow, ItemTable
 from scalerec_ranker.main import create_app
+from scalerec_ranker.models import ModelManager
 from scalerec_storage import schema as s
 from scalerec_synthetic import Shop, ShopConfig, generate_shop
 from scalerec_trainer.config import TrainerSettings
@@ -320,9 +323,6 @@ def test_catalogue_changes_reach_the_served_items_without_a_restart(client: Test
 async def test_a_version_built_during_catalogue_changes_misses_none_of_them(world: World) -> None:
     """Activation builds the new version's table in a thread from a snapshot; updates that arrive
     meanwhile go to the old table at once and to the new one before the swap."""
-    from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
-    from scalerec_ranker.items import ItemRow
-    from scalerec_ranker.models import ModelManager
 
     scorer = OnnxRuntimeScorer(world.repository, inline=True)
     manager = ModelManager(scorer, world.repository, unload_grace_s=0)
@@ -347,26 +347,133 @@ async def test_a_version_built_during_catalogue_changes_misses_none_of_them(worl
     assert new is not None and new.version == 2 and new is not old
     pos = new.table.position[item.item_id]
     assert new.table.titles[pos] == "changed mid-build" and not new.table.available[pos]
+    # Its candidate vector is the one of its new content, in the new table as in the old.
+    for table in (old.table, new.table):
+        assert table.vectors is not None
+        p = table.position[item.item_id]
+        assert np.abs(table.vectors[p] - _encoded(scorer, 1, table, [p])[0]).max() <= 1e-6
     await manager.close()
+    await scorer.close()
+
+
+def _encoded(scorer: OnnxRuntimeScorer, version: int, table: ItemTable, positions: Sequence[int]) -> np.ndarray:
+    """What the version's candidate encoder makes of these positions' ids and content, run here."""
+    pos = np.asarray(positions, dtype=np.int64)
+    feeds = {"candidates": table.model_index[pos][None], "candidate_features": table.features[pos][None]}
+    out = scorer.run(repo.RANKER_MODEL, version, feeds, ["candidate_vectors"], graph="candidate_encoder.onnx")
+    return out["candidate_vectors"][0]
+
+
+async def test_candidate_vectors_follow_the_catalogue_and_score_as_the_whole_graph(world: World) -> None:
+    """Every item's candidate vector is computed when the version is activated and again when the item
+    changes or arrives; scoring on those vectors gives the whole graph's scores for the same request."""
+    scorer = OnnxRuntimeScorer(world.repository, inline=True)
+    manager = ModelManager(scorer, world.repository, unload_grace_s=0)
+    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
+    assert await manager.activate(1)
+    model = manager.current
+    assert model is not None
+    table = model.table
+    assert table.vectors is not None and table.vectors.dtype == np.float32
+    everything = np.arange(FIRST_ITEM, table.size)
+    assert np.abs(table.vectors[everything] - _encoded(scorer, 1, table, everything)).max() <= 1e-6
+
+    item = world.shop.items[3]
+    pos = table.position[item.item_id]
+    before = table.vectors[pos].copy()
+    changed = item.model_copy(update={"title": "Completely different words", "category": "somewhere-else"})
+    new_item = item.model_copy(update={"item_id": "arrived-while-serving", "title": "A brand new thing"})
+    manager.apply_items([ItemRow.of(changed), ItemRow.of(new_item)])
+    new_pos = table.position["arrived-while-serving"]
+    assert not np.allclose(table.vectors[pos], before)  # its content changed, so did its vector
+    assert np.abs(table.vectors[[pos, new_pos]] - _encoded(scorer, 1, table, [pos, new_pos])).max() <= 1e-6
+
+    # One request's scores both ways: ids and content through model.onnx, vectors through the split graph.
+    rng = np.random.default_rng(0)
+    cands = rng.choice(np.arange(FIRST_ITEM, table.size), 40, replace=False)
+    history = np.zeros((1, model.model.history_len), dtype=np.int64)
+    history[0, -5:] = table.model_index[cands[:5]]
+    context = np.array([[10, 2, 1, 5]], dtype=np.int64)
+    whole = await scorer.infer(
+        repo.RANKER_MODEL,
+        1,
+        {
+            "history": history,
+            "context": context,
+            "candidates": table.model_index[cands][None],
+            "candidate_features": table.features[cands][None],
+        },
+        ["scores"],
+    )
+    split = await scorer.infer(
+        repo.RANKER_MODEL,
+        1,
+        {"history": history, "context": context, "candidate_vectors": table.vectors[cands][None]},
+        ["scores"],
+        graph="ranker_on_vectors.onnx",
+    )
+    assert np.abs(whole["scores"] - split["scores"]).max() <= 1e-5
+    manager.apply_items([ItemRow.of(item)])  # as it was
+    await manager.close()
+    # Unloading a version releases every graph of it.
+    await scorer.unload(repo.RANKER_MODEL, 1)
+    assert (repo.RANKER_MODEL, 1) not in scorer.loaded()
+    await scorer.close()
+
+
+async def test_without_room_or_a_working_encoder_a_version_is_scored_whole(world: World) -> None:
+    """Vectors over CANDIDATE_VECTORS_MAX_MB are not kept; an encoder that fails on a catalogue change drops
+    them (never a stale vector); either way the version keeps serving, on ids and content."""
+    scorer = OnnxRuntimeScorer(world.repository, inline=True)
+    tight = ModelManager(scorer, world.repository, unload_grace_s=0, candidate_vectors_max_bytes=1024)
+    tight.apply_items(ItemRow.of(i) for i in world.shop.items)
+    assert await tight.activate(1)
+    assert tight.current is not None and tight.current.table.vectors is None
+    await tight.close()
+
+    settings = RankerSettings(
+        data_dir=world.data_dir, model_repository=world.repository, scoring_timeout_ms=5000, auth="disabled"
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        rec = app.state.recommender
+        while rec.models.current is None:
+            await asyncio.sleep(0.05)
+        table = rec.models.current.table
+        assert table.vectors is not None
+
+        def broken(indices: np.ndarray, features: np.ndarray) -> np.ndarray:
+            raise RuntimeError("encoder lost")
+
+        table._encoder = broken
+        rec.models.apply_items([ItemRow.of(world.shop.items[0].model_copy(update={"title": "new words"}))])
+        assert table.vectors is None
+        answer = await rec.recommend(world.shop.users[5], 10, None, None)
+        assert not answer.fallback and answer.scorer == "onnxruntime" and answer.items
     await scorer.close()
 
 
 async def test_the_warm_up_request_is_shaped_by_the_features(world: World) -> None:
     """The warm-up's context comes from scalerec_features (as a request's does), so a change to the context
     features (a field, a cardinality) changes the warm-up with it instead of sending a stale literal."""
-    from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
     from scalerec_features import CONTEXT_CARDINALITIES, CONTEXT_FIELDS, DEVICES
-    from scalerec_ranker.items import ItemRow
-    from scalerec_ranker.models import ModelManager
 
     sent: list[tuple[str, Mapping[str, np.ndarray]]] = []
+    graphs: list[str] = []
 
     class Recording(OnnxRuntimeScorer):
         async def infer(
-            self, model: str, version: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+            self,
+            model: str,
+            version: int,
+            inputs: Mapping[str, np.ndarray],
+            outputs: Sequence[str],
+            *,
+            graph: str = "model.onnx",
         ) -> dict[str, np.ndarray]:
             sent.append((model, inputs))
-            return await super().infer(model, version, inputs, outputs)
+            graphs.append(graph)
+            return await super().infer(model, version, inputs, outputs, graph=graph)
 
     scorer = Recording(world.repository, inline=True)
     manager = ModelManager(scorer, world.repository, unload_grace_s=0, max_candidates=40)
@@ -380,6 +487,9 @@ async def test_the_warm_up_request_is_shaped_by_the_features(world: World) -> No
     assert int(context[0][CONTEXT_FIELDS.index("device")]) == DEVICES.index("desktop")
     assert int(context[0][CONTEXT_FIELDS.index("locale")]) > 0  # a named locale, hashed like a request's
     assert ranker[0]["candidates"].shape == (1, 40)
+    # The version carries candidate graphs: the ranker on vectors is warmed up at the same full size.
+    on_vectors = [inputs for (_, inputs), graph in zip(sent, graphs, strict=True) if graph == "ranker_on_vectors.onnx"]
+    assert [v["candidate_vectors"].shape[:2] for v in on_vectors] == [(1, 40)]
     await manager.close()
     await scorer.close()
 

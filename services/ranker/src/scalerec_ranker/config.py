@@ -67,6 +67,13 @@ class RankerSettings(ModelRepositorySettings):
         "ranker sees new events). A request that finds one past three quarters of it is answered from the cache "
         "and the state is read again behind it, so active users never wait for the store.",
     )
+    candidate_vectors_max_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Memory (MiB per model version and worker) for candidate vectors computed once per item when a "
+        "version with candidate graphs is activated on the in-process scorer; a catalogue that needs more is scored "
+        "with the whole graph instead. 0 turns them off.",
+    )
     workers: int = Field(
         default=0,
         ge=0,

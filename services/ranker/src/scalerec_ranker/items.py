@@ -9,7 +9,11 @@ indexed by *position*, where positions ``0..V-1`` are the model's own item indic
 (so ``item_embeddings`` rows line up) and items the model has never seen are
 appended after them (their model index is "unknown", their features are their
 own).  The request path gathers rows of these arrays; it never parses, tokenises
-or hashes.
+or hashes.  When the version carries a candidate encoder and the ranker scores in
+process, the table also holds every item's candidate vector (what the ranker's item
+encoder makes of its index and content), computed for all items when the table is
+built and for each changed item when it changes: a request gathers vectors instead
+of encoding 300 candidates' ids and content again.
 
 Concurrency: tables are changed only on the event loop (catalogue updates, the
 swap to a new version), and the request path reads them on the event loop between
@@ -20,7 +24,7 @@ replace it with a larger copy; a row already handed to the scorer is a copy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +37,9 @@ from scalerec_storage import records as r
 log = logging.getLogger(__name__)
 
 NO_CATEGORY = 0
+
+#: model indices [n] and content features [n, ITEM_FEATURE_LEN] -> candidate vectors [n, D] (float32).
+Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,9 @@ class ItemTable:
         self.categories: list[str] = [""] * n
         self._category_codes: dict[str, int] = {}
         self.size = n
+        self.vectors: np.ndarray | None = None  # [capacity, D] float32 candidate vectors (attach_encoder)
+        self._encoder: Encoder | None = None
+        self._vector_bytes = 0
 
     @classmethod
     def build(
@@ -147,6 +157,18 @@ class ItemTable:
         feats = np.zeros((new, ITEM_FEATURE_LEN), dtype=np.int64)
         feats[:cap] = self.features
         self.features = feats
+        if self.vectors is not None:
+            if new * self.vectors.shape[1] * 4 > self._vector_bytes:
+                log.warning(
+                    "candidate vectors of %d items would be over %d bytes: scored with the whole graph from now on",
+                    new,
+                    self._vector_bytes,
+                )
+                self.drop_vectors()
+            else:
+                vectors = np.zeros((new, self.vectors.shape[1]), dtype=np.float32)
+                vectors[:cap] = self.vectors
+                self.vectors = vectors
 
     def _category_code(self, category: str) -> int:
         if not category or category == "unknown":
@@ -156,8 +178,46 @@ class ItemTable:
             code = self._category_codes[category] = len(self._category_codes) + 1
         return code
 
+    def attach_encoder(self, encoder: Encoder, max_bytes: int, chunk: int = 65536) -> bool:
+        """Compute every item's candidate vector now, and each changed item's from then on.
+
+        False, and nothing attached, when the vectors would take more than ``max_bytes`` or the encoder
+        fails: the version is then scored with its whole graph (ids and content per request).
+        """
+        try:
+            dim = int(encoder(self.model_index[:1], self.features[:1]).shape[-1])
+            capacity = len(self.model_index)
+            if capacity * dim * 4 > max_bytes:
+                log.info("candidate vectors of %d items would be over %d bytes: not kept", capacity, max_bytes)
+                return False
+            vectors = np.zeros((capacity, dim), dtype=np.float32)
+            for start in range(0, self.size, chunk):
+                stop = min(self.size, start + chunk)
+                vectors[start:stop] = encoder(self.model_index[start:stop], self.features[start:stop])
+        except Exception as exc:
+            log.error("candidate vectors not computed (scored with the whole graph): %s", exc)
+            return False
+        self.vectors, self._encoder, self._vector_bytes = vectors, encoder, max_bytes
+        return True
+
+    def drop_vectors(self) -> None:
+        self.vectors, self._encoder = None, None
+
+    def _encode(self, positions: np.ndarray, chunk: int = 65536) -> None:
+        encoder, vectors = self._encoder, self.vectors
+        if encoder is None or vectors is None or not len(positions):
+            return
+        try:
+            for start in range(0, len(positions), chunk):
+                part = positions[start : start + chunk]
+                vectors[part] = encoder(self.model_index[part], self.features[part])
+        except Exception as exc:  # a stale vector would score an item by its old content: none at all
+            log.error("candidate vectors dropped (scored with the whole graph from now on): %s", exc)
+            self.drop_vectors()
+
     def apply(self, rows: Iterable[ItemRow]) -> None:
         """Add or update items: a changed title, price or availability is seen by the next request."""
+        changed: list[int] = []
         for row in rows:
             pos = self.position.get(row.item_id)
             if pos is None:
@@ -175,6 +235,8 @@ class ItemTable:
             self.category[pos] = self._category_code(row.category)
             self.titles[pos] = row.title
             self.categories[pos] = row.category
+            changed.append(pos)
+        self._encode(np.asarray(changed, dtype=np.int64))
 
     # ------------------------------------------------------------ lookups
 

@@ -63,7 +63,12 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         bus, store, cache = backends.bus, backends.store, backends.cache
         assert cache is not None
         scorer = build_scorer(settings)
-        models = ModelManager(scorer, settings.model_repository, max_candidates=settings.max_candidates)
+        models = ModelManager(
+            scorer,
+            settings.model_repository,
+            max_candidates=settings.max_candidates,
+            candidate_vectors_max_bytes=settings.candidate_vectors_max_mb << 20,
+        )
         try:
             n = await models.load_catalogue(store)
             log.info("catalogue: %d items", n)

@@ -7,6 +7,9 @@ swap in the middle never mixes versions; a version no longer needed is released 
 scorer only after a grace period longer than any request.  Releasing is local: on Triton the
 ranker is a follower that never unloads (the evaluator owns Triton's model control).
 
+With the in-process scorer, a version that carries the candidate graphs (``scalerec_models.bundle``)
+gets its candidates' vectors computed in its item table when it is built, and is scored on them.
+
 The manager also owns this process's :class:`Catalogue`: catalogue changes from the
 items topic go to it and to the served version's item table at once, and a version
 being activated is built from a snapshot and then catches up with what changed
@@ -23,15 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 from scalerec_adapters.scoring import Scorer
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.experiments import Assignment, Experiment
 from scalerec_features import context_features
+from scalerec_features.serving import CANDIDATE_ENCODER, CANDIDATE_FEATURES, CANDIDATE_VECTORS, CANDIDATES
 from scalerec_models import repository as repo
+from scalerec_models.bundle import CANDIDATE_ENCODER_FILE, CANDIDATE_GRAPH_FILES, RANKER_ON_VECTORS_FILE
 from scalerec_models.integrity import verify_files
 from scalerec_models.runtime import ModelVersion
 
-from scalerec_ranker.items import Catalogue, ItemRow
+from scalerec_ranker.items import Catalogue, Encoder, ItemRow
 from scalerec_ranker.metrics import CHAMPION
 from scalerec_ranker.serving import ServingModel
 
@@ -55,8 +61,10 @@ class ModelManager:
         unload_grace_s: float = 10.0,
         max_candidates: int = 300,
         catalogue: Catalogue | None = None,
+        candidate_vectors_max_bytes: int = 1 << 30,
     ) -> None:
         self.scorer = scorer
+        self.candidate_vectors_max_bytes = candidate_vectors_max_bytes
         self.repository = repository
         self.unload_grace_s = unload_grace_s
         self.max_candidates = max_candidates
@@ -197,7 +205,28 @@ class ModelManager:
 
     def _build(self, version: int, rows: list[ItemRow]) -> ServingModel:
         self._verify(version)
-        return ServingModel.build(ModelVersion.load(self.repository, version), rows)
+        model = ModelVersion.load(self.repository, version)
+        return ServingModel.build(model, rows, self._candidate_encoder(version), self.candidate_vectors_max_bytes)
+
+    def _candidate_encoder(self, version: int) -> Encoder | None:
+        """The version's candidate encoder, run in process; None where requests are scored whole.
+
+        Only the in-process scorer takes candidate vectors (Triton serves the whole graph), and only
+        versions exported with the candidate graphs have them.
+        """
+        scorer = self.scorer
+        if not isinstance(scorer, OnnxRuntimeScorer) or self.candidate_vectors_max_bytes <= 0:
+            return None
+        if not all(scorer.has_graph(repo.RANKER_MODEL, version, f) for f in CANDIDATE_GRAPH_FILES):
+            return None
+        outputs = list(CANDIDATE_ENCODER.output_names)
+
+        def encode(indices: np.ndarray, features: np.ndarray) -> np.ndarray:
+            feeds = {CANDIDATES.name: indices[None], CANDIDATE_FEATURES.name: features[None]}
+            out = scorer.run(repo.RANKER_MODEL, version, feeds, outputs, graph=CANDIDATE_ENCODER_FILE)
+            return np.asarray(out[CANDIDATE_VECTORS.name][0], dtype=np.float32)
+
+        return encode
 
     def _verify(self, version: int) -> None:
         """Every file of the version (ranker, and user tower if any) as its card recorded it, before any is read.
@@ -224,6 +253,16 @@ class ModelManager:
         }
         inputs["history"][0, -1] = inputs["candidates"][0, 0] = min(2, len(model.table) - 1)
         await self.scorer.infer(repo.RANKER_MODEL, model.version, inputs, ["scores"])
+        vectors = model.table.vectors
+        if vectors is not None and isinstance(self.scorer, OnnxRuntimeScorer):
+            on_vectors: dict[str, np.ndarray] = {
+                "history": inputs["history"],
+                "context": inputs["context"],
+                CANDIDATE_VECTORS.name: np.zeros((1, n, vectors.shape[1]), dtype=np.float32),
+            }
+            await self.scorer.infer(
+                repo.RANKER_MODEL, model.version, on_vectors, ["scores"], graph=RANKER_ON_VECTORS_FILE
+            )
         if has_tower:
             user_inputs = {"history": inputs["history"], "context": inputs["context"]}
             await self.scorer.infer(repo.USER_TOWER_MODEL, model.version, user_inputs, ["user_embedding"])

@@ -39,12 +39,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic_core import to_json
 from scalerec_adapters.cache import Cache, CacheKeys
+from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 from scalerec_adapters.resilience import BreakerState, CircuitBreaker
 from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import EventType
 from scalerec_features import HISTORY_LEN, context_features
 from scalerec_models import repository as repo
+from scalerec_models.bundle import RANKER_ON_VECTORS_FILE
 from scalerec_models.data import FIRST_ITEM
 from scalerec_models.runtime import CF_SEEDS
 from scalerec_storage import records as r
@@ -120,6 +122,8 @@ class Recommender:
         self.cache = cache
         self.keys = CacheKeys(settings.deployment)
         self.scorer = scorer
+        # Takes candidate vectors (a version's candidate graphs) when scoring runs in this process.
+        self._local = scorer if isinstance(scorer, OnnxRuntimeScorer) else None
         self.models = models
         self.baselines = baselines
         self._primary = scorer.name.split(">")[0]
@@ -483,32 +487,43 @@ class Recommender:
         """Scores of the candidates, and the name of the backend that computed them.
 
         Candidates are padded to ``MAX_CANDIDATES``: every request has the same shape, so
-        Triton's dynamic batcher and the in-process micro-batcher can run many in one go.
+        Triton's dynamic batcher and the in-process micro-batcher can run many in one go.  With the
+        items' candidate vectors in the table (in-process scoring), the request sends those to the
+        ranker on vectors; otherwise ids and content to the whole ranker.
         """
         n = len(cands)
         if n == 0:
             return np.zeros(0, dtype=np.float32), self.scorer.name
         width = max(self.settings.max_candidates, n)
         table = model.table
-        candidates = np.zeros((1, width), dtype=np.int64)
-        candidates[0, :n] = table.model_index[cands.positions]
-        features = np.zeros((1, width, table.features.shape[1]), dtype=np.int64)
-        features[0, :n] = table.features[cands.positions]
-        inputs = {
-            "history": history_input,
-            "context": context_input,
-            "candidates": candidates,
-            "candidate_features": features,
-        }
+        vectors = table.vectors
+        local = self._local if vectors is not None else None  # scored on vectors: see ItemTable.attach_encoder
+        inputs: dict[str, np.ndarray] = {"history": history_input, "context": context_input}
+        if vectors is not None and local is not None:
+            on_vectors = np.zeros((1, width, vectors.shape[1]), dtype=np.float32)
+            on_vectors[0, :n] = vectors[cands.positions]
+            inputs["candidate_vectors"] = on_vectors
+        else:
+            candidates = np.zeros((1, width), dtype=np.int64)
+            candidates[0, :n] = table.model_index[cands.positions]
+            features = np.zeros((1, width, table.features.shape[1]), dtype=np.int64)
+            features[0, :n] = table.features[cands.positions]
+            inputs["candidates"], inputs["candidate_features"] = candidates, features
         now = asyncio.get_running_loop().time()
         if now >= deadline:
             raise ScorerUnavailable(f"REQUEST_BUDGET_MS={self._budget_s * 1000:.0f} spent before scoring")
         try:
             # A timeout context on this task, not wait_for's task per call.
             async with asyncio.timeout_at(min(deadline, now + self.settings.scoring_timeout_ms / 1000)):
-                out, backend = await self.scorer.infer_with_backend(
-                    repo.RANKER_MODEL, model.version, inputs, ["scores"]
-                )
+                if local is not None:
+                    out = await local.infer(
+                        repo.RANKER_MODEL, model.version, inputs, ["scores"], graph=RANKER_ON_VECTORS_FILE
+                    )
+                    backend = local.name
+                else:
+                    out, backend = await self.scorer.infer_with_backend(
+                        repo.RANKER_MODEL, model.version, inputs, ["scores"]
+                    )
         except TimeoutError as exc:
             raise ScorerUnavailable(
                 "scoring did not finish within its time (SCORING_TIMEOUT_MS / request budget)"

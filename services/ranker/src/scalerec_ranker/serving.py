@@ -5,6 +5,7 @@ files, ANN index, CF neighbours) with this process's :class:`ItemTable`, and
 precomputes at activation what a request would otherwise rebuild per candidate:
 
 - item-item neighbours as a dense ``[positions, N]`` matrix (position, score);
+- with a candidate encoder, every item's candidate vector (:meth:`ItemTable.attach_encoder`);
 - unit item embeddings for explanations, indexed by model index;
 - the baseline lists (trending, fresh) as position arrays, re-derived only when
   the lists or the table change.
@@ -23,7 +24,7 @@ import numpy as np
 from scalerec_models.data import FIRST_ITEM
 from scalerec_models.runtime import ModelVersion
 
-from scalerec_ranker.items import ItemRow, ItemTable
+from scalerec_ranker.items import Encoder, ItemRow, ItemTable
 
 SOURCES = ("retrieval", "item_cf", "trending", "fresh")
 RETRIEVAL, ITEM_CF, TRENDING, FRESH = range(len(SOURCES))
@@ -73,8 +74,16 @@ class ServingModel:
         return self.model.version
 
     @classmethod
-    def build(cls, model: ModelVersion, rows: Sequence[ItemRow] | None = None) -> ServingModel:
+    def build(
+        cls,
+        model: ModelVersion,
+        rows: Sequence[ItemRow] | None = None,
+        encoder: Encoder | None = None,
+        vector_max_bytes: int = 0,
+    ) -> ServingModel:
         table = ItemTable.build(model.bundle.vocab, model.bundle.item_features, rows or ())
+        if encoder is not None:
+            table.attach_encoder(encoder, vector_max_bytes)
         width = max((len(v) for v in model.neighbors.values()), default=0)
         n = table.size
         nbr_pos = np.full((n, width), -1, dtype=np.int64)

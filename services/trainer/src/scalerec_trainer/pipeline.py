@@ -21,6 +21,7 @@ from scalerec_events.models import ModelAnnouncement
 from scalerec_events.topics import Topic
 from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
+from scalerec_models.bundle import CANDIDATE_GRAPH_FILES
 from scalerec_models.runtime import NEIGHBORS_FILE, NEIGHBOURS_PER_ITEM
 from scalerec_models.versions import allocate_version, prune_versions
 from scalerec_storage import records as r
@@ -171,12 +172,19 @@ def _write_version(
             "train_seconds": round(time.perf_counter() - started, 2),
         }
         extras = {path.name: path for name, path in files.items() if name not in ("ranker", "user_tower")}
+        # The candidate graphs are the ranker's (in-process scoring of its version): not copied to the tower.
+        tower_extras = {name: path for name, path in extras.items() if name not in CANDIDATE_GRAPH_FILES}
         # One number for both models, taken under the repository's writer lock (a crashed earlier run's
         # half-written version is removed first, so it cannot wedge this one).
         with allocate_version(repository) as allocation:
             version = allocation.version
             repo.write_model_version(
-                repository, repo.USER_TOWER_MODEL, files["user_tower"], card=card, extra_files=extras, version=version
+                repository,
+                repo.USER_TOWER_MODEL,
+                files["user_tower"],
+                card=card,
+                extra_files=tower_extras,
+                version=version,
             )
             # The ranker version is written last: its appearance is what makes the version complete.
             repo.write_model_version(
