@@ -104,6 +104,7 @@ def test_a_known_user_gets_scored_explained_recommendations(client: TestClient, 
     assert r.headers["content-type"] == "application/json"
     assert set(body) == set(RecommendationsOut.model_fields)
     assert all(set(i) == set(ItemOut.model_fields) for i in body["items"])
+    assert client.get("/v1/model").json()["candidate_vectors"] is True  # scored in process, on item vectors
     assert RecommendationsOut.model_validate_json(r.content).model_dump(mode="json") == body
 
 

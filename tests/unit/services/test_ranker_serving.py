@@ -161,3 +161,34 @@ def test_merge_skips_what_the_catalogue_does_not_offer_and_blocked_items_even_wh
     cands = m.merge([(0, pos, None, None)], np.array([6, 6, -1]), 10)
     assert cands.positions.tolist() == [7, 5]
     assert m._mark is not None and not m._mark.any()  # the scratch is left clean for the next request
+
+
+def _encoder(indices: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """A pure function of an item's index and content, in the shape of a candidate encoder's output."""
+    return np.stack([indices, features.sum(1), features[:, 0], np.ones(len(indices))], 1).astype(np.float32)
+
+
+def test_candidate_vectors_track_every_change_and_are_dropped_past_their_budget() -> None:
+    """(The version's real encoder in service: tests/unit/services/test_ranker.py.)"""
+    ids = [f"i{n}" for n in range(10)]
+    rows = [ItemRow(i, (n % 5,) * ITEM_FEATURE_LEN, True, i, "a") for n, i in enumerate(ids)]
+    table = ItemTable.build(ItemVocab(ids), None, rows)
+    assert table.size == FIRST_ITEM + 10
+    assert table.attach_encoder(_encoder, max_bytes=20 * 4 * 4)  # room for 20 rows of 4 floats
+    assert table.vectors is not None
+    every = np.arange(table.size)
+    assert (table.vectors[every] == _encoder(table.model_index[every], table.features[every])).all()
+    # A changed item and new ones (past the arrays' first capacity of 16) get their vectors at once.
+    table.apply([ItemRow("i3", (9,) * ITEM_FEATURE_LEN, True, "i3", "a")])
+    table.apply([ItemRow(f"new{n}", (n,) * ITEM_FEATURE_LEN, True, "", "b") for n in range(8)])
+    assert table.size == 20 and table.vectors is not None
+    every = np.arange(table.size)
+    assert (table.vectors[every] == _encoder(table.model_index[every], table.features[every])).all()
+    assert table.vectors[table.position["i3"], 1] == 9 * ITEM_FEATURE_LEN
+    # One item more than the budget holds: no vectors at all (scored whole), and the table goes on.
+    table.apply([ItemRow("one-too-many", (1,) * ITEM_FEATURE_LEN, True, "", "b")])
+    assert table.vectors is None and table.size == 21
+    table.apply([ItemRow("i4", (2,) * ITEM_FEATURE_LEN, False, "i4", "a")])
+    assert not table.available[table.position["i4"]]
+    # A budget the table does not fit in at all: nothing attached.
+    assert not ItemTable.build(ItemVocab(ids), None, rows).attach_encoder(_encoder, max_bytes=4 * 4 * 4)

@@ -68,7 +68,7 @@ class RankerSettings(ModelRepositorySettings):
         "and the state is read again behind it, so active users never wait for the store.",
     )
     candidate_vectors_max_mb: int = Field(
-        default=1024,
+        default=256,
         ge=0,
         description="Memory (MiB per model version and worker) for candidate vectors computed once per item when a "
         "version with candidate graphs is activated on the in-process scorer; a catalogue that needs more is scored "

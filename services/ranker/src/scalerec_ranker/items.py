@@ -145,6 +145,7 @@ class ItemTable:
     # ------------------------------------------------------------ updates (event loop only)
 
     def _grow(self, need: int) -> None:
+        self._grow_vectors(need)
         cap = len(self.model_index)
         if need <= cap:
             return
@@ -157,18 +158,24 @@ class ItemTable:
         feats = np.zeros((new, ITEM_FEATURE_LEN), dtype=np.int64)
         feats[:cap] = self.features
         self.features = feats
-        if self.vectors is not None:
-            if new * self.vectors.shape[1] * 4 > self._vector_bytes:
-                log.warning(
-                    "candidate vectors of %d items would be over %d bytes: scored with the whole graph from now on",
-                    new,
-                    self._vector_bytes,
-                )
-                self.drop_vectors()
-            else:
-                vectors = np.zeros((new, self.vectors.shape[1]), dtype=np.float32)
-                vectors[:cap] = self.vectors
-                self.vectors = vectors
+
+    def _grow_vectors(self, need: int) -> None:
+        """Room for ``need`` candidate vectors within their byte budget, or none kept at all."""
+        vectors = self.vectors
+        if vectors is None or need <= len(vectors):
+            return
+        limit = self._vector_bytes // (vectors.shape[1] * 4)  # rows the budget holds
+        if need > limit:
+            log.warning(
+                "candidate vectors of %d items would be over %d bytes: scored with the whole graph from now on",
+                need,
+                self._vector_bytes,
+            )
+            self.drop_vectors()
+            return
+        grown = np.zeros((min(max(need, len(vectors) * 2), limit), vectors.shape[1]), dtype=np.float32)
+        grown[: len(vectors)] = vectors
+        self.vectors = grown
 
     def _category_code(self, category: str) -> int:
         if not category or category == "unknown":
@@ -186,11 +193,11 @@ class ItemTable:
         """
         try:
             dim = int(encoder(self.model_index[:1], self.features[:1]).shape[-1])
-            capacity = len(self.model_index)
-            if capacity * dim * 4 > max_bytes:
-                log.info("candidate vectors of %d items would be over %d bytes: not kept", capacity, max_bytes)
+            limit = max_bytes // (dim * 4)  # rows the budget holds
+            if self.size > limit:
+                log.info("candidate vectors of %d items would be over %d bytes: not kept", self.size, max_bytes)
                 return False
-            vectors = np.zeros((capacity, dim), dtype=np.float32)
+            vectors = np.zeros((min(len(self.model_index), limit), dim), dtype=np.float32)
             for start in range(0, self.size, chunk):
                 stop = min(self.size, start + chunk)
                 vectors[start:stop] = encoder(self.model_index[start:stop], self.features[start:stop])

@@ -61,7 +61,7 @@ class ModelManager:
         unload_grace_s: float = 10.0,
         max_candidates: int = 300,
         catalogue: Catalogue | None = None,
-        candidate_vectors_max_bytes: int = 1 << 30,
+        candidate_vectors_max_bytes: int = 256 << 20,
     ) -> None:
         self.scorer = scorer
         self.candidate_vectors_max_bytes = candidate_vectors_max_bytes

@@ -156,6 +156,10 @@ class ModelOut(BaseModel):
     card: dict
     experiment_id: str | None = Field(description="The running experiment this replica routes users by.")
     variants: dict[str, int] = Field(description="Each variant of that experiment and the version it serves.")
+    candidate_vectors: bool = Field(
+        description="The champion's candidates are scored on vectors computed once per item (in-process scoring of "
+        "a version exported with candidate graphs); false: on their ids and content, by the whole ranker graph."
+    )
 
 
 @router.get("/model", response_model=ModelOut, summary="The model version being served")
@@ -169,4 +173,5 @@ async def current_model(rec: RecommenderDep) -> ModelOut:
         card=model.model.card if model else {},
         experiment_id=manager.routing.experiment.experiment_id if manager.routing else None,
         variants={name: m.version for name, m in manager.routing.models.items()} if manager.routing else {},
+        candidate_vectors=model is not None and model.table.vectors is not None,
     )
