@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -321,14 +322,22 @@ def test_catalogue_changes_reach_the_served_items_without_a_restart(client: Test
     _wait_for(lambda: bool(table.available[table.position[top]]))
 
 
+async def _activated(
+    world: World, scorer: OnnxRuntimeScorer | None = None, **options: Any
+) -> tuple[OnnxRuntimeScorer, ModelManager]:
+    """A model manager on the world's repository and catalogue, version 1 activated."""
+    scorer = scorer or OnnxRuntimeScorer(world.repository, inline=True)
+    manager = ModelManager(scorer, world.repository, unload_grace_s=0, **options)
+    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
+    assert await manager.activate(1)
+    return scorer, manager
+
+
 async def test_a_version_built_during_catalogue_changes_misses_none_of_them(world: World) -> None:
     """Activation builds the new version's table in a thread from a snapshot; updates that arrive
     meanwhile go to the old table at once and to the new one before the swap."""
 
-    scorer = OnnxRuntimeScorer(world.repository, inline=True)
-    manager = ModelManager(scorer, world.repository, unload_grace_s=0)
-    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
-    assert await manager.activate(1)
+    scorer, manager = await _activated(world)
     old = manager.current
     assert old is not None
     slow_build = manager._build
@@ -368,10 +377,7 @@ def _encoded(scorer: OnnxRuntimeScorer, version: int, table: ItemTable, position
 async def test_candidate_vectors_follow_the_catalogue_and_score_as_the_whole_graph(world: World) -> None:
     """Every item's candidate vector is computed when the version is activated and again when the item
     changes or arrives; scoring on those vectors gives the whole graph's scores for the same request."""
-    scorer = OnnxRuntimeScorer(world.repository, inline=True)
-    manager = ModelManager(scorer, world.repository, unload_grace_s=0)
-    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
-    assert await manager.activate(1)
+    scorer, manager = await _activated(world)
     model = manager.current
     assert model is not None
     table = model.table
@@ -425,10 +431,7 @@ async def test_candidate_vectors_follow_the_catalogue_and_score_as_the_whole_gra
 async def test_without_room_or_a_working_encoder_a_version_is_scored_whole(world: World) -> None:
     """Vectors over CANDIDATE_VECTORS_MAX_MB are not kept; an encoder that fails on a catalogue change drops
     them (never a stale vector); either way the version keeps serving, on ids and content."""
-    scorer = OnnxRuntimeScorer(world.repository, inline=True)
-    tight = ModelManager(scorer, world.repository, unload_grace_s=0, candidate_vectors_max_bytes=1024)
-    tight.apply_items(ItemRow.of(i) for i in world.shop.items)
-    assert await tight.activate(1)
+    scorer, tight = await _activated(world, candidate_vectors_max_bytes=1024)
     assert tight.current is not None and tight.current.table.vectors is None
     await tight.close()
 
@@ -476,10 +479,7 @@ async def test_the_warm_up_request_is_shaped_by_the_features(world: World) -> No
             graphs.append(graph)
             return await super().infer(model, version, inputs, outputs, graph=graph)
 
-    scorer = Recording(world.repository, inline=True)
-    manager = ModelManager(scorer, world.repository, unload_grace_s=0, max_candidates=40)
-    manager.apply_items(ItemRow.of(i) for i in world.shop.items)
-    assert await manager.activate(1)
+    scorer, manager = await _activated(world, Recording(world.repository, inline=True), max_candidates=40)
     ranker = [inputs for name, inputs in sent if name == repo.RANKER_MODEL]
     assert ranker, "no warm-up request reached the scorer"
     context = ranker[0]["context"]
