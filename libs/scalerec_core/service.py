@@ -152,17 +152,29 @@ def _beating_server(config: Any, heartbeat: Any) -> Any:
 def _worker(
     app: str, host: str, port: int, log_level: str, heartbeat: Any
 ) -> None:  # pragma: no cover - runs in a child
-    """One worker process: its own listening socket on the shared port, and uvicorn on it."""
+    """One worker process: its own socket on the shared port, and uvicorn on it.
+
+    The socket is bound now but listens only once the app's start-up has finished (uvicorn's
+    ``create_server`` after the lifespan): the kernel gives connections to listening sockets alone, so a
+    worker that is still starting (a restart after a crash, a slow model activation) draws none of them
+    to wait in its backlog while the others serve.
+    """
     import uvicorn
 
     try:
         sock = _reuse_port_socket(host, port)
-        sock.listen(_BACKLOG)
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
         sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="on", factory=True
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        factory=True,
+        backlog=_BACKLOG,
     )
     try:
         config.load()  # imports and builds the app: what fails here fails the same way on every restart
@@ -184,7 +196,8 @@ class ReusePortWorkers:
 
     The supervisor restarts a worker that exits, and kills and replaces one whose event loop it has not
     seen run for ``hang_timeout_s`` since its start-up finished (each worker's loop writes the time into
-    shared memory every second), or that has not finished stopping ``stop_timeout_s`` after it began:
+    shared memory every second), one whose start-up has not finished after ``startup_timeout_s`` (a
+    dependency that hangs instead of failing), or that has not finished stopping ``stop_timeout_s`` after it began:
     a pod's liveness probe alone would not find a hung worker, since the kernel sends each probe's
     connection to any of the workers and the live ones answer. Silence is timed by the supervisor's own
     checks, and a gap in those (every process stopped together: SIGSTOP, a frozen cgroup, a paused VM)
@@ -205,11 +218,13 @@ class ReusePortWorkers:
         workers: int,
         stop_timeout_s: float = 30.0,
         hang_timeout_s: float = 30.0,
+        startup_timeout_s: float = 600.0,
     ) -> None:
         self.app, self.host, self.port, self.log_level = app, host, port, log_level
         self.workers = workers
         self.stop_timeout_s = stop_timeout_s
         self.hang_timeout_s = hang_timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self._stop = threading.Event()
         self._context = multiprocessing.get_context("spawn")
 
@@ -265,6 +280,8 @@ class ReusePortWorkers:
                     silent = now - seen[i][1]
                     if beat > 0 and silent > self.hang_timeout_s:
                         why = f"its event loop has not run for {silent:.0f} s"
+                    elif beat == 0 and silent > self.startup_timeout_s:
+                        why = f"its start-up has not finished after {silent:.0f} s"
                     elif beat == STOPPING and silent > self.stop_timeout_s:
                         why = f"still stopping after {silent:.0f} s"
                     else:

@@ -23,14 +23,29 @@ from scalerec_core.service import free_port
 
 APP = textwrap.dedent(
     """
+    import asyncio
     import os
     import time
+    from contextlib import asynccontextmanager
     from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def lifespan(app):
+        # With SLOW_START_DIR, the first worker to start is ready at once; every other one waits in its
+        # start-up until a file named "release" appears there.
+        gate = os.environ.get("SLOW_START_DIR")
+        if gate:
+            try:
+                os.close(os.open(os.path.join(gate, "first"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                while not os.path.exists(os.path.join(gate, "release")):
+                    await asyncio.sleep(0.05)
+        yield
 
     def create() -> FastAPI:
         if os.environ.get("BROKEN_APP"):
             raise RuntimeError("this app cannot be built")
-        app = FastAPI()
+        app = FastAPI(lifespan=lifespan)
 
         @app.get("/pid")
         async def pid() -> int:
@@ -50,6 +65,13 @@ SERVE = "import sys; from scalerec_core.service import serve; serve('pid_app:cre
 SUPERVISE_HANGS = (
     "import sys; from scalerec_core.service import ReusePortWorkers;"
     " ReusePortWorkers('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', 2, hang_timeout_s=3).run()"
+)
+
+
+# The supervisor with a short wait before a worker whose start-up never finishes is replaced.
+SUPERVISE_SLOW_STARTS = (
+    "import sys; from scalerec_core.service import ReusePortWorkers;"
+    " ReusePortWorkers('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', 2, startup_timeout_s=3).run()"
 )
 
 
@@ -159,6 +181,51 @@ def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced(tmp_path: Path) 
         assert proc.poll() is None
     out, _ = proc.communicate()
     assert f"worker {hung}: its event loop has not run for" in out, out[-3000:]
+
+
+def _first_answers(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> int:
+    """The pid of the first worker that answers (polling until one does)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        try:
+            return _pids(port, 1).pop()
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("no worker answered")
+
+
+def test_a_worker_still_starting_draws_no_connections(tmp_path: Path) -> None:
+    """Its socket listens only once its app has started: meanwhile every new connection goes to the other
+    worker and is answered at once, instead of a share waiting in the starting worker's backlog."""
+    port = free_port()
+    proc = _start(tmp_path, port, SERVE, SLOW_START_DIR=str(tmp_path))
+    try:
+        ready = _first_answers(port, proc)
+        time.sleep(1)  # the other worker is past binding its socket, waiting in its start-up
+        started = time.monotonic()
+        for _ in range(5):
+            assert _pids(port, 10) == {ready}  # 50 new connections, 5 s each at most: none waits
+        assert time.monotonic() - started < 20
+        (tmp_path / "release").touch()
+        _wait_serving(port, proc)  # and once it has started, it takes its share
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_worker_whose_start_up_never_finishes_is_replaced(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _start(tmp_path, port, SUPERVISE_SLOW_STARTS, SLOW_START_DIR=str(tmp_path))
+    try:
+        ready = _first_answers(port, proc)
+        time.sleep(8)  # two start-up timeouts of 3 s
+        assert _pids(port, 10) == {ready} and proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out, _ = proc.communicate()
+    assert out.count("its start-up has not finished after") >= 2, out[-3000:]
 
 
 def test_workers_stopped_together_with_the_supervisor_are_not_taken_for_hung(tmp_path: Path) -> None:
