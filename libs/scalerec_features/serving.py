@@ -31,9 +31,11 @@ __all__ = [
     "RANKER",
     "RANKER_MODEL",
     "RANKER_ON_VECTORS",
+    "RANKER_STATE",
     "SCORES",
     "SERVING_CONTRACTS",
     "USER_EMBEDDING",
+    "USER_STATES",
     "USER_TOWER",
     "USER_TOWER_MODEL",
     "ServingContract",
@@ -114,6 +116,8 @@ P_CONVERSION = TensorSpec("p_conversion", "float32", (-1,))
 USER_EMBEDDING = TensorSpec("user_embedding", "float32", (-1,))
 # What the ranker's item encoder makes of each candidate (its id and content): [B, N, D].
 CANDIDATE_VECTORS = TensorSpec("candidate_vectors", "float32", (-1, -1))
+# The ranker's user state (its sequence encoder's last position plus the context): [B, D].
+RANKER_STATE = TensorSpec("ranker_state", "float32", (-1,))
 
 RANKER = ServingContract(
     RANKER_MODEL, (HISTORY, CONTEXT, CANDIDATES, CANDIDATE_FEATURES), (SCORES, P_CLICK, P_CONVERSION)
@@ -128,6 +132,10 @@ CANDIDATE_ENCODER = ServingContract(RANKER_MODEL, (CANDIDATES, CANDIDATE_FEATURE
 RANKER_ON_VECTORS = ServingContract(
     RANKER_MODEL, (HISTORY, CONTEXT, CANDIDATE_VECTORS), (SCORES, P_CLICK, P_CONVERSION)
 )
+# Both models' user side in one graph: the user tower's embedding (retrieval) and the ranker's state, whose
+# score against a candidate's vector is one dot product (scalerec_models.bundle.scores_on_vectors): a request
+# scored on vectors then runs one graph instead of two.
+USER_STATES = ServingContract(RANKER_MODEL, (HISTORY, CONTEXT), (USER_EMBEDDING, RANKER_STATE))
 
 
 def dims_compatible(declared: Sequence[int], actual: Sequence[int]) -> bool:

@@ -6,6 +6,7 @@ A version directory written by :func:`scalerec_models.export.export` holds::
     user_tower.onnx      scalerec_user_tower: history, context -> user_embedding
     candidate_encoder.onnx   (optional) candidates, candidate_features -> candidate_vectors
     ranker_on_vectors.onnx   (optional) history, context, candidate_vectors -> scores, p_click, p_conversion
+    user_states.onnx         (optional) history, context -> user_embedding (the user tower's), ranker_state
     item_embeddings.npy  [V, D] float32, row = item index
     item_features.npy    [V, ITEM_FEATURE_LEN] int64 content features by item index (the training-time catalogue)
     vocab.json           ItemVocab (0 = pad, 1 = unknown, items from 2; or hashed buckets)
@@ -36,7 +37,18 @@ USER_TOWER_FILE = "user_tower.onnx"
 # into the ranker's version folder next to model.onnx, which Triton serves whole.
 CANDIDATE_ENCODER_FILE = "candidate_encoder.onnx"
 RANKER_ON_VECTORS_FILE = "ranker_on_vectors.onnx"
-CANDIDATE_GRAPH_FILES = (CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE)
+USER_STATES_FILE = "user_states.onnx"  # both models' user side; scores from it by scores_on_vectors
+CANDIDATE_GRAPH_FILES = (CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE, USER_STATES_FILE)
+
+
+def scores_on_vectors(ranker_state: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+    """The ranker's ``scores`` from its state [D] and candidates' vectors [N, D]: its score head, one dot
+    product (``SeqRanker.score_vectors``).  The export checks this against torch for every version that
+    carries ``user_states.onnx`` (``onnx_export.user_states_parity``), so a change to the head that this
+    function does not follow fails there, not in serving."""
+    return candidate_vectors @ ranker_state
+
+
 ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 ITEM_FEATURES_FILE = "item_features.npy"
 VOCAB_FILE = "vocab.json"

@@ -26,8 +26,11 @@ small models onnxruntime's cost is per node more than per multiply, on a GPU a k
 Beside the ranker, :func:`export_candidate_graphs` writes the same ranker split at its candidate
 vectors, for in-process scoring: a candidate's vector depends on the item alone (its index and its
 current content), so the ranker computes it once per item — when a version is activated and when the
-item changes — instead of once per candidate per request (``scalerec_ranker.items``).  Triton keeps
-serving the whole graph; versions without the pair are scored whole everywhere.
+item changes — instead of once per candidate per request (``scalerec_ranker.items``).  With them goes
+``user_states.onnx``: the user tower and the ranker's user side in one graph, so that a request runs
+one graph (its state's scores against the candidates' vectors are a dot product,
+:func:`scalerec_models.bundle.scores_on_vectors`) instead of the user tower and then the ranker.
+Triton keeps serving the whole graphs; versions without these are scored whole everywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from scalerec_features.serving import (
     CONTEXT,
     HISTORY,
     RANKER_ON_VECTORS,
+    USER_STATES,
 )
 
 from scalerec_models.bundle import (
@@ -56,8 +60,10 @@ from scalerec_models.bundle import (
     RANKER_INPUTS,
     RANKER_ON_VECTORS_FILE,
     RANKER_OUTPUTS,
+    USER_STATES_FILE,
     USER_TOWER_INPUTS,
     USER_TOWER_OUTPUTS,
+    scores_on_vectors,
 )
 from scalerec_models.networks import ContextEncoder, SeqRanker, SequenceEncoder, TwoTower
 
@@ -288,12 +294,24 @@ class _RankerOnVectors(torch.nn.Module):
         return self.ranker.score_vectors(self.ranker.user_states(history, context)[:, -1], candidate_vectors)
 
 
+class _UserStates(torch.nn.Module):
+    """history, context -> the user tower's embedding and the ranker's state (:data:`USER_STATES`)."""
+
+    def __init__(self, ranker: SeqRanker, tower: TwoTower) -> None:
+        super().__init__()
+        self.ranker, self.tower = ranker, tower
+
+    def forward(self, history: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tower(history, context), self.ranker.user_states(history, context)[:, -1]
+
+
 def writes_candidate_graphs(model: SeqRanker) -> bool:
     return _param_bytes(model.item_encoder) <= CANDIDATE_GRAPHS_MAX_ITEM_BYTES
 
 
-def export_candidate_graphs(model: SeqRanker, folder: str | Path) -> dict[str, Path]:
-    """Write ``candidate_encoder.onnx`` and ``ranker_on_vectors.onnx`` into ``folder`` (see the module doc).
+def export_candidate_graphs(model: SeqRanker, tower: TwoTower, folder: str | Path) -> dict[str, Path]:
+    """Write ``candidate_encoder.onnx``, ``ranker_on_vectors.onnx`` and ``user_states.onnx`` into ``folder``
+    (see the module doc); ``tower`` is the version's user tower.
 
     Returns {} and writes nothing for a model whose item encoder is over ``CANDIDATE_GRAPHS_MAX_ITEM_BYTES``.
     """
@@ -328,7 +346,17 @@ def export_candidate_graphs(model: SeqRanker, folder: str | Path) -> dict[str, P
             {HISTORY.name: {0: batch}, CONTEXT.name: {0: batch}, CANDIDATE_VECTORS.name: {0: batch, 1: n}},
             False,
         )
-    return {"candidate_encoder": encoder, "ranker_on_vectors": on_vectors}
+        with _serving_graph(tower, history_table=True):
+            states = _export(
+                _UserStates(model, tower),
+                (ex[HISTORY.name], ex[CONTEXT.name]),
+                folder / USER_STATES_FILE,
+                USER_STATES.input_names,
+                USER_STATES.output_names,
+                {HISTORY.name: {0: batch}, CONTEXT.name: {0: batch}},
+                False,
+            )
+    return {"candidate_encoder": encoder, "ranker_on_vectors": on_vectors, "user_states": states}
 
 
 class _UserTower(torch.nn.Module):
@@ -382,6 +410,24 @@ def candidate_graphs_parity(model: SeqRanker, folder: str | Path, inputs: dict[s
     feeds = {HISTORY.name: inputs[HISTORY.name], CONTEXT.name: inputs[CONTEXT.name], CANDIDATE_VECTORS.name: vectors}
     got = _ort(folder / RANKER_ON_VECTORS_FILE).run(list(RANKER_OUTPUTS), feeds)
     return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got, strict=True))
+
+
+@torch.no_grad()
+def user_states_parity(ranker: SeqRanker, tower: TwoTower, folder: str | Path, inputs: dict[str, np.ndarray]) -> float:
+    """Max |torch - serving| of the user embedding and of the ranker's scores from ``user_states.onnx``'s
+    state against the candidate encoder's vectors (:func:`scores_on_vectors`, as the ranker computes them)."""
+    ranker.eval()
+    tower.eval()
+    folder = Path(folder)
+    history, context = torch.from_numpy(inputs[HISTORY.name]), torch.from_numpy(inputs[CONTEXT.name])
+    feeds = {HISTORY.name: inputs[HISTORY.name], CONTEXT.name: inputs[CONTEXT.name]}
+    embedding, state = _ort(folder / USER_STATES_FILE).run(list(USER_STATES.output_names), feeds)
+    encoder_inputs = {k: inputs[k] for k in CANDIDATE_ENCODER.input_names}
+    (vectors,) = _ort(folder / CANDIDATE_ENCODER_FILE).run(list(CANDIDATE_ENCODER.output_names), encoder_inputs)
+    scores = np.stack([scores_on_vectors(state[b], vectors[b]) for b in range(len(state))])
+    ref_scores = ranker(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))[0].numpy()
+    ref_embedding = tower(history, context).numpy()
+    return max(float(np.abs(ref_embedding - embedding).max()), float(np.abs(ref_scores - scores).max()))
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ from scalerec_models.onnx_export import (
     export_ranker,
     export_user_tower,
     ranker_parity,
+    user_states_parity,
     user_tower_parity,
 )
 from scalerec_models.training import EpochCallback, EpochRecord, evaluate_model, train_ranker, train_two_tower
@@ -167,7 +168,7 @@ def export(trained: TrainedModels, out_dir: str | Path, verify: bool = True) -> 
     paths = {
         "ranker": export_ranker(trained.ranker, out / RANKER_FILE),
         "user_tower": export_user_tower(trained.two_tower, cfg.history_len, out / USER_TOWER_FILE),
-        **export_candidate_graphs(trained.ranker, out),
+        **export_candidate_graphs(trained.ranker, trained.two_tower, out),
     }
     np.save(out / ITEM_EMBEDDINGS_FILE, item_embeddings(trained.two_tower))
     np.save(out / ITEM_FEATURES_FILE, trained.item_features)
@@ -218,4 +219,5 @@ def check_parity(trained: TrainedModels, out_dir: str | Path, batch: int = 4, n:
     }
     if all((Path(out_dir) / f).exists() for f in CANDIDATE_GRAPH_FILES):
         diffs["ranker_on_vectors"] = candidate_graphs_parity(trained.ranker, out_dir, inputs)
+        diffs["user_states"] = user_states_parity(trained.ranker, trained.two_tower, out_dir, inputs)
     return diffs

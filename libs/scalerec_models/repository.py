@@ -51,6 +51,7 @@ from scalerec_features.serving import (
     RANKER_MODEL,
     RANKER_ON_VECTORS,
     SERVING_CONTRACTS,
+    USER_STATES,
     USER_TOWER_MODEL,
     ServingContract,
     TensorSpec,
@@ -58,7 +59,7 @@ from scalerec_features.serving import (
     contract_problems,
 )
 
-from scalerec_models.bundle import CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE
+from scalerec_models.bundle import CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE, USER_STATES_FILE
 from scalerec_models.fp16 import convert_to_fp16
 from scalerec_models.integrity import DIGESTS_KEY, file_digests
 from scalerec_models.onnx_graph import (
@@ -186,7 +187,11 @@ def write_champion(repository: Path, model: str, version: int) -> None:
 
 # The extra ONNX graphs a version of a model may carry (for in-process scoring), checked like the model.
 EXTRA_GRAPH_CONTRACTS: dict[str, dict[str, ServingContract]] = {
-    RANKER_MODEL: {CANDIDATE_ENCODER_FILE: CANDIDATE_ENCODER, RANKER_ON_VECTORS_FILE: RANKER_ON_VECTORS}
+    RANKER_MODEL: {
+        CANDIDATE_ENCODER_FILE: CANDIDATE_ENCODER,
+        RANKER_ON_VECTORS_FILE: RANKER_ON_VECTORS,
+        USER_STATES_FILE: USER_STATES,
+    }
 }
 
 

@@ -20,6 +20,7 @@ from scalerec_features.serving import (  # noqa: E402
     CANDIDATE_ENCODER,
     RANKER,
     RANKER_ON_VECTORS,
+    USER_STATES,
     USER_TOWER,
     ServingContract,
     check_contract,
@@ -36,6 +37,7 @@ from scalerec_models.onnx_export import (  # noqa: E402
     export_ranker,
     export_user_tower,
     ranker_parity,
+    user_states_parity,
     user_tower_parity,
 )
 from scalerec_models.pipeline import TrainedModels, check_parity, export, train_models  # noqa: E402
@@ -146,19 +148,28 @@ def test_onnx_matches_torch_for_both_models(version: Path, trained: TrainedModel
     diffs = check_parity(trained, version, batch=3, n=7)
     assert diffs["ranker"] <= 1e-5 and diffs["user_tower"] <= 1e-5, diffs
     assert diffs["ranker_on_vectors"] <= 1e-5, diffs  # the ranker split at its candidates' vectors
+    assert diffs["user_states"] <= 1e-5, diffs  # both user sides in one graph, scored by scores_on_vectors
 
 
 @pytest.mark.parametrize(
     ("file", "contract"),
-    [("candidate_encoder.onnx", CANDIDATE_ENCODER), ("ranker_on_vectors.onnx", RANKER_ON_VECTORS)],
+    [
+        ("candidate_encoder.onnx", CANDIDATE_ENCODER),
+        ("ranker_on_vectors.onnx", RANKER_ON_VECTORS),
+        ("user_states.onnx", USER_STATES),
+    ],
 )
 def test_the_candidate_graphs_are_their_contracts(
     version: Path, trained: TrainedModels, file: str, contract: ServingContract
 ) -> None:
     inputs, outputs = tensor_specs_from_onnx(version / file)
     assert contract_problems(contract, inputs, outputs) == []
-    vectors = {t.name: t for t in (*inputs, *outputs)}["candidate_vectors"]
-    assert vectors.dims == (-1, trained.config.dim)  # [B, N, D]: D fixed by the model
+    tensors = {t.name: t for t in (*inputs, *outputs)}
+    if "candidate_vectors" in tensors:
+        assert tensors["candidate_vectors"].dims == (-1, trained.config.dim)  # [B, N, D]: D fixed by the model
+    else:
+        assert tensors["ranker_state"].dims == (trained.config.dim,)
+        assert tensors["user_embedding"].dims == (trained.config.tower_dim,)
 
 
 def test_the_candidate_graphs_keep_padding_new_items_and_deeper_models_exact(tmp_path: Path) -> None:
@@ -166,8 +177,13 @@ def test_the_candidate_graphs_keep_padding_new_items_and_deeper_models_exact(tmp
     torch.manual_seed(5)
     cfg = model_config("small", dim=16, layers=3, heads=4, history_len=12, max_len=20)
     n = 40
-    ranker = SeqRanker(cfg, n, torch.randint(0, 16, (n, ITEM_FEATURE_LEN))).eval()
-    assert set(export_candidate_graphs(ranker, tmp_path)) == {"candidate_encoder", "ranker_on_vectors"}
+    features = torch.randint(0, 16, (n, ITEM_FEATURE_LEN))
+    ranker, tower = SeqRanker(cfg, n, features).eval(), TwoTower(cfg, n, features).eval()
+    assert set(export_candidate_graphs(ranker, tower, tmp_path)) == {
+        "candidate_encoder",
+        "ranker_on_vectors",
+        "user_states",
+    }
     rng = np.random.default_rng(6)
     candidates = rng.integers(1, n, (3, 9))
     candidates[0, 5:] = 0  # padding
@@ -181,6 +197,7 @@ def test_the_candidate_graphs_keep_padding_new_items_and_deeper_models_exact(tmp
         "candidate_features": rng.integers(0, 16, (3, 9, ITEM_FEATURE_LEN)),
     }
     assert candidate_graphs_parity(ranker, tmp_path, inputs) <= 1e-5
+    assert user_states_parity(ranker, tower, tmp_path, inputs) <= 1e-5
 
 
 def test_a_ranker_too_large_for_candidate_graphs_is_exported_whole_only(
@@ -189,7 +206,7 @@ def test_a_ranker_too_large_for_candidate_graphs_is_exported_whole_only(
     from scalerec_models import onnx_export
 
     monkeypatch.setattr(onnx_export, "CANDIDATE_GRAPHS_MAX_ITEM_BYTES", 0)
-    assert export_candidate_graphs(trained.ranker, tmp_path) == {}
+    assert export_candidate_graphs(trained.ranker, trained.two_tower, tmp_path) == {}
     assert list(tmp_path.iterdir()) == []
 
 

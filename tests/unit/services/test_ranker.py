@@ -26,12 +26,14 @@ from scalerec_adapters.store import StoreUnavailable
 from scalerec_events.models import Item
 from scalerec_events.topics import Topic, topic_name
 from scalerec_models import repository as repo
+from scalerec_models.bundle import scores_on_vectors
 from scalerec_models.data import FIRST_ITEM
 from scalerec_ranker.api.routes.recommendations import ItemOut, RecommendationsOut
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.items import ItemRow, ItemTable
 from scalerec_ranker.main import create_app
 from scalerec_ranker.models import ModelManager
+from scalerec_ranker.serving import Candidates
 from scalerec_storage import schema as s
 from scalerec_synthetic import Shop, ShopConfig, generate_shop
 from scalerec_trainer.config import TrainerSettings
@@ -106,6 +108,11 @@ def test_a_known_user_gets_scored_explained_recommendations(client: TestClient, 
     assert set(body) == set(RecommendationsOut.model_fields)
     assert all(set(i) == set(ItemOut.model_fields) for i in body["items"])
     assert client.get("/v1/model").json()["candidate_vectors"] is True  # scored in process, on item vectors
+    # One onnxruntime call per request: both user sides in one graph, the scores a dot product with vectors.
+    scorer = client.app.state.scorer  # type: ignore[attr-defined]
+    before = scorer.requests
+    assert client.get("/v1/recommendations", params={"user_id": user, "k": 10}).json()["fallback"] is False
+    assert scorer.requests == before + 1
     assert RecommendationsOut.model_validate_json(r.content).model_dump(mode="json") == body
 
 
@@ -420,12 +427,53 @@ async def test_candidate_vectors_follow_the_catalogue_and_score_as_the_whole_gra
         graph="ranker_on_vectors.onnx",
     )
     assert np.abs(whole["scores"] - split["scores"]).max() <= 1e-5
+    # And as a request does it: one run of both user sides, the scores a dot product with the vectors.
+    user = {"history": history, "context": context}
+    states = await scorer.infer(
+        repo.RANKER_MODEL, 1, user, ["user_embedding", "ranker_state"], graph="user_states.onnx"
+    )
+    assert np.abs(scores_on_vectors(states["ranker_state"][0], table.vectors[cands]) - whole["scores"][0]).max() <= 1e-5
+    tower = await scorer.infer(repo.USER_TOWER_MODEL, 1, user, ["user_embedding"])
+    assert np.abs(states["user_embedding"] - tower["user_embedding"]).max() <= 1e-5
     manager.apply_items([ItemRow.of(item)])  # as it was
     await manager.close()
     # Unloading a version releases every graph of it.
     await scorer.unload(repo.RANKER_MODEL, 1)
     assert (repo.RANKER_MODEL, 1) not in scorer.loaded()
     await scorer.close()
+
+
+def test_without_the_user_state_a_request_runs_the_ranker_on_vectors(client: TestClient) -> None:
+    """Retrieval skipped (no item embeddings, or out of its half of the budget) leaves no state from the one
+    run; scoring then runs the ranker on vectors, to the same scores."""
+    rec = client.app.state.recommender  # type: ignore[attr-defined]
+    model = rec.models.current
+    table = model.table
+    positions = np.arange(FIRST_ITEM, min(FIRST_ITEM + 50, table.size))
+    cands = Candidates(
+        positions, np.zeros(len(positions), np.int8), np.full(len(positions), -1), np.zeros(len(positions), np.float32)
+    )
+    history = np.zeros((1, model.model.history_len), dtype=np.int64)
+    history[0, -3:] = table.model_index[positions[:3]]
+    context = np.array([[9, 1, 2, 3]], dtype=np.int64)
+
+    async def both() -> tuple[np.ndarray, np.ndarray]:
+        deadline = asyncio.get_running_loop().time() + 5
+        states = await rec.scorer.infer(
+            repo.RANKER_MODEL,
+            model.version,
+            {"history": history, "context": context},
+            ["user_embedding", "ranker_state"],
+            graph="user_states.onnx",
+        )
+        with_state, _ = await rec._score(model, cands, history, context, deadline, states["ranker_state"][0])
+        requests = rec.scorer.requests
+        without, backend = await rec._score(model, cands, history, context, deadline, None)
+        assert rec.scorer.requests == requests + 1 and backend == "onnxruntime"  # it ran a graph
+        return with_state, without
+
+    with_state, without = client.portal.call(both)
+    assert len(without) == len(positions) and np.abs(with_state - without).max() <= 1e-5
 
 
 async def test_without_room_or_a_working_encoder_a_version_is_scored_whole(world: World) -> None:
@@ -488,9 +536,11 @@ async def test_the_warm_up_request_is_shaped_by_the_features(world: World) -> No
     assert int(context[0][CONTEXT_FIELDS.index("device")]) == DEVICES.index("desktop")
     assert int(context[0][CONTEXT_FIELDS.index("locale")]) > 0  # a named locale, hashed like a request's
     assert ranker[0]["candidates"].shape == (1, 40)
-    # The version carries candidate graphs: the ranker on vectors is warmed up at the same full size.
+    # The version carries candidate graphs: the ranker on vectors is warmed up at the same full size, and
+    # the graph of both user sides once.
     on_vectors = [inputs for (_, inputs), graph in zip(sent, graphs, strict=True) if graph == "ranker_on_vectors.onnx"]
     assert [v["candidate_vectors"].shape[:2] for v in on_vectors] == [(1, 40)]
+    assert graphs.count("user_states.onnx") == 1
     await manager.close()
     await scorer.close()
 

@@ -33,7 +33,12 @@ from scalerec_events.experiments import Assignment, Experiment
 from scalerec_features import context_features
 from scalerec_features.serving import CANDIDATE_ENCODER, CANDIDATE_FEATURES, CANDIDATE_VECTORS, CANDIDATES
 from scalerec_models import repository as repo
-from scalerec_models.bundle import CANDIDATE_ENCODER_FILE, CANDIDATE_GRAPH_FILES, RANKER_ON_VECTORS_FILE
+from scalerec_models.bundle import (
+    CANDIDATE_ENCODER_FILE,
+    CANDIDATE_GRAPH_FILES,
+    RANKER_ON_VECTORS_FILE,
+    USER_STATES_FILE,
+)
 from scalerec_models.integrity import verify_files
 from scalerec_models.runtime import ModelVersion
 
@@ -262,6 +267,10 @@ class ModelManager:
             }
             await self.scorer.infer(
                 repo.RANKER_MODEL, model.version, on_vectors, ["scores"], graph=RANKER_ON_VECTORS_FILE
+            )
+            user = {"history": inputs["history"], "context": inputs["context"]}
+            await self.scorer.infer(
+                repo.RANKER_MODEL, model.version, user, ["user_embedding", "ranker_state"], graph=USER_STATES_FILE
             )
         if has_tower:
             user_inputs = {"history": inputs["history"], "context": inputs["context"]}

@@ -46,7 +46,7 @@ from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import EventType
 from scalerec_features import HISTORY_LEN, context_features
 from scalerec_models import repository as repo
-from scalerec_models.bundle import RANKER_ON_VECTORS_FILE
+from scalerec_models.bundle import RANKER_ON_VECTORS_FILE, USER_STATES_FILE, scores_on_vectors
 from scalerec_models.data import FIRST_ITEM
 from scalerec_models.runtime import CF_SEEDS
 from scalerec_storage import records as r
@@ -375,10 +375,10 @@ class Recommender:
             history_input[0, -len(recent) :] = table.model_index[recent]
         context_input = np.asarray([context], dtype=np.int64)
 
-        cands = await self._candidates(model, hist_pos, history_input, context_input, excluded, deadline)
+        cands, state = await self._candidates(model, hist_pos, history_input, context_input, excluded, deadline)
         fallback = False
         try:
-            scores, scorer_name = await self._score(model, cands, history_input, context_input, deadline)
+            scores, scorer_name = await self._score(model, cands, history_input, context_input, deadline, state)
         except ScorerUnavailable as exc:
             log.warning("scoring failed, using baseline order: %s", exc)
             scores = cands.prior
@@ -443,22 +443,32 @@ class Recommender:
         context_input: np.ndarray,
         excluded: set[str],
         deadline: float,
-    ) -> Candidates:
+    ) -> tuple[Candidates, np.ndarray | None]:
+        """The merged candidates, and the ranker's user state when retrieval computed it (one run, see _score)."""
         per = self.settings.candidates_per_source
         parts: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         # Retrieval: the user tower's embedding against the item vectors (ANN).
         ann = model.model.ann
+        state: np.ndarray | None = None
+        # Scoring on candidate vectors (in process): the user tower and the ranker's user side are one graph.
+        local = self._local if model.table.vectors is not None else None
         if ann is not None:
             try:
                 # Retrieval may use at most half of what is left: scoring must still fit.
                 loop_now = asyncio.get_running_loop().time()
+                user = {"history": history_input, "context": context_input}
                 async with asyncio.timeout_at(loop_now + (deadline - loop_now) / 2):
-                    res = await self.scorer.infer(
-                        repo.USER_TOWER_MODEL,
-                        model.version,
-                        {"history": history_input, "context": context_input},
-                        ["user_embedding"],
-                    )
+                    if local is not None:
+                        res = await local.infer(
+                            repo.RANKER_MODEL,
+                            model.version,
+                            user,
+                            ["user_embedding", "ranker_state"],
+                            graph=USER_STATES_FILE,
+                        )
+                        state = res["ranker_state"][0]
+                    else:
+                        res = await self.scorer.infer(repo.USER_TOWER_MODEL, model.version, user, ["user_embedding"])
                 scores, idx = ann.search(np.asarray(res["user_embedding"][:1], dtype=np.float32), per)
                 pos = model.retrieval_positions(idx[0])
                 parts.append((RETRIEVAL, pos, scores[0], None))
@@ -474,7 +484,7 @@ class Recommender:
         parts.append((TRENDING, lists.trending[:per], lists.trending_prior[:per], None))
         parts.append((FRESH, lists.fresh[: max(10, per // 5)], None, None))
         blocked = np.concatenate([model.table.positions(excluded), hist_pos[-JUST_SEEN:]])
-        return model.merge(parts, blocked, self.settings.max_candidates)
+        return model.merge(parts, blocked, self.settings.max_candidates), state
 
     async def _score(
         self,
@@ -483,13 +493,15 @@ class Recommender:
         history_input: np.ndarray,
         context_input: np.ndarray,
         deadline: float,
+        state: np.ndarray | None = None,
     ) -> tuple[np.ndarray, str]:
         """Scores of the candidates, and the name of the backend that computed them.
 
         Candidates are padded to ``MAX_CANDIDATES``: every request has the same shape, so
         Triton's dynamic batcher and the in-process micro-batcher can run many in one go.  With the
-        items' candidate vectors in the table (in-process scoring), the request sends those to the
-        ranker on vectors; otherwise ids and content to the whole ranker.
+        items' candidate vectors in the table (in-process scoring), the scores are the ranker's
+        ``state`` (from retrieval's run) against those vectors, or without a state the ranker on
+        vectors is run; otherwise ids and content go to the whole ranker.
         """
         n = len(cands)
         if n == 0:
@@ -498,6 +510,8 @@ class Recommender:
         table = model.table
         vectors = table.vectors
         local = self._local if vectors is not None else None  # scored on vectors: see ItemTable.attach_encoder
+        if vectors is not None and local is not None and state is not None:
+            return scores_on_vectors(state, vectors[cands.positions]).astype(np.float32, copy=False), local.name
         inputs: dict[str, np.ndarray] = {"history": history_input, "context": context_input}
         if vectors is not None and local is not None:
             on_vectors = np.zeros((1, width, vectors.shape[1]), dtype=np.float32)
