@@ -87,12 +87,15 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
         app,
         host=host,
         port=port,
-        log_level=log_level.lower(),
-        access_log=False,
-        lifespan="on",
         factory=factory,
         workers=workers if factory and workers > 1 else None,
+        **_uvicorn_options(log_level),
     )
+
+
+def _uvicorn_options(log_level: str) -> dict[str, Any]:
+    """What every service's uvicorn runs with, one worker or many."""
+    return {"log_level": log_level.lower(), "access_log": False, "lifespan": "on"}
 
 
 STARTUP_FAILURE = 3  # uvicorn's exit code for a server that never started (bad app, lifespan failed)
@@ -166,16 +169,7 @@ def _worker(
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
         sys.exit(STARTUP_FAILURE)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        access_log=False,
-        lifespan="on",
-        factory=True,
-        backlog=_BACKLOG,
-    )
+    config = uvicorn.Config(app, host=host, port=port, factory=True, backlog=_BACKLOG, **_uvicorn_options(log_level))
     try:
         config.load()  # imports and builds the app: what fails here fails the same way on every restart
     except Exception:
