@@ -44,7 +44,7 @@ CANDIDATE_GRAPH_FILES = (CANDIDATE_ENCODER_FILE, RANKER_ON_VECTORS_FILE, USER_ST
 def scores_on_vectors(ranker_state: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
     """The ranker's ``scores`` from its state [D] and candidates' vectors [N, D]: its score head, one dot
     product (``SeqRanker.score_vectors``).  The export checks this against torch for every version that
-    carries ``user_states.onnx`` (``onnx_export.user_states_parity``), so a change to the head that this
+    carries ``user_states.onnx`` (``onnx_export.candidate_graphs_parity``), so a change to the head that this
     function does not follow fails there, not in serving."""
     return candidate_vectors @ ranker_state
 

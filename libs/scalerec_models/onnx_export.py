@@ -305,17 +305,13 @@ class _UserStates(torch.nn.Module):
         return self.tower(history, context), self.ranker.user_states(history, context)[:, -1]
 
 
-def writes_candidate_graphs(model: SeqRanker) -> bool:
-    return _param_bytes(model.item_encoder) <= CANDIDATE_GRAPHS_MAX_ITEM_BYTES
-
-
 def export_candidate_graphs(model: SeqRanker, tower: TwoTower, folder: str | Path) -> dict[str, Path]:
     """Write ``candidate_encoder.onnx``, ``ranker_on_vectors.onnx`` and ``user_states.onnx`` into ``folder``
     (see the module doc); ``tower`` is the version's user tower.
 
     Returns {} and writes nothing for a model whose item encoder is over ``CANDIDATE_GRAPHS_MAX_ITEM_BYTES``.
     """
-    if not writes_candidate_graphs(model):
+    if _param_bytes(model.item_encoder) > CANDIDATE_GRAPHS_MAX_ITEM_BYTES:
         log.info(
             "item encoder over %d bytes: no candidate graphs, the version is scored whole",
             CANDIDATE_GRAPHS_MAX_ITEM_BYTES,
@@ -400,34 +396,30 @@ def ranker_parity(model: SeqRanker, path: str | Path, inputs: dict[str, np.ndarr
 
 
 @torch.no_grad()
-def candidate_graphs_parity(model: SeqRanker, folder: str | Path, inputs: dict[str, np.ndarray]) -> float:
-    """Max |torch - onnxruntime| over the three outputs, scored through the candidate graphs."""
-    model.eval()
-    ref = model(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))
-    folder = Path(folder)
-    encoder_inputs = {k: inputs[k] for k in CANDIDATE_ENCODER.input_names}
-    (vectors,) = _ort(folder / CANDIDATE_ENCODER_FILE).run(list(CANDIDATE_ENCODER.output_names), encoder_inputs)
-    feeds = {HISTORY.name: inputs[HISTORY.name], CONTEXT.name: inputs[CONTEXT.name], CANDIDATE_VECTORS.name: vectors}
-    got = _ort(folder / RANKER_ON_VECTORS_FILE).run(list(RANKER_OUTPUTS), feeds)
-    return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got, strict=True))
-
-
-@torch.no_grad()
-def user_states_parity(ranker: SeqRanker, tower: TwoTower, folder: str | Path, inputs: dict[str, np.ndarray]) -> float:
-    """Max |torch - serving| of the user embedding and of the ranker's scores from ``user_states.onnx``'s
-    state against the candidate encoder's vectors (:func:`scores_on_vectors`, as the ranker computes them)."""
+def candidate_graphs_parity(
+    ranker: SeqRanker, tower: TwoTower, folder: str | Path, inputs: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Max |torch - serving| through the candidate graphs: ``ranker_on_vectors`` over the ranker's three
+    outputs (the encoder's vectors fed to the ranker on vectors), ``user_states`` over the user tower's
+    embedding and the ranker's scores from ``user_states.onnx``'s state (:func:`scores_on_vectors`, as the
+    ranker computes them)."""
     ranker.eval()
     tower.eval()
     folder = Path(folder)
-    history, context = torch.from_numpy(inputs[HISTORY.name]), torch.from_numpy(inputs[CONTEXT.name])
-    feeds = {HISTORY.name: inputs[HISTORY.name], CONTEXT.name: inputs[CONTEXT.name]}
-    embedding, state = _ort(folder / USER_STATES_FILE).run(list(USER_STATES.output_names), feeds)
+    ref = ranker(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))
+    user = {HISTORY.name: inputs[HISTORY.name], CONTEXT.name: inputs[CONTEXT.name]}
     encoder_inputs = {k: inputs[k] for k in CANDIDATE_ENCODER.input_names}
     (vectors,) = _ort(folder / CANDIDATE_ENCODER_FILE).run(list(CANDIDATE_ENCODER.output_names), encoder_inputs)
+    got = _ort(folder / RANKER_ON_VECTORS_FILE).run(list(RANKER_OUTPUTS), {**user, CANDIDATE_VECTORS.name: vectors})
+    embedding, state = _ort(folder / USER_STATES_FILE).run(list(USER_STATES.output_names), user)
     scores = np.stack([scores_on_vectors(state[b], vectors[b]) for b in range(len(state))])
-    ref_scores = ranker(*(torch.from_numpy(inputs[k]) for k in RANKER_INPUTS))[0].numpy()
-    ref_embedding = tower(history, context).numpy()
-    return max(float(np.abs(ref_embedding - embedding).max()), float(np.abs(ref_scores - scores).max()))
+    ref_embedding = tower(*(torch.from_numpy(v) for v in user.values())).numpy()
+    return {
+        "ranker_on_vectors": max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got, strict=True)),
+        "user_states": max(
+            float(np.abs(ref_embedding - embedding).max()), float(np.abs(ref[0].numpy() - scores).max())
+        ),
+    }
 
 
 @torch.no_grad()
