@@ -153,7 +153,7 @@ def _stages(dockerfile: Path) -> list[str]:
 
 def test_the_service_dockerfile_is_multi_stage_non_root_and_runs_the_service_it_is_given() -> None:
     text = (REPO / DOCKERFILE).read_text()
-    assert len(_stages(REPO / DOCKERFILE)) >= 2 and "COPY --from=builder /opt/venv /opt/venv" in text
+    assert len(_stages(REPO / DOCKERFILE)) >= 2 and "COPY --from=wheels /wheels /opt/build/wheels" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users, "no USER"
     uid = users[-1].split(":")[0]
@@ -161,7 +161,7 @@ def test_the_service_dockerfile_is_multi_stage_non_root_and_runs_the_service_it_
     assert not re.search(r"^HEALTHCHECK", text, re.M)
     # Only the service it is given: its folder, its package, its console script as the entry point.
     assert "COPY services/${SERVICE}/ services/${SERVICE}/" in text
-    assert '"./libs[${EXTRAS}]" "./services/${SERVICE}"' in text
+    assert '"scalerec-libs[${EXTRAS}]" "scalerec-${SERVICE}"' in text
     assert 'ln -s "scalerec-${SERVICE}" /opt/venv/bin/scalerec-service' in text
     assert 'ENTRYPOINT ["/opt/venv/bin/scalerec-service"]' in text
     assert "PORT=${PORT}" in text and "EXPOSE ${PORT}" in text
@@ -217,9 +217,10 @@ def test_the_dependency_layer_refuses_an_extra_libs_does_not_have() -> None:
 
 def test_our_code_is_copied_after_the_dependency_layer() -> None:
     """A change to libs/ or a service must not invalidate the layer that installs torch and the rest."""
-    text = (REPO / DOCKERFILE).read_text()
+    full = (REPO / DOCKERFILE).read_text()
+    text = full[full.index("AS runtime") :]  # the wheels stage builds our code; the runtime stage installs it
     deps = text.index("--requirement /tmp/requirements.txt")
-    assert deps < text.index("COPY libs/ libs/") and deps < text.index("COPY services/${SERVICE}/ services/${SERVICE}/")
+    assert "COPY libs/ libs/" not in text and "COPY services/${SERVICE}/ services/${SERVICE}/" not in text
     before = [line for line in text[:deps].splitlines() if line.startswith("COPY ")]
     assert before == [
         "COPY requirements.lock ./",
@@ -227,7 +228,22 @@ def test_our_code_is_copied_after_the_dependency_layer() -> None:
         "COPY libs/pyproject.toml libs/pyproject.toml",
         "COPY services/${SERVICE}/pyproject.toml services/${SERVICE}/pyproject.toml",
     ]
-    assert '--no-deps "./libs[${EXTRAS}]" "./services/${SERVICE}"' in text and "pip check" in text
+    assert "--no-deps --no-index --find-links wheels" in text and "pip check" in text
+    assert text.index("COPY --from=wheels") > deps
+
+
+def test_the_runtime_stage_installs_the_dependencies_itself() -> None:
+    """No venv is copied from stage to stage: a copied venv is a second layer as large as the first
+    (the trainer's torch and CUDA wheels: 6 GB) and was made again for every change to our code, which
+    filled a CI machine's disk. The runtime stage installs the dependencies, then only our two wheels."""
+    text = (REPO / DOCKERFILE).read_text()
+    runtime = text[text.index("AS runtime") :]
+    assert "--requirement /tmp/requirements.txt" in runtime
+    assert not re.search(r"^COPY --from=\S+ /opt/venv", text, re.M)
+    (copied,) = re.findall(r"^COPY --from=(\S+) (\S+)", runtime, re.M)
+    assert copied == ("wheels", "/wheels")
+    wheels = text[text.index("AS wheels") : text.index("AS runtime")]
+    assert "pip wheel" in wheels and "--no-deps" in wheels and "--requirement" not in wheels
 
 
 IMAGE_DOCKERFILES = (DOCKERFILE, "loadtests/Dockerfile")
