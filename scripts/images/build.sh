@@ -227,9 +227,10 @@ build_one() {
 
 # Untagged images that no image's latest build log mentions: the build stages of superseded builds.
 # A stage is keyed on the sources it copies (libs/, the service), so once they changed it is never
-# reused, and the trainer's weighs 6 GB: without this every code change left ~9 GB behind until the
-# disk filled. Every stage a latest build made or took from the cache ("--> <id>" in its log) stays:
-# it is the cache of the next build with the same sources.
+# reused. Since the runtime stage installs the dependencies itself these are small (the wheels
+# stage); while a builder's venv was copied, the trainer's weighed 6 GB and every code change left
+# ~9 GB behind until the disk filled. Every stage a latest build made or took from the cache
+# ("--> <id>" in its log) stays: it is the cache of the next build with the same sources.
 prune_stale_stages() {
   local used id removed=0
   # podman build prints 11 hex digits of an image id, `podman images` 12: compared on the first 11.

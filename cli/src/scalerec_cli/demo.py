@@ -310,7 +310,7 @@ def _experiment(
         console.print(
             f"  [yellow]no experiment:[/] the champion is {champion or 'none'}, nothing to test v{job['version']} against"
         )
-        if champion is not None:  # promoted now (the first version was not): the samples must come from it
+        if champion is not None:  # this version was promoted: the samples must come from it, not the one before
             with stages.stage(f"ranker swaps to v{champion}"):
                 driver.wait_serving(cluster.url("ranker"), champion)
         return ExperimentSkipped(skipped=f"champion {champion}, candidate v{job['version']}")
