@@ -50,12 +50,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
     NotControllerError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     RequestTimedOutError,
+    UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import OffsetAndMetadata
@@ -114,6 +118,14 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
+# The producer's idempotence state no longer matches the broker's: a batch it had numbered never
+# arrived (it was in flight when the broker stopped, and the send was given up), so the broker
+# refuses every later sequence number for that partition. aiokafka cannot recover such a producer
+# (its sender stops), so the bus replaces it: a new producer id starts its sequences afresh. A message
+# re-sent that way may already be stored once; every consumer dedupes by event id.
+_PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+
+
 def _crc32_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
     """aiokafka partitioner hook: the interface's ``partition_for`` so both backends place keys alike."""
     if key is None:
@@ -167,8 +179,12 @@ class KafkaProducer(Producer):
         # One wait for all of them (a wait_for per message cost ~10 µs of the loop's CPU each).
         enqueued = [f for f in futures if not isinstance(f, BaseException)]
         if enqueued:
-            _, late = await asyncio.wait(enqueued, timeout=max(0.1, deadline - time.monotonic()))
+            done, late = await asyncio.wait(enqueued, timeout=max(0.1, deadline - time.monotonic()))
             if late:
+                failed = [f.exception() for f in done if not f.cancelled()]
+                state = next((e for e in failed if isinstance(e, _PRODUCER_STATE_ERRORS)), None)
+                if state is not None:  # the next request gets a new producer
+                    await self._bus._discard_producer(producer, state)
                 raise BusUnavailable(
                     f"could not send {len(messages)} message(s) to {topic!r} on Kafka "
                     f"{self._bus.bootstrap_servers} within {self._bus.send_timeout_s:.0f}s"
@@ -181,7 +197,9 @@ class KafkaProducer(Producer):
             else:
                 err = fut.exception()
             if err is not None:
-                if not _retriable(err):
+                if isinstance(err, _PRODUCER_STATE_ERRORS):
+                    await self._bus._discard_producer(producer, err)
+                elif not _retriable(err):
                     raise err
                 await self._bus._send_with_retry(topic, m.value, m.key, list(m.headers), deadline=deadline)
 
@@ -482,6 +500,18 @@ class KafkaEventBus(EventBus):
                     log.warning("Kafka %s not reachable yet (%r); retrying", self.bootstrap_servers, exc)
                     await backoff.sleep()
 
+    async def _discard_producer(self, producer: AIOKafkaProducer, why: BaseException) -> None:
+        """Replace ``producer`` (if it is still the shared one): the next send starts a new one."""
+        async with self._producer_lock:
+            current = self._producer
+            if current is None or current is not producer:
+                return  # another task replaced it already
+            self._producer = None
+        log.warning("Kafka producer replaced: its sequence numbers no longer match the broker's (%r)", why)
+        # Its sender may have stopped, so a flush could wait forever: give it a moment, then drop it.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(current.stop(), timeout=2)
+
     async def _send_with_retry(
         self,
         topic: str,
@@ -498,6 +528,7 @@ class KafkaEventBus(EventBus):
         attempt = 0
         while True:
             attempt += 1
+            producer: AIOKafkaProducer | None = None
             try:
                 producer = await self._live_producer()
                 remaining = max(0.1, backoff.deadline - time.monotonic())
@@ -507,7 +538,10 @@ class KafkaEventBus(EventBus):
             except BusUnavailable as exc:
                 raise BusUnavailable(f"could not send to {topic!r} (key {ref}): {exc}") from exc
             except Exception as exc:
-                if not _retriable(exc) or backoff.expired():
+                state = isinstance(exc, _PRODUCER_STATE_ERRORS)
+                if state and producer is not None:
+                    await self._discard_producer(producer, exc)
+                if not (state or _retriable(exc)) or backoff.expired():
                     raise BusUnavailable(
                         f"could not send to {topic!r} (key {ref}) on Kafka {self.bootstrap_servers} "
                         f"after {attempt} attempt(s) in {self.send_timeout_s:.0f}s: {exc!r}"

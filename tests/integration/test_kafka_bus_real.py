@@ -59,6 +59,35 @@ async def test_producer_rides_out_a_broker_restart(private_kafka: PrivateStack) 
         await bus.close()
 
 
+@pytest.mark.parametrize("path", ["send", "send_batch"])
+async def test_a_producer_whose_sequence_the_broker_refuses_is_replaced(shared_kafka: str, path: str) -> None:
+    """A batch the producer had numbered never reached the broker (in flight when the broker stopped, the
+    send given up at its deadline): the broker answers OutOfOrderSequenceNumber to every later one, and
+    aiokafka's producer never recovers (seen in the fault tests: a collector answering 503 for minutes).
+    The gap is opened here in the producer's own bookkeeping, the broker refuses for real, and the bus
+    must replace the producer and deliver."""
+    from aiokafka.structs import TopicPartition
+
+    bus = KafkaEventBus(shared_kafka, default_partitions=1, client_id="it", send_timeout_s=20)
+    await bus.start()
+    try:
+        topic = _name("sequence")
+        await bus.ensure_topics([TopicSpec(topic, 1)])
+        await bus.producer().send(topic, b"first", key=b"u1")
+        broken = bus._producer
+        assert broken is not None
+        broken._txn_manager.increment_sequence_number(TopicPartition(topic, 0), 3)  # three "lost" messages
+        if path == "send":
+            await bus.producer().send(topic, b"after", key=b"u1")
+        else:
+            await bus.producer().send_batch(topic, [OutgoingMessage(b"after", key=b"u1")])
+        assert bus._producer is not None and bus._producer is not broken, "the refused producer was kept"
+        await bus.producer().send(topic, b"then", key=b"u1")
+        assert await _drain(bus, topic, 3) == [b"first", b"after", b"then"]
+    finally:
+        await bus.close()
+
+
 async def test_send_gives_up_at_its_deadline_with_a_clear_error() -> None:
     servers = f"{HOST}:{free_port()}"  # nothing listens there
     bus = KafkaEventBus(servers, default_partitions=2, client_id="it", send_timeout_s=2)
