@@ -181,10 +181,10 @@ class KafkaProducer(Producer):
         if enqueued:
             done, late = await asyncio.wait(enqueued, timeout=max(0.1, deadline - time.monotonic()))
             if late:
-                failed = [f.exception() for f in done if not f.cancelled()]
-                state = next((e for e in failed if isinstance(e, _PRODUCER_STATE_ERRORS)), None)
-                if state is not None:  # the next request gets a new producer
-                    await self._bus._discard_producer(producer, state)
+                for f in done:  # a refused producer is replaced now, so the next request gets a new one
+                    failure = None if f.cancelled() else f.exception()
+                    if failure is not None:
+                        await self._bus._worth_retrying(producer, failure)
                 raise BusUnavailable(
                     f"could not send {len(messages)} message(s) to {topic!r} on Kafka "
                     f"{self._bus.bootstrap_servers} within {self._bus.send_timeout_s:.0f}s"
@@ -197,9 +197,7 @@ class KafkaProducer(Producer):
             else:
                 err = fut.exception()
             if err is not None:
-                if isinstance(err, _PRODUCER_STATE_ERRORS):
-                    await self._bus._discard_producer(producer, err)
-                elif not _retriable(err):
+                if not await self._bus._worth_retrying(producer, err):
                     raise err
                 await self._bus._send_with_retry(topic, m.value, m.key, list(m.headers), deadline=deadline)
 
@@ -500,17 +498,22 @@ class KafkaEventBus(EventBus):
                     log.warning("Kafka %s not reachable yet (%r); retrying", self.bootstrap_servers, exc)
                     await backoff.sleep()
 
-    async def _discard_producer(self, producer: AIOKafkaProducer, why: BaseException) -> None:
-        """Replace ``producer`` (if it is still the shared one): the next send starts a new one."""
+    async def _worth_retrying(self, producer: AIOKafkaProducer | None, exc: BaseException) -> bool:
+        """Whether a send that failed with ``exc`` may be tried again; a producer the broker refuses
+        (``_PRODUCER_STATE_ERRORS``) is dropped first, if it is still the shared one, so the retry
+        starts a new one."""
+        if not isinstance(exc, _PRODUCER_STATE_ERRORS):
+            return _retriable(exc)
         async with self._producer_lock:
             current = self._producer
-            if current is None or current is not producer:
-                return  # another task replaced it already
+            if producer is None or current is None or current is not producer:
+                return True  # another task replaced it already
             self._producer = None
-        log.warning("Kafka producer replaced: its sequence numbers no longer match the broker's (%r)", why)
+        log.warning("Kafka producer replaced: its sequence numbers no longer match the broker's (%r)", exc)
         # Its sender may have stopped, so a flush could wait forever: give it a moment, then drop it.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(current.stop(), timeout=2)
+        return True
 
     async def _send_with_retry(
         self,
@@ -538,10 +541,7 @@ class KafkaEventBus(EventBus):
             except BusUnavailable as exc:
                 raise BusUnavailable(f"could not send to {topic!r} (key {ref}): {exc}") from exc
             except Exception as exc:
-                state = isinstance(exc, _PRODUCER_STATE_ERRORS)
-                if state and producer is not None:
-                    await self._discard_producer(producer, exc)
-                if not (state or _retriable(exc)) or backoff.expired():
+                if not await self._worth_retrying(producer, exc) or backoff.expired():
                     raise BusUnavailable(
                         f"could not send to {topic!r} (key {ref}) on Kafka {self.bootstrap_servers} "
                         f"after {attempt} attempt(s) in {self.send_timeout_s:.0f}s: {exc!r}"
