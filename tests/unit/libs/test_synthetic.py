@@ -55,6 +55,30 @@ def test_same_seed_same_shop_and_another_seed_another() -> None:
     assert not {e.event_id for e in other.events} & {e.event_id for e in first.events}
 
 
+@pytest.mark.parametrize(
+    "end", [datetime(2026, 11, 3, 3, 17, 41, 123000, tzinfo=UTC), datetime(2025, 6, 4, 21, 5, tzinfo=UTC)]
+)
+def test_a_window_ending_at_another_time_is_the_same_shop_moved(end: datetime) -> None:
+    """Where the window ends (the demo's: a minute before it runs) moves the shop, it does not redraw it, so
+    the demo's holdout holds the same events at whatever hour and weekday it runs."""
+    config = ShopConfig(users=80, items=60, categories=6, days=5, seed=3, end=END)
+    there = generate_shop(config)
+    moved = generate_shop(ShopConfig(users=80, items=60, categories=6, days=5, seed=3, end=end))
+    shift = end - END
+    assert len(moved.events) == len(there.events)
+    for a, b in zip(there.events, moved.events, strict=True):
+        assert (b.user_id, b.item_id, b.type, b.value, b.context) == (a.user_id, a.item_id, a.type, a.value, a.context)
+        assert b.timestamp - a.timestamp == shift
+    assert [(i.item_id, i.title, i.price) for i in moved.items] == [(i.item_id, i.title, i.price) for i in there.items]
+    assert all(
+        abs((b.created_at - a.created_at) - shift) < timedelta(milliseconds=1)
+        for a, b in zip(there.items, moved.items, strict=True)
+    )
+    assert max(e.timestamp for e in moved.events) < end
+    # Event ids name the window, so two shops moved apart never share one.
+    assert not {e.event_id for e in moved.events} & {e.event_id for e in there.events}
+
+
 def test_a_seed_still_makes_the_same_shop() -> None:
     """The demo, the benchmarks and the load tests agree on the data through the seed alone: this digest
     of a small shop (every item, event and user id, as the wire carries them) changes only when the
