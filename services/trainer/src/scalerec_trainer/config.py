@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from scalerec_core.settings import ModelRepositorySettings
 
 
@@ -31,7 +31,30 @@ class TrainerSettings(ModelRepositorySettings):
             "0 = none: the preset's fixed epochs with early stopping decide, so results do not depend on load."
         ),
     )
+    train_threads: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "CPU threads torch trains with (intra-op). 0 = the CPUs this process may use (the pod's CPU "
+            "limit, else its affinity mask; torch's own default is the node's cores), shared among "
+            "torchrun's local processes."
+        ),
+    )
+    omp_wait_policy: Literal["passive", "active"] = Field(
+        default="passive",
+        description=(
+            "OMP_WAIT_POLICY of torch's OpenMP threads, set before torch loads. passive: an idle thread "
+            "sleeps, so training on cores it shares (the demo's services, other pods) is not slowed several-fold "
+            "by threads spinning while the one they wait for has no core; active: spin, for cores of its own."
+        ),
+    )
     seed: int = 7
+
+    @field_validator("omp_wait_policy", mode="before")
+    @classmethod
+    def _policy_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # OpenMP takes PASSIVE and passive
+
     keep_versions: int = Field(
         default=5,
         ge=1,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
+from scalerec_core.service import available_cpus
 from scalerec_core.telemetry import inject_headers
 from scalerec_events.models import ModelAnnouncement
 from scalerec_events.topics import Topic
@@ -92,6 +94,26 @@ def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[Inte
     return builder.build(), features
 
 
+def torch_threads(settings: TrainerSettings) -> int:
+    """Size torch's CPU thread pool for this process before it trains; -> the threads.
+
+    Measured on a 2-core VM (docs/benchmarks.md, "Training on shared cores"): torch's OpenMP threads spin
+    while they wait, so with another busy process on one of the cores an epoch of the demo's ranker took
+    ~20x as long, and its time-budgeted training stopped after 2 of 24 epochs.  The wait policy is read
+    by OpenMP when torch loads (call this first; a policy already in the environment wins); the thread
+    count follows the CPUs the pod may use, not the node's, shared with the other processes torchrun
+    started here.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
+    import torch
+
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = settings.train_threads or max(1, available_cpus() // local)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def train_version(
     settings: TrainerSettings, store: WideColumnStore, on_epoch: EpochCallback | None = None
 ) -> TrainOutcome:
@@ -100,6 +122,7 @@ def train_version(
     Under ``torchrun`` (process group initialised) every rank loads the data and
     trains its shard; rank 0 alone writes the version and every rank returns its outcome.
     """
+    torch_threads(settings)
     # torch is imported only when training, never at service start.
     from scalerec_models import distributed as dd
     from scalerec_models.checkpoint import checkpoint_path

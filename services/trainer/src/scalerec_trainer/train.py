@@ -18,7 +18,7 @@ from scalerec_core.service import bootstrap
 from scalerec_storage.schema import tables
 
 from scalerec_trainer.config import TrainerSettings, get_settings
-from scalerec_trainer.pipeline import NotEnoughData, announce_candidate, train_version
+from scalerec_trainer.pipeline import NotEnoughData, announce_candidate, torch_threads, train_version
 
 log = logging.getLogger("scalerec_trainer.train")
 
@@ -28,6 +28,7 @@ async def run_once() -> int:
     bootstrap(settings)
     # torchrun sets WORLD_SIZE > 1: join the process group (gloo on CPU, nccl on GPU); torch loads only then.
     distributed = env_world_size() > 1
+    torch_threads(settings)  # before torch loads below: the OpenMP wait policy is read then
     if distributed:
         from scalerec_models import distributed as dd
 
