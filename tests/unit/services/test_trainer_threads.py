@@ -17,35 +17,51 @@ pytest.importorskip("torch")
 
 _PROBE = """
 import json, os, sys
-assert "torch" not in sys.modules, "the trainer loaded torch before sizing its threads"
+# What the service and the Job import at start-up: none of it may load torch (OpenMP would have read its
+# wait policy by then).
+import scalerec_trainer.main, scalerec_trainer.train
 from scalerec_core.service import available_cpus
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import torch_threads
+assert "torch" not in sys.modules, "the trainer loaded torch before sizing its threads"
 threads = torch_threads(TrainerSettings())
 import torch
 print(json.dumps({"threads": threads, "torch": torch.get_num_threads(), "policy": os.environ.get("OMP_WAIT_POLICY"),
                   "cpus": available_cpus()}))
 """
 
+_CLEAN = ("OMP_WAIT_POLICY", "TRAIN_THREADS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")
+
+
+def _env(**env: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in _CLEAN}, **env}
+
+
+def _torch_default() -> int:
+    """torch's own thread count in a process that sets none (the physical cores)."""
+    code = "import torch; print(torch.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip())
+
 
 def _probe(**env: str) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "TRAIN_THREADS", "LOCAL_WORLD_SIZE")}
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE], env={**clean, **env}, capture_output=True, text=True, timeout=120, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=_env(**env), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 def test_threads_follow_the_cpus_the_process_may_use_and_wait_passively() -> None:
     seen = _probe()
-    assert seen["threads"] == seen["torch"] == seen["cpus"]
+    assert seen["threads"] == seen["torch"] == min(_torch_default(), int(str(seen["cpus"])))
     assert seen["policy"] == "PASSIVE"
 
 
 def test_torchrun_local_processes_share_the_cpus() -> None:
     seen = _probe(LOCAL_WORLD_SIZE="2")
-    assert seen["threads"] == seen["torch"] == max(1, int(str(seen["cpus"])) // 2)
+    assert seen["threads"] == seen["torch"] == max(1, min(_torch_default(), int(str(seen["cpus"])) // 2))
+    # torchrun's own OMP_NUM_THREADS=1 per process is kept
+    assert _probe(LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")["torch"] == 1
 
 
 def test_settings_and_an_explicit_policy_win() -> None:

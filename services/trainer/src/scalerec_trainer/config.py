@@ -35,9 +35,9 @@ class TrainerSettings(ModelRepositorySettings):
         default=0,
         ge=0,
         description=(
-            "CPU threads torch trains with (intra-op). 0 = the CPUs this process may use (the pod's CPU "
-            "limit, else its affinity mask; torch's own default is the node's cores), shared among "
-            "torchrun's local processes."
+            "CPU threads torch trains with (intra-op). 0 = torch's default (the node's physical cores, or "
+            "OMP_NUM_THREADS, which torchrun sets to 1) capped by the CPUs this process may use (the pod's CPU "
+            "limit, else its affinity mask) shared among torchrun's local processes."
         ),
     )
     omp_wait_policy: Literal["passive", "active"] = Field(

@@ -16,6 +16,7 @@ from scalerec_trainer.api.routes import train
 from scalerec_trainer.config import TrainerSettings, get_settings
 from scalerec_trainer.consumers.examples import ExamplesConsumer
 from scalerec_trainer.jobs import Trainer
+from scalerec_trainer.pipeline import omp_wait_policy
 
 
 def create_app(settings: TrainerSettings | None = None) -> FastAPI:
@@ -24,6 +25,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
+        omp_wait_policy(settings)  # before torch loads for the first training, on the main thread
         backends = await Backends.open(settings, "trainer")
         bus, store = backends.bus, backends.store
         settings.model_repository.mkdir(parents=True, exist_ok=True)

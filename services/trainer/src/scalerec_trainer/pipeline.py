@@ -94,21 +94,30 @@ def load_training_data(store: WideColumnStore, window: DataWindow) -> tuple[Inte
     return builder.build(), features
 
 
+def omp_wait_policy(settings: TrainerSettings) -> None:
+    """``OMP_WAIT_POLICY`` for torch's OpenMP threads, unless the environment has one: OpenMP reads it once,
+    when torch loads.  Called on the main thread at start-up (setting a variable while other threads
+    read the environment is not safe in C), and again by :func:`torch_threads` for in-process callers."""
+    os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
+
+
 def torch_threads(settings: TrainerSettings) -> int:
     """Size torch's CPU thread pool for this process before it trains; -> the threads.
 
     Measured on a 2-core VM (docs/benchmarks.md, "Training on shared cores"): torch's OpenMP threads spin
     while they wait, so with another busy process on one of the cores an epoch of the demo's ranker took
-    ~20x as long, and its time-budgeted training stopped after 2 of 24 epochs.  The wait policy is read
-    by OpenMP when torch loads (call this first; a policy already in the environment wins); the thread
-    count follows the CPUs the pod may use, not the node's, shared with the other processes torchrun
-    started here.
+    ~20x as long, and its time-budgeted training stopped after 2 of 24 epochs; with passive waiting it
+    trained as fast as on idle cores.  The thread count is ``TRAIN_THREADS``, else torch's own default (the
+    physical cores, or ``OMP_NUM_THREADS``, which torchrun sets to 1 per process) capped by the CPUs the
+    process may use (the pod's CPU limit, not the node's) shared among torchrun's local processes.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
+    omp_wait_policy(settings)
     import torch
 
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    threads = settings.train_threads or max(1, available_cpus() // local)
+    threads = settings.train_threads
+    if not threads:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        threads = max(1, min(torch.get_num_threads(), available_cpus() // local))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
