@@ -227,7 +227,8 @@ _P_RATE_VIEW = 0.004
 # weekends), so a window ending at another time of day or week is the same shop, not another draw: the
 # demo's holdout (the newest tenth of the window) no longer holds more or fewer evenings depending on the
 # hour `make demo` ran, which moved item-CF's NDCG@10 there by ±0.03 between runs.  A shop ending at the
-# frame's own end (the tests' windows) is in UTC: mobile users shop around 20:30 UTC.
+# frame's end (test_synthetic's window), or a whole number of weeks from it, shops on UTC hours: mobile users
+# around 20:30 UTC; elsewhere the hours and weekdays move with the window.
 _FRAME_END = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 _TYPES = (EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING)
@@ -240,7 +241,8 @@ _VIEW, _CLICK_T, _CART_T, _PURCHASE_T, _RATING_T = range(5)
 @dataclass(frozen=True)
 class ShopConfig:
     """Size and seed of a synthetic shop.  ``end`` defaults to one minute before generation time; it moves the
-    shop in time, it does not change it (the same seed and sizes make the same events, ``end`` apart)."""
+    shop in time, it does not change it (the same seed and sizes make the same events, their times and
+    ids apart)."""
 
     users: int = 3000
     items: int = 1500
