@@ -24,6 +24,9 @@ from typing import Any
 import httpx
 from scalerec_synthetic import Shop
 
+from scalerec_cli.driver import client as driver_client
+from scalerec_cli.driver import post_with_retries
+
 # P(click) of the favourite category's item at the top of the list: low enough that most answers get no
 # click (CTR ~0.4 in the demo), so the share of answers clicked can tell two models apart.
 P_CLICK_TOP = 0.15
@@ -107,16 +110,12 @@ async def simulate(
                     traffic.clicks += 1
                     traffic.carts += len(kinds) - 1
             if events:
-                for attempt in range(10):
-                    sent = await client.post(f"{collector}/v1/events", json={"events": events})
-                    if sent.status_code != 503:
-                        break
-                    await asyncio.sleep(0.2 * 2**attempt)
-                if sent.status_code != 202:
+                sent = await post_with_retries(client, f"{collector}/v1/events", {"events": events}, attempts=10)
+                if sent is None or sent.status_code != 202:
                     traffic.errors += 1
             if progress:
                 progress(1)
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with driver_client(30) as client:
         await asyncio.gather(*(shopper(client, n, u) for n, u in enumerate(plan)))
     return traffic
