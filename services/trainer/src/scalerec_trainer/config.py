@@ -50,11 +50,6 @@ class TrainerSettings(ModelRepositorySettings):
     )
     seed: int = 7
 
-    @field_validator("omp_wait_policy", mode="before")
-    @classmethod
-    def _policy_any_case(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value  # OpenMP takes PASSIVE and passive
-
     keep_versions: int = Field(
         default=5,
         ge=1,
@@ -78,6 +73,11 @@ class TrainerSettings(ModelRepositorySettings):
             "a restarted Job resumes from it. Unset: no checkpoints. Under torchrun all ranks must see it."
         ),
     )
+
+    @field_validator("omp_wait_policy", mode="before")
+    @classmethod
+    def _policy_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # OpenMP takes PASSIVE and passive
 
 
 @lru_cache
