@@ -70,9 +70,10 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int = 1) -> None:
+def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int = 1, keep_alive_s: float = 5.0) -> None:
     """Run ``app`` under uvicorn; ``app`` may be an import string of an app factory when ``workers`` > 1
-    (each worker process then builds its own app, clients and model activation).
+    (each worker process then builds its own app, clients and model activation). ``keep_alive_s``: how
+    long an idle HTTP/1.1 connection is kept open (the services pass ``HTTP_KEEP_ALIVE_S``).
 
     Several workers each listen on a socket of their own bound with ``SO_REUSEPORT`` (see
     :class:`ReusePortWorkers`), where the platform has it; uvicorn's own workers otherwise.
@@ -81,7 +82,7 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
 
     factory = isinstance(app, str)
     if factory and workers > 1 and hasattr(socket, "SO_REUSEPORT"):
-        ReusePortWorkers(app, host, port, log_level, workers).run()
+        ReusePortWorkers(app, host, port, log_level, workers, keep_alive_s=keep_alive_s).run()
         return
     uvicorn.run(
         app,
@@ -89,13 +90,18 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
         port=port,
         factory=factory,
         workers=workers if factory and workers > 1 else None,
-        **_uvicorn_options(log_level),
+        **_uvicorn_options(log_level, keep_alive_s),
     )
 
 
-def _uvicorn_options(log_level: str) -> dict[str, Any]:
+def _uvicorn_options(log_level: str, keep_alive_s: float) -> dict[str, Any]:
     """What every service's uvicorn runs with, one worker or many."""
-    return {"log_level": log_level.lower(), "access_log": False, "lifespan": "on"}
+    return {
+        "log_level": log_level.lower(),
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_keep_alive": keep_alive_s,
+    }
 
 
 STARTUP_FAILURE = 3  # uvicorn's exit code for a server that never started (bad app, lifespan failed)
@@ -153,7 +159,7 @@ def _beating_server(config: Any, heartbeat: Any) -> Any:
 
 
 def _worker(
-    app: str, host: str, port: int, log_level: str, heartbeat: Any
+    app: str, host: str, port: int, log_level: str, keep_alive_s: float, heartbeat: Any
 ) -> None:  # pragma: no cover - runs in a child
     """One worker process: its own socket on the shared port, and uvicorn on it.
 
@@ -169,7 +175,9 @@ def _worker(
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
         sys.exit(STARTUP_FAILURE)
-    config = uvicorn.Config(app, host=host, port=port, factory=True, backlog=_BACKLOG, **_uvicorn_options(log_level))
+    config = uvicorn.Config(
+        app, host=host, port=port, factory=True, backlog=_BACKLOG, **_uvicorn_options(log_level, keep_alive_s)
+    )
     try:
         config.load()  # imports and builds the app: what fails here fails the same way on every restart
     except Exception:
@@ -213,8 +221,10 @@ class ReusePortWorkers:
         stop_timeout_s: float = 30.0,
         hang_timeout_s: float = 30.0,
         startup_timeout_s: float = 600.0,
+        keep_alive_s: float = 5.0,
     ) -> None:
         self.app, self.host, self.port, self.log_level = app, host, port, log_level
+        self.keep_alive_s = keep_alive_s
         self.workers = workers
         self.stop_timeout_s = stop_timeout_s
         self.hang_timeout_s = hang_timeout_s
@@ -227,7 +237,7 @@ class ReusePortWorkers:
         heartbeat = self._context.Value("d", 0.0, lock=False)
         process = self._context.Process(
             target=_worker,
-            args=(self.app, self.host, self.port, self.log_level, heartbeat),
+            args=(self.app, self.host, self.port, self.log_level, self.keep_alive_s, heartbeat),
             name="scalerec-worker",
         )
         process.start()

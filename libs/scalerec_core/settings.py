@@ -51,6 +51,15 @@ class ServiceSettings(BaseSettings):
         description="memory://?max_items=N (in-process) or memcached://host:11211[,host:11211].",
     )
     topic_partitions: int = Field(default=4, ge=1, le=1024)
+    http_keep_alive_s: float = Field(
+        default=75,
+        gt=0,
+        description="Seconds the service keeps an idle HTTP/1.1 connection open (uvicorn's timeout_keep_alive). "
+        "Keep it longer than the idle timeout of any proxy or load balancer that pools connections to the pods "
+        "(ingress-nginx's upstream-keepalive-timeout and AWS ALB's idle timeout are 60 s; Google Cloud's load "
+        "balancers keep 600 s: give those 620), so that the proxy closes an idle connection first: when the "
+        "service closes it first, a request the proxy sends on it that instant fails with a 502.",
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
     log_id_key: SecretStr = Field(

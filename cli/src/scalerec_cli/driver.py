@@ -16,9 +16,10 @@ from pydantic import BaseModel
 
 ProgressFn = Callable[[int], None]
 
-# The services' uvicorn closes a keep-alive connection after 5 s idle; httpx kept one for 5 s too, so a
-# request could go out on a connection the server was closing that instant and fail with ReadError
-# (seen once: `make demo`'s simulated shoppers, 3,823 requests in). Idle connections are dropped sooner.
+# The services closed an idle keep-alive connection after 5 s (uvicorn's default; HTTP_KEEP_ALIVE_S now,
+# 75 s unless set lower); httpx kept one for 5 s too, so a request could go out on a connection the server
+# was closing that instant and fail with ReadError (seen once: `make demo`'s simulated shoppers, 3,823
+# requests in). The client, like a proxy, drops idle connections first.
 KEEPALIVE_EXPIRY_S = 2.0
 # What a POST of records may meet on the way and retry: the service busy (503: its bus briefly
 # unavailable) or a connection that broke under the request.  Records carry their ids (event_id,

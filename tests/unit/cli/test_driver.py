@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-import uvicorn
 from scalerec_cli import driver
+from scalerec_core.settings import ServiceSettings
 from scalerec_events.models import Item
 
 
@@ -68,5 +68,4 @@ def test_a_connection_broken_under_a_post_is_retried_and_the_batch_counted_once(
 
 def test_idle_connections_are_dropped_before_the_services_drop_them() -> None:
     """The race above needs the client to keep an idle connection as long as the server does."""
-    server_keepalive = uvicorn.Config(app=None).timeout_keep_alive  # what the services run with
-    assert server_keepalive > driver.KEEPALIVE_EXPIRY_S
+    assert ServiceSettings().http_keep_alive_s > driver.KEEPALIVE_EXPIRY_S  # what the services run with

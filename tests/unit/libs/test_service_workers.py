@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -300,3 +301,55 @@ def test_the_accept_balance_benchmark_runs_and_reports() -> None:
         trials = re.findall(r"(\d+)/(\d+): (\d+)", row.split("|")[2])
         assert all(int(a) + int(b) == 8 for a, b, _ in trials), row
         assert sum(int(n) for _, _, n in trials) == 3, row
+
+
+def _exchange(sock: socket.socket) -> bytes:
+    """One GET /pid on an open connection: the whole answer (head and body), or b"" if the server had closed it."""
+    sock.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return answer
+        answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_idle_connections_are_kept_as_long_as_asked(tmp_path: Path, workers: int) -> None:
+    """``keep_alive_s`` reaches uvicorn on both of serve()'s paths: an idle connection is kept that long,
+    then closed by the server (HTTP_KEEP_ALIVE_S; uvicorn's own default would close it after 5 s)."""
+    code = (
+        "import sys; from scalerec_core.service import serve;"
+        f" serve('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', {workers}, keep_alive_s=2.5)"
+    )
+    port = free_port()
+    proc = _start(tmp_path, port, code)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            try:
+                _pids(port, 1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert _exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)  # idle, shorter than asked: still open
+            assert _exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(4.0)  # idle past it: the server has closed the connection
+            try:
+                closed = _exchange(sock) == b""
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            assert closed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

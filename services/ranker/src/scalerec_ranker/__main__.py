@@ -10,11 +10,24 @@ def main() -> None:
     workers = settings.workers or available_cpus()
     if workers > 1:
         # Each worker imports the factory and builds its own app: settings come from the same environment.
-        serve("scalerec_ranker.main:create_app", settings.host, settings.port, settings.log_level, workers)
+        serve(
+            "scalerec_ranker.main:create_app",
+            settings.host,
+            settings.port,
+            settings.log_level,
+            workers,
+            settings.http_keep_alive_s,
+        )
     else:
         from scalerec_ranker.main import create_app
 
-        serve(create_app(settings), settings.host, settings.port, settings.log_level)
+        serve(
+            create_app(settings),
+            settings.host,
+            settings.port,
+            settings.log_level,
+            keep_alive_s=settings.http_keep_alive_s,
+        )
 
 
 if __name__ == "__main__":

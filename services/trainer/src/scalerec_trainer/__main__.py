@@ -8,7 +8,9 @@ from scalerec_trainer.main import create_app
 
 def main() -> None:
     settings = get_settings()
-    serve(create_app(settings), settings.host, settings.port, settings.log_level)
+    serve(
+        create_app(settings), settings.host, settings.port, settings.log_level, keep_alive_s=settings.http_keep_alive_s
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""``python -m scalerec_<service>``: every service hands its HTTP settings to ``serve``.
+
+``serve`` itself (uvicorn with that keep-alive, one process or several) is run for real in
+tests/unit/libs/test_service_workers.py; here each entry point's ``main`` runs with ``serve`` recorded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from scalerec_core.settings import ServiceSettings
+
+SERVICES = ["collector", "preprocessor", "trainer", "ranker", "evaluator"]
+WITH_WORKERS = ["collector", "ranker"]  # the services that run WORKERS processes
+
+
+def _run_main(service: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("AUTH", "disabled")
+    entry = importlib.import_module(f"scalerec_{service}.__main__")
+    calls: list[dict[str, Any]] = []
+
+    def serve(
+        app: Any, host: str, port: int, log_level: str = "info", workers: int = 1, keep_alive_s: float = 5.0
+    ) -> None:
+        calls.append({"app": app, "host": host, "port": port, "workers": workers, "keep_alive_s": keep_alive_s})
+
+    monkeypatch.setattr(entry, "serve", serve)
+    entry.get_settings.cache_clear()  # settings are read once per process: read them from this environment
+    try:
+        entry.main()
+    finally:
+        entry.get_settings.cache_clear()
+    assert len(calls) == 1
+    return calls[0]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_keep_alive_setting_reaches_serve(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HTTP_KEEP_ALIVE_S", "620")
+    monkeypatch.setenv("PORT", "18099")
+    monkeypatch.setenv("WORKERS", "1")
+    call = _run_main(service, monkeypatch)
+    assert isinstance(call["app"], FastAPI)  # built, not started: nothing connects
+    assert (call["port"], call["workers"], call["keep_alive_s"]) == (18099, 1, 620)
+
+
+@pytest.mark.parametrize("service", WITH_WORKERS)
+def test_workers_get_the_keep_alive_setting_too(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_KEEP_ALIVE_S", "90")
+    monkeypatch.setenv("WORKERS", "2")
+    call = _run_main(service, monkeypatch)
+    assert call["app"] == f"scalerec_{service}.main:create_app"
+    assert (call["workers"], call["keep_alive_s"]) == (2, 90)
+
+
+def test_idle_connections_outlive_the_usual_proxies_by_default() -> None:
+    """ingress-nginx and AWS ALB keep idle upstream connections 60 s: the service must not close them first."""
+    assert ServiceSettings().http_keep_alive_s > 60
