@@ -385,3 +385,39 @@ def test_the_log_id_key_is_new_per_install_and_an_existing_secret_keeps_it_out_o
     # No cluster to read it from under `helm template`, so no checksum (helm upgrade reads it with lookup).
     for d in r.of_kind("Deployment"):
         assert "checksum/log-id-key" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+def test_serving_pods_drain_before_they_stop(scenario: Rendered) -> None:
+    """A terminating pod keeps serving while endpoints and proxies let go of it (a preStop sleep), and its
+    grace period covers that drain plus the services' own graceful stop (30 s with WORKERS > 1)."""
+    for deployment in scenario.of_kind("Deployment"):
+        spec = pod_spec(deployment)
+        assert spec is not None
+        name = deployment["metadata"]["name"]
+        if "-loadtests" in name:  # Locust: nobody's requests to drain
+            continue
+        main = spec["containers"][0]
+        drain = main["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert drain >= 5, (name, drain)
+        assert spec["terminationGracePeriodSeconds"] >= drain + 30, name
+
+
+def test_gpu_deployments_roll_without_needing_a_spare_gpu(scenario: Rendered) -> None:
+    """A surge pod would wait forever for a GPU on a fully allocated pool: GPU Deployments replace pods
+    one at a time; the others surge and never dip."""
+    for deployment in scenario.of_kind("Deployment"):
+        spec = pod_spec(deployment)
+        assert spec is not None
+        if "-loadtests" in deployment["metadata"]["name"]:
+            continue
+        gpus = any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in spec["containers"])
+        rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+        expected = {"maxSurge": 0, "maxUnavailable": 1} if gpus else {"maxSurge": "25%", "maxUnavailable": 0}
+        assert rolling == expected, (deployment["metadata"]["name"], rolling)
+
+
+def test_no_drain_when_asked_for_none() -> None:
+    r = render(["--set", "default.drainSeconds=0"])
+    for deployment in r.of_kind("Deployment"):
+        spec = pod_spec(deployment)
+        assert spec is not None and all("lifecycle" not in c for c in spec["containers"])

@@ -93,6 +93,32 @@ def test_readiness_checks_run_at_most_once_per_cache_period(tmp_path: Path) -> N
         assert c.get("/readyz").status_code == 200 and calls["n"] == 2
 
 
+def test_readiness_checks_run_side_by_side(tmp_path: Path) -> None:
+    """/readyz answers within one check's timeout, under the probe's: each check here waits for the other
+    to have started, which only happens when they run at the same time (one after the other, the first
+    would time out and report its dependency down)."""
+    import asyncio
+
+    from fastapi import FastAPI
+    from scalerec_core.http import install_common
+
+    started: dict[str, asyncio.Event] = {}
+
+    def waits_for(other: str, me: str):  # type: ignore[no-untyped-def]
+        async def check() -> bool:
+            started.setdefault(me, asyncio.Event()).set()
+            await started.setdefault(other, asyncio.Event()).wait()
+            return True
+
+        return check
+
+    app = FastAPI()
+    checks = {"bus": waits_for("store", "bus"), "store": waits_for("bus", "store")}
+    install_common(app, CollectorSettings(data_dir=tmp_path, auth="disabled"), service="t", readiness=checks)
+    with TestClient(app) as c:
+        assert c.get("/readyz").json() == {"status": "ready", "checks": {"bus": True, "store": True}}
+
+
 def test_openapi_documents_a_key_on_every_guarded_path_and_routes_solve_nothing_for_it(tmp_path: Path) -> None:
     """The schemes come from the guard's one list of open paths; ``require`` reads what the guard verified,
     so a request solves no header or bearer dependency for it (it runs on every request)."""
