@@ -80,8 +80,15 @@ class Context(_Input):
     variant: Annotated[str, StringConstraints(max_length=32)] | None = None
 
 
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+def _utc(ts: datetime) -> datetime:
+    """``ts`` in UTC (naive: taken as UTC). A time within hours of year 1 or 9999 with an offset has no
+    UTC value (datetime's OverflowError, which pydantic would let through as a 500): refused as a value."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{ts.isoformat()} is out of range in UTC") from None
 
 
 def _not_in_future(ts: datetime) -> datetime:
@@ -103,7 +110,7 @@ class Event(_Input):
     @field_validator("timestamp")
     @classmethod
     def _timestamp_bounded(cls, ts: datetime) -> datetime:
-        ts = _not_in_future(_aware(ts).astimezone(UTC))
+        ts = _not_in_future(_utc(ts))
         if ts.year < 2000:
             raise ValueError(f"timestamp {ts.isoformat()} is before 2000")
         return ts
@@ -170,7 +177,7 @@ class Item(_Input):
     @field_validator("created_at")
     @classmethod
     def _created_utc(cls, ts: datetime | None) -> datetime | None:
-        return None if ts is None else _not_in_future(_aware(ts).astimezone(UTC))
+        return None if ts is None else _not_in_future(_utc(ts))
 
 
 class ErasureRequest(_Input):

@@ -282,6 +282,23 @@ def test_created_at_far_in_the_future_is_refused(client: TestClient) -> None:
     assert "future" in body["errors"][0]["message"]
 
 
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00"])
+def test_a_time_with_no_utc_value_is_refused_naming_the_field(client: TestClient, when: str) -> None:
+    """Hours from year 1 or 9999 with an offset cannot be put in UTC: a 422 for that element (it was a 500
+    that refused the whole batch and dropped the connection), the rest accepted."""
+    r = client.post("/v1/events", json={"events": [_event(1), _event(2, timestamp=when)]})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and [e["field"] for e in body["errors"]] == ["events[1].timestamp"]
+    assert "out of range in UTC" in body["errors"][0]["message"]
+    r = client.post("/v1/items", json={"items": [_item(1), _item(2, created_at=when)]})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and [e["field"] for e in body["errors"]] == ["items[1].created_at"]
+    r = client.post("/v1/events", json={"events": [_event(3, timestamp=when)]})
+    assert r.status_code == 422 and "events[0].timestamp" in r.text
+
+
 def test_an_item_too_large_for_the_bus_gets_413_for_that_element_and_nothing_half_accepted(tmp_path: Path) -> None:
     settings = CollectorSettings(data_dir=tmp_path, max_message_bytes=4096, auth="disabled")
     with TestClient(create_app(settings)) as c:
