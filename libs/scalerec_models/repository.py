@@ -102,8 +102,10 @@ __all__ = [
     "read_served_versions",
     "remove_version",
     "set_served_versions",
+    "still_arriving",
     "tensor_specs_from_onnx",
     "validate_repository",
+    "version_arrived",
     "write_champion",
     "write_model_version",
 ]
@@ -147,6 +149,37 @@ def read_card(repository: Path, model: str, version: int) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelRepositoryError(f"{model} version {version}: no {CARD_FILE} at {path}") from None
+
+
+def version_arrived(repository: Path, model: str, version: int) -> bool:
+    """Whether ``version`` of ``model`` is all here: its card, and every file the card's digests name.
+
+    Where the repository is a mirror of object storage (the chart's ``modelRepository.type=objectStorage``),
+    an announcement can come before the sync loops have copied the version: readers wait for this instead
+    of failing on a card or file that is still on its way.  Sizes and digests are checked when the
+    version is served (``integrity.verify_files``), not here.
+    """
+    folder = _model_dir(repository, model) / str(version)
+    try:
+        card = json.loads((folder / CARD_FILE).read_text())
+    except (OSError, ValueError):  # not copied yet, or half-copied
+        return False
+    digests = card.get(DIGESTS_KEY) if isinstance(card, dict) else None
+    if not isinstance(digests, dict):
+        return True  # nothing to wait for; serving refuses a card without digests
+    return all((folder / name).is_file() for name in digests)
+
+
+# How long after its announcement a version that has not arrived is waited for (object storage's sync
+# loops copy every 60 s by default); after that the reader fails on it as on any missing version.
+WAIT_FOR_ARRIVAL_S = 600.0
+
+
+def still_arriving(repository: Path, model: str, version: int, announced_at: datetime) -> bool:
+    """True while ``version`` is not all here and was announced less than ``WAIT_FOR_ARRIVAL_S`` ago."""
+    if version_arrived(repository, model, version):
+        return False
+    return (datetime.now(UTC) - announced_at).total_seconds() < WAIT_FOR_ARRIVAL_S
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -397,3 +397,30 @@ def test_the_protobuf_config_parses_to_what_string_concatenation_wrote(
     assert text_format.Parse(new, model_config_pb2.ModelConfig()) == text_format.Parse(
         old, model_config_pb2.ModelConfig()
     )
+
+
+def test_a_version_has_arrived_only_with_its_card_and_every_file_it_names(tmp_path: Path) -> None:
+    """A mirror of object storage copies a version file by file: readers wait until all of it is there."""
+    import shutil
+    from datetime import UTC, datetime, timedelta
+
+    written = tmp_path / "written"
+    write_model_version(written, "m", _scorer_onnx(tmp_path / "m.onnx"), card={})
+    card = read_card(written, "m", 1)
+    assert card["sha256"], "the card names the version's files"
+    mirror = tmp_path / "mirror"
+    assert not repo.version_arrived(mirror, "m", 1)  # nothing copied yet
+    (mirror / "m" / "1").mkdir(parents=True)
+    shutil.copy(written / "m" / "1" / repo.CARD_FILE, mirror / "m" / "1")
+    assert not repo.version_arrived(mirror, "m", 1)  # the card, not yet the model
+    (mirror / "m" / "1" / repo.CARD_FILE).write_text('{"sha2')  # a card half-written
+    assert not repo.version_arrived(mirror, "m", 1)
+    shutil.rmtree(mirror / "m" / "1")
+    shutil.copytree(written / "m" / "1", mirror / "m" / "1")
+    assert repo.version_arrived(mirror, "m", 1)
+
+    now = datetime.now(UTC)
+    assert not repo.still_arriving(mirror, "m", 1, now)  # here: nothing to wait for
+    assert repo.still_arriving(mirror, "m", 2, now)  # announced just now, not here yet
+    late = now - timedelta(seconds=repo.WAIT_FOR_ARRIVAL_S + 1)
+    assert not repo.still_arriving(mirror, "m", 2, late)  # waited long enough: fail as before

@@ -679,3 +679,43 @@ def test_a_tampered_model_version_is_refused_and_the_previous_one_keeps_serving(
         assert c.portal.call(manager.activate, 5)  # an intact copy is served
         body = c.get("/v1/model").json()
         assert body["model_version"] == 5 and body["last_error"] is None
+
+
+async def test_a_promotion_waits_for_its_version_to_reach_a_mirrored_repository(world: World, tmp_path: Path) -> None:
+    """With the repository mirrored from object storage, the announcement can come before the copy: the
+    ranker keeps serving the old version and asks again (RetryLater, not a dead letter), then swaps once
+    the version is all there. One announced long ago and never copied is tried (and refused) as before."""
+    from datetime import UTC, datetime, timedelta
+
+    from scalerec_adapters.bus import Message
+    from scalerec_adapters.worker import RetryLater
+    from scalerec_events.models import ModelAnnouncement
+    from scalerec_ranker.consumers.promotions import PromotionsConsumer
+
+    mirror = tmp_path / "mirror"
+    for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+        shutil.copytree(world.repository / model, mirror / model, ignore=lambda d, names: ["2"] if "2" in names else [])
+    scorer, manager = await _activated(World(world.data_dir, mirror, world.shop))
+    consumer = PromotionsConsumer(manager)
+
+    def announced(version: int, at: datetime) -> Message:
+        ann = ModelAnnouncement(model=repo.RANKER_MODEL, version=version, repository=str(mirror), created_at=at)
+        return Message("models.promoted", 0, version, None, ann.model_dump_json().encode())
+
+    now = datetime.now(UTC)
+    with pytest.raises(RetryLater, match="version 2 is not in"):
+        await consumer.handle([announced(2, now)])
+    assert manager.current is not None and manager.current.version == 1
+    (mirror / repo.RANKER_MODEL / "2").mkdir()
+    shutil.copy(world.repository / repo.RANKER_MODEL / "2" / repo.CARD_FILE, mirror / repo.RANKER_MODEL / "2")
+    with pytest.raises(RetryLater):  # the card has come, the model not yet
+        await consumer.handle([announced(2, now)])
+    for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+        shutil.copytree(world.repository / model / "2", mirror / model / "2", dirs_exist_ok=True)
+    result = await consumer.handle([announced(2, now)])
+    assert not result.poison and manager.current.version == 2
+
+    late = now - timedelta(seconds=repo.WAIT_FOR_ARRIVAL_S + 1)
+    result = await consumer.handle([announced(3, late)])
+    assert not result.poison and manager.current.version == 2 and "version 3" in (manager.last_error or "")
+    await scorer.close()

@@ -8,11 +8,12 @@ replays, which a rollback may have replaced.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from scalerec_adapters.bus import Message
-from scalerec_adapters.worker import BatchResult, parse_batch
+from scalerec_adapters.worker import BatchResult, RetryLater, parse_batch
 from scalerec_events.models import ModelAnnouncement
 from scalerec_models import repository as repo
 
@@ -32,5 +33,11 @@ class PromotionsConsumer:
             if ann.model == repo.RANKER_MODEL:
                 latest = ann  # the newest wins, whatever its number
         if latest is not None and (self.models.current is None or latest.version != self.models.current.version):
+            repository = self.models.repository
+            if await asyncio.to_thread(
+                repo.still_arriving, repository, repo.RANKER_MODEL, latest.version, latest.created_at
+            ):
+                # A mirror of object storage that has not copied it yet: asked again later, the old one serving.
+                raise RetryLater(f"version {latest.version} is not in {repository} yet")
             await self.models.activate(latest.version)
         return result
