@@ -9,7 +9,9 @@
 | ``memory://?max_items=100000``        | in-process TTL/LRU cache             |
 | ``memcached://h1:11211,h2:11211``     | Memcached, consistent hashing        |
 | ``onnxruntime://``                    | in-process onnxruntime               |
-| ``triton://host:8001``                | NVIDIA Triton over gRPC              |
+| ``triton://host:8001``                | NVIDIA Triton over gRPC (every       |
+|                                       | address the name resolves to, or     |
+|                                       | ``triton://ip:8001,ip:8001``)        |
 
 Implementations are imported lazily: the collector never imports onnxruntime,
 an embedded deployment never imports aiokafka.
@@ -45,9 +47,34 @@ def _hosts(url: str, default_port: int) -> list[tuple[str, int]]:
     netloc = urlparse(url).netloc
     out = []
     for part in netloc.split(","):
-        host, _, port = part.partition(":")
+        if part.startswith("["):  # [IPv6]:port
+            host, _, rest = part[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            host, _, port = part.partition(":")
         out.append((host or "127.0.0.1", int(port) if port else default_port))
     return out
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def triton_replica_urls(url: str) -> list[str]:
+    """``triton://name:8001?opts`` as one URL per Triton replica: every address each host resolves to now
+    (a headless Service's name gives each ready pod), each with the same options; sorted, no repeats.
+    Blocking (DNS): call it from a thread."""
+    import socket
+
+    query = urlparse(url).query
+    addresses: set[str] = set()
+    for host, port in _hosts(url, 8001):
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        # One address per server: a dual-stack name (localhost, a dual-stack cluster's Service) gives each
+        # pod an IPv4 and an IPv6 address; the IPv4 ones are taken when there are any.
+        family = socket.AF_INET if any(f == socket.AF_INET for f, *_ in found) else socket.AF_INET6
+        addresses |= {_address(str(sockaddr[0]), port) for f, *_, sockaddr in found if f == family}
+    return [f"triton://{a}" + (f"?{query}" if query else "") for a in sorted(addresses)]
 
 
 def make_bus(url: str, *, partitions: int = 4, client_id: str = "scalerec") -> EventBus:
@@ -115,6 +142,7 @@ def make_scorer(url: str, *, repository: Path, **triton_options: str) -> Scorer:
     if scheme == "triton":
         from scalerec_adapters.triton_scorer import TritonScorer
 
-        (host, port), *_ = _hosts(url, 8001)
-        return TritonScorer(f"{host}:{port}", repository=repository, **{**_query(url), **triton_options})
+        # One name (resolving to every replica, balanced per request) or a list of IP addresses.
+        addresses = ",".join(_address(h, p) for h, p in _hosts(url, 8001))
+        return TritonScorer(addresses, repository=repository, **{**_query(url), **triton_options})
     raise UnsupportedBackend(f"SCORER_URL scheme {scheme!r} is not one of onnxruntime, triton")

@@ -18,6 +18,12 @@ production, where a version folder still being written could be loaded half-copi
   waiting out a timeout on every request.  Every failure reaches the caller as
   ``ScorerUnavailable`` with the model, version and Triton's message.
 
+* **Every replica.**  The address may be a DNS name that resolves to every Triton pod (a headless
+  Service) or a list of IP addresses: requests are balanced over all of them (gRPC's ``round_robin``,
+  per request, where a ClusterIP would pin each client's one connection to one pod), and the client
+  is re-made every ``refresh`` seconds so replicas added since are found.  The evaluator controls
+  each replica on its own (``scalerec_evaluator.serving``).
+
 ``FallbackScorer(primary, fallback)`` tries the primary and answers from the fallback on
 ``ScorerUnavailable``; which backend answered is reported by ``infer_with_backend`` and
 by the ``last_backend()`` context variable, so the ranker can flag degraded responses.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import json
 import logging
 import math
@@ -68,6 +75,30 @@ def _counts_against_server(exc: BaseException) -> bool:
     return not isinstance(exc, asyncio.CancelledError) and _status(exc) not in _NOT_SERVER_FAILURES
 
 
+def _ip_family(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version
+    except ValueError:
+        return None
+
+
+def grpc_target(url: str) -> str:
+    """The gRPC target for ``host:port`` or ``ip:port,ip:port``: one name as it is (gRPC resolves it and,
+    with round_robin, uses every address it gets); a list as gRPC's ``ipv4:``/``ipv6:`` address list."""
+    parts = [p.strip() for p in url.split(",") if p.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    families = {_ip_family(p.rpartition(":")[0]) for p in parts}
+    if families == {4}:
+        return "ipv4:" + ",".join(parts)
+    if families == {6}:
+        return "ipv6:" + ",".join(parts)
+    raise ValueError(
+        f"Triton at {url!r}: several addresses must all be IPv4 or all IPv6 literals; "
+        "for several pods give one DNS name that resolves to each (a headless Service)"
+    )
+
+
 def _as_float(value: Any, name: str) -> float:
     try:
         return float(value)
@@ -82,7 +113,8 @@ class TritonScorer(Scorer):
     ``timeout`` seconds per request (default 1.0), ``retries`` extra attempts on transient
     errors (1), ``failure_threshold`` consecutive failures that open the breaker (5),
     ``reset_timeout`` seconds before a half-open probe (5.0), ``load_timeout`` seconds for
-    load/unload/warm-up (120), ``warmup`` (true), ``control`` (true).
+    load/unload/warm-up (120), ``warmup`` (true), ``control`` (true), ``refresh`` seconds after
+    which the channel is re-made, its name resolved again (60; 0: never).
 
     ``control=false`` makes a follower: ``load`` only checks that Triton already serves the
     version (and warms it up), ``unload`` does nothing.  Triton's model control has one owner
@@ -99,7 +131,16 @@ class TritonScorer(Scorer):
     def __init__(self, url: str, repository: Path | None = None, **options: Any) -> None:
         self.url = url
         self.repository = Path(repository) if repository is not None else None
-        known = {"timeout", "retries", "failure_threshold", "reset_timeout", "load_timeout", "warmup", "control"}
+        known = {
+            "timeout",
+            "retries",
+            "failure_threshold",
+            "reset_timeout",
+            "load_timeout",
+            "warmup",
+            "control",
+            "refresh",
+        }
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"unknown TritonScorer option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -108,11 +149,15 @@ class TritonScorer(Scorer):
         self.load_timeout = _as_float(options.get("load_timeout", 120.0), "load_timeout")
         self.warmup = str(options.get("warmup", True)).lower() not in {"0", "false", "no"}
         self.control = str(options.get("control", True)).lower() not in {"0", "false", "no"}
+        self.refresh = _as_float(options.get("refresh", 60.0), "refresh")
+        self.target = grpc_target(url)  # refused here, at start-up, when it cannot be dialled
         self.breaker = CircuitBreaker(
             failure_threshold=int(options.get("failure_threshold", 5)),
             reset_timeout=_as_float(options.get("reset_timeout", 5.0), "reset_timeout"),
         )
         self._client: Any = None
+        self._client_made = 0.0
+        self._retired: dict[Any, asyncio.Task[None]] = {}  # old clients, each closed by its task
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -120,12 +165,39 @@ class TritonScorer(Scorer):
     def _get_client(self) -> Any:
         # Created lazily: a grpc.aio channel belongs to the event loop it is first used on,
         # and settings objects build scorers before the loop runs.
+        now = time.monotonic()
+        if self._client is not None and self.refresh > 0 and now - self._client_made > self.refresh:
+            # gRPC resolves the name again only when a connection fails: replicas added since would get
+            # nothing. A new channel resolves it now; the old one is closed once its calls are done.
+            self._retire(self._client)
+            self._client = None
         if self._client is None:
             import tritonclient.grpc.aio as grpcclient
+            from tritonclient.grpc import KeepAliveOptions
+            from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 
             _instrument_grpc_client()  # every call carries the caller's trace context to Triton
-            self._client = grpcclient.InferenceServerClient(self.url)
+            keepalive = KeepAliveOptions()
+            options = [  # tritonclient's own defaults, plus balancing per request over every address
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+                ("grpc.lb_policy_name", "round_robin"),
+            ]
+            self._client = grpcclient.InferenceServerClient(self.target, channel_args=options)
+            self._client_made = now
         return self._client
+
+    def _retire(self, client: Any) -> None:
+        async def close_later() -> None:
+            await asyncio.sleep(max(self.timeout, self.load_timeout) + 1.0)
+            self._retired.pop(client, None)
+            await client.close()
+
+        self._retired[client] = asyncio.get_running_loop().create_task(close_later())
 
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
@@ -290,6 +362,10 @@ class TritonScorer(Scorer):
         )
 
     async def close(self) -> None:
+        for client, task in list(self._retired.items()):
+            task.cancel()
+            await client.close()
+        self._retired.clear()
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()

@@ -166,13 +166,26 @@ def test_ranker_scores_through_tritons_grpc_service() -> None:
     r = rendered("prod-gpu")
     ranker = r.get("Deployment", f"{RELEASE}-ranker")
     env = {e["name"]: e.get("value") for e in ranker["spec"]["template"]["spec"]["containers"][0]["env"]}
-    svc = r.get("Service", f"{RELEASE}-triton")
-    grpc = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
-    assert env["SCORER_URL"] == f"triton://{svc['metadata']['name']}:{grpc}"
-    # The evaluator is Triton's one model controller: it loads what the champion and experiments need.
+    triton = r.get("Deployment", f"{RELEASE}-triton")
+    pod_labels = triton["spec"]["template"]["metadata"]["labels"]
+    ports = triton["spec"]["template"]["spec"]["containers"][0]["ports"]
+    grpc = next(p["containerPort"] for p in ports if p["name"] == "grpc")
+    # Headless Services: their names resolve to every Triton pod, so requests are balanced over all
+    # replicas (a ClusterIP's one gRPC connection reaches one pod), ready ones for the rankers.
+    ready = r.get("Service", f"{RELEASE}-triton-ready")
+    assert env["SCORER_URL"] == f"triton://{RELEASE}-triton-ready:{ready['spec']['ports'][0]['port']}"
+    # The evaluator is Triton's one model controller: it loads what the champion and experiments need on
+    # every replica, those still starting included.
+    pods = r.get("Service", f"{RELEASE}-triton-pods")
     evaluator = r.get("Deployment", f"{RELEASE}-evaluator")
     ev_env = {e["name"]: e.get("value") for e in evaluator["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert ev_env["TRITON_URL"] == env["SCORER_URL"] and "TRITON_URL" not in env
+    assert ev_env["TRITON_URL"] == f"triton://{RELEASE}-triton-pods:{pods['spec']['ports'][0]['port']}"
+    assert "TRITON_URL" not in env
+    for svc, not_ready in ((ready, False), (pods, True)):
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is not_ready
+        assert all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+        assert svc["spec"]["ports"][0]["targetPort"] == "grpc"
+    assert grpc == pods["spec"]["ports"][0]["port"]
 
 
 def test_keda_scales_the_preprocessor_on_its_consumer_lag() -> None:

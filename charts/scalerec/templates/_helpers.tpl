@@ -215,9 +215,15 @@ consistent hashing sees every node.
 {{- join "," $servers -}}
 {{- end -}}
 
-{{/* Service name and gRPC port of Triton, for the ranker's SCORER_URL and the evaluator's TRITON_URL. */}}
+{{/*
+Triton's gRPC address for the ranker's SCORER_URL ("ready") and the evaluator's TRITON_URL ("pods"):
+a headless Service of each, whose name resolves to every pod's address. Through the ClusterIP one
+gRPC connection reaches one pod: the evaluator would load versions on one replica and every ranker
+worker would send all its requests to one. (list $root "ready"|"pods")
+*/}}
 {{- define "scalerec.tritonGrpcUrl" -}}
-{{- printf "triton://%s:%v" (include "scalerec.componentName" (list . "triton")) .Values.components.triton.ports.grpc -}}
+{{- $root := index . 0 -}}
+{{- printf "triton://%s-%s:%v" (include "scalerec.componentName" (list $root "triton")) (index . 1) $root.Values.components.triton.ports.grpc -}}
 {{- end -}}
 
 {{/*
@@ -244,11 +250,11 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- $_ := set $env "MODEL_REPOSITORY" $root.Values.modelRepository.mountPath -}}
 {{- end -}}
 {{- if and (eq $c.name "ranker") $root.Values.components.triton.enabled -}}
-{{- $_ := set $env "SCORER_URL" (include "scalerec.tritonGrpcUrl" $root) -}}
+{{- $_ := set $env "SCORER_URL" (include "scalerec.tritonGrpcUrl" (list $root "ready")) -}}
 {{- end -}}
 {{- /* The evaluator is Triton's one model controller (rankers only follow what it loads). */ -}}
 {{- if and (eq $c.name "evaluator") $root.Values.components.triton.enabled -}}
-{{- $_ := set $env "TRITON_URL" (include "scalerec.tritonGrpcUrl" $root) -}}
+{{- $_ := set $env "TRITON_URL" (include "scalerec.tritonGrpcUrl" (list $root "pods")) -}}
 {{- end -}}
 {{- /* The ranker runs one worker process per CPU it requests (without a CPU limit there is no
      cgroup quota, and WORKERS=0 would start one worker, each with its model, per CPU of the node). */ -}}

@@ -30,7 +30,16 @@ class EvaluatorSettings(ModelRepositorySettings):
         default="",
         description="triton://host:8001 of the Triton the rankers score on. The evaluator is its one model "
         "controller: it loads the champion and the running experiment's versions and unloads the rest "
-        "(rankers only follow). Empty: no Triton (rankers score in process).",
+        "(rankers only follow), on every address the name resolves to (give a headless Service's name "
+        "when Triton has several replicas) or on each of triton://ip:8001,ip:8001. Empty: no Triton "
+        "(rankers score in process).",
+    )
+    triton_repair_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often every Triton replica is checked for the versions it must serve, and given "
+        "those it lacks (a replica restarted or added by the autoscaler starts empty). 0: only at start "
+        "and on changes.",
     )
     unload_grace_s: float = Field(
         default=30.0, ge=0, description="How long a version stays served after it stops being needed."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,16 @@ from scalerec_evaluator.service import Evaluator
 from scalerec_evaluator.serving import ServingController
 
 log = logging.getLogger(__name__)
+
+
+async def _repair_forever(controller: ServingController, interval_s: float) -> None:
+    """Every replica of Triton serving what it must, however it came back (or came)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await controller.repair()
+        except Exception:
+            log.exception("triton: repairing the served versions failed; trying again in %.0f s", interval_s)
 
 
 def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
@@ -69,9 +81,18 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             await controller.reconcile()
         except Exception as exc:
             log.warning("could not bring served versions in line at start (%s); the next change retries", exc)
+        repairs = (
+            asyncio.create_task(_repair_forever(controller, settings.triton_repair_s))
+            if settings.triton_url and settings.triton_repair_s > 0
+            else None
+        )
         try:
             yield
         finally:
+            if repairs is not None:
+                repairs.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await repairs
             for w in workers:
                 await w.stop()
             await controller.close()

@@ -7,6 +7,13 @@ that changes either.  A version about to be needed is loaded *before* rankers ar
 a version no longer needed is unloaded only after ``unload_grace_s``, when every ranker has
 followed the announcement that replaced it.
 
+Triton may run as several replicas: ``TRITON_URL`` names them all (a headless Service's name resolves to
+every pod; the chart's ``<release>-triton-replicas`` publishes pods that are not ready yet too), and each
+replica is controlled on its own: what a ClusterIP's one connection would reach is only one of them.
+The replicas are looked up again on every change and every ``repair_interval_s`` (the evaluator runs
+:meth:`ServingController.repair` in a loop): a replica restarted (explicit model control starts empty)
+or added by the autoscaler gets the needed versions without waiting for the next promotion.
+
 Without ``TRITON_URL`` (embedded deployments: rankers score in process) only the configs are kept.
 """
 
@@ -17,8 +24,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from scalerec_adapters.factory import make_scorer
-from scalerec_adapters.scoring import Scorer, ScorerUnavailable
+from scalerec_adapters.factory import make_scorer, triton_replica_urls
+from scalerec_adapters.scoring import ScorerUnavailable
+from scalerec_adapters.triton_scorer import TritonScorer
 from scalerec_models import repository as repo
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,8 @@ class ServingController:
     ) -> None:
         self.repository = Path(repository)
         self.needed = needed  # the champion and the running experiment's versions, as stored now
-        self.triton: Scorer | None = make_scorer(triton_url, repository=self.repository) if triton_url else None
+        self.triton_url = triton_url
+        self.replicas: dict[str, TritonScorer] = {}  # replica URL -> its controlling client
         self.unload_grace_s = unload_grace_s
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -51,15 +60,49 @@ class ServingController:
             if mine:
                 repo.set_served_versions(self.repository, model, mine)
 
+    async def _replicas(self) -> dict[str, TritonScorer]:
+        """Every Triton replica there is now (looked up again each time); clients of gone ones closed."""
+        if not self.triton_url:
+            return {}
+        try:
+            urls = await asyncio.to_thread(triton_replica_urls, self.triton_url)
+        except OSError as exc:  # the name does not resolve (DNS down, no pod yet): keep what we know
+            log.warning("triton: cannot look up the replicas of %s: %s", self.triton_url, exc)
+            return dict(self.replicas)
+        for gone in set(self.replicas) - set(urls):
+            log.info("triton: replica %s is gone", gone)
+            await self.replicas.pop(gone).close()
+        for url in urls:
+            if url not in self.replicas:
+                triton = make_scorer(url, repository=self.repository)
+                assert isinstance(triton, TritonScorer), url
+                self.replicas[url] = triton
+        return dict(self.replicas)
+
     async def add(self, versions: set[int]) -> None:
-        """Serve ``versions`` too (configs, then Triton), keeping what serves now: call before announcing."""
+        """Serve ``versions`` too (configs, then every Triton replica), keeping what serves now: call before
+        announcing. Raises ``ScorerUnavailable`` (nothing to announce) unless at least one replica serves
+        them; one that failed is logged and gets them from :meth:`repair`."""
         async with self._lock:
             served = set(repo.read_served_versions(self.repository, repo.RANKER_MODEL))
             await asyncio.to_thread(self._write_configs, served | versions)
-            if self.triton is not None:
-                for model in MODELS:
-                    for v in sorted(self._versions(model, versions)):
-                        await self.triton.load(model, v)  # raises ScorerUnavailable: nothing announced then
+            if not self.triton_url:
+                return
+            replicas = await self._replicas()
+            if not replicas:
+                raise ScorerUnavailable(f"triton: no replica of {self.triton_url} found to load {sorted(versions)}")
+            failures: list[str] = []
+            for url, triton in replicas.items():
+                try:
+                    for model in MODELS:
+                        for v in sorted(self._versions(model, versions)):
+                            await triton.load(model, v)
+                except ScorerUnavailable as exc:
+                    failures.append(f"{url}: {exc}")
+            if len(failures) == len(replicas):
+                raise ScorerUnavailable("; ".join(failures))
+            for failure in failures:
+                log.warning("triton: replica not serving the new versions yet (repair retries it): %s", failure)
 
     def settle(self) -> None:
         """After the grace period, serve exactly what is needed then (call after announcing a change)."""
@@ -72,29 +115,50 @@ class ServingController:
         await self.reconcile()
 
     async def reconcile(self) -> None:
+        """Serve exactly what is needed now: configs, then on every replica load it and unload the rest."""
         async with self._lock:
             keep = await asyncio.to_thread(self.needed)
             if not keep:
                 return
             served = set(repo.read_served_versions(self.repository, repo.RANKER_MODEL))
             await asyncio.to_thread(self._write_configs, keep)
-            if self.triton is None:
-                return
-            for model in MODELS:
-                for v in sorted(self._versions(model, keep)):
-                    try:
-                        await self.triton.load(model, v)  # after a Triton restart (explicit mode starts empty)
-                    except ScorerUnavailable as exc:
-                        log.warning("triton: %s", exc)
-                for v in sorted(served - keep):
-                    try:
-                        await self.triton.unload(model, v)
-                    except ScorerUnavailable as exc:
-                        log.info("triton: %s", exc)
+            for url, triton in (await self._replicas()).items():
+                for model in MODELS:
+                    for v in sorted(self._versions(model, keep)):
+                        try:
+                            await triton.load(model, v)  # after a Triton restart (explicit mode starts empty)
+                        except ScorerUnavailable as exc:
+                            log.warning("triton %s: %s", url, exc)
+                    for v in sorted(served - keep):
+                        try:
+                            await triton.unload(model, v)
+                        except ScorerUnavailable as exc:
+                            log.info("triton %s: %s", url, exc)
             log.info("serving versions %s (was %s)", sorted(keep), sorted(served))
+
+    async def repair(self) -> None:
+        """Load what is needed on every replica that lacks it (restarted, or new); unload nothing.
+
+        Unloading stays with :meth:`reconcile` after a change's grace period: between ``add`` and the
+        champion being recorded, a version is served but not yet "needed".
+        """
+        async with self._lock:
+            keep = await asyncio.to_thread(self.needed)
+            if not keep or not self.triton_url:
+                return
+            for url, triton in (await self._replicas()).items():
+                for model in MODELS:
+                    try:
+                        missing = self._versions(model, keep) - await triton.loaded_versions(model)
+                        for v in sorted(missing):
+                            log.info("triton %s: %s version %d is needed and not loaded: loading it", url, model, v)
+                            await triton.load(model, v)
+                    except Exception as exc:  # unreachable, restarting: the next round tries again
+                        log.warning("triton %s: %s", url, exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self.triton is not None:
-            await self.triton.close()
+        for triton in self.replicas.values():
+            await triton.close()
+        self.replicas.clear()
