@@ -123,10 +123,14 @@ def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return error_response(400, "malformed JSON body", errors)
+        kind = request.headers.get("content-type")
+        if not is_json_content_type(kind) and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+            # The body was not read as JSON at all: say so, not that the JSON is of the wrong shape.
+            return unsupported_body(kind)
         fields = ", ".join(sorted({e["field"] for e in errors}))
         return error_response(422, f"invalid request: {fields}", errors)
 
@@ -155,6 +159,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         # A bug must not leak a stack trace; it is logged with the trace id instead.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error; see the service log for this request's trace id")
+
+
+JSON_BODY_REQUIRED = "the body must be JSON: send it with Content-Type: application/json"
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """``application/json`` or a ``+json`` type (parameters such as ``charset`` aside)."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def unsupported_body(content_type: str | None) -> JSONResponse:
+    """415 for a body whose Content-Type is not JSON (FastAPI then does not parse it)."""
+    sent = repr(content_type[:100]) if content_type else "none"
+    message = f"{JSON_BODY_REQUIRED} (Content-Type was {sent})"
+    return error_response(415, message, [{"field": "body", "message": message}])
 
 
 def field_error(status: int, field: str, message: str) -> HTTPException:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from scalerec_collector.config import CollectorSettings
 from scalerec_collector.main import create_app as collector_app
 from scalerec_core.auth import ALL_SCOPES, KeyRing, Scope
@@ -139,3 +140,26 @@ def test_openapi_documents_a_key_on_every_guarded_path_and_routes_solve_nothing_
     route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/recommendations")
     guard = route.dependant.dependencies[0]  # the router's require(Scope.SERVE)
     assert guard.dependencies == []
+
+
+class _Share(BaseModel):
+    share: float
+
+
+def test_a_model_body_sent_without_a_json_content_type_is_a_415_naming_it(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from scalerec_core.http import install_common
+
+    app = FastAPI()
+    install_common(app, CollectorSettings(data_dir=tmp_path, auth="disabled"), service="t")
+
+    @app.post("/things")
+    async def things(body: _Share) -> float:
+        return body.share
+
+    with TestClient(app) as c:
+        r = c.post("/things", content=b'{"share": 0.5}', headers={"content-type": "text/plain"})
+        assert r.status_code == 415 and "'text/plain'" in r.json()["detail"], r.text
+        assert c.post("/things", content=b'{"share": 0.5}', headers={"content-type": "application/json"}).json() == 0.5
+        r = c.post("/things", content=b'{"share": "x"}', headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "share" in r.text  # a JSON body of the wrong shape stays a 422

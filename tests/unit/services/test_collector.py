@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,16 @@ def test_the_collector_benchmark_runs_and_reports() -> None:
     assert "| floor:" in stdout and "| collector:" in stdout
     ratio = float(stdout.rsplit("ratio floor / collector (1.0 = free):", 1)[1].split()[0])
     assert 0 < ratio <= 2, stdout
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None, "application/x-www-form-urlencoded"])
+def test_a_json_body_sent_as_another_type_is_a_415_saying_so(client: TestClient, content_type: str | None) -> None:
+    body = json.dumps({"events": [_event(1)]}).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/v1/events", content=body, headers=headers)
+    assert r.status_code == 415, r.text
+    assert "Content-Type: application/json" in r.json()["detail"]
+    assert (
+        client.post("/v1/events", content=body, headers={"content-type": "application/json; charset=utf-8"}).status_code
+        == 202
+    )

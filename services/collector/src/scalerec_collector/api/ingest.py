@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel, Field, PlainValidator, TypeAdapter, ValidationError
 from scalerec_adapters.bus import OutgoingMessage, Producer
-from scalerec_core.http import field_error, validation_errors
+from scalerec_core.http import JSON_BODY_REQUIRED, field_error, validation_errors
 from scalerec_core.telemetry import inject_headers, meter, tracer
 from scalerec_events.models import Event, Item
 
@@ -83,6 +83,8 @@ def split_valid(
     would refuse it after the elements before it were already appended, and the caller would get a
     503 for a batch that was partly accepted.
     """
+    if isinstance(payload, bytes | str):  # FastAPI passes the raw body when its Content-Type is not JSON
+        raise field_error(415, "body", JSON_BODY_REQUIRED)
     if not isinstance(payload, dict) or key not in payload:
         raise field_error(422, "body", f"body must be an object with a '{key}' list")
     elements = payload[key]

@@ -37,6 +37,7 @@ _EXAMPLE = {
     responses={
         400: {"description": "Malformed JSON"},
         413: {"description": "Batch or body too large"},
+        415: {"description": "The body's Content-Type is not JSON"},
         422: {"description": "Every event was invalid (each error names its field)"},
         503: {"description": "Bus unavailable; nothing was accepted, retry"},
     },

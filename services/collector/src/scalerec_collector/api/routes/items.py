@@ -35,6 +35,7 @@ _EXAMPLE = {
     responses={
         400: {"description": "Malformed JSON"},
         413: {"description": "Batch or body too large, or every item too large for the bus"},
+        415: {"description": "The body's Content-Type is not JSON"},
         422: {"description": "Every item was invalid (each error names its field)"},
         503: {"description": "Bus unavailable; nothing was accepted, retry"},
     },
