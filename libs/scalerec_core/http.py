@@ -320,14 +320,30 @@ _OPEN_PATHS = frozenset(
 )
 
 
-def _caller_key(headers: Mapping[bytes, bytes]) -> str | None:
-    key = headers.get(b"x-api-key")
-    if key:
-        return key.decode("latin-1")
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return None
+class _AmbiguousKey(Exception):
+    """More than one credential in one request."""
+
+
+def _caller_key(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The API key of a request (X-API-Key, or Authorization: Bearer), None without one.
+
+    Raises :class:`_AmbiguousKey` for two X-API-Key or two Authorization headers, or an X-API-Key and
+    a bearer token that differ: which one counts could differ between this service and a proxy or
+    gateway in front of it that reads the first, so neither does."""
+    api_key = auth = None
+    for name, value in headers:
+        if name == b"x-api-key" and value:
+            if api_key is not None:
+                raise _AmbiguousKey
+            api_key = value.decode("latin-1")
+        elif name == b"authorization":
+            if auth is not None:
+                raise _AmbiguousKey
+            auth = value.decode("latin-1")
+    bearer = auth[7:].strip() if auth is not None and auth[:7].lower() == "bearer " else None
+    if api_key is not None and bearer is not None and bearer != api_key:
+        raise _AmbiguousKey
+    return api_key if api_key is not None else bearer
 
 
 class _Guard:
@@ -354,7 +370,15 @@ class _Guard:
         address = client[0] if client else "unknown"
         caller = address
         if self.keys is not None:
-            principal = self.keys.verify(_caller_key(dict(scope.get("headers") or ())))
+            try:
+                principal = self.keys.verify(_caller_key(scope.get("headers") or ()))
+            except _AmbiguousKey:
+                response = error_response(
+                    401, "more than one API key in the request: send one X-API-Key or one Authorization: Bearer"
+                )
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
             if principal is None:
                 wait = self.failures.wait_seconds(f"auth-failure:{address}")
                 if wait:

@@ -163,3 +163,25 @@ def test_a_model_body_sent_without_a_json_content_type_is_a_415_naming_it(tmp_pa
         assert c.post("/things", content=b'{"share": 0.5}', headers={"content-type": "application/json"}).json() == 0.5
         r = c.post("/things", content=b'{"share": "x"}', headers={"content-type": "application/json"})
         assert r.status_code == 422 and "share" in r.text  # a JSON body of the wrong shape stays a 422
+
+
+def test_a_request_with_more_than_one_key_is_refused(tmp_path: Path) -> None:
+    """Which of two keys counts could differ between a proxy that reads the first and this service:
+    neither counts. One key sent both ways, or a proxy's own Basic credentials beside the key, is fine."""
+    settings = CollectorSettings(data_dir=tmp_path, api_keys="k1:admin,k2:serve")
+    with TestClient(collector_app(settings)) as c:
+        for headers in (
+            [("X-API-Key", "nope"), ("X-API-Key", "k1")],
+            [("X-API-Key", "k1"), ("X-API-Key", "nope")],
+            [("X-API-Key", "k2"), ("Authorization", "Bearer k1")],
+            [("Authorization", "Bearer k1"), ("Authorization", "Bearer k2")],
+        ):
+            r = c.get("/v1/nothing", headers=headers)
+            assert r.status_code == 401 and "more than one API key" in r.json()["detail"], (headers, r.text)
+        # Let in (then 404: the collector has no such route) when the one key is clear.
+        for headers in (
+            [("X-API-Key", "k1"), ("Authorization", "Bearer k1")],
+            [("X-API-Key", "k1"), ("Authorization", "Basic Zm9vOmJhcg==")],
+            [("Authorization", "Bearer k1")],
+        ):
+            assert c.get("/v1/nothing", headers=headers).status_code == 404, headers
