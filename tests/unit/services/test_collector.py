@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from scalerec_collector.config import CollectorSettings
@@ -347,3 +349,50 @@ def test_a_json_body_sent_as_another_type_is_a_415_saying_so(client: TestClient,
         client.post("/v1/events", content=body, headers={"content-type": "application/json; charset=utf-8"}).status_code
         == 202
     )
+
+
+def _slowed(client: TestClient, fail_first: bool = False) -> list[int]:
+    """The bus producer made slow (so that concurrent requests overlap), the first append failing if asked;
+    returns the sizes of the batches appended."""
+    producer = client.app.state.producer  # type: ignore[attr-defined]
+    send_batch = producer.send_batch
+    sent: list[int] = []
+
+    async def slow(topic: str, messages: Any) -> Any:
+        await asyncio.sleep(0.2)
+        if fail_first and not sent:
+            sent.append(0)
+            raise ConnectionError("the bus is away")
+        sent.append(len(messages))
+        return await send_batch(topic, messages)
+
+    producer.send_batch = slow
+    return sent
+
+
+async def _post_concurrently(client: TestClient, body: dict[str, Any], n: int) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=client.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers={"X-API-Key": "k1"}) as http:
+        return await asyncio.gather(*(http.post("/v1/events", json=body) for _ in range(n)))
+
+
+def test_the_same_batch_sent_concurrently_is_accepted_and_published_once(client: TestClient) -> None:
+    """A client that retries before its first try was answered: one request publishes, the others wait for
+    it and report duplicates, so the bus gets each event once and the answers add up to the batch."""
+    sent = _slowed(client)
+    body = {"events": [_event(i) for i in range(8)]}
+    answers = client.portal.call(_post_concurrently, client, body, 10)  # type: ignore[union-attr]
+    assert all(a.status_code == 202 for a in answers)
+    assert sum(a.json()["accepted"] for a in answers) == 8
+    assert sum(a.json()["duplicates"] for a in answers) == 72
+    assert sent == [8] and _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 8
+
+
+def test_a_concurrent_copy_publishes_the_batch_when_the_first_try_fails(client: TestClient) -> None:
+    sent = _slowed(client, fail_first=True)
+    body = {"events": [_event(i) for i in range(8)]}
+    answers = client.portal.call(_post_concurrently, client, body, 2)  # type: ignore[union-attr]
+    assert sorted(a.status_code for a in answers) == [202, 503]
+    accepted = next(a for a in answers if a.status_code == 202).json()
+    assert accepted["accepted"] == 8 and accepted["duplicates"] == 0
+    assert sent == [0, 8] and _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 8

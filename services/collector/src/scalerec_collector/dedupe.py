@@ -7,7 +7,10 @@ acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from scalerec_events.models import Event
 
@@ -18,12 +21,41 @@ def dedupe_key(event: Event) -> str:
 
 
 class RecentIds:
+    """Keys of events published lately, and of those being published now.
+
+    A request whose events another request of this process is publishing at the same moment (a client
+    that retried before its first try was answered) waits for that one's outcome instead of publishing
+    them a second time: sent, they are duplicates; refused (503), they are its own to send.
+    """
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
+        self._publishing: dict[str, asyncio.Future[None]] = {}
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._ids
+
+    def publishing(self, key: str) -> asyncio.Future[None] | None:
+        """Done once the request publishing ``key`` now has its answer; None when none is."""
+        return self._publishing.get(key) if self.capacity > 0 else None
+
+    @contextmanager
+    def claim(self, keys: list[str]) -> Iterator[None]:
+        """Mark ``keys`` as being published for the body's duration (those waiting on them wake after)."""
+        if self.capacity <= 0:
+            yield
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._publishing[key] = done
+        try:
+            yield
+        finally:
+            for key in keys:
+                if self._publishing.get(key) is done:
+                    del self._publishing[key]
+            done.set_result(None)
 
     def add_all(self, ids: list[str]) -> None:
         if self.capacity <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Body, status
@@ -57,18 +58,27 @@ async def post_events(
     events, errors = split_valid(payload, "events", Event, settings.max_batch_events, "event_id")
     if not events:
         raise reject_all(errors, "event")
-    fresh: list[Event] = []
-    keys: dict[str, None] = {}  # the fresh events' keys, in order
-    for event in events:
-        # Per user, as the preprocessor dedupes: one event id sent for two users is two events.
-        key = dedupe_key(event)
-        if key in recent or key in keys:
-            continue
-        keys[key] = None
-        fresh.append(event)
+    while True:
+        fresh: list[Event] = []
+        keys: dict[str, None] = {}  # the fresh events' keys, in order
+        others: set[asyncio.Future[None]] = set()  # requests publishing some of these events right now
+        for event in events:
+            # Per user, as the preprocessor dedupes: one event id sent for two users is two events.
+            key = dedupe_key(event)
+            if key in recent or key in keys:
+                continue
+            if (publishing := recent.publishing(key)) is not None:
+                others.add(publishing)
+                continue
+            keys[key] = None
+            fresh.append(event)
+        if not others:
+            break
+        await asyncio.wait(others)  # then sorted again: sent by them (duplicates), or refused (ours to send)
     if fresh:
-        await publish(producer, settings.topic(Topic.EVENTS_RAW), fresh, lambda e: e.user_id, "events")
-        recent.add_all(list(keys))
+        with recent.claim(list(keys)):
+            await publish(producer, settings.topic(Topic.EVENTS_RAW), fresh, lambda e: e.user_id, "events")
+            recent.add_all(list(keys))
     return IngestResult(
         accepted=len(fresh), duplicates=len(events) - len(fresh), rejected=len({e.index for e in errors}), errors=errors
     )
