@@ -241,7 +241,11 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- $_ := set $env "BUS_URL" (printf "kafka://%s?replication_factor=%v&min_insync_replicas=%v&compression_type=%s" . (int $k.replicationFactor) (int $k.minInsyncReplicas) $k.compression) -}}
 {{- end -}}
 {{- with tpl (toString $root.Values.hbase.thrift) $root -}}
-{{- $_ := set $env "STORE_URL" (printf "hbase://%s?pool=%v" . $root.Values.hbase.pool) -}}
+{{- $url := printf "hbase://%s?pool=%v" . $root.Values.hbase.pool -}}
+{{- if eq $c.name "ranker" -}}
+{{- $url = printf "%s&timeout_ms=%v" $url (int $root.Values.hbase.rankerTimeoutMs) -}}
+{{- end -}}
+{{- $_ := set $env "STORE_URL" $url -}}
 {{- end -}}
 {{- with include "scalerec.memcachedServers" $root -}}
 {{- $_ := set $env "CACHE_URL" (printf "memcached://%s" .) -}}
