@@ -59,8 +59,9 @@ helm:
 	@scripts/helm/install-helm.sh >/dev/null
 
 # Debian tools the tests and benchmarks drive: wrk as the HTTP load generator (benchmarks), chromium to
-# render the HTML report in a real browser (tests/e2e/test_report_browser.py, through Playwright).
-DEBIAN_TOOLS := wrk chromium
+# render the HTML report in a real browser (tests/e2e/test_report_browser.py, through Playwright), rclone to
+# run the chart's model-repository sync sidecar (tests/charts/test_model_sync.py).
+DEBIAN_TOOLS := wrk chromium rclone
 tools:
 	@for pkg in $(DEBIAN_TOOLS); do command -v $$pkg >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y -qq $$pkg >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq $$pkg >/dev/null; }; } \

@@ -393,7 +393,7 @@ finished Job's last version or a promotion is not lost. (list $root $c)
 {{- $dir := $root.Values.modelRepository.mountPath -}}
 {{- $upload := eq $c.modelRepositoryAccess "write" -}}
 {{- /* Writers (trainer, evaluator) also read what the others wrote (versions, champion): two-way copy, newer file wins. */ -}}
-{{- $cmd := ternary (printf "rclone copy --update \"$REMOTE\" %s && rclone copy --update %s \"$REMOTE\"" $dir $dir) (printf "rclone sync \"$REMOTE\" %s" $dir) $upload -}}
+{{- $pull := ternary (printf "rclone copy --update \"$REMOTE\" %s" $dir) (printf "rclone sync \"$REMOTE\" %s" $dir) $upload -}}
 - name: model-sync
   image: "{{ $os.image.repository }}:{{ $os.image.tag }}"
   imagePullPolicy: {{ $os.image.pullPolicy }}
@@ -401,10 +401,16 @@ finished Job's last version or a promotion is not lost. (list $root $c)
   command: ["/bin/sh", "-c"]
   args:
     - |
+      {{- /* rclone's exit status 3 is "directory not found": a fresh bucket (or prefix) with nothing in
+      it yet. That is an empty repository, not a failure: otherwise the first sync never succeeds, the
+      marker is never written, and on a fresh install no pod (not even the trainer, the one that would
+      write the first version) ever starts. */}}
+      pull() { {{ $pull }}; status=$?; [ "$status" -eq 0 ] || [ "$status" -eq 3 ]; }
+      sync_once() { pull{{ if $upload }} && rclone copy --update {{ $dir }} "$REMOTE"{{ end }}; }
       {{- /* sh as PID 1 ignores SIGTERM unless trapped; the uploader flushes once more first. */}}
-      trap '{{ if $upload }}{{ $cmd }}; {{ end }}exit 0' TERM
+      trap '{{ if $upload }}sync_once; {{ end }}exit 0' TERM
       while true; do
-        {{ $cmd }} && touch /tmp/synced || echo "model sync failed, retrying" >&2
+        sync_once && touch /tmp/synced || echo "model sync failed, retrying" >&2
         sleep {{ $os.intervalSeconds }} & wait $!
       done
   env:
