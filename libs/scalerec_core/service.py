@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import math
 import multiprocessing
@@ -18,7 +19,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from scalerec_core.logging import configure_logging
 from scalerec_core.settings import ServiceSettings
@@ -91,6 +92,27 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
         factory=factory,
         workers=workers if factory and workers > 1 else None,
         **_uvicorn_options(log_level, keep_alive_s),
+    )
+
+
+class _ServedSettings(Protocol):
+    host: str
+    port: int
+    log_level: str
+    http_keep_alive_s: float
+
+
+def serve_service(factory: str, settings: _ServedSettings, workers: int = 1) -> None:
+    """``python -m scalerec_<service>``: the app ``factory`` (``"module:create_app"``) builds from ``settings``,
+    served on their host and port with their keep-alive, in ``workers`` processes (each imports the
+    factory and builds its own app from the same environment) or, for one, built here."""
+    if workers > 1:
+        serve(factory, settings.host, settings.port, settings.log_level, workers, settings.http_keep_alive_s)
+        return
+    module, _, name = factory.partition(":")
+    create_app = getattr(importlib.import_module(module), name)
+    serve(
+        create_app(settings), settings.host, settings.port, settings.log_level, keep_alive_s=settings.http_keep_alive_s
     )
 
 

@@ -1,4 +1,4 @@
-"""``python -m scalerec_<service>``: every service hands its HTTP settings to ``serve``.
+"""``python -m scalerec_<service>``: every service hands its HTTP settings to ``serve`` (through ``serve_service``).
 
 ``serve`` itself (uvicorn with that keep-alive, one process or several) is run for real in
 tests/unit/libs/test_service_workers.py; here each entry point's ``main`` runs with ``serve`` recorded.
@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from scalerec_core import service as core_service
 from scalerec_core.settings import ServiceSettings
 
 SERVICES = ["collector", "preprocessor", "trainer", "ranker", "evaluator"]
@@ -27,7 +28,7 @@ def _run_main(service: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     ) -> None:
         calls.append({"app": app, "host": host, "port": port, "workers": workers, "keep_alive_s": keep_alive_s})
 
-    monkeypatch.setattr(entry, "serve", serve)
+    monkeypatch.setattr(core_service, "serve", serve)
     entry.get_settings.cache_clear()  # settings are read once per process: read them from this environment
     try:
         entry.main()

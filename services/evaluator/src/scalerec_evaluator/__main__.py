@@ -1,16 +1,12 @@
 """``python -m scalerec_evaluator``: run the evaluator alone."""
 
-from scalerec_core.service import serve
+from scalerec_core.service import serve_service
 
 from scalerec_evaluator.config import get_settings
-from scalerec_evaluator.main import create_app
 
 
 def main() -> None:
-    settings = get_settings()
-    serve(
-        create_app(settings), settings.host, settings.port, settings.log_level, keep_alive_s=settings.http_keep_alive_s
-    )
+    serve_service("scalerec_evaluator.main:create_app", get_settings())
 
 
 if __name__ == "__main__":

@@ -1,16 +1,12 @@
 """``python -m scalerec_trainer``: run the trainer alone."""
 
-from scalerec_core.service import serve
+from scalerec_core.service import serve_service
 
 from scalerec_trainer.config import get_settings
-from scalerec_trainer.main import create_app
 
 
 def main() -> None:
-    settings = get_settings()
-    serve(
-        create_app(settings), settings.host, settings.port, settings.log_level, keep_alive_s=settings.http_keep_alive_s
-    )
+    serve_service("scalerec_trainer.main:create_app", get_settings())
 
 
 if __name__ == "__main__":
