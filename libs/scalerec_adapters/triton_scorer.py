@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 # gRPC status codes (as tritonclient reports them) worth one immediate retry: the server
 # is restarting, a version is between unload and load, or the queue is momentarily full.
 _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
+# Retried too: with several replicas (round_robin), NOT_FOUND may come from one that is new or has just
+# restarted and has not been given the model yet (the evaluator's repair does, within TRITON_REPAIR_S),
+# while the retry goes to the next replica. Without the retry, one such answer sent every request of the
+# ranker worker to its in-process fallback until a reload found the model on whichever replica it asked.
+_RETRIED = _TRANSIENT | {"StatusCode.NOT_FOUND"}
 # Codes that say nothing about the server's health (caller's input, a model that is not
 # loaded): they raise ScorerUnavailable but do not open the breaker for every model.
 _NOT_SERVER_FAILURES = {"StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"}
@@ -335,7 +340,7 @@ class TritonScorer(Scorer):
             return await retry_async(
                 attempt,
                 attempts=1 + self.retries,
-                retry_on=lambda exc: _status(exc) in _TRANSIENT,
+                retry_on=lambda exc: _status(exc) in _RETRIED,
                 deadline=deadline,
             )
 

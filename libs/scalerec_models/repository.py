@@ -89,6 +89,7 @@ __all__ = [
     "RANKER_MODEL",
     "SERVING_CONTRACTS",
     "USER_TOWER_MODEL",
+    "VERSION_MODELS_KEY",
     "ModelRepositoryError",
     "ServingOptions",
     "TensorSpec",
@@ -151,23 +152,41 @@ def read_card(repository: Path, model: str, version: int) -> dict[str, Any]:
         raise ModelRepositoryError(f"{model} version {version}: no {CARD_FILE} at {path}") from None
 
 
-def version_arrived(repository: Path, model: str, version: int) -> bool:
-    """Whether ``version`` of ``model`` is all here: its card, and every file the card's digests name.
+# The card's key listing every model a training run wrote under the version (the trainer sets it):
+# a version has arrived only when each of them has.
+VERSION_MODELS_KEY = "version_models"
 
-    Where the repository is a mirror of object storage (the chart's ``modelRepository.type=objectStorage``),
-    an announcement can come before the sync loops have copied the version: readers wait for this instead
-    of failing on a card or file that is still on its way.  Sizes and digests are checked when the
-    version is served (``integrity.verify_files``), not here.
-    """
+
+def _arrived_card(repository: Path, model: str, version: int) -> dict[str, Any] | None:
+    """``model``'s card for ``version`` when it and every file its digests name are here, else None."""
     folder = _model_dir(repository, model) / str(version)
     try:
         card = json.loads((folder / CARD_FILE).read_text())
     except (OSError, ValueError):  # not copied yet, or half-copied
+        return None
+    if not isinstance(card, dict):
+        return None
+    digests = card.get(DIGESTS_KEY)
+    if isinstance(digests, dict) and not all((folder / name).is_file() for name in digests):
+        return None
+    return card  # a card without digests: nothing to wait for (serving refuses it)
+
+
+def version_arrived(repository: Path, model: str, version: int) -> bool:
+    """Whether ``version`` of ``model`` is all here: its card, every file the card's digests name, and the
+    same for every other model the card says the run wrote (``VERSION_MODELS_KEY``: the user tower).
+
+    Where the repository is a mirror of object storage (the chart's ``modelRepository.type=objectStorage``),
+    an announcement can come before the sync loops have copied the version, and a mirror copies files in
+    any order (the ranker's folder may be complete while the tower's is not): readers wait for this
+    instead of failing on a card or file that is still on its way.  Sizes and digests are checked when the
+    version is served (``integrity.verify_files``), not here.
+    """
+    card = _arrived_card(repository, model, version)
+    if card is None:
         return False
-    digests = card.get(DIGESTS_KEY) if isinstance(card, dict) else None
-    if not isinstance(digests, dict):
-        return True  # nothing to wait for; serving refuses a card without digests
-    return all((folder / name).is_file() for name in digests)
+    others = card.get(VERSION_MODELS_KEY, ())
+    return all(_arrived_card(repository, m, version) is not None for m in others if isinstance(m, str) and m != model)
 
 
 # How long after its announcement a version that has not arrived is waited for (object storage's sync

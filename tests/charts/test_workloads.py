@@ -188,6 +188,21 @@ def test_ranker_scores_through_tritons_grpc_service() -> None:
     assert grpc == pods["spec"]["ports"][0]["port"]
 
 
+def test_tritons_headless_service_names_fit_in_63_characters() -> None:
+    name = "r" * 53  # the longest release name Helm allows
+    r = render(["--set", f"fullnameOverride={name}", "--set", "components.triton.enabled=true"])
+    headless = [s for s in r.of_kind("Service") if s["spec"].get("clusterIP") == "None"]
+    assert {s["metadata"]["name"].rsplit("-", 1)[1] for s in headless} >= {"ready", "pods"}
+    assert all(len(s["metadata"]["name"]) <= 63 for s in headless), [s["metadata"]["name"] for s in headless]
+    urls = {
+        e["value"]
+        for d in r.of_kind("Deployment")
+        for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        if e["name"] in ("SCORER_URL", "TRITON_URL")
+    }
+    assert urls == {f"triton://{s['metadata']['name']}:8001" for s in headless}
+
+
 def test_keda_scales_the_preprocessor_on_its_consumer_lag() -> None:
     r = rendered("prod-gpu")
     (so,) = r.of_kind("ScaledObject")

@@ -223,7 +223,14 @@ worker would send all its requests to one. (list $root "ready"|"pods")
 */}}
 {{- define "scalerec.tritonGrpcUrl" -}}
 {{- $root := index . 0 -}}
-{{- printf "triton://%s-%s:%v" (include "scalerec.componentName" (list $root "triton")) (index . 1) $root.Values.components.triton.ports.grpc -}}
+{{- printf "triton://%s:%v" (include "scalerec.tritonHeadlessName" .) $root.Values.components.triton.ports.grpc -}}
+{{- end -}}
+
+{{/* Name of one of Triton's headless Services, within a Service name's 63 characters. (list $root "ready"|"pods") */}}
+{{- define "scalerec.tritonHeadlessName" -}}
+{{- $set := index . 1 -}}
+{{- $base := include "scalerec.componentName" (list (index . 0) "triton") | trunc (int (sub 62 (len $set))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $base $set -}}
 {{- end -}}
 
 {{/*
@@ -405,7 +412,11 @@ finished Job's last version or a promotion is not lost. (list $root $c)
       it yet. That is an empty repository, not a failure: otherwise the first sync never succeeds, the
       marker is never written, and on a fresh install no pod (not even the trainer, the one that would
       write the first version) ever starts. */}}
-      pull() { {{ $pull }}; status=$?; [ "$status" -eq 0 ] || [ "$status" -eq 3 ]; }
+      pull() {
+        {{ $pull }}; status=$?
+        [ "$status" -eq 3 ] && echo "model sync: nothing at $REMOTE yet (rclone: directory not found): an empty repository; check the remote if one should be there" >&2
+        [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
+      }
       sync_once() { pull{{ if $upload }} && rclone copy --update {{ $dir }} "$REMOTE"{{ end }}; }
       {{- /* sh as PID 1 ignores SIGTERM unless trapped; the uploader flushes once more first. */}}
       trap '{{ if $upload }}sync_once; {{ end }}exit 0' TERM

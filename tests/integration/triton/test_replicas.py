@@ -87,6 +87,10 @@ async def test_every_replica_is_controlled_repaired_and_scores(tmp_path: Path, m
             except InferenceServerException:
                 assert time.monotonic() < deadline, "the restarted replica never answered"
                 await asyncio.sleep(0.5)
+        # Until the repair: half of the ranker's requests reach the empty replica (NOT_FOUND), and are sent
+        # once more, to the other one: none falls back.
+        for _ in range(10):
+            assert (await ranker.infer(RANKER_MODEL, 1, inputs, ["scores"]))["scores"].shape == (1, 30)
         await controller.repair()  # what the evaluator runs every TRITON_REPAIR_S
         assert await replicas[1].loaded_versions(RANKER_MODEL) == {1}
         assert await replicas[1].loaded_versions(USER_TOWER_MODEL) == {1}

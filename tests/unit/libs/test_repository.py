@@ -419,8 +419,21 @@ def test_a_version_has_arrived_only_with_its_card_and_every_file_it_names(tmp_pa
     shutil.copytree(written / "m" / "1", mirror / "m" / "1")
     assert repo.version_arrived(mirror, "m", 1)
 
+    # A version of two models (the trainer lists them in the card): here only when both are.
+    tower = _scorer_onnx(tmp_path / "tower.onnx", seed=1)
+    card = {repo.VERSION_MODELS_KEY: ["t", "m"]}
+    write_model_version(written, "t", tower, card=card, version=2)
+    write_model_version(written, "m", _scorer_onnx(tmp_path / "m2.onnx"), card=card, version=2)
+    shutil.copytree(written / "m" / "2", mirror / "m" / "2")
+    assert not repo.version_arrived(mirror, "m", 2)  # the mirror copied m's folder first
+    (mirror / "t" / "2").mkdir(parents=True)
+    shutil.copy(written / "t" / "2" / repo.CARD_FILE, mirror / "t" / "2")
+    assert not repo.version_arrived(mirror, "m", 2)  # the tower's card, not its model yet
+    shutil.copytree(written / "t" / "2", mirror / "t" / "2", dirs_exist_ok=True)
+    assert repo.version_arrived(mirror, "m", 2)
+
     now = datetime.now(UTC)
     assert not repo.still_arriving(mirror, "m", 1, now)  # here: nothing to wait for
-    assert repo.still_arriving(mirror, "m", 2, now)  # announced just now, not here yet
+    assert repo.still_arriving(mirror, "m", 3, now)  # announced just now, not here yet
     late = now - timedelta(seconds=repo.WAIT_FOR_ARRIVAL_S + 1)
-    assert not repo.still_arriving(mirror, "m", 2, late)  # waited long enough: fail as before
+    assert not repo.still_arriving(mirror, "m", 3, late)  # waited long enough: fail as before

@@ -44,3 +44,12 @@ async def test_the_channel_is_made_again_after_refresh_seconds_and_the_old_one_c
     await asyncio.sleep(1.3)  # the longest call it could carry (load_timeout) and a second
     assert first not in scorer._retired
     await scorer.close()
+
+
+def test_the_evaluator_refuses_a_bad_triton_url_at_start_not_at_a_promotion(tmp_path: object) -> None:
+    from scalerec_evaluator.serving import ServingController
+
+    with pytest.raises(ValueError, match="timout"):
+        ServingController(tmp_path, set, triton_url="triton://127.0.0.1:8001?timout=1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="headless Service"):
+        ServingController(tmp_path, set, triton_url="triton://triton-a:8001,triton-b:8001")  # type: ignore[arg-type]

@@ -25,19 +25,20 @@ class RecentIds:
 
     A request whose events another request of this process is publishing at the same moment (a client
     that retried before its first try was answered) waits for that one's outcome instead of publishing
-    them a second time: sent, they are duplicates; refused (503), they are its own to send.
+    them a second time: sent, they are duplicates; refused (the bus unavailable), it is refused too, at
+    the same moment — not queued for a try of its own after the first one's timeout.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
-        self._publishing: dict[str, asyncio.Future[None]] = {}
+        self._publishing: dict[str, asyncio.Future[bool]] = {}
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._ids
 
-    def publishing(self, key: str) -> asyncio.Future[None] | None:
-        """Done once the request publishing ``key`` now has its answer; None when none is."""
+    def publishing(self, key: str) -> asyncio.Future[bool] | None:
+        """Done once the request publishing ``key`` now has its answer (True: published); None when none is."""
         return self._publishing.get(key) if self.capacity > 0 else None
 
     @contextmanager
@@ -46,16 +47,18 @@ class RecentIds:
         if self.capacity <= 0:
             yield
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         for key in keys:
             self._publishing[key] = done
+        published = False
         try:
             yield
+            published = True
         finally:
             for key in keys:
                 if self._publishing.get(key) is done:
                     del self._publishing[key]
-            done.set_result(None)
+            done.set_result(published)
 
     def add_all(self, ids: list[str]) -> None:
         if self.capacity <= 0:

@@ -46,6 +46,10 @@ class ServingController:
         self.repository = Path(repository)
         self.needed = needed  # the champion and the running experiment's versions, as stored now
         self.triton_url = triton_url
+        if triton_url:
+            make_scorer(
+                triton_url, repository=self.repository
+            )  # a bad URL or option fails at start, not at a promotion
         self.replicas: dict[str, TritonScorer] = {}  # replica URL -> its controlling client
         self.unload_grace_s = unload_grace_s
         self._lock = asyncio.Lock()

@@ -25,7 +25,7 @@ from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
 from scalerec_models.bundle import CANDIDATE_GRAPH_FILES
 from scalerec_models.runtime import NEIGHBORS_FILE, NEIGHBOURS_PER_ITEM
-from scalerec_models.versions import allocate_version, prune_versions
+from scalerec_models.versions import RUN_MODELS, allocate_version, prune_versions
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
 
@@ -202,6 +202,8 @@ def _write_version(
             "warm_start_version": champion,
             "trained_at": datetime.now(UTC).isoformat(),
             "train_seconds": round(time.perf_counter() - started, 2),
+            # Readers of a mirrored repository wait for every one of them (repository.version_arrived).
+            repo.VERSION_MODELS_KEY: list(RUN_MODELS),
         }
         extras = {path.name: path for name, path in files.items() if name not in ("ranker", "user_tower")}
         # The candidate graphs are the ranker's (in-process scoring of its version): not copied to the tower.

@@ -83,7 +83,7 @@ def split_valid(
     would refuse it after the elements before it were already appended, and the caller would get a
     503 for a batch that was partly accepted.
     """
-    if isinstance(payload, bytes | str):  # FastAPI passes the raw body when its Content-Type is not JSON
+    if isinstance(payload, bytes):  # FastAPI passes the raw body when its Content-Type is not JSON
         raise field_error(415, "body", JSON_BODY_REQUIRED)
     if not isinstance(payload, dict) or key not in payload:
         raise field_error(422, "body", f"body must be an object with a '{key}' list")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Body, status
+from fastapi import APIRouter, Body, HTTPException, status
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import Event
 from scalerec_events.topics import Topic
@@ -61,7 +61,7 @@ async def post_events(
     while True:
         fresh: list[Event] = []
         keys: dict[str, None] = {}  # the fresh events' keys, in order
-        others: set[asyncio.Future[None]] = set()  # requests publishing some of these events right now
+        others: set[asyncio.Future[bool]] = set()  # requests publishing some of these events right now
         for event in events:
             # Per user, as the preprocessor dedupes: one event id sent for two users is two events.
             key = dedupe_key(event)
@@ -74,7 +74,16 @@ async def post_events(
             fresh.append(event)
         if not others:
             break
-        await asyncio.wait(others)  # then sorted again: sent by them (duplicates), or refused (ours to send)
+        await asyncio.wait(others)
+        if not all(other.result() for other in others):
+            # The bus refused the copy being published: refused here too, now (the client retries both).
+            raise HTTPException(
+                503,
+                "event bus unavailable, nothing of this batch was accepted; retry "
+                "(a copy of these events sent at the same time was refused)",
+                headers={"Retry-After": "1"},
+            )
+        # Sorted again: what they published is now a duplicate.
     if fresh:
         with recent.claim(list(keys)):
             await publish(producer, settings.topic(Topic.EVENTS_RAW), fresh, lambda e: e.user_id, "events")
