@@ -76,6 +76,7 @@ bench: venv tools
 	$(BIN)/python benchmarks/ranker_gc_pauses.py
 	$(BIN)/python benchmarks/telemetry_cost.py
 	$(BIN)/python benchmarks/accept_balance.py
+	$(BIN)/python benchmarks/triton_client.py
 	$(STACK) up kafka hbase thrift
 	$(BIN)/python benchmarks/ingest_throughput.py
 
