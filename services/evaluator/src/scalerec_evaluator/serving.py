@@ -95,14 +95,19 @@ class ServingController:
             replicas = await self._replicas()
             if not replicas:
                 raise ScorerUnavailable(f"triton: no replica of {self.triton_url} found to load {sorted(versions)}")
-            failures: list[str] = []
-            for url, triton in replicas.items():
+
+            async def load_on(url: str, triton: TritonScorer) -> str | None:
                 try:
                     for model in MODELS:
                         for v in sorted(self._versions(model, versions)):
                             await triton.load(model, v)
                 except ScorerUnavailable as exc:
-                    failures.append(f"{url}: {exc}")
+                    return f"{url}: {exc}"
+                return None
+
+            # Side by side: one replica that is slow or unreachable delays the promotion by its own time only.
+            outcomes = await asyncio.gather(*(load_on(url, triton) for url, triton in replicas.items()))
+            failures = [failure for failure in outcomes if failure is not None]
             if len(failures) == len(replicas):
                 raise ScorerUnavailable("; ".join(failures))
             for failure in failures:
@@ -126,7 +131,8 @@ class ServingController:
                 return
             served = set(repo.read_served_versions(self.repository, repo.RANKER_MODEL))
             await asyncio.to_thread(self._write_configs, keep)
-            for url, triton in (await self._replicas()).items():
+
+            async def settle_on(url: str, triton: TritonScorer) -> None:
                 for model in MODELS:
                     for v in sorted(self._versions(model, keep)):
                         try:
@@ -138,6 +144,8 @@ class ServingController:
                             await triton.unload(model, v)
                         except ScorerUnavailable as exc:
                             log.info("triton %s: %s", url, exc)
+
+            await asyncio.gather(*(settle_on(url, triton) for url, triton in (await self._replicas()).items()))
             log.info("serving versions %s (was %s)", sorted(keep), sorted(served))
 
     async def repair(self) -> None:
@@ -150,7 +158,8 @@ class ServingController:
             keep = await asyncio.to_thread(self.needed)
             if not keep or not self.triton_url:
                 return
-            for url, triton in (await self._replicas()).items():
+
+            async def repair_on(url: str, triton: TritonScorer) -> None:
                 for model in MODELS:
                     try:
                         missing = self._versions(model, keep) - await triton.loaded_versions(model)
@@ -159,6 +168,8 @@ class ServingController:
                             await triton.load(model, v)
                     except Exception as exc:  # unreachable, restarting: the next round tries again
                         log.warning("triton %s: %s", url, exc)
+
+            await asyncio.gather(*(repair_on(url, triton) for url, triton in (await self._replicas()).items()))
 
     async def close(self) -> None:
         for task in list(self._tasks):
