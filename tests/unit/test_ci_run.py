@@ -1,6 +1,7 @@
 """`.ci/run` decides whether `make test-deploy` fits its budget: by default it runs when there is room,
-and says why when there is not. `make` and `podman` are replaced by recorders on PATH: what is tested
-is the script's decision, not the targets (tests/deploy runs those)."""
+and says why when there is not. `make`, `podman` and `df` are replaced by recorders on PATH: what is tested
+is the script's decision, not the targets (tests/deploy runs those), whatever the disk of the machine
+running the tests has free."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def ci_run(tmp_path: Path, trainer_image: str, **env: str) -> tuple[list[str], str]:
+def ci_run(tmp_path: Path, trainer_image: str, free_gb: int = 100, **env: str) -> tuple[list[str], str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     calls = tmp_path / "make.calls"
@@ -22,7 +23,9 @@ def ci_run(tmp_path: Path, trainer_image: str, **env: str) -> tuple[list[str], s
     # never (no such image), or long ago (before the commits that changed what it installs).
     created = {"fresh": "9999999999", "missing": "", "stale": "1"}[trainer_image]
     (bin_dir / "podman").write_text(f"#!/bin/sh\n[ -n '{created}' ] && echo {created} || exit 1\n")
-    for tool in ("make", "podman"):
+    # `df -BG --output=avail DIR`: the free space .ci/run compares with what building the images needs.
+    (bin_dir / "df").write_text(f"#!/bin/sh\necho ' Avail'\necho ' {free_gb}G'\n")
+    for tool in ("make", "podman", "df"):
         (bin_dir / tool).chmod(0o755)
     proc = subprocess.run(
         ["bash", str(REPO / ".ci" / "run")],
@@ -62,3 +65,12 @@ def test_without_room_it_is_not_run_and_the_reason_is_printed(tmp_path: Path) ->
 def test_it_can_be_left_out_on_purpose(tmp_path: Path) -> None:
     calls, err = ci_run(tmp_path, trainer_image="fresh", SCALEREC_CI_DEPLOY="0")
     assert calls == ["lint", "test"] and "SCALEREC_CI_DEPLOY=0" in err
+
+
+def test_without_disk_for_the_images_it_is_not_run_and_the_reason_is_printed(tmp_path: Path) -> None:
+    calls, err = ci_run(tmp_path / "missing", trainer_image="missing", free_gb=12)
+    assert calls == ["lint", "test"]
+    assert "make test-deploy NOT run: 12 GB free" in err and "needs ~20 GB" in err
+    # An up-to-date trainer image leaves only the small images to build: 12 GB are enough.
+    calls, _ = ci_run(tmp_path / "fresh", trainer_image="fresh", free_gb=12)
+    assert calls == ["lint", "test", "test-deploy"]
