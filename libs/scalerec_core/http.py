@@ -161,9 +161,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error; see the service log for this request's trace id")
 
 
-JSON_BODY_REQUIRED = "the body must be JSON: send it with Content-Type: application/json"
-
-
 def is_json_content_type(value: str | None) -> bool:
     """``application/json`` or a ``+json`` type (parameters such as ``charset`` aside)."""
     media = (value or "").split(";", 1)[0].strip().lower()
@@ -173,7 +170,7 @@ def is_json_content_type(value: str | None) -> bool:
 def unsupported_body(content_type: str | None) -> JSONResponse:
     """415 for a body whose Content-Type is not JSON (FastAPI then does not parse it)."""
     sent = repr(content_type[:100]) if content_type else "none"
-    message = f"{JSON_BODY_REQUIRED} (Content-Type was {sent})"
+    message = f"the body must be JSON: send it with Content-Type: application/json (Content-Type was {sent})"
     return error_response(415, message, [{"field": "body", "message": message}])
 
 

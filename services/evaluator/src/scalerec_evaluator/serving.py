@@ -8,9 +8,9 @@ a version no longer needed is unloaded only after ``unload_grace_s``, when every
 followed the announcement that replaced it.
 
 Triton may run as several replicas: ``TRITON_URL`` names them all (a headless Service's name resolves to
-every pod; the chart's ``<release>-triton-replicas`` publishes pods that are not ready yet too), and each
+every pod; the chart's ``<release>-triton-pods`` lists pods that are not ready yet too), and each
 replica is controlled on its own: what a ClusterIP's one connection would reach is only one of them.
-The replicas are looked up again on every change and every ``repair_interval_s`` (the evaluator runs
+The replicas are looked up again on every change and every ``TRITON_REPAIR_S`` (the evaluator runs
 :meth:`ServingController.repair` in a loop): a replica restarted (explicit model control starts empty)
 or added by the autoscaler gets the needed versions without waiting for the next promotion.
 
@@ -46,10 +46,8 @@ class ServingController:
         self.repository = Path(repository)
         self.needed = needed  # the champion and the running experiment's versions, as stored now
         self.triton_url = triton_url
-        if triton_url:
-            make_scorer(
-                triton_url, repository=self.repository
-            )  # a bad URL or option fails at start, not at a promotion
+        if triton_url:  # built once to check it: a bad URL or option fails at start, not at a promotion
+            make_scorer(triton_url, repository=self.repository)
         self.replicas: dict[str, TritonScorer] = {}  # replica URL -> its controlling client
         self.unload_grace_s = unload_grace_s
         self._lock = asyncio.Lock()
@@ -57,6 +55,10 @@ class ServingController:
 
     def _versions(self, model: str, versions: set[int]) -> set[int]:
         return {v for v in versions if (self.repository / model / str(v) / repo.MODEL_FILE).is_file()}
+
+    def _per_model(self, versions: set[int]) -> dict[str, list[int]]:
+        """Of ``versions``, those each model has in the repository (looked up once, for every replica)."""
+        return {model: sorted(self._versions(model, versions)) for model in MODELS}
 
     def _write_configs(self, versions: set[int]) -> None:
         for model in MODELS:
@@ -96,10 +98,12 @@ class ServingController:
             if not replicas:
                 raise ScorerUnavailable(f"triton: no replica of {self.triton_url} found to load {sorted(versions)}")
 
+            wanted = self._per_model(versions)
+
             async def load_on(url: str, triton: TritonScorer) -> str | None:
                 try:
-                    for model in MODELS:
-                        for v in sorted(self._versions(model, versions)):
+                    for model, model_versions in wanted.items():
+                        for v in model_versions:
                             await triton.load(model, v)
                 except ScorerUnavailable as exc:
                     return f"{url}: {exc}"
@@ -132,9 +136,11 @@ class ServingController:
             served = set(repo.read_served_versions(self.repository, repo.RANKER_MODEL))
             await asyncio.to_thread(self._write_configs, keep)
 
+            wanted = self._per_model(keep)
+
             async def settle_on(url: str, triton: TritonScorer) -> None:
-                for model in MODELS:
-                    for v in sorted(self._versions(model, keep)):
+                for model, model_versions in wanted.items():
+                    for v in model_versions:
                         try:
                             await triton.load(model, v)  # after a Triton restart (explicit mode starts empty)
                         except ScorerUnavailable as exc:
@@ -159,10 +165,12 @@ class ServingController:
             if not keep or not self.triton_url:
                 return
 
+            wanted = self._per_model(keep)
+
             async def repair_on(url: str, triton: TritonScorer) -> None:
-                for model in MODELS:
+                for model, model_versions in wanted.items():
                     try:
-                        missing = self._versions(model, keep) - await triton.loaded_versions(model)
+                        missing = set(model_versions) - await triton.loaded_versions(model)
                         for v in sorted(missing):
                             log.info("triton %s: %s version %d is needed and not loaded: loading it", url, model, v)
                             await triton.load(model, v)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel, Field, PlainValidator, TypeAdapter, ValidationError
 from scalerec_adapters.bus import OutgoingMessage, Producer
-from scalerec_core.http import JSON_BODY_REQUIRED, field_error, validation_errors
+from scalerec_core.http import field_error, validation_errors
 from scalerec_core.telemetry import inject_headers, meter, tracer
 from scalerec_events.models import Event, Item
 
@@ -47,6 +47,8 @@ class ItemBatch(BaseModel):
 
 
 def _as_received(value: Any) -> Any:
+    if isinstance(value, bytes):  # FastAPI passes the raw body when its Content-Type is not JSON:
+        raise ValueError("not JSON")  # the shared handler's 415 (scalerec_core.http) says what to send
     return value
 
 
@@ -83,8 +85,6 @@ def split_valid(
     would refuse it after the elements before it were already appended, and the caller would get a
     503 for a batch that was partly accepted.
     """
-    if isinstance(payload, bytes):  # FastAPI passes the raw body when its Content-Type is not JSON
-        raise field_error(415, "body", JSON_BODY_REQUIRED)
     if not isinstance(payload, dict) or key not in payload:
         raise field_error(422, "body", f"body must be an object with a '{key}' list")
     elements = payload[key]
@@ -142,12 +142,15 @@ async def publish(producer: Producer, topic: str, records: Sequence[M], key_of: 
             await producer.send_batch(topic, messages)
         except Exception as exc:
             log.warning("bus unavailable while publishing %d %s: %s", len(records), kind, exc)
-            raise HTTPException(
-                503,
-                f"event bus unavailable, nothing of this batch was accepted; retry: {exc}",
-                headers={"Retry-After": "1"},
-            ) from exc
+            raise bus_unavailable(str(exc)) from exc
     meter("scalerec.collector").create_counter(f"collector.{kind}.accepted").add(len(records))
+
+
+def bus_unavailable(why: str) -> HTTPException:
+    """503: nothing of the batch was accepted, the client retries it."""
+    return HTTPException(
+        503, f"event bus unavailable, nothing of this batch was accepted; retry: {why}", headers={"Retry-After": "1"}
+    )
 
 
 def reject_all(errors: list[ElementError], kind: str) -> HTTPException:

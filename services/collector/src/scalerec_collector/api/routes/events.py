@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, status
+from fastapi import APIRouter, Body, status
 from scalerec_core.auth import Scope, require
 from scalerec_events.models import Event
 from scalerec_events.topics import Topic
 
-from scalerec_collector.api.ingest import EventBatchBody, IngestResult, publish, reject_all, split_valid
+from scalerec_collector.api.ingest import (
+    EventBatchBody,
+    IngestResult,
+    bus_unavailable,
+    publish,
+    reject_all,
+    split_valid,
+)
 from scalerec_collector.dedupe import dedupe_key
 from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
 
@@ -77,12 +84,7 @@ async def post_events(
         await asyncio.wait(others)
         if not all(other.result() for other in others):
             # The bus refused the copy being published: refused here too, now (the client retries both).
-            raise HTTPException(
-                503,
-                "event bus unavailable, nothing of this batch was accepted; retry "
-                "(a copy of these events sent at the same time was refused)",
-                headers={"Retry-After": "1"},
-            )
+            raise bus_unavailable("a copy of these events sent at the same time was refused")
         # Sorted again: what they published is now a duplicate.
     if fresh:
         with recent.claim(list(keys)):
