@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from scalerec_core.http_limits import HttpLimits
 from scalerec_core.logging import configure_logging
 from scalerec_core.settings import ServiceSettings
 from scalerec_core.telemetry import setup_telemetry
@@ -71,10 +72,13 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int = 1, keep_alive_s: float = 5.0) -> None:
+def serve(
+    app: Any, host: str, port: int, log_level: str = "info", workers: int = 1, limits: HttpLimits | None = None
+) -> None:
     """Run ``app`` under uvicorn; ``app`` may be an import string of an app factory when ``workers`` > 1
-    (each worker process then builds its own app, clients and model activation). ``keep_alive_s``: how
-    long an idle HTTP/1.1 connection is kept open (the services pass ``HTTP_KEEP_ALIVE_S``).
+    (each worker process then builds its own app, clients and model activation). ``limits``: how long an
+    idle HTTP/1.1 connection is kept open, and how slow or large a client's requests may be (the services
+    pass their ``HTTP_*`` settings; :mod:`scalerec_core.http_limits`).
 
     Several workers each listen on a socket of their own bound with ``SO_REUSEPORT`` (see
     :class:`ReusePortWorkers`), where the platform has it; uvicorn's own workers otherwise.
@@ -83,7 +87,7 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
 
     factory = isinstance(app, str)
     if factory and workers > 1 and hasattr(socket, "SO_REUSEPORT"):
-        ReusePortWorkers(app, host, port, log_level, workers, keep_alive_s=keep_alive_s).run()
+        ReusePortWorkers(app, host, port, log_level, workers, limits=limits).run()
         return
     uvicorn.run(
         app,
@@ -91,7 +95,7 @@ def serve(app: Any, host: str, port: int, log_level: str = "info", workers: int 
         port=port,
         factory=factory,
         workers=workers if factory and workers > 1 else None,
-        **_uvicorn_options(log_level, keep_alive_s),
+        **_uvicorn_options(log_level, limits or HttpLimits()),
     )
 
 
@@ -100,29 +104,32 @@ class _ServedSettings(Protocol):
     port: int
     log_level: str
     http_keep_alive_s: float
+    http_header_timeout_s: float
+    http_body_timeout_s: float
+    http_max_header_bytes: int
 
 
 def serve_service(factory: str, settings: _ServedSettings, workers: int = 1) -> None:
     """``python -m scalerec_<service>``: the app ``factory`` (``"module:create_app"``) builds from ``settings``,
-    served on their host and port with their keep-alive, in ``workers`` processes (each imports the
+    served on their host and port with their HTTP limits, in ``workers`` processes (each imports the
     factory and builds its own app from the same environment) or, for one, built here."""
+    limits = HttpLimits.of(settings)
     if workers > 1:
-        serve(factory, settings.host, settings.port, settings.log_level, workers, settings.http_keep_alive_s)
+        serve(factory, settings.host, settings.port, settings.log_level, workers, limits)
         return
     module, _, name = factory.partition(":")
     create_app = getattr(importlib.import_module(module), name)
-    serve(
-        create_app(settings), settings.host, settings.port, settings.log_level, keep_alive_s=settings.http_keep_alive_s
-    )
+    serve(create_app(settings), settings.host, settings.port, settings.log_level, limits=limits)
 
 
-def _uvicorn_options(log_level: str, keep_alive_s: float) -> dict[str, Any]:
+def _uvicorn_options(log_level: str, limits: HttpLimits) -> dict[str, Any]:
     """What every service's uvicorn runs with, one worker or many."""
     return {
         "log_level": log_level.lower(),
         "access_log": False,
         "lifespan": "on",
-        "timeout_keep_alive": keep_alive_s,
+        "timeout_keep_alive": limits.keep_alive_s,
+        "http": limits.protocol(),
     }
 
 
@@ -181,7 +188,7 @@ def _beating_server(config: Any, heartbeat: Any) -> Any:
 
 
 def _worker(
-    app: str, host: str, port: int, log_level: str, keep_alive_s: float, heartbeat: Any
+    app: str, host: str, port: int, log_level: str, limits: HttpLimits, heartbeat: Any
 ) -> None:  # pragma: no cover - runs in a child
     """One worker process: its own socket on the shared port, and uvicorn on it.
 
@@ -198,7 +205,7 @@ def _worker(
         print(f"cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
         sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(
-        app, host=host, port=port, factory=True, backlog=_BACKLOG, **_uvicorn_options(log_level, keep_alive_s)
+        app, host=host, port=port, factory=True, backlog=_BACKLOG, **_uvicorn_options(log_level, limits)
     )
     try:
         config.load()  # imports and builds the app: what fails here fails the same way on every restart
@@ -243,10 +250,10 @@ class ReusePortWorkers:
         stop_timeout_s: float = 30.0,
         hang_timeout_s: float = 30.0,
         startup_timeout_s: float = 600.0,
-        keep_alive_s: float = 5.0,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.app, self.host, self.port, self.log_level = app, host, port, log_level
-        self.keep_alive_s = keep_alive_s
+        self.limits = limits or HttpLimits()
         self.workers = workers
         self.stop_timeout_s = stop_timeout_s
         self.hang_timeout_s = hang_timeout_s
@@ -259,7 +266,7 @@ class ReusePortWorkers:
         heartbeat = self._context.Value("d", 0.0, lock=False)
         process = self._context.Process(
             target=_worker,
-            args=(self.app, self.host, self.port, self.log_level, self.keep_alive_s, heartbeat),
+            args=(self.app, self.host, self.port, self.log_level, self.limits, heartbeat),
             name="scalerec-worker",
         )
         process.start()

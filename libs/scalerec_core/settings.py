@@ -58,7 +58,30 @@ class ServiceSettings(BaseSettings):
         "Keep it longer than the idle timeout of any proxy or load balancer that pools connections to the pods "
         "(ingress-nginx's upstream-keepalive-timeout and AWS ALB's idle timeout are 60 s; Google Cloud's load "
         "balancers keep 600 s: give those 620), so that the proxy closes an idle connection first: when the "
-        "service closes it first, a request the proxy sends on it that instant fails with a 502.",
+        "service closes it first, a request the proxy sends on it that instant fails with a 502. A new connection "
+        "that sends no request is closed after the same time.",
+    )
+    http_header_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers once it has begun it (nginx's "
+        "client_header_timeout): a slower one is answered 408 and disconnected, so connections that trickle a "
+        "request (slowloris) cannot hold the service's sockets.",
+    )
+    http_body_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="Seconds a client has to send a request's body once its headers are in: a slower one is "
+        "answered 408 and disconnected (the request is not handled). At the collector's 4 MiB limit the default "
+        "asks for ~70 KB/s; behind an ingress that buffers bodies (ingress-nginx does) pods get them at once.",
+    )
+    http_max_header_bytes: int = Field(
+        default=128 * 1024,
+        ge=8 * 1024,
+        description="Largest request line plus headers, in bytes: a larger head is refused with 431 as soon as "
+        "it passes the limit, not read to its end. URLs are limited to 65,535 bytes whatever this says (what "
+        "uvicorn's URL parser takes; 414 past it). ingress-nginx's default buffers (large_client_header_buffers "
+        "4 8k) refuse request lines over 8 KiB before they reach a pod.",
     )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"

@@ -321,11 +321,14 @@ def _exchange(sock: socket.socket) -> bytes:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_idle_connections_are_kept_as_long_as_asked(tmp_path: Path, workers: int) -> None:
-    """``keep_alive_s`` reaches uvicorn on both of serve()'s paths: an idle connection is kept that long,
-    then closed by the server (HTTP_KEEP_ALIVE_S; uvicorn's own default would close it after 5 s)."""
+    """``limits`` reach uvicorn on both of serve()'s paths: an idle connection is kept ``keep_alive_s``, then
+    closed by the server (HTTP_KEEP_ALIVE_S; uvicorn's own default would close it after 5 s), and a request
+    whose headers stop half-way is answered 408 after ``header_timeout_s`` (HTTP_HEADER_TIMEOUT_S; the
+    limits themselves are tested in test_http_limits.py)."""
     code = (
-        "import sys; from scalerec_core.service import serve;"
-        f" serve('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', {workers}, keep_alive_s=2.5)"
+        "import sys; from scalerec_core.service import serve; from scalerec_core.http_limits import HttpLimits;"
+        f" serve('pid_app:create', '127.0.0.1', int(sys.argv[1]), 'info', {workers},"
+        " limits=HttpLimits(keep_alive_s=2.5, header_timeout_s=1.0))"
     )
     port = free_port()
     proc = _start(tmp_path, port, code)
@@ -349,6 +352,11 @@ def test_idle_connections_are_kept_as_long_as_asked(tmp_path: Path, workers: int
             except (BrokenPipeError, ConnectionResetError):
                 closed = True
             assert closed
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\n")  # and no end of the headers
+            started = time.monotonic()
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+            assert 0.8 < time.monotonic() - started < 5
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -1,6 +1,6 @@
 """``python -m scalerec_<service>``: every service hands its HTTP settings to ``serve`` (through ``serve_service``).
 
-``serve`` itself (uvicorn with that keep-alive, one process or several) is run for real in
+``serve`` itself (uvicorn with those limits, one process or several) is run for real in
 tests/unit/libs/test_service_workers.py; here each entry point's ``main`` runs with ``serve`` recorded.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from scalerec_core import service as core_service
+from scalerec_core.http_limits import HttpLimits
 from scalerec_core.settings import ServiceSettings
 
 SERVICES = ["collector", "preprocessor", "trainer", "ranker", "evaluator"]
@@ -24,9 +25,9 @@ def _run_main(service: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     calls: list[dict[str, Any]] = []
 
     def serve(
-        app: Any, host: str, port: int, log_level: str = "info", workers: int = 1, keep_alive_s: float = 5.0
+        app: Any, host: str, port: int, log_level: str = "info", workers: int = 1, limits: HttpLimits | None = None
     ) -> None:
-        calls.append({"app": app, "host": host, "port": port, "workers": workers, "keep_alive_s": keep_alive_s})
+        calls.append({"app": app, "host": host, "port": port, "workers": workers, "limits": limits})
 
     monkeypatch.setattr(core_service, "serve", serve)
     entry.get_settings.cache_clear()  # settings are read once per process: read them from this environment
@@ -39,23 +40,29 @@ def _run_main(service: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_the_keep_alive_setting_reaches_serve(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_the_http_settings_reach_serve(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HTTP_KEEP_ALIVE_S", "620")
+    monkeypatch.setenv("HTTP_HEADER_TIMEOUT_S", "7")
+    monkeypatch.setenv("HTTP_BODY_TIMEOUT_S", "33")
+    monkeypatch.setenv("HTTP_MAX_HEADER_BYTES", "65536")
     monkeypatch.setenv("PORT", "18099")
     monkeypatch.setenv("WORKERS", "1")
     call = _run_main(service, monkeypatch)
     assert isinstance(call["app"], FastAPI)  # built, not started: nothing connects
-    assert (call["port"], call["workers"], call["keep_alive_s"]) == (18099, 1, 620)
+    assert (call["port"], call["workers"]) == (18099, 1)
+    assert call["limits"] == HttpLimits(keep_alive_s=620, header_timeout_s=7, body_timeout_s=33, max_header_bytes=65536)
 
 
 @pytest.mark.parametrize("service", WITH_WORKERS)
-def test_workers_get_the_keep_alive_setting_too(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_get_the_http_settings_too(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_KEEP_ALIVE_S", "90")
+    monkeypatch.setenv("HTTP_HEADER_TIMEOUT_S", "4")
     monkeypatch.setenv("WORKERS", "2")
     call = _run_main(service, monkeypatch)
     assert call["app"] == f"scalerec_{service}.main:create_app"
-    assert (call["workers"], call["keep_alive_s"]) == (2, 90)
+    assert call["workers"] == 2
+    assert (call["limits"].keep_alive_s, call["limits"].header_timeout_s) == (90, 4)
 
 
 def test_idle_connections_outlive_the_usual_proxies_by_default() -> None:

@@ -70,7 +70,8 @@ class RecommendationsQuery(BaseModel):
         list[Id] | None,
         Field(
             max_length=MAX_EXCLUDE,
-            description=f"Item ids not to recommend (e.g. on screen now), at most {MAX_EXCLUDE}, same rules as item_id",
+            description=f"Item ids not to recommend (e.g. on screen now), at most {MAX_EXCLUDE}, same rules as item_id; "
+            "the whole URL must stay within 65,535 bytes (414 past it): 500 ids of up to ~120 characters",
         ),
     ] = None
 

@@ -1,0 +1,223 @@
+"""HTTP/1.1 connections with limits on slow and oversized clients (uvicorn's httptools protocol, guarded).
+
+uvicorn bounds neither how long a client may take to send a request nor how large its head may be:
+a connection that sends half a request line and stops, or headers a byte a minute, is held for ever;
+a 200 MB header is read into memory whole (both measured against the services). Behind an ingress
+these never reach a pod, but a service reached in the cluster or a proxy that streams requests is
+exposed, and a few thousand such connections use up a process's file descriptors. Here each
+connection gets what nginx's ``client_header_timeout``, ``client_body_timeout`` and
+``large_client_header_buffers`` give it:
+
+- an idle connection that has not sent a request yet is closed after the keep-alive time, like one
+  idle between requests (uvicorn closes only the latter);
+- a request's line and headers must arrive within ``header_timeout_s`` of its first byte, else 408;
+- a request's body within ``body_timeout_s`` of its head, else 408 (the app sees the client leave);
+- a request line and headers over ``max_header_bytes`` are refused with 431 as soon as they pass it,
+  not read to the end, and a URL over the 65,535 bytes uvicorn's URL parser takes with 414 (uvicorn's
+  own answer to it was a bare 400 "Invalid HTTP request received.").
+
+Refusals carry the services' error shape (``{"detail", "errors"}``), close the connection and are
+counted in ``scalerec_http_requests_refused_total{reason}`` (logged at debug only: they come in floods). The
+checks run once per chunk the socket delivers and once per request head; timers are armed only while
+a request is incomplete after a chunk, so a request that arrives whole (the usual GET) arms none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from scalerec_core.telemetry import meter
+
+log = logging.getLogger(__name__)
+
+#: The longest URL uvicorn's parser (``httptools.parse_url``) accepts; longer ones failed as "invalid".
+MAX_URL_BYTES = 65_535
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long and how large a client's requests may be (the services' HTTP_* settings)."""
+
+    keep_alive_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_header_bytes: int = 128 * 1024
+
+    @classmethod
+    def of(cls, settings: Any) -> HttpLimits:
+        return cls(
+            keep_alive_s=settings.http_keep_alive_s,
+            header_timeout_s=settings.http_header_timeout_s,
+            body_timeout_s=settings.http_body_timeout_s,
+            max_header_bytes=settings.http_max_header_bytes,
+        )
+
+    def protocol(self) -> functools.partial[GuardedHttpProtocol]:
+        """What uvicorn's ``http=`` takes: it builds one protocol per connection from it."""
+        return functools.partial(GuardedHttpProtocol, limits=self)
+
+
+@functools.cache
+def _refused() -> Any:
+    return meter("scalerec.http").create_counter(
+        "scalerec.http.requests.refused",
+        unit="{request}",
+        description="Requests refused before the app saw them: too slow (408) or too large (414, 431), by reason",
+    )
+
+
+_REASONS = {408: "timeout", 414: "url_too_long", 431: "headers_too_large"}
+
+
+def _refusal(status: int, message: str, field: str) -> bytes:
+    body = json.dumps({"detail": message, "errors": [{"field": field, "message": message}]}).encode()
+    return b"".join(
+        [
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+_IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection is in its current request
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with :class:`HttpLimits` enforced (see the module's docstring)."""
+
+    def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._phase = _IDLE
+        self._head_bytes = 0  # bytes received while the current request's head was arriving
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_phase = _IDLE
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a request is idle like one between requests (uvicorn arms this
+        # only after a response): a pooling proxy's idle connection is closed after the same time.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    # Parser callbacks: where the request is.
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase, self._head_bytes = _HEAD, 0
+
+    def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size <= self.limits.max_header_bytes and len(self.url) <= MAX_URL_BYTES:
+            super().on_headers_complete()
+            return
+        # The whole head arrived in the chunk that passed the limit: answer through a cycle of its own,
+        # as uvicorn answers 503 over its concurrency limit, so the parser's state stays consistent.
+        status, message, field = self._too_large()
+        self._count(status, field)
+        app = self.app
+        self.app = functools.partial(_send_refusal, status, message, field)
+        self.url = b"/"  # what uvicorn parses next: the refusal needs no path, and a long URL would not parse
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._phase = _IDLE
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        phase = self._phase
+        if phase == _HEAD:  # a request's head is still arriving after this chunk
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes or len(self.url) > MAX_URL_BYTES:
+                self._refuse(*self._too_large())
+                return
+        elif phase == _IDLE:
+            self._cancel_deadline()
+            return
+        if self._deadline is None or self._deadline_phase != phase:
+            self._cancel_deadline()
+            seconds = self.limits.header_timeout_s if phase == _HEAD else self.limits.body_timeout_s
+            self._deadline = self.loop.call_later(seconds, self._timed_out)
+            self._deadline_phase = phase
+
+    def _too_large(self) -> tuple[int, str, str]:
+        limit = min(MAX_URL_BYTES, self.limits.max_header_bytes)
+        if len(self.url) > limit:
+            message = f"the URL is over the limit of {limit} bytes: send fewer or shorter query parameters"
+            return 414, message, "url"
+        limit = self.limits.max_header_bytes
+        return 431, f"the request line and headers are over the limit of {limit} bytes", "headers"
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._phase == _HEAD:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # The previous request's answer is still being written: close once it is.
+                self._count(408, "headers")
+                cycle.keep_alive = False
+                return
+            self._refuse(
+                408, f"the request's headers did not arrive within {self.limits.header_timeout_s:g} s", "headers"
+            )
+        elif self._phase == _BODY:
+            self._refuse(408, f"the request's body did not arrive within {self.limits.body_timeout_s:g} s", "body")
+
+    def _count(self, status: int, field: str) -> None:
+        reason = f"{field}_{_REASONS[status]}" if status == 408 else _REASONS[status]
+        _refused().add(1, {"reason": reason})
+        log.debug("%s: %d (%s), connection closed", self.client, status, reason)
+
+    def _refuse(self, status: int, message: str, field: str) -> None:
+        """Answer ``status`` where no answer to this request has begun, and close the connection."""
+        self._count(status, field)
+        self._unset_keepalive_if_required()
+        self._cancel_deadline()
+        cycle = self.cycle
+        # In the body the cycle is this request's, whose app may have answered already; in a head it is
+        # the previous request's (if any), whose answer may still be being written.
+        body = self._phase == _BODY
+        if (not cycle.response_started) if body else (cycle is None or cycle.response_complete):
+            self.transport.write(_refusal(status, message, field))
+        if cycle is not None and not cycle.response_complete:
+            # What the app reads next is the client leaving; whatever it answers is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+async def _send_refusal(status: int, message: str, field: str, scope: Any, receive: Any, send: Any) -> None:
+    body = _refusal(status, message, field).split(b"\r\n\r\n", 1)[1]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

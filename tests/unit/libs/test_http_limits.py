@@ -1,0 +1,274 @@
+"""scalerec_core.http_limits: slow and oversized clients against a real uvicorn server on a real socket.
+
+The server runs the protocol as the services do (``_uvicorn_options``), in a thread of this process,
+with short limits; the clients are raw sockets, so each test controls exactly when which bytes arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from scalerec_core.http_limits import MAX_URL_BYTES, HttpLimits
+from scalerec_core.service import _uvicorn_options, free_port
+from scalerec_core.settings import ServiceSettings
+from scalerec_core.telemetry import render_metrics, setup_telemetry
+
+LIMITS = HttpLimits(keep_alive_s=2.0, header_timeout_s=1.0, body_timeout_s=1.0, max_header_bytes=16 * 1024)
+
+
+def _app(handled: list[str]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping(request: Request) -> dict[str, int]:
+        handled.append("ping")
+        return {"query_bytes": len(request.url.query)}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        body = await request.body()
+        handled.append("echo")
+        return {"body_bytes": len(body)}
+
+    @app.post("/early")
+    async def early() -> dict[str, bool]:  # answers without reading the body
+        handled.append("early")
+        return {"early": True}
+
+    return app
+
+
+@contextmanager
+def _server(limits: HttpLimits = LIMITS) -> Iterator[tuple[int, list[str]]]:
+    handled: list[str] = []
+    port = free_port()
+    config = uvicorn.Config(_app(handled), host="127.0.0.1", port=port, **_uvicorn_options("warning", limits))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield port, handled
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    _unread.pop(sock.fileno(), None)  # left by an earlier socket with the same number
+    return sock
+
+
+_unread: dict[int, bytes] = {}  # bytes received past the end of the last answer, per socket (pipelining)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One whole response: status, headers, body (raises if the server closed before sending it)."""
+    data = _unread.pop(sock.fileno(), b"")
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection without answering (got {data!r})"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers["content-length"])
+    while len(body) < length:
+        body += sock.recv(65536)
+    _unread[sock.fileno()] = body[length:]
+    return int(lines[0].split()[1]), headers, body[:length]
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def _refused(reason: str) -> float:
+    """``scalerec_http_requests_refused_total`` for ``reason``, as /metrics serves it."""
+    setup_telemetry(ServiceSettings())  # the default exporter, Prometheus (once per process)
+    prefix = f'scalerec_http_requests_refused_total{{reason="{reason}"'
+    lines = [line for line in asyncio.run(render_metrics()).decode().splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def _error(body: bytes) -> tuple[str, str]:
+    """(detail, the field named) of the services' error shape."""
+    parsed = json.loads(body)
+    return parsed["detail"], parsed["errors"][0]["field"]
+
+
+def test_requests_that_arrive_in_time_and_size_are_served_as_before() -> None:
+    """Keep-alive, pipelining, a body in several chunks, a head just under the limit: all answered."""
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n" * 2)  # two pipelined requests
+        assert _answer(sock)[0] == 200 and _answer(sock)[0] == 200
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n12"
+        )
+        time.sleep(0.4)
+        sock.sendall(b"345678")
+        time.sleep(0.4)  # the body's parts came 0.8 s apart in all: within the 1 s allowed
+        sock.sendall(b"90")
+        status, _, body = _answer(sock)
+        assert (status, json.loads(body)) == (200, {"body_bytes": 10})
+        time.sleep(1.5)  # idle past the body and header timeouts, not past the keep-alive: still open
+        query = "q=" + "x" * (LIMITS.max_header_bytes - 200)
+        sock.sendall(f"GET /ping?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        status, _, body = _answer(sock)
+        assert (status, json.loads(body)) == (200, {"query_bytes": len(query)})
+        assert handled == ["ping", "ping", "echo", "ping"]
+
+
+def test_a_head_over_the_limit_is_refused_before_its_end() -> None:
+    """A header that never ends (sent in pieces, 4 MiB of it) is 431 once it passes the limit, not read whole."""
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 4 << 20:
+                sock.sendall(b"a" * 8192)
+                sent += 8192
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server closed the connection with the rest unread
+        status, headers, body = _answer(sock)
+        assert (status, headers["connection"]) == (431, "close")
+        detail, field = _error(body)
+        assert field == "headers" and f"limit of {LIMITS.max_header_bytes} bytes" in detail
+        assert sent < 4 << 20 or _closed(sock)
+        assert handled == []
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "field", "reason"),
+    [
+        (b"GET /ping?q=" + b"x" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "url", "url_too_long"),
+        (
+            b"GET /ping HTTP/1.1\r\nHost: t\r\n" + b"X-Many: yyyyyyyyyy\r\n" * 1_000 + b"\r\n",
+            431,
+            "headers",
+            "headers_too_large",
+        ),
+        (b"GET /ping HTTP/1.1\r\nX-Big: " + b"z" * 20_000 + b"\r\n\r\n", 431, "headers", "headers_too_large"),
+    ],
+    ids=["request line", "many headers", "first header"],
+)
+def test_a_whole_head_over_the_limit_is_refused(request_bytes: bytes, status: int, field: str, reason: str) -> None:
+    """Over the limit but whole in one chunk: answered 414 or 431, the app never sees it, the connection closes."""
+    before = _refused(reason)
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(request_bytes)
+        got, headers, body = _answer(sock)
+        assert (got, headers["connection"], _error(body)[1]) == (status, "close", field)
+        assert _closed(sock)
+        assert handled == []
+    assert _refused(reason) == before + 1
+
+
+def test_a_head_that_trickles_is_answered_408_at_its_deadline() -> None:
+    """Slowloris: a byte every 0.2 s keeps the connection busy but does not move the deadline."""
+    with _server() as (port, handled), _connect(port) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\n")
+        sock.settimeout(0.2)
+        answer = b""
+        while not answer and time.monotonic() - started < 5:
+            try:
+                sock.sendall(b"X")
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                break
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert 0.9 < took < 2.5
+        assert handled == []
+
+
+def test_a_body_that_stops_is_answered_408_and_not_handled() -> None:
+    before = _refused("body_timeout")
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        started = time.monotonic()
+        status, headers, body = _answer(sock)
+        assert (status, headers["connection"], _error(body)[1]) == (408, "close", "body")
+        assert 0.9 < time.monotonic() - started < 3
+        assert _closed(sock)
+        time.sleep(0.2)
+        assert handled == []  # the app saw the client leave, not a truncated body
+    assert _refused("body_timeout") == before + 1
+
+
+def test_a_body_that_trickles_after_an_early_answer_is_cut_at_its_deadline() -> None:
+    """The app answered without reading the body; the client then drips it: closed at the deadline, no second answer."""
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{")
+        started = time.monotonic()
+        assert _answer(sock)[0] == 200
+        sock.settimeout(0.2)
+        rest = None
+        while rest is None and time.monotonic() - started < 5:
+            try:
+                sock.sendall(b" ")
+                rest = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                rest = b""
+        assert rest == b"" and _unread.get(sock.fileno()) == b""
+        assert 0.9 < time.monotonic() - started < 2.5
+        assert handled == ["early"]
+
+
+def test_a_connection_that_never_sends_a_request_is_closed_after_the_keep_alive() -> None:
+    with _server() as (port, _), _connect(port) as sock:
+        started = time.monotonic()
+        assert _closed(sock)
+        assert LIMITS.keep_alive_s - 0.2 < time.monotonic() - started < LIMITS.keep_alive_s + 2
+
+
+def test_a_url_past_what_uvicorn_parses_is_414_not_an_opaque_400() -> None:
+    """httptools' URL parser takes 65,535 bytes; past them uvicorn answered a bare 400 "Invalid HTTP request"."""
+    with _server(HttpLimits()) as (port, handled):
+        for length, status in ((MAX_URL_BYTES, 200), (MAX_URL_BYTES + 1, 414)):
+            url = "/ping?q=" + "x" * (length - len("/ping?q="))
+            with _connect(port) as sock:
+                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: t\r\nUser-Agent: {'u' * 1000}\r\n\r\n".encode())
+                got, _, body = _answer(sock)
+                assert got == status
+                if status == 414:
+                    assert _error(body) == (
+                        f"the URL is over the limit of {MAX_URL_BYTES} bytes: send fewer or shorter query parameters",
+                        "url",
+                    )
+        assert handled == ["ping"]
+
+
+def test_the_ranker_longest_exclude_list_fits_with_ids_of_usual_length() -> None:
+    """500 excluded ids of 64 characters (percent-encoding nothing) are within the defaults: a 200."""
+    from scalerec_ranker.api.routes.recommendations import MAX_EXCLUDE
+
+    query = urllib.parse.urlencode({"user_id": "u" * 64, "k": 100, "exclude": ["i" * 64] * MAX_EXCLUDE}, doseq=True)
+    with _server(HttpLimits()) as (port, _), _connect(port) as sock:
+        sock.sendall(f"GET /ping?{query} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {'k' * 2000}\r\n\r\n".encode())
+        status, _, body = _answer(sock)
+        assert (status, json.loads(body)) == (200, {"query_bytes": len(query)})
