@@ -195,6 +195,17 @@ def test_a_batch_of_the_wrong_shape_is_a_422_naming_the_field(client: TestClient
     assert _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 0
 
 
+@pytest.mark.parametrize(("path", "key"), [("/v1/events", "events"), ("/v1/items", "items")])
+def test_unknown_fields_beside_the_batch_are_a_422_naming_them(client: TestClient, path: str, key: str) -> None:
+    """An option the API does not have (or a misspelt one) is refused, not ignored while the batch is accepted."""
+    r = client.post(path, json={key: [{"anything": 1}], "dry_run": True, f"{key[:-1]}s_": []})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == f"unknown field(s) 'dry_run', '{key[:-1]}s_': the body has only '{key}'"
+    assert [e["field"] for e in r.json()["errors"]] == ["dry_run"]
+    assert _bus_count(client, topic_name(Topic.EVENTS_RAW)) == 0
+    assert client.app.openapi()["components"]["schemas"][f"{key.title()[:-1]}Batch"]["additionalProperties"] is False
+
+
 @pytest.mark.parametrize(
     "field, value",
     [

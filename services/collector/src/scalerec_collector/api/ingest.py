@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import HTTPException
-from pydantic import BaseModel, Field, PlainValidator, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 from scalerec_adapters.bus import OutgoingMessage, Producer
 from scalerec_core.http import field_error, validation_errors
 from scalerec_core.telemetry import inject_headers, meter, tracer
@@ -37,11 +37,15 @@ class EventBatch(BaseModel):
     """The body of POST /v1/events. Each event is validated on its own: an invalid one is reported in
     the answer's ``errors`` (with the field at fault) and the rest of the batch is accepted."""
 
+    model_config = ConfigDict(extra="forbid")
+
     events: list[Event] = Field(min_length=1, description="At most MAX_BATCH_EVENTS (1,000 by default) a request.")
 
 
 class ItemBatch(BaseModel):
     """The body of POST /v1/items: upserts by ``item_id``, each item validated on its own."""
+
+    model_config = ConfigDict(extra="forbid")
 
     items: list[Item] = Field(min_length=1, description="At most MAX_BATCH_ITEMS (1,000 by default) a request.")
 
@@ -87,6 +91,10 @@ def split_valid(
     """
     if not isinstance(payload, dict) or key not in payload:
         raise field_error(422, "body", f"body must be an object with a '{key}' list")
+    if len(payload) > 1:  # a misspelt or unsupported option must not pass for accepted
+        unknown = sorted(str(name)[:100] for name in payload if name != key)
+        names = ", ".join(repr(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise field_error(422, unknown[0], f"unknown field(s) {names}: the body has only '{key}'")
     elements = payload[key]
     if not isinstance(elements, list):
         raise field_error(422, key, f"'{key}' must be a list")
