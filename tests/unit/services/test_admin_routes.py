@@ -62,7 +62,11 @@ def test_the_preprocessor_consumes_with_its_start_up_frozen_and_a_batch_sized_gc
 def test_trainer_runs_a_job_and_reports_it(tmp_path: Path) -> None:
     settings = TrainerSettings(data_dir=tmp_path, model_repository=tmp_path / "models", auth="disabled")
     with TestClient(trainer_app(settings)) as client:
-        started = client.post("/v1/train")
+        configured = client.post("/v1/train", json={"epochs": 3})  # not an option: refused, not ignored
+        assert configured.status_code == 422 and configured.json()["errors"][0]["field"] == "body"
+        assert "takes no body" in configured.json()["detail"]
+        assert client.get("/v1/train").json() == []
+        started = client.post("/v1/train", json={})
         assert started.status_code == 202, started.text
         job_id = started.json()["job_id"]
         deadline = time.monotonic() + 30

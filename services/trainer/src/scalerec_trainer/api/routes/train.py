@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 from scalerec_core.auth import Scope, require
 from scalerec_core.http import field_error
@@ -38,8 +38,16 @@ class JobView(BaseModel):
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, summary="Start a training run")
-async def train(trainer: TrainerDep) -> JobView:
-    """Trains on every example before the holdout window; the new version is announced as a candidate."""
+async def train(trainer: TrainerDep, request: Request) -> JobView:
+    """Trains on every example before the holdout window; the new version is announced as a candidate.
+
+    Takes no body (nothing, or ``{}``): what a run trains is the trainer's settings (docs/configuration.md).
+    """
+    body = (await request.body()).strip()
+    if body not in (b"", b"{}"):
+        # e.g. {"epochs": 3}: refused rather than ignored while a run with the settings' epochs starts
+        message = f"POST /v1/train takes no body (got {len(body)} bytes): a run is configured by the trainer's settings"
+        raise field_error(422, "body", message)
     job, started = trainer.submit(reason="api")
     return JobView.of(job, already_running=not started)
 
