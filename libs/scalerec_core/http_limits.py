@@ -12,6 +12,8 @@ connection gets what nginx's ``client_header_timeout``, ``client_body_timeout`` 
   idle between requests (uvicorn closes only the latter);
 - a request's line and headers must arrive within ``header_timeout_s`` of its first byte, else 408;
 - a request's body within ``body_timeout_s`` of its head, else 408 (the app sees the client leave);
+- a client that stops reading an answer (the socket's send buffer full) is cut off after
+  ``body_timeout_s`` (nginx's ``send_timeout``), so the app's task and its answer are let go;
 - a request line and headers over ``max_header_bytes`` are refused with 431 as soon as they pass it,
   not read to the end, and a URL over the 65,535 bytes uvicorn's URL parser takes with 414 (uvicorn's
   own answer to it was a bare 400 "Invalid HTTP request received.").
@@ -102,6 +104,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while the current request's head was arriving
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase = _IDLE
+        self._stalled: asyncio.TimerHandle | None = None  # armed while the client is not reading our answer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -111,7 +114,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._stalled is not None:
+            self._stalled.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.limits.body_timeout_s, self._not_read)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _not_read(self) -> None:
+        """The client has taken nothing of our answer for ``body_timeout_s``: drop it and the connection."""
+        self._stalled = None
+        _refused().add(1, {"reason": "response_not_read"})
+        log.debug("%s: answer not read for %g s, connection aborted", self.client, self.limits.body_timeout_s)
+        self.transport.abort()  # close() would wait for the buffer to drain, which is what is not happening
 
     # Parser callbacks: where the request is.
     def on_message_begin(self) -> None:

@@ -73,7 +73,8 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="Seconds a client has to send a request's body once its headers are in: a slower one is "
         "answered 408 and disconnected (the request is not handled). At the collector's 4 MiB limit the default "
-        "asks for ~70 KB/s; behind an ingress that buffers bodies (ingress-nginx does) pods get them at once.",
+        "asks for ~70 KB/s; behind an ingress that buffers bodies (ingress-nginx does) pods get them at once. "
+        "Also how long a client may leave an answer unread once the socket's buffer is full before it is cut off.",
     )
     http_max_header_bytes: int = Field(
         default=128 * 1024,

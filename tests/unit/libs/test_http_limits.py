@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from scalerec_core.http_limits import MAX_URL_BYTES, HttpLimits
 from scalerec_core.service import _uvicorn_options, free_port
 from scalerec_core.settings import ServiceSettings
@@ -39,6 +39,11 @@ def _app(handled: list[str]) -> FastAPI:
         body = await request.body()
         handled.append("echo")
         return {"body_bytes": len(body)}
+
+    @app.get("/large")
+    async def large() -> Response:
+        handled.append("large")
+        return Response(b"x" * (64 << 20), media_type="application/octet-stream")
 
     @app.post("/early")
     async def early() -> dict[str, bool]:  # answers without reading the body
@@ -237,6 +242,28 @@ def test_a_body_that_trickles_after_an_early_answer_is_cut_at_its_deadline() -> 
         assert rest == b"" and _unread.get(sock.fileno()) == b""
         assert 0.9 < time.monotonic() - started < 2.5
         assert handled == ["early"]
+
+
+def test_a_client_that_stops_reading_the_answer_is_cut_off() -> None:
+    """64 MiB answered to a client that reads none of it: the buffers fill, and after the timeout the
+    server drops the connection (its task and the answer let go) instead of waiting for ever."""
+    before = _refused("response_not_read")
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(b"GET /large HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(LIMITS.body_timeout_s + 1.5)
+        received, ended = 0, False
+        try:
+            while received < 64 << 20:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    ended = True
+                    break
+                received += len(chunk)
+        except ConnectionResetError:
+            ended = True
+        assert ended and received < 64 << 20
+        assert handled == ["large"]
+    assert _refused("response_not_read") == before + 1
 
 
 def test_a_connection_that_never_sends_a_request_is_closed_after_the_keep_alive() -> None:
