@@ -95,7 +95,11 @@ _IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection is in its current request
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with :class:`HttpLimits` enforced (see the module's docstring)."""
+    """uvicorn's httptools protocol with :class:`HttpLimits` enforced (see the module's docstring).
+
+    Time during which uvicorn itself has stopped reading the socket (a pipelined request waiting for the
+    one before it, a body the app has not read yet past 64 KiB) does not count against the client.
+    """
 
     def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,6 +109,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase = _IDLE
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client is not reading our answer
+        self._unsent = 0  # bytes waiting in the send buffer when that timer was armed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -116,11 +121,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         if self._stalled is not None:
             self._stalled.cancel()
+            self._stalled = None
         super().connection_lost(exc)
 
+    # Writing: a client that takes nothing of an answer for body_timeout_s is cut off.
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._stalled is None:
+            self._unsent = self.transport.get_write_buffer_size()
             self._stalled = self.loop.call_later(self.limits.body_timeout_s, self._not_read)
 
     def resume_writing(self) -> None:
@@ -130,8 +138,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._stalled = None
 
     def _not_read(self) -> None:
-        """The client has taken nothing of our answer for ``body_timeout_s``: drop it and the connection."""
         self._stalled = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent:  # it reads, if slowly (nginx's send_timeout: between two writes)
+            self._unsent = unsent
+            self._stalled = self.loop.call_later(self.limits.body_timeout_s, self._not_read)
+            return
         _refused().add(1, {"reason": "response_not_read"})
         log.debug("%s: answer not read for %g s, connection aborted", self.client, self.limits.body_timeout_s)
         self.transport.abort()  # close() would wait for the buffer to drain, which is what is not happening
@@ -139,6 +151,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # Parser callbacks: where the request is.
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._cancel_deadline()  # the previous request's, if it ended in this chunk
         self._phase, self._head_bytes = _HEAD, 0
 
     def on_headers_complete(self) -> None:
@@ -148,7 +161,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         # The whole head arrived in the chunk that passed the limit: answer through a cycle of its own,
-        # as uvicorn answers 503 over its concurrency limit, so the parser's state stays consistent.
+        # as uvicorn answers 503 over its concurrency limit, so the parser's state stays consistent
+        # (and a pipelined refusal waits for the answer before it, as any pipelined request does).
         status, message, field = self._too_large()
         self._count(status, field)
         app = self.app
@@ -164,14 +178,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._phase = _IDLE
 
     def data_received(self, data: bytes) -> None:
+        in_head = self._phase == _HEAD
         super().data_received(data)
         if self.transport.is_closing():
             return
         phase = self._phase
         if phase == _HEAD:  # a request's head is still arriving after this chunk
-            self._head_bytes += len(data)
+            if in_head:
+                self._head_bytes += len(data)
+            else:  # it began in this chunk, after the end of the request before it: what is parsed of it
+                self._head_bytes = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
             if self._head_bytes > self.limits.max_header_bytes or len(self.url) > MAX_URL_BYTES:
-                self._refuse(*self._too_large())
+                self._head_too_large()
                 return
         elif phase == _IDLE:
             self._cancel_deadline()
@@ -190,6 +208,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         limit = self.limits.max_header_bytes
         return 431, f"the request line and headers are over the limit of {limit} bytes", "headers"
 
+    def _head_too_large(self) -> None:
+        if self._answering():
+            # The answer to the request before is being written: let it finish, read no more, close after it.
+            if self.cycle.keep_alive:  # counted once, however many chunks still come in
+                self._count(*self._too_large()[::2])
+                self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            self._cancel_deadline()
+            return
+        self._refuse(*self._too_large())
+
+    def _answering(self) -> bool:
+        """Whether an answer to an earlier request on this connection is still to be written."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
@@ -199,12 +233,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
+        if self.flow.read_paused or self.pipeline:
+            # uvicorn is not reading (the client may have sent it all), or this request waits behind the
+            # one before it, which may have resumed reading for its own sake: not the client's delay.
+            seconds = self.limits.header_timeout_s if self._deadline_phase == _HEAD else self.limits.body_timeout_s
+            self._deadline = self.loop.call_later(seconds, self._timed_out)
+            return
         if self._phase == _HEAD:
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete:
-                # The previous request's answer is still being written: close once it is.
+            if self._answering():  # the previous request's answer is still being written: close once it is
                 self._count(408, "headers")
-                cycle.keep_alive = False
+                self.cycle.keep_alive = False
                 return
             self._refuse(
                 408, f"the request's headers did not arrive within {self.limits.header_timeout_s:g} s", "headers"
@@ -218,15 +256,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         log.debug("%s: %d (%s), connection closed", self.client, status, reason)
 
     def _refuse(self, status: int, message: str, field: str) -> None:
-        """Answer ``status`` where no answer to this request has begun, and close the connection."""
+        """Answer ``status`` where no answer to this request has begun, and close the connection.
+
+        No request waits behind the running one here (``_timed_out`` waits while one does): in a body,
+        ``self.cycle`` is this request's, whose app may have answered already; in a head, it is the
+        previous request's, answered in full (see ``_answering``).
+        """
         self._count(status, field)
         self._unset_keepalive_if_required()
         self._cancel_deadline()
         cycle = self.cycle
-        # In the body the cycle is this request's, whose app may have answered already; in a head it is
-        # the previous request's (if any), whose answer may still be being written.
-        body = self._phase == _BODY
-        if (not cycle.response_started) if body else (cycle is None or cycle.response_complete):
+        if not self.pipeline and (cycle is None or not cycle.response_started or self._phase == _HEAD):
             self.transport.write(_refusal(status, message, field))
         if cycle is not None and not cycle.response_complete:
             # What the app reads next is the client leaving; whatever it answers is dropped.

@@ -12,12 +12,14 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+from scalerec_core.http import _install_error_handlers
 from scalerec_core.http_limits import MAX_URL_BYTES, HttpLimits
 from scalerec_core.service import _uvicorn_options, free_port
 from scalerec_core.settings import ServiceSettings
@@ -28,6 +30,7 @@ LIMITS = HttpLimits(keep_alive_s=2.0, header_timeout_s=1.0, body_timeout_s=1.0, 
 
 def _app(handled: list[str]) -> FastAPI:
     app = FastAPI()
+    _install_error_handlers(app)  # the services' own: a client cut off is not an error of theirs
 
     @app.get("/ping")
     async def ping(request: Request) -> dict[str, int]:
@@ -41,9 +44,26 @@ def _app(handled: list[str]) -> FastAPI:
         return {"body_bytes": len(body)}
 
     @app.get("/large")
-    async def large() -> Response:
+    async def large(mib: int = 64) -> Response:
         handled.append("large")
-        return Response(b"x" * (64 << 20), media_type="application/octet-stream")
+        return Response(b"x" * (mib << 20), media_type="application/octet-stream")
+
+    @app.post("/late")
+    async def late(request: Request) -> dict[str, int]:  # reads the body only after a while (an auth call...)
+        await asyncio.sleep(LIMITS.body_timeout_s + 0.5)
+        body = await request.body()
+        handled.append("late")
+        return {"body_bytes": len(body)}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(8):
+                yield b"chunk%d\n" % i
+                await asyncio.sleep(0.2)
+
+        handled.append("stream")
+        return StreamingResponse(chunks())
 
     @app.post("/early")
     async def early() -> dict[str, bool]:  # answers without reading the body
@@ -98,6 +118,22 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body[:length]
 
 
+def _answer_slowly(sock: socket.socket, pause_s: float) -> tuple[int, dict[str, str], bytes]:
+    """:func:`_answer`, reading 20 kB at a time with a pause after each read."""
+    data = b""
+    while True:
+        chunk = sock.recv(20_000)
+        assert chunk, f"the server closed the connection after {len(data)} bytes"
+        data += chunk
+        if b"\r\n\r\n" in data:
+            head, body = data.split(b"\r\n\r\n", 1)
+            lines = head.decode().split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+            if len(body) >= int(headers["content-length"]):
+                return int(lines[0].split()[1]), headers, body
+        time.sleep(pause_s)
+
+
 def _closed(sock: socket.socket) -> bool:
     try:
         return sock.recv(1) == b""
@@ -139,6 +175,55 @@ def test_requests_that_arrive_in_time_and_size_are_served_as_before() -> None:
         status, _, body = _answer(sock)
         assert (status, json.loads(body)) == (200, {"query_bytes": len(query)})
         assert handled == ["ping", "ping", "echo", "ping"]
+
+
+def test_pipelined_requests_are_timed_and_sized_each_on_its_own() -> None:
+    """A large body followed in the same chunks by the next request's head: the body is not counted as
+    head; a body that ends together with the next head does not pass its deadline on to the next."""
+    body = b"x" * 1_000_000  # much more than the 16 KiB head limit, in the chunks the next head starts in
+    with _server() as (port, handled), _connect(port) as sock:
+        head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        sock.sendall(head % len(body) + body + b"GET /ping HTTP/1.1\r\nHost: t\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"\r\n")
+        assert [_answer(sock)[0], _answer(sock)[0]] == [200, 200]
+        sock.sendall(head % 2 + b"{")
+        time.sleep(0.7)
+        sock.sendall(b"}" + head % 2 + b"{")  # the first body ends, the second begins: its own 1 s from here
+        time.sleep(0.6)
+        sock.sendall(b"}")
+        assert [_answer(sock)[0], _answer(sock)[0]] == [200, 200]
+        assert handled == ["echo", "ping", "echo", "echo"]
+
+
+def test_time_the_server_does_not_read_is_not_the_client_s() -> None:
+    """A pipelined request behind a slow answer, and a body the app reads only after the body timeout
+    (uvicorn stops reading past 64 KiB), are answered: the client sent everything at once."""
+    with _server() as (port, handled), _connect(port) as sock:
+        body = b"x" * 200_000
+        sock.sendall(b"POST /late HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        first, second = _answer(sock), _answer(sock)
+        assert (first[0], json.loads(first[2]), second[0]) == (200, {"body_bytes": len(body)}, 200)
+        assert handled == ["late", "echo"]
+
+
+def test_a_late_pipelined_body_is_refused_after_the_answer_before_it() -> None:
+    """A streamed answer is written whole; the 408 for the late body pipelined behind it follows it."""
+    with _server() as (port, handled), _connect(port) as sock:
+        sock.sendall(
+            b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\nPOST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n{}"
+        )
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        streamed, _, refusal = received.partition(b"0\r\n\r\n")  # the end of the chunked answer
+        assert streamed.startswith(b"HTTP/1.1 200") and b"chunk7" in streamed
+        assert refusal.startswith(b"HTTP/1.1 408") and b'"field": "body"' in refusal
+        assert handled == ["stream"]
 
 
 def test_a_head_over_the_limit_is_refused_before_its_end() -> None:
@@ -207,7 +292,7 @@ def test_a_head_that_trickles_is_answered_408_at_its_deadline() -> None:
         assert handled == []
 
 
-def test_a_body_that_stops_is_answered_408_and_not_handled() -> None:
+def test_a_body_that_stops_is_answered_408_and_not_handled(capfd: pytest.CaptureFixture[str]) -> None:
     before = _refused("body_timeout")
     with _server() as (port, handled), _connect(port) as sock:
         sock.sendall(
@@ -221,6 +306,7 @@ def test_a_body_that_stops_is_answered_408_and_not_handled() -> None:
         time.sleep(0.2)
         assert handled == []  # the app saw the client leave, not a truncated body
     assert _refused("body_timeout") == before + 1
+    assert "Exception in ASGI application" not in capfd.readouterr().err  # no traceback per slow client
 
 
 def test_a_body_that_trickles_after_an_early_answer_is_cut_at_its_deadline() -> None:
@@ -264,6 +350,16 @@ def test_a_client_that_stops_reading_the_answer_is_cut_off() -> None:
         assert ended and received < 64 << 20
         assert handled == ["large"]
     assert _refused("response_not_read") == before + 1
+
+
+def test_a_client_that_reads_a_large_answer_slowly_gets_all_of_it() -> None:
+    """Reading steadily, if slower than the whole answer per timeout, is not "not reading" (nginx's
+    send_timeout counts between two writes): 8 MiB at ~2 MB/s with a 1 s limit arrive whole."""
+    with _server() as (port, _), _connect(port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(b"GET /large?mib=8 HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _ = _answer_slowly(sock, pause_s=0.01)
+        assert status == 200 and headers["content-length"] == str(8 << 20)
 
 
 def test_a_connection_that_never_sends_a_request_is_closed_after_the_keep_alive() -> None:
