@@ -77,6 +77,7 @@ bench: venv tools
 	$(BIN)/python benchmarks/telemetry_cost.py
 	$(BIN)/python benchmarks/accept_balance.py
 	$(BIN)/python benchmarks/triton_client.py
+	$(BIN)/python benchmarks/http_protocol.py
 	$(STACK) up kafka hbase thrift
 	$(BIN)/python benchmarks/ingest_throughput.py
 

@@ -395,3 +395,15 @@ def test_the_ranker_longest_exclude_list_fits_with_ids_of_usual_length() -> None
         sock.sendall(f"GET /ping?{query} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {'k' * 2000}\r\n\r\n".encode())
         status, _, body = _answer(sock)
         assert (status, json.loads(body)) == (200, {"query_bytes": len(query)})
+
+
+def test_the_protocol_benchmark_runs_and_reports() -> None:
+    """A few-second smoke run of benchmarks/http_protocol.py: both rows and the ratio, not the figures."""
+    from tests.unit.services.bench import run_benchmark
+
+    stdout = run_benchmark("http_protocol.py", "--requests", "500", "--rounds", "1")
+    rows = [
+        line for line in stdout.splitlines() if "HttpToolsProtocol (floor)" in line or "GuardedHttpProtocol" in line
+    ]
+    assert len(rows) == 2 and all(0 < float(row.split()[-1]) <= 2 for row in rows), stdout
+    assert "limits cost" in stdout
