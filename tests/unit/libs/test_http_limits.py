@@ -134,6 +134,21 @@ def _answer_slowly(sock: socket.socket, pause_s: float) -> tuple[int, dict[str, 
         time.sleep(pause_s)
 
 
+def _drip(sock: socket.socket, byte: bytes, for_s: float = 5.0) -> bytes:
+    """Send ``byte`` every 0.2 s until the server answers (what it sent) or closes (b""), for at most ``for_s``."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + for_s
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(byte)
+            return sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+    raise AssertionError(f"the server neither answered nor closed in {for_s} s")
+
+
 def _closed(sock: socket.socket) -> bool:
     try:
         return sock.recv(1) == b""
@@ -276,16 +291,7 @@ def test_a_head_that_trickles_is_answered_408_at_its_deadline() -> None:
     with _server() as (port, handled), _connect(port) as sock:
         started = time.monotonic()
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\n")
-        sock.settimeout(0.2)
-        answer = b""
-        while not answer and time.monotonic() - started < 5:
-            try:
-                sock.sendall(b"X")
-                answer = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                break
+        answer = _drip(sock, b"X")
         took = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert 0.9 < took < 2.5
@@ -315,16 +321,7 @@ def test_a_body_that_trickles_after_an_early_answer_is_cut_at_its_deadline() -> 
         sock.sendall(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{")
         started = time.monotonic()
         assert _answer(sock)[0] == 200
-        sock.settimeout(0.2)
-        rest = None
-        while rest is None and time.monotonic() - started < 5:
-            try:
-                sock.sendall(b" ")
-                rest = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                rest = b""
+        rest = _drip(sock, b" ")
         assert rest == b"" and _unread.get(sock.fileno()) == b""
         assert 0.9 < time.monotonic() - started < 2.5
         assert handled == ["early"]
