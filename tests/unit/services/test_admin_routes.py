@@ -77,6 +77,9 @@ def test_trainer_runs_a_job_and_reports_it(tmp_path: Path) -> None:
         assert [j["job_id"] for j in client.get("/v1/train").json()] == [job_id]
         nope = client.get("/v1/train/nope")  # a 404 names the field at fault, like every 4xx
         assert nope.status_code == 404 and nope.json()["errors"][0]["field"] == "job_id"
+        for hostile in ("j" * 129, "a%00b", "a%7Cb"):  # not an id: 422, not echoed back in a 404
+            refused = client.get(f"/v1/train/{hostile}")
+            assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "job_id", refused.text
 
 
 def test_evaluator_reports_nothing_before_any_candidate(tmp_path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 from scalerec_core.auth import Scope, require
 from scalerec_core.http import field_error
+from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 
 from scalerec_trainer.deps import TrainerDep
 from scalerec_trainer.jobs import EpochProgress, Job
@@ -53,7 +55,9 @@ async def train(trainer: TrainerDep, request: Request) -> JobView:
 
 
 @router.get("/train/{job_id}", response_model=JobView, summary="A training run's status and progress by epoch")
-async def job_status(trainer: TrainerDep, job_id: str) -> JobView:
+async def job_status(
+    trainer: TrainerDep, job_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+) -> JobView:
     job = trainer.jobs.get(job_id)
     if job is None:
         raise field_error(404, "job_id", f"no training job {job_id!r}")
