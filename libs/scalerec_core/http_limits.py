@@ -107,6 +107,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._phase = _IDLE
         self._head_bytes = 0  # bytes of the current request's head received before the chunk being parsed
         self._chunk = 0  # the size of the chunk being parsed
+        self._began = False  # whether a request began in the chunk being parsed
         self._surely_small = min(limits.max_header_bytes, MAX_URL_BYTES)  # a head no larger needs no check
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase = _IDLE
@@ -158,13 +159,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._cancel_deadline()
         self._phase = _HEAD
         self._head_bytes = 0
+        self._began = True
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
-        # The head is no larger than what came before this chunk plus this chunk: only when that bound
-        # passes the limit (never for the usual request, whole in one small chunk) are its parts added up.
+        # A head that began in this chunk is no larger than the chunk: only a head that came in several
+        # chunks, or in one larger than the limit, has its parts added up (never the usual request).
         limit = self.limits.max_header_bytes
-        if self._head_bytes + self._chunk <= self._surely_small or (
+        if (self._began and self._chunk <= self._surely_small) or (
             len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) <= limit
             and len(self.url) <= MAX_URL_BYTES
         ):
@@ -188,29 +190,42 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._phase = _IDLE
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._phase == _HEAD
         self._chunk = len(data)
+        self._began = False
         HttpToolsProtocol.data_received(self, data)
         phase = self._phase
         if phase == _IDLE:  # the usual case: every request in this chunk came whole
-            if self._deadline is not None:
-                self._cancel_deadline()
+            if self._began or self.timeout_keep_alive_task is not None or self._answering():
+                if self._deadline is not None:
+                    self._cancel_deadline()
+            elif self._deadline is None and not self.transport.is_closing():
+                # Bytes that began no request (llhttp skips CR and LF before a request line) cancelled the
+                # idle timer: the connection stays idle-timed, from the first such bytes, not from each.
+                self._deadline = self.loop.call_later(self._allowed(_IDLE), self._timed_out)
+                self._deadline_phase = _IDLE
             return
         if self.transport.is_closing():
             return
         if phase == _HEAD:  # a request's head is still arriving after this chunk
-            if in_head:
+            if not self._began:
                 self._head_bytes += len(data)
-            else:  # it began in this chunk, after the end of the request before it: what is parsed of it
+            else:  # it began in this chunk, maybe after the end of the request before it: what is parsed of
+                # it (a header still being read is not, so a head may pass the limit by up to one chunk
+                # before this check refuses it; on_headers_complete's is exact)
                 self._head_bytes = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
             if self._head_bytes > self.limits.max_header_bytes or len(self.url) > MAX_URL_BYTES:
                 self._head_too_large()
                 return
         if self._deadline is None or self._deadline_phase != phase:
             self._cancel_deadline()
-            seconds = self.limits.header_timeout_s if phase == _HEAD else self.limits.body_timeout_s
-            self._deadline = self.loop.call_later(seconds, self._timed_out)
+            self._deadline = self.loop.call_later(self._allowed(phase), self._timed_out)
             self._deadline_phase = phase
+
+    def _allowed(self, phase: int) -> float:
+        """Seconds a connection may stay in ``phase`` (idle after bytes that began no request, head, body)."""
+        if phase == _HEAD:
+            return self.limits.header_timeout_s
+        return self.limits.body_timeout_s if phase == _BODY else self.timeout_keep_alive
 
     def _too_large(self) -> tuple[int, str, str]:
         limit = min(MAX_URL_BYTES, self.limits.max_header_bytes)
@@ -248,10 +263,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.flow.read_paused or self.pipeline:
             # uvicorn is not reading (the client may have sent it all), or this request waits behind the
             # one before it, which may have resumed reading for its own sake: not the client's delay.
-            seconds = self.limits.header_timeout_s if self._deadline_phase == _HEAD else self.limits.body_timeout_s
-            self._deadline = self.loop.call_later(seconds, self._timed_out)
+            self._deadline = self.loop.call_later(self._allowed(self._deadline_phase), self._timed_out)
             return
-        if self._phase == _HEAD:
+        if self._phase == _IDLE:  # idle since bytes that were no request
+            if not self._answering():
+                self.transport.close()
+        elif self._phase == _HEAD:
             if self._answering():  # the previous request's answer is still being written: close once it is
                 self._count(408, "headers")
                 self.cycle.keep_alive = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated
 
@@ -43,15 +44,23 @@ class JobView(BaseModel):
 async def train(trainer: TrainerDep, request: Request) -> JobView:
     """Trains on every example before the holdout window; the new version is announced as a candidate.
 
-    Takes no body (nothing, or ``{}``): what a run trains is the trainer's settings (docs/configuration.md).
+    Takes no body (nothing, ``{}`` or ``null``): what a run trains is the trainer's settings (docs/configuration.md).
     """
-    body = (await request.body()).strip()
-    if body not in (b"", b"{}"):
+    body = await request.body()
+    if body.strip() and _json_value(body) not in ({}, None):
         # e.g. {"epochs": 3}: refused rather than ignored while a run with the settings' epochs starts
         message = f"POST /v1/train takes no body (got {len(body)} bytes): a run is configured by the trainer's settings"
         raise field_error(422, "body", message)
     job, started = trainer.submit(reason="api")
     return JobView.of(job, already_running=not started)
+
+
+def _json_value(raw: bytes) -> object:
+    """What ``raw`` holds as JSON, or ``raw`` itself when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 @router.get("/train/{job_id}", response_model=JobView, summary="A training run's status and progress by epoch")
