@@ -15,10 +15,12 @@ connection gets what nginx's ``client_header_timeout``, ``client_body_timeout`` 
 - a client that stops reading an answer (the socket's send buffer full) is cut off after
   ``body_timeout_s`` (nginx's ``send_timeout``), so the app's task and its answer are let go;
 - a request line and headers over ``max_header_bytes`` are refused with 431 as soon as they pass it,
-  not read to the end, and a URL over the 65,535 bytes uvicorn's URL parser takes with 414 (uvicorn's
-  own answer to it was a bare 400 "Invalid HTTP request received.").
+  not kept, and a URL over the 65,535 bytes uvicorn's URL parser takes with 414 (uvicorn's own answer
+  to it was a bare 400 "Invalid HTTP request received.").
 
-Refusals carry the services' error shape (``{"detail", "errors"}``), close the connection and are
+Refusals carry the services' error shape (``{"detail", "errors"}``), close the connection (what the
+client still sends is read and dropped for a few seconds first, so that it sees the refusal rather
+than a reset) and are
 counted in ``scalerec_http_requests_refused_total{reason}`` (logged at debug only: they come in floods). The
 checks run once per chunk the socket delivers and once per request head; timers are armed only while
 a request is incomplete after a chunk, so a request that arrives whole (the usual GET) arms none.
@@ -77,6 +79,13 @@ def _refused() -> Any:
 
 _REASONS = {408: "timeout", 414: "url_too_long", 431: "headers_too_large"}
 
+# After a refusal the connection's sending side is shut and what the client still sends is read and
+# dropped for up to this long or this much (nginx's lingering close), then the connection is closed:
+# closed at once with its bytes unread, the kernel answers a reset, and a client still writing its
+# request gets a write error instead of the refusal.
+LINGER_S = 5.0
+LINGER_BYTES = 8 << 20
+
 
 def _refusal(status: int, message: str, field: str) -> bytes:
     body = json.dumps({"detail": message, "errors": [{"field": field, "message": message}]}).encode()
@@ -108,6 +117,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes of the current request's head received before the chunk being parsed
         self._chunk = 0  # the size of the chunk being parsed
         self._began = False  # whether a request began in the chunk being parsed
+        self._lingering: int | None = None  # bytes dropped since a refusal, while the client may still send
         self._surely_small = min(limits.max_header_bytes, MAX_URL_BYTES)  # a head no larger needs no check
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase = _IDLE
@@ -190,6 +200,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._phase = _IDLE
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # refused: what the client still sends is dropped
+            self._lingering += len(data)
+            if self._lingering > LINGER_BYTES:
+                self.transport.abort()
+            return
         self._chunk = len(data)
         self._began = False
         HttpToolsProtocol.data_received(self, data)
@@ -295,13 +310,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self._cancel_deadline()
         cycle = self.cycle
-        if not self.pipeline and (cycle is None or not cycle.response_started or self._phase == _HEAD):
+        answer = not self.pipeline and (cycle is None or not cycle.response_started or self._phase == _HEAD)
+        if answer:
             self.transport.write(_refusal(status, message, field))
         if cycle is not None and not cycle.response_complete:
             # What the app reads next is the client leaving; whatever it answers is dropped.
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        if not answer or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()  # the answer, then the end of what this side sends
+        self._lingering = 0
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 async def _send_refusal(status: int, message: str, field: str, scope: Any, receive: Any, send: Any) -> None:

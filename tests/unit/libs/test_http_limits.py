@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from scalerec_core.http import _install_error_handlers
-from scalerec_core.http_limits import MAX_URL_BYTES, HttpLimits
+from scalerec_core.http_limits import LINGER_BYTES, LINGER_S, MAX_URL_BYTES, HttpLimits
 from scalerec_core.service import _uvicorn_options, free_port
 from scalerec_core.settings import ServiceSettings
 from scalerec_core.telemetry import render_metrics, setup_telemetry
@@ -264,22 +264,31 @@ def test_a_late_pipelined_body_is_refused_after_the_answer_before_it() -> None:
 
 
 def test_a_head_over_the_limit_is_refused_before_its_end() -> None:
-    """A header that never ends (sent in pieces, 4 MiB of it) is 431 once it passes the limit, not read whole."""
+    """A header of 4 MiB, sent in pieces, is 431 once it passes the limit and is not kept: the rest is read
+    and dropped, so the client's writes all succeed and it reads the 431 (closed at once, its unread bytes
+    would have made the kernel answer a reset, failing the client's next write before it read anything)."""
     with _server() as (port, handled), _connect(port) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Big: ")
-        sent = 0
-        try:
-            while sent < 4 << 20:
-                sock.sendall(b"a" * 8192)
-                sent += 8192
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # the server closed the connection with the rest unread
+        for _ in range(512):
+            sock.sendall(b"a" * 8192)
         status, headers, body = _answer(sock)
         assert (status, headers["connection"]) == (431, "close")
         detail, field = _error(body)
         assert field == "headers" and f"limit of {LIMITS.max_header_bytes} bytes" in detail
-        assert sent < 4 << 20 or _closed(sock)
+        assert _closed(sock)
         assert handled == []
+
+
+def test_a_client_that_goes_on_sending_after_a_refusal_is_closed_soon() -> None:
+    """What follows a refusal is dropped for at most LINGER_S or LINGER_BYTES: then the connection goes."""
+    with _server() as (port, _), _connect(port) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000)
+        started, sent = time.monotonic(), 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while sent < 2 * LINGER_BYTES and time.monotonic() - started < LINGER_S + 5:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        assert sent <= LINGER_BYTES + (4 << 20)  # what the buffers on the way hold besides
 
 
 @pytest.mark.parametrize(
