@@ -79,6 +79,12 @@ def _refused() -> Any:
 
 _REASONS = {408: "timeout", 414: "url_too_long", 431: "headers_too_large"}
 
+
+def _reason(status: int, field: str) -> str:
+    """The refusal counter's ``reason``: headers_timeout, body_timeout, url_too_long, headers_too_large."""
+    return f"{field}_{_REASONS[status]}" if status == 408 else _REASONS[status]
+
+
 # After a refusal the connection's sending side is shut and what the client still sends is read and
 # dropped for up to this long or this much (nginx's lingering close), then the connection is closed:
 # closed at once with its bytes unread, the kernel answers a reset, and a client still writing its
@@ -87,8 +93,14 @@ LINGER_S = 5.0
 LINGER_BYTES = 8 << 20
 
 
+def _refusal_body(message: str, field: str) -> bytes:
+    """The services' error shape (scalerec_core.http.error_response) for one field."""
+    return json.dumps({"detail": message, "errors": [{"field": field, "message": message}]}).encode()
+
+
 def _refusal(status: int, message: str, field: str) -> bytes:
-    body = json.dumps({"detail": message, "errors": [{"field": field, "message": message}]}).encode()
+    """A whole HTTP answer refusing a request, written straight to the connection."""
+    body = _refusal_body(message, field)
     return b"".join(
         [
             STATUS_LINE[status],
@@ -114,7 +126,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self._phase = _IDLE
-        self._head_bytes = 0  # bytes of the current request's head received before the chunk being parsed
+        self._head_bytes = 0  # of a request head still arriving: its part parsed in its first chunk, then all since
         self._chunk = 0  # the size of the chunk being parsed
         self._began = False  # whether a request began in the chunk being parsed
         self._lingering: int | None = None  # bytes dropped since a refusal, while the client may still send
@@ -157,8 +169,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._unsent = unsent
             self._stalled = self.loop.call_later(self.limits.body_timeout_s, self._not_read)
             return
-        _refused().add(1, {"reason": "response_not_read"})
-        log.debug("%s: answer not read for %g s, connection aborted", self.client, self.limits.body_timeout_s)
+        self._count("response_not_read")
         self.transport.abort()  # close() would wait for the buffer to drain, which is what is not happening
 
     # Parser callbacks: where the request is.
@@ -168,25 +179,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:  # the previous request's, if it ended in this chunk
             self._cancel_deadline()
         self._phase = _HEAD
-        self._head_bytes = 0
         self._began = True
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
         # A head that began in this chunk is no larger than the chunk: only a head that came in several
         # chunks, or in one larger than the limit, has its parts added up (never the usual request).
-        limit = self.limits.max_header_bytes
-        if (self._began and self._chunk <= self._surely_small) or (
-            len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) <= limit
-            and len(self.url) <= MAX_URL_BYTES
-        ):
+        if (self._began and self._chunk <= self._surely_small) or not self._over_limits(self._parsed_head_bytes()):
             HttpToolsProtocol.on_headers_complete(self)
             return
         # The whole head arrived in the chunk that passed the limit: answer through a cycle of its own,
         # as uvicorn answers 503 over its concurrency limit, so the parser's state stays consistent
         # (and a pipelined refusal waits for the answer before it, as any pipelined request does).
         status, message, field = self._too_large()
-        self._count(status, field)
+        self._count(_reason(status, field))
         app = self.app
         self.app = functools.partial(_send_refusal, status, message, field)
         self.url = b"/"  # what uvicorn parses next: the refusal needs no path, and a long URL would not parse
@@ -227,8 +233,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             else:  # it began in this chunk, maybe after the end of the request before it: what is parsed of
                 # it (a header still being read is not, so a head may pass the limit by up to one chunk
                 # before this check refuses it; on_headers_complete's is exact)
-                self._head_bytes = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-            if self._head_bytes > self.limits.max_header_bytes or len(self.url) > MAX_URL_BYTES:
+                self._head_bytes = self._parsed_head_bytes()
+            if self._over_limits(self._head_bytes):
                 self._head_too_large()
                 return
         if self._deadline is None or self._deadline_phase != phase:
@@ -242,6 +248,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return self.limits.header_timeout_s
         return self.limits.body_timeout_s if phase == _BODY else self.timeout_keep_alive
 
+    def _parsed_head_bytes(self) -> int:
+        """The size of the request line and headers parsed so far (a header still being read aside)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _over_limits(self, head_bytes: int) -> bool:
+        return head_bytes > self.limits.max_header_bytes or len(self.url) > MAX_URL_BYTES
+
     def _too_large(self) -> tuple[int, str, str]:
         limit = min(MAX_URL_BYTES, self.limits.max_header_bytes)
         if len(self.url) > limit:
@@ -254,7 +267,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._answering():
             # The answer to the request before is being written: let it finish, read no more, close after it.
             if self.cycle.keep_alive:  # counted once, however many chunks still come in
-                self._count(*self._too_large()[::2])
+                status, _, field = self._too_large()
+                self._count(_reason(status, field))
                 self.cycle.keep_alive = False
             self.flow.pause_reading()
             self._cancel_deadline()
@@ -285,7 +299,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self.transport.close()
         elif self._phase == _HEAD:
             if self._answering():  # the previous request's answer is still being written: close once it is
-                self._count(408, "headers")
+                self._count(_reason(408, "headers"))
                 self.cycle.keep_alive = False
                 return
             self._refuse(
@@ -294,10 +308,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif self._phase == _BODY:
             self._refuse(408, f"the request's body did not arrive within {self.limits.body_timeout_s:g} s", "body")
 
-    def _count(self, status: int, field: str) -> None:
-        reason = f"{field}_{_REASONS[status]}" if status == 408 else _REASONS[status]
+    def _count(self, reason: str) -> None:
         _refused().add(1, {"reason": reason})
-        log.debug("%s: %d (%s), connection closed", self.client, status, reason)
+        log.debug("%s: refused (%s), connection closed", self.client, reason)
 
     def _refuse(self, status: int, message: str, field: str) -> None:
         """Answer ``status`` where no answer to this request has begun, and close the connection.
@@ -306,7 +319,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         ``self.cycle`` is this request's, whose app may have answered already; in a head, it is the
         previous request's, answered in full (see ``_answering``).
         """
-        self._count(status, field)
+        self._count(_reason(status, field))
         self._unset_keepalive_if_required()
         self._cancel_deadline()
         cycle = self.cycle
@@ -327,7 +340,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 async def _send_refusal(status: int, message: str, field: str, scope: Any, receive: Any, send: Any) -> None:
-    body = _refusal(status, message, field).split(b"\r\n\r\n", 1)[1]
+    body = _refusal_body(message, field)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),

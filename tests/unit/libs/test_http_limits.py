@@ -102,37 +102,27 @@ def _connect(port: int) -> socket.socket:
 _unread: dict[int, bytes] = {}  # bytes received past the end of the last answer, per socket (pipelining)
 
 
-def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One whole response: status, headers, body (raises if the server closed before sending it)."""
+def _answer(sock: socket.socket, read_size: int = 65536, pause_s: float = 0.0) -> tuple[int, dict[str, str], bytes]:
+    """One whole response: status, headers, body (raises if the server closed before sending it), read
+    ``read_size`` bytes at a time with ``pause_s`` after each read of its body (a slow reader)."""
+
+    def more(data: bytes) -> bytes:
+        chunk = sock.recv(read_size)
+        assert chunk, f"the server closed the connection without answering in full (got {len(data)} bytes)"
+        return data + chunk
+
     data = _unread.pop(sock.fileno(), b"")
     while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection without answering (got {data!r})"
-        data += chunk
+        data = more(data)
     head, body = data.split(b"\r\n\r\n", 1)
     lines = head.decode().split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     length = int(headers["content-length"])
     while len(body) < length:
-        body += sock.recv(65536)
+        time.sleep(pause_s)
+        body = more(body)
     _unread[sock.fileno()] = body[length:]
     return int(lines[0].split()[1]), headers, body[:length]
-
-
-def _answer_slowly(sock: socket.socket, pause_s: float) -> tuple[int, dict[str, str], bytes]:
-    """:func:`_answer`, reading 20 kB at a time with a pause after each read."""
-    data = b""
-    while True:
-        chunk = sock.recv(20_000)
-        assert chunk, f"the server closed the connection after {len(data)} bytes"
-        data += chunk
-        if b"\r\n\r\n" in data:
-            head, body = data.split(b"\r\n\r\n", 1)
-            lines = head.decode().split("\r\n")
-            headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-            if len(body) >= int(headers["content-length"]):
-                return int(lines[0].split()[1]), headers, body
-        time.sleep(pause_s)
 
 
 def _drip(sock: socket.socket, byte: bytes, for_s: float = 5.0) -> bytes:
@@ -386,7 +376,7 @@ def test_a_client_that_reads_a_large_answer_slowly_gets_all_of_it() -> None:
     with _server() as (port, _), _connect(port) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(b"GET /large?mib=8 HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, headers, _ = _answer_slowly(sock, pause_s=0.01)
+        status, headers, _ = _answer(sock, read_size=20_000, pause_s=0.01)
         assert status == 200 and headers["content-length"] == str(8 << 20)
 
 
