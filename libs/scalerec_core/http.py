@@ -125,9 +125,15 @@ def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        broken = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if broken:
+            # FastAPI's loc is ("body", <character offset>): say where, and name the body, not "[17]".
+            at = broken[0].get("loc", ())[-1:]
+            where = f" at character {at[0]}" if at and isinstance(at[0], int) else ""
+            reason = (broken[0].get("ctx") or {}).get("error") or broken[0].get("msg", "JSON decode error")
+            message = f"malformed JSON{where}: {reason}"
+            return error_response(400, "malformed JSON body", [{"field": "body", "message": message}])
         errors = validation_errors(exc)
-        if any(e.get("type") == "json_invalid" for e in exc.errors()):
-            return error_response(400, "malformed JSON body", errors)
         kind = request.headers.get("content-type")
         if not is_json_content_type(kind) and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
             # The body was not read as JSON at all: say so, not that the JSON is of the wrong shape.

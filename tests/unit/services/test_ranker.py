@@ -652,6 +652,64 @@ def test_exclude_is_capped(client: TestClient, world: World) -> None:
     assert client.get("/v1/recommendations", params={"user_id": user, "exclude": ids[:-1]}).status_code == 200
 
 
+def test_a_post_takes_the_same_fields_as_json_with_an_exclusion_list_no_url_can_carry(
+    client: TestClient, world: World
+) -> None:
+    """500 ids of 128 characters are ~65 KB: past the 65,535 bytes of a URL (414 for GET), fine in a body."""
+    from scalerec_ranker.api.routes.recommendations import MAX_EXCLUDE
+
+    user = world.shop.events[0].user_id
+    got = client.get("/v1/recommendations", params={"user_id": user, "k": 10, "device": "mobile"}).json()
+    posted = client.post("/v1/recommendations", json={"user_id": user, "k": 10, "device": "mobile"})
+    assert posted.status_code == 200 and posted.headers["content-type"] == "application/json", posted.text
+    same = ("item_id", "source", "reason", "because")
+    assert [[i[f] for f in same] for i in posted.json()["items"]] == [[i[f] for f in same] for i in got["items"]]
+    shown = [i["item_id"] for i in got["items"]][:5]
+    long_ids = [f"{n:03d}".ljust(128, "x") for n in range(MAX_EXCLUDE - len(shown))]
+    exclude = shown + long_ids
+    assert len("&".join(f"exclude={i}" for i in exclude)) > 65_535
+    r = client.post("/v1/recommendations", json={"user_id": user, "k": 10, "exclude": exclude})
+    assert r.status_code == 200, r.text
+    items = [i["item_id"] for i in r.json()["items"]]
+    assert len(items) == 10 and not set(items) & set(shown)
+    assert r.json()["fallback"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"user_id": "u1", "exlude": ["i1"]}, 422, "exlude"),  # a misspelt field is not quietly ignored
+        ({"user_id": "u1", "exclude": ["i1", "i1|i2"]}, 422, "exclude[1]"),
+        ({"user_id": "u1", "exclude": [f"i{n}" for n in range(501)]}, 422, "exclude"),
+        ({"user_id": "u1", "k": 10_000}, 422, "k"),
+        ({"user_id": "u1", "k": 0}, 422, "k"),
+        ({"k": 3}, 422, "user_id"),
+        ([{"user_id": "u1"}], 422, "body"),
+        (None, 415, "body"),  # no body at all: it must be JSON
+    ],
+)
+def test_a_post_with_a_bad_body_is_a_4xx_naming_the_field(
+    client: TestClient, body: object, status: int, field: str
+) -> None:
+    r = client.post("/v1/recommendations", json=body)
+    assert r.status_code == status, r.text
+    assert field in {e["field"] for e in r.json()["errors"]}, r.text
+
+
+def test_a_post_that_is_not_json_is_a_400_or_415_naming_the_body(client: TestClient) -> None:
+    malformed = client.post(
+        "/v1/recommendations", content=b'{"user_id": "u1",', headers={"content-type": "application/json"}
+    )
+    assert malformed.status_code == 400 and malformed.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "malformed JSON at character 17: Expecting property name enclosed in double quotes",
+        }
+    ], malformed.text
+    form = client.post("/v1/recommendations", content=b"user_id=u1", headers={"content-type": "text/plain"})
+    assert form.status_code == 415 and "text/plain" in form.json()["detail"], form.text
+
+
 def test_a_tampered_model_version_is_refused_and_the_previous_one_keeps_serving(world: World, tmp_path: Path) -> None:
     repository = tmp_path / "model_repository"
     shutil.copytree(world.repository, repository)

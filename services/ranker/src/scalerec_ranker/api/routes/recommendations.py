@@ -1,19 +1,19 @@
-"""GET /v1/recommendations, GET /v1/items/{item_id}/similar, GET /v1/model."""
+"""GET and POST /v1/recommendations, GET /v1/items/{item_id}/similar, GET /v1/model."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from scalerec_core.auth import Scope, require
 from scalerec_core.http import parse_query, query_parameters
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, Id
 from scalerec_features import Device
 
 from scalerec_ranker.deps import RecommenderDep
-from scalerec_ranker.recommend import Recommendation
+from scalerec_ranker.recommend import Recommendation, Recommender
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
@@ -59,6 +59,13 @@ def answer_json(rec: Recommendation) -> bytes:
     return _ANSWER.dump_json(rec)
 
 
+def _exclude(more: str = "") -> Any:
+    return Field(
+        max_length=MAX_EXCLUDE,
+        description=f"Item ids not to recommend (e.g. on screen now), at most {MAX_EXCLUDE}, same rules as item_id{more}",
+    )
+
+
 class RecommendationsQuery(BaseModel):
     """The query of GET /v1/recommendations, validated in one call (:func:`scalerec_core.http.parse_query`)."""
 
@@ -68,12 +75,37 @@ class RecommendationsQuery(BaseModel):
     locale: Annotated[str | None, Field(max_length=16)] = None
     exclude: Annotated[
         list[Id] | None,
-        Field(
-            max_length=MAX_EXCLUDE,
-            description=f"Item ids not to recommend (e.g. on screen now), at most {MAX_EXCLUDE}, same rules as item_id; "
-            "the whole URL must stay within 65,535 bytes (414 past it): 500 ids of up to ~120 characters",
+        _exclude(
+            "; the whole URL must stay within 65,535 bytes (414 past it): 500 ids of up to ~120 characters. "
+            "POST /v1/recommendations takes the same fields as a JSON body, without that limit"
         ),
     ] = None
+
+
+class RecommendationsRequest(RecommendationsQuery):
+    """The body of POST /v1/recommendations: GET's query fields as a JSON object, for exclusion lists that a
+    URL cannot carry (500 ids of up to 128 characters are ~65 KB). A field the ranker does not know is a 422,
+    not ignored: a misspelt ``exlude`` must not quietly recommend what was meant to be excluded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exclude: Annotated[list[Id] | None, _exclude()] = None
+
+
+async def _serve(recommender: Recommender, query: RecommendationsQuery) -> Response:
+    """The answer to a validated request, whichever way it came (GET's query or POST's body)."""
+    settings = recommender.settings
+    k = query.k or settings.default_k
+    if k > settings.max_k:
+        raise HTTPException(
+            422,
+            {
+                "message": f"k={k} is over the maximum of {settings.max_k}",
+                "errors": [{"field": "k", "message": f"at most {settings.max_k}"}],
+            },
+        )
+    rec = await recommender.recommend(query.user_id, k, query.device, query.locale, query.exclude or ())
+    return Response(answer_json(rec), media_type="application/json")
 
 
 @router.get(
@@ -90,19 +122,19 @@ async def recommendations(request: Request, recommender: RecommenderDep) -> Resp
     """
     # The hottest route: its query is one model validated in one call, not five parameters FastAPI
     # solves one by one, and the recommender publishes the impression (one dependency, not two).
-    query = parse_query(request, RecommendationsQuery)
-    settings = recommender.settings
-    k = query.k or settings.default_k
-    if k > settings.max_k:
-        raise HTTPException(
-            422,
-            {
-                "message": f"k={k} is over the maximum of {settings.max_k}",
-                "errors": [{"field": "k", "message": f"at most {settings.max_k}"}],
-            },
-        )
-    rec = await recommender.recommend(query.user_id, k, query.device, query.locale, query.exclude or ())
-    return Response(answer_json(rec), media_type="application/json")
+    return await _serve(recommender, parse_query(request, RecommendationsQuery))
+
+
+@router.post(
+    "/recommendations",
+    response_model=RecommendationsOut,
+    summary="Recommendations for a user, asked with a JSON body",
+)
+async def recommendations_by_body(body: RecommendationsRequest, recommender: RecommenderDep) -> Response:
+    """The same answer as ``GET /v1/recommendations`` for the same fields, sent as JSON: for ``exclude``
+    lists longer than a URL can carry. Asking for recommendations changes nothing but the impression it
+    publishes, as with GET."""
+    return await _serve(recommender, body)
 
 
 class SimilarOut(BaseModel):
