@@ -205,6 +205,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_message_complete(self)
         self._phase = _IDLE
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # No service speaks WebSocket or h2c (uvicorn runs with ws="none"): a request asking to switch is
+        # answered as the plain HTTP request it also is, through the services' keys and error shape. uvicorn
+        # logs two warnings for each such request, which any client could send in a flood.
+        log.debug("upgrade to %r not supported: answered as plain HTTP", self._get_upgrade())
+
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:  # refused: what the client still sends is dropped
             self._lingering += len(data)

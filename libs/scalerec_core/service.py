@@ -130,6 +130,9 @@ def _uvicorn_options(log_level: str, limits: HttpLimits) -> dict[str, Any]:
         "lifespan": "on",
         "timeout_keep_alive": limits.keep_alive_s,
         "http": limits.protocol(),
+        # No route speaks WebSocket: without a WebSocket protocol an upgrade request is plain HTTP, so it
+        # passes the guard's keys like any other (a WebSocket scope would not) and gets the error shape.
+        "ws": "none",
     }
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -75,10 +77,10 @@ def _app(handled: list[str]) -> FastAPI:
 
 
 @contextmanager
-def _server(limits: HttpLimits = LIMITS) -> Iterator[tuple[int, list[str]]]:
+def _server(limits: HttpLimits = LIMITS, app: Callable[[list[str]], FastAPI] = _app) -> Iterator[tuple[int, list[str]]]:
     handled: list[str] = []
     port = free_port()
-    config = uvicorn.Config(_app(handled), host="127.0.0.1", port=port, **_uvicorn_options("warning", limits))
+    config = uvicorn.Config(app(handled), host="127.0.0.1", port=port, **_uvicorn_options("warning", limits))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
@@ -425,6 +427,47 @@ def test_the_ranker_longest_exclude_list_fits_with_ids_of_usual_length() -> None
         sock.sendall(f"GET /ping?{query} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {'k' * 2000}\r\n\r\n".encode())
         status, _, body = _answer(sock)
         assert (status, json.loads(body)) == (200, {"query_bytes": len(query)})
+
+
+def _guarded_app(data_dir: Path) -> Callable[[list[str]], FastAPI]:
+    """``_app`` behind the services' common layers (keys, error shape), with one key of the serve scope."""
+    from scalerec_collector.config import CollectorSettings
+    from scalerec_core.http import install_common
+
+    def make(handled: list[str]) -> FastAPI:
+        app = _app(handled)
+        install_common(app, CollectorSettings(data_dir=data_dir, api_keys="k1:serve"), service="t")
+        return app
+
+    return make
+
+
+@pytest.mark.parametrize("upgrade", [b"websocket", b"h2c"])
+def test_an_upgrade_request_is_plain_http_behind_the_keys_and_logs_no_warning(upgrade: bytes, tmp_path: Path) -> None:
+    """uvicorn handed WebSocket upgrades to its WebSocket protocol, where the guard lets scopes other than HTTP
+    through (a bare 403 came from the router), and logged two warnings for every other upgrade (h2c)."""
+    warnings: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.WARNING)
+    catch.emit = warnings.append  # type: ignore[method-assign]
+    head = (
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    with _server(app=_guarded_app(tmp_path)) as (port, handled), _connect(port) as sock:
+        logging.getLogger("uvicorn.error").addHandler(catch)  # after uvicorn's logging set-up, which resets it
+        try:
+            sock.sendall(head + b"\r\n")
+            status, _, body = _answer(sock)
+            assert status == 401 and "API key" in json.loads(body)["detail"], body
+            sock.sendall(head + b"X-API-Key: k1\r\n\r\n")
+            status, _, body = _answer(sock)
+            assert status == 200 and json.loads(body) == {"query_bytes": 0}, body
+            sock.sendall(b"GET /ping?a=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\n\r\n")  # the connection goes on
+            assert _answer(sock)[0] == 200
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(catch)
+    assert handled == ["ping", "ping"]
+    assert not warnings, [w.getMessage() for w in warnings]
 
 
 def test_the_protocol_benchmark_runs_and_reports() -> None:
