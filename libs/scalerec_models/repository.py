@@ -9,6 +9,7 @@ Layout (Triton's, so a Triton server can point straight at the folder)::
     <repository>/<model>/<N>/model.onnx          + model.onnx.data (external weights) when present
     <repository>/<model>/<N>/card.json           model card: metrics, data window, feature version, schema
     <repository>/<model>/<N>/...                 extra files (vocab.json, item_embeddings.npy, ...)
+    <repository>/<model>/.pruned-<N>             version N was deleted (retention): for object-storage mirrors
 
 Why it is generated, never hand-written: the config must agree with the ONNX graph
 (names, dtypes, dims), and a mismatch only shows up when Triton refuses to load the
@@ -38,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -98,6 +100,7 @@ __all__ = [
     "convert_to_fp16",
     "list_versions",
     "next_version",
+    "pruned_marker",
     "read_card",
     "read_champion",
     "read_served_versions",
@@ -114,6 +117,7 @@ __all__ = [
 MODEL_FILE_FP16 = "model.fp16.onnx"
 CARD_FILE = "card.json"
 CHAMPION_FILE = "champion"
+PRUNED_PREFIX = ".pruned-"  # <model>/.pruned-<N>: version N was deleted (retention), for object-storage mirrors
 
 
 # --------------------------------------------------------------------------- versions
@@ -380,10 +384,19 @@ def remove_version(repository: Path, model: str, version: int) -> None:
     if version in read_served_versions(repository, model):
         raise ModelRepositoryError(f"{model}: version {version} is in the config's version_policy; unserve it first")
     folder = _model_dir(repository, model) / str(version)
+    # The marker first: object-storage mirrors only copy (docs/kubernetes.md, "Model repository"), so without it
+    # the bucket would keep the version and bring it back. Version numbers are never reused, so it never
+    # names a later version. Hidden, like staging folders: Triton and list_versions skip it.
+    _atomic_write_text(pruned_marker(repository, model, version), f"{int(time.time() * 1000)}\n")
     # Rename first so a reader never sees a half-deleted version folder.
     doomed = folder.with_name(f".deleting-{version}-{uuid.uuid4().hex[:8]}")
     os.rename(folder, doomed)
     shutil.rmtree(doomed)
+
+
+def pruned_marker(repository: Path, model: str, version: int) -> Path:
+    """The file that says ``version`` of ``model`` was deleted on purpose (see :func:`remove_version`)."""
+    return _model_dir(repository, model) / f"{PRUNED_PREFIX}{version}"
 
 
 # --------------------------------------------------------------------------- configs

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from scalerec_models import repository as repo
+from scalerec_models.versions import RUN_MODELS, prune_versions
 
 from tests.charts.helm import RELEASE, render
 
@@ -100,3 +102,59 @@ def test_a_readers_sidecar_starts_on_an_empty_remote_and_mirrors_what_comes(tmp_
         (remote / "scalerec_ranker" / "1").mkdir(parents=True)
         (remote / "scalerec_ranker" / "1" / "card.json").write_text("{}")
         _wait_for(models / "scalerec_ranker" / "1" / "card.json", proc)
+
+
+def _next_sync(marker: Path, proc: subprocess.Popen[str]) -> None:
+    """Wait until the sidecar has finished one more whole sync (it touches the marker after each)."""
+    marker.unlink(missing_ok=True)
+    _wait_for(marker, proc)
+    marker.unlink()
+    _wait_for(marker, proc)  # the one that began after the unlink above, not one already half done
+
+
+def _versions(root: Path) -> dict[str, list[int]]:
+    return {model: repo.list_versions(root, model) for model in RUN_MODELS}
+
+
+def test_a_pruned_version_leaves_the_bucket_the_writers_copies_and_the_readers(tmp_path: Path) -> None:
+    """Writers only copy (newer file wins), so a version the trainer pruned stayed in the bucket for ever, came
+    back into the writers at their next pull and was mirrored into every ranker and Triton pod: each pod's
+    emptyDir held every version ever trained. The trainer's retention now leaves a marker that every writer's
+    sidecar acts on — here the trainer's, then the evaluator's, which still had the pruned versions and would
+    otherwise upload them again — and readers' mirrors follow the bucket."""
+    remote = tmp_path / "bucket" / "model_repository"
+    seed = tmp_path / "seed"
+    for version in (1, 2, 3):
+        for model in RUN_MODELS:
+            folder = seed / model / str(version)
+            folder.mkdir(parents=True)
+            (folder / "card.json").write_text(f'{{"version": {version}}}')
+    repo.write_champion(seed, repo.RANKER_MODEL, 3)
+    shutil.copytree(seed, remote)
+    trainer, evaluator, ranker = (tmp_path / name for name in ("trainer", "evaluator", "ranker"))
+    shutil.copytree(seed, evaluator)  # synced before the trainer ran
+    ranker.mkdir()
+    # A marker whose name came from a tampered bucket names no version: nothing is deleted for it (a sidecar
+    # that took ".." for one would delete its whole copy, which the evaluator's check below would see).
+    (remote / repo.RANKER_MODEL / ".pruned-..").write_text("0\n")
+    everything = {model: [1, 2, 3] for model in RUN_MODELS}
+    with _running(_sync_script("ranker", ranker, tmp_path / "ranker.synced"), remote, tmp_path) as reader:
+        _wait_for(tmp_path / "ranker.synced", reader)
+        assert _versions(ranker) == everything
+        # The trainer's pod: it pulls the repository, writes a version (not here), and prunes to KEEP_VERSIONS.
+        trainer.mkdir()
+        with _running(_sync_script("trainer", trainer, tmp_path / "trainer.synced"), remote, tmp_path) as proc:
+            _wait_for(tmp_path / "trainer.synced", proc)
+            assert prune_versions(trainer, 1) == [1, 2]
+            assert repo.pruned_marker(trainer, repo.RANKER_MODEL, 1).exists()
+            _next_sync(tmp_path / "trainer.synced", proc)
+            assert _versions(remote) == {model: [3] for model in RUN_MODELS}
+            assert _versions(trainer) == {model: [3] for model in RUN_MODELS}  # not pulled back in
+        # The evaluator's pod had versions 1 and 2: its next sync deletes them rather than uploading them again.
+        with _running(_sync_script("evaluator", evaluator, tmp_path / "evaluator.synced"), remote, tmp_path) as proc:
+            _wait_for(tmp_path / "evaluator.synced", proc)
+            assert _versions(evaluator) == {model: [3] for model in RUN_MODELS}
+        assert _versions(remote) == {model: [3] for model in RUN_MODELS}
+        assert repo.read_champion(remote, repo.RANKER_MODEL) == 3
+        _next_sync(tmp_path / "ranker.synced", reader)
+        assert _versions(ranker) == {model: [3] for model in RUN_MODELS}

@@ -417,7 +417,26 @@ finished Job's last version or a promotion is not lost. (list $root $c)
         [ "$status" -eq 3 ] && echo "model sync: nothing at $REMOTE yet (rclone: directory not found): an empty repository; check the remote if one should be there" >&2
         [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
       }
-      sync_once() { pull{{ if $upload }} && rclone copy --update {{ $dir }} "$REMOTE"{{ end }}; }
+      {{- if $upload }}
+      {{- /* A version deleted on purpose (the trainer's KEEP_VERSIONS) leaves `<model>/.pruned-<N>`: copying
+      alone would keep it in the bucket for ever, pull it back into the writers and mirror it into every
+      reader. Whoever has it after a pull (so the bucket or this copy does) deletes it here and in the bucket
+      before uploading; readers lose it at their next sync. Only all-digit versions: a marker's name comes
+      from the bucket. */}}
+      forget_pruned() {
+        for marker in {{ $dir }}/*/.pruned-*; do
+          version="${marker##*/.pruned-}"; model="${marker%/.pruned-*}"
+          case "$version" in ''|*[!0-9]*) continue ;; esac
+          [ -d "$model/$version" ] || continue
+          echo "model sync: $model/$version was pruned: deleting it here and at $REMOTE" >&2
+          rm -rf "$model/$version" && rclone purge --retries 1 "$REMOTE/${model##*/}/$version" || [ "$?" -eq 3 ] || return 1
+        done
+      }
+      {{- /* Half-written (staging) and half-deleted folders are this pod's own business. */}}
+      sync_once() { pull && forget_pruned && rclone copy --update --exclude ".staging-*/**" --exclude ".deleting-*/**" {{ $dir }} "$REMOTE"; }
+      {{- else }}
+      sync_once() { pull; }
+      {{- end }}
       {{- /* sh as PID 1 ignores SIGTERM unless trapped; the uploader flushes once more first. */}}
       trap '{{ if $upload }}sync_once; {{ end }}exit 0' TERM
       while true; do
