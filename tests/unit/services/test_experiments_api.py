@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from scalerec_adapters.bus import OutgoingMessage
 from scalerec_evaluator.config import EvaluatorSettings
 from scalerec_evaluator.main import create_app
+from scalerec_evaluator.schemas import EvaluationReport
 from scalerec_events.experiments import Assignment, Experiment, ExperimentOut, ExperimentOutcome
 from scalerec_events.models import Context, Event, ImpressedItem, Impression, ModelAnnouncement
 from scalerec_events.topics import Topic
@@ -127,6 +128,34 @@ def test_an_experiment_is_stored_announced_changed_and_stopped(client: TestClien
     ]
     # Served: the champion and the experiment's versions while it ran (config rendering needs ONNX files: none here).
     assert repo.read_champion(client.app.state.evaluator.settings.model_repository, repo.RANKER_MODEL) == 1  # type: ignore[attr-defined]
+
+
+def test_while_an_experiment_runs_the_champion_changes_only_by_its_decision(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offline gate used to promote a candidate under a running experiment: the champion became v3 while
+    the experiment's control still served v1, so nobody was served the champion and the experiment compared
+    against a version that no longer served outside it. A candidate that passes meanwhile is held."""
+    evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
+    repository = evaluator.settings.model_repository
+    exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    passed = EvaluationReport(
+        users=100, items=50, k=10, models={"model_v3": {"ndcg@10": 0.3}}, version=3, champion_before=1, promoted=True
+    )
+    monkeypatch.setattr(evaluator, "_evaluate_sync", lambda version: passed.model_copy(update={"decision": "beats v1"}))
+    r = client.post("/v1/evaluate/3", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert not report["promoted"] and f"held: experiment {exp.experiment_id!r} is running" in report["decision"]
+    assert "POST /v1/evaluate/3" in report["decision"]
+    assert repo.read_champion(repository, repo.RANKER_MODEL) == 1
+    assert _announced(client, Topic.MODELS_PROMOTED) == []
+    assert client.get("/v1/reports/3", headers=ADMIN).json()["promoted"] is False  # as stored
+
+    client.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+    again = client.post("/v1/evaluate/3", headers=ADMIN).json()  # once it has ended, as the report says
+    assert again["promoted"] and repo.read_champion(repository, repo.RANKER_MODEL) == 3
+    assert [ModelAnnouncement.model_validate_json(v).version for v in _announced(client, Topic.MODELS_PROMOTED)] == [3]
 
 
 def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(client: TestClient) -> None:

@@ -133,7 +133,9 @@ class Experiments:
         )
 
     async def create(self, spec: ExperimentCreate) -> Experiment:
-        async with self._lock:
+        # The promotion lock too: a champion that changed between the control's check and the experiment's
+        # start would leave it comparing against a version that no longer serves outside it.
+        async with self._lock, self.evaluator.promotions:
             await asyncio.to_thread(self._check_versions, spec)
             running = await asyncio.to_thread(self.running)
             if running is not None:
@@ -216,6 +218,7 @@ class Experiments:
             await self.evaluator.promote(
                 variant.model_version,
                 {"online_ctr": next(v.ctr for v in results.variants if v.name == name)},
+                experiment_id=exp.experiment_id,
             )
             ended = await self._end(exp, ExperimentStatus.CONCLUDED, reason, name)
             log.info("experiment %s: %s", experiment_id, reason)

@@ -52,7 +52,9 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             triton_url=settings.triton_url,
             unload_grace_s=settings.unload_grace_s,
         )
-        evaluator = Evaluator(settings, store, producer, controller)
+        evaluator = Evaluator(
+            settings, store, producer, controller, lambda: e.experiment_id if (e := lab.running()) else None
+        )
         lab = Experiments(settings, store, producer, evaluator)
         online = OnlineRecorder(store, impressions_topic=settings.topic(Topic.IMPRESSIONS))
         workers = [

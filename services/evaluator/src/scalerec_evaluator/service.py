@@ -4,12 +4,18 @@
 repository and the announcement on the compacted ``models.promoted`` topic (whose newest message
 is the champion a ranker follows).  The offline gate and an online experiment's decision both
 promote through it.
+
+While an experiment runs, its control serves the champion and its results compare with it: the champion
+changes then only by that experiment's decision. A candidate that passes the offline gate meanwhile is
+held (its report says so) rather than promoted under the experiment; evaluate it again once the
+experiment has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from scalerec_adapters.bus import Producer
@@ -32,14 +38,21 @@ log = logging.getLogger(__name__)
 
 class Evaluator:
     def __init__(
-        self, settings: EvaluatorSettings, store: WideColumnStore, producer: Producer, controller: ServingController
+        self,
+        settings: EvaluatorSettings,
+        store: WideColumnStore,
+        producer: Producer,
+        controller: ServingController,
+        running_experiment: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.producer = producer
         self.controller = controller
+        self.running_experiment = running_experiment  # the running experiment's id, read from the store
         self._lock = asyncio.Lock()
-        self._promote_lock = asyncio.Lock()
+        # Held while the champion may change, and by whoever checks an experiment against the champion.
+        self.promotions = asyncio.Lock()
 
     def champion(self) -> int | None:
         return repo.read_champion(self.settings.model_repository, repo.RANKER_MODEL)
@@ -81,17 +94,32 @@ class Evaluator:
             with tracer("scalerec.evaluator").start_as_current_span("evaluate", attributes={"version": version}):
                 report = await asyncio.to_thread(self._evaluate_sync, version)
                 log.info("model %d: %s", version, report.decision)
-                if report.promoted:
-                    await self.promote(version, report.models[f"model_v{version}"])
-                else:
+                held_by = await self.promote(version, report.models[f"model_v{version}"]) if report.promoted else None
+                if held_by is not None:
+                    report = report.model_copy(
+                        update={
+                            "promoted": False,
+                            "decision": f"{report.decision}; held: experiment {held_by!r} is running against "
+                            f"champion v{report.champion_before} (stop or decide it, then POST /v1/evaluate/{version})",
+                        }
+                    )
+                    log.info("model %d: %s", version, report.decision)
+                if not report.promoted:
                     self.controller.settle()  # the trainer added the candidate to the policy: narrow it again
                 # Stored last: a crash before this re-judges the candidate on re-delivery.
                 await asyncio.to_thread(self._store_report, report)
                 return report
 
-    async def promote(self, version: int, metrics: dict[str, float]) -> None:
-        """Make ``version`` the champion: served first, then recorded, then announced to every ranker."""
-        async with self._promote_lock:
+    async def promote(self, version: int, metrics: dict[str, float], *, experiment_id: str | None = None) -> str | None:
+        """Make ``version`` the champion: served first, then recorded, then announced to every ranker.
+
+        -> None, or (nothing changed) the id of the running experiment that holds the champion: only that
+        experiment's decision (``experiment_id``) may change it while it runs.
+        """
+        async with self.promotions:
+            running = await asyncio.to_thread(self.running_experiment)
+            if running is not None and running != experiment_id:
+                return running
             await self.controller.add({version})
             await asyncio.to_thread(repo.write_champion, self.settings.model_repository, repo.RANKER_MODEL, version)
             ann = ModelAnnouncement(
@@ -109,6 +137,7 @@ class Evaluator:
             )
             self.controller.settle()  # the old champion stops being served once rankers have swapped
             log.info("model %d is the champion", version)
+            return None
 
     def reports(self) -> list[EvaluationReport]:
         prefix = f"{repo.RANKER_MODEL}|".encode()
