@@ -116,21 +116,35 @@ def _versions(root: Path) -> dict[str, list[int]]:
     return {model: repo.list_versions(root, model) for model in RUN_MODELS}
 
 
+def _bucket(tmp_path: Path, versions: tuple[int, ...], champion: int) -> tuple[Path, Path]:
+    """(seed, remote): both models' ``versions`` as folders with a card, the champion, copied to a bucket."""
+    seed, remote = tmp_path / "seed", tmp_path / "bucket" / "model_repository"
+    for version in versions:
+        for model in RUN_MODELS:
+            folder = seed / model / str(version)
+            folder.mkdir(parents=True)
+            (folder / "card.json").write_text(f'{{"version": {version}}}')
+    repo.write_champion(seed, repo.RANKER_MODEL, champion)
+    shutil.copytree(seed, remote)
+    return seed, remote
+
+
+def _serve(root: Path, versions: list[int], mtime: float) -> None:
+    """A config.pbtxt per model with ``versions`` in its version policy (what ``set_served_versions`` writes)."""
+    for model in RUN_MODELS:
+        config = root / model / "config.pbtxt"
+        lines = "".join(f"    versions: {v}\n" for v in versions)
+        config.write_text(f'name: "{model}"\nversion_policy {{\n  specific {{\n{lines}  }}\n}}\n')
+        os.utime(config, (mtime, mtime))
+
+
 def test_a_pruned_version_leaves_the_bucket_the_writers_copies_and_the_readers(tmp_path: Path) -> None:
     """Writers only copy (newer file wins), so a version the trainer pruned stayed in the bucket for ever, came
     back into the writers at their next pull and was mirrored into every ranker and Triton pod: each pod's
     emptyDir held every version ever trained. The trainer's retention now leaves a marker that every writer's
     sidecar acts on — here the trainer's, then the evaluator's, which still had the pruned versions and would
     otherwise upload them again — and readers' mirrors follow the bucket."""
-    remote = tmp_path / "bucket" / "model_repository"
-    seed = tmp_path / "seed"
-    for version in (1, 2, 3):
-        for model in RUN_MODELS:
-            folder = seed / model / str(version)
-            folder.mkdir(parents=True)
-            (folder / "card.json").write_text(f'{{"version": {version}}}')
-    repo.write_champion(seed, repo.RANKER_MODEL, 3)
-    shutil.copytree(seed, remote)
+    seed, remote = _bucket(tmp_path, (1, 2, 3), champion=3)
     trainer, evaluator, ranker = (tmp_path / name for name in ("trainer", "evaluator", "ranker"))
     shutil.copytree(seed, evaluator)  # synced before the trainer ran
     ranker.mkdir()
@@ -158,3 +172,47 @@ def test_a_pruned_version_leaves_the_bucket_the_writers_copies_and_the_readers(t
         assert repo.read_champion(remote, repo.RANKER_MODEL) == 3
         _next_sync(tmp_path / "ranker.synced", reader)
         assert _versions(ranker) == {model: [3] for model in RUN_MODELS}
+
+
+def test_a_version_served_again_is_not_deleted_for_a_stale_copys_marker(tmp_path: Path) -> None:
+    """The trainer prunes on its copy, up to a sync interval old: meanwhile the evaluator may serve an old
+    version again (an experiment's). What the pull says is served wins over the marker."""
+    seed, remote = _bucket(tmp_path, (1, 2, 3), champion=3)
+    now = time.time()
+    _serve(remote, [1, 3], now)  # the evaluator's latest: an experiment on v1 against the champion
+    trainer = tmp_path / "trainer"
+    shutil.copytree(seed, trainer)
+    _serve(trainer, [3], now - 120)  # the trainer's copy, pulled before the experiment started
+    assert prune_versions(trainer, 1) == [1, 2]
+    with _running(_sync_script("trainer", trainer, tmp_path / "synced"), remote, tmp_path) as proc:
+        _wait_for(tmp_path / "synced", proc)
+        _next_sync(tmp_path / "synced", proc)
+    assert _versions(remote) == {model: [1, 3] for model in RUN_MODELS}
+    assert _versions(trainer) == {model: [1, 3] for model in RUN_MODELS}  # pulled back, kept
+    assert repo.read_served_versions(trainer, repo.RANKER_MODEL) == [1, 3]
+
+
+def test_a_bucket_that_refuses_deletes_still_gets_the_uploads(tmp_path: Path) -> None:
+    """Credentials that may write but not delete: the purge fails, is said, and the new version still goes up."""
+    seed, remote = _bucket(tmp_path, (1, 2), champion=2)
+    trainer = tmp_path / "trainer"
+    shutil.copytree(seed, trainer)
+    assert prune_versions(trainer, 1) == [1]
+    for model in RUN_MODELS:
+        (trainer / model / "3").mkdir()
+        (trainer / model / "3" / "card.json").write_text('{"version": 3}')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = shutil.which("rclone")
+    (bin_dir / "rclone").write_text(
+        f'#!/bin/sh\nif [ "$1" = purge ]; then echo "AccessDenied: purge" >&2; exit 1; fi\nexec {real} "$@"\n'
+    )
+    (bin_dir / "rclone").chmod(0o755)
+    script = f'PATH="{bin_dir}:$PATH"\n' + _sync_script("trainer", trainer, tmp_path / "synced")
+    with _running(script, remote, tmp_path) as proc:
+        _wait_for(tmp_path / "synced", proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log = proc.communicate()[0]
+    assert _versions(remote) == {model: [1, 2, 3] for model in RUN_MODELS}  # 3 uploaded; 1 could not go
+    assert "could not delete scalerec_user_tower/1" in log and "could not delete scalerec_ranker/1" in log

@@ -421,15 +421,23 @@ finished Job's last version or a promotion is not lost. (list $root $c)
       {{- /* A version deleted on purpose (the trainer's KEEP_VERSIONS) leaves `<model>/.pruned-<N>`: copying
       alone would keep it in the bucket for ever, pull it back into the writers and mirror it into every
       reader. Whoever has it after a pull (so the bucket or this copy does) deletes it here and in the bucket
-      before uploading; readers lose it at their next sync. Only all-digit versions: a marker's name comes
-      from the bucket. */}}
+      before uploading; readers lose it at their next sync. Not a version this pull says is served (a
+      champion file or a config's version policy): a trainer that pruned on a copy a minute old may have
+      marked one the evaluator serves again (an experiment's). Only all-digit versions: a marker's name comes
+      from the bucket. A delete the bucket refuses is said, and the upload still runs. */}}
       forget_pruned() {
         for marker in {{ $dir }}/*/.pruned-*; do
           version="${marker##*/.pruned-}"; model="${marker%/.pruned-*}"
           case "$version" in ''|*[!0-9]*) continue ;; esac
           [ -d "$model/$version" ] || continue
+          if grep -qx "$version" {{ $dir }}/*/champion 2>/dev/null \
+            || grep -Eq "^ *versions: *$version *$" {{ $dir }}/*/config.pbtxt 2>/dev/null; then
+            continue
+          fi
           echo "model sync: $model/$version was pruned: deleting it here and at $REMOTE" >&2
-          rm -rf "$model/$version" && rclone purge --retries 1 "$REMOTE/${model##*/}/$version" || [ "$?" -eq 3 ] || return 1
+          rm -rf "$model/$version" || return 1
+          rclone purge --retries 1 "$REMOTE/${model##*/}/$version" || [ "$?" -eq 3 ] \
+            || echo "model sync: could not delete ${model##*/}/$version at $REMOTE (may these credentials delete?); the next pull brings it back" >&2
         done
       }
       {{- /* Half-written (staging) and half-deleted folders are this pod's own business. */}}
