@@ -77,11 +77,12 @@ def _refused() -> Any:
     )
 
 
-_REASONS = {408: "timeout", 414: "url_too_long", 431: "headers_too_large"}
+_REASONS = {400: "upgrade_with_body", 408: "timeout", 414: "url_too_long", 431: "headers_too_large"}
 
 
 def _reason(status: int, field: str) -> str:
-    """The refusal counter's ``reason``: headers_timeout, body_timeout, url_too_long, headers_too_large."""
+    """The refusal counter's ``reason``: headers_timeout, body_timeout, url_too_long, headers_too_large,
+    upgrade_with_body."""
     return f"{field}_{_REASONS[status]}" if status == 408 else _REASONS[status]
 
 
@@ -186,30 +187,55 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # A head that began in this chunk is no larger than the chunk: only a head that came in several
         # chunks, or in one larger than the limit, has its parts added up (never the usual request).
         if (self._began and self._chunk <= self._surely_small) or not self._over_limits(self._parsed_head_bytes()):
+            if self.parser.should_upgrade():
+                self._upgrade_declined()
+                return
             HttpToolsProtocol.on_headers_complete(self)
             return
         # The whole head arrived in the chunk that passed the limit: answer through a cycle of its own,
         # as uvicorn answers 503 over its concurrency limit, so the parser's state stays consistent
         # (and a pipelined refusal waits for the answer before it, as any pipelined request does).
-        status, message, field = self._too_large()
+        self._refuse_in_cycle(*self._too_large())
+
+    def _refuse_in_cycle(self, status: int, message: str, field: str) -> None:
         self._count(_reason(status, field))
         app = self.app
         self.app = functools.partial(_send_refusal, status, message, field)
         self.url = b"/"  # what uvicorn parses next: the refusal needs no path, and a long URL would not parse
         try:
-            super().on_headers_complete()
+            HttpToolsProtocol.on_headers_complete(self)
         finally:
             self.app = app
+
+    def _upgrade_declined(self) -> None:
+        """A request that asks to switch protocols (``Connection: upgrade``), which no service does.
+
+        The parser treats what follows its head as the new protocol's bytes: uvicorn drops the rest of the
+        chunk and parses the next one as a new request, so a body would be read as requests of its own and
+        a pipelined request lost. So the request is answered as plain HTTP (``curl --http2`` asks for h2c
+        this way) only when it has no body, and the connection closed after it; one with a body is refused.
+        """
+        if any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in self.headers
+        ):
+            message = (
+                f"upgrading to {(self._get_upgrade() or b'').decode(errors='replace')[:40]!r} is not supported, "
+                "and a request that asks for it cannot carry a body: send it without Connection: upgrade"
+            )
+            self._refuse_in_cycle(400, message, "headers")
+            return
+        HttpToolsProtocol.on_headers_complete(self)
+        self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
         self._phase = _IDLE
 
     def _unsupported_upgrade_warning(self) -> None:
-        # No service speaks WebSocket or h2c (uvicorn runs with ws="none"): a request asking to switch is
-        # answered as the plain HTTP request it also is, through the services' keys and error shape. uvicorn
+        # No service speaks WebSocket or h2c (uvicorn runs with ws="none"): see _upgrade_declined. uvicorn
         # logs two warnings for each such request, which any client could send in a flood.
-        log.debug("upgrade to %r not supported: answered as plain HTTP", self._get_upgrade())
+        log.debug("upgrade to %r not supported", self._get_upgrade())
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:  # refused: what the client still sends is dropped

@@ -445,7 +445,10 @@ def _guarded_app(data_dir: Path) -> Callable[[list[str]], FastAPI]:
 @pytest.mark.parametrize("upgrade", [b"websocket", b"h2c"])
 def test_an_upgrade_request_is_plain_http_behind_the_keys_and_logs_no_warning(upgrade: bytes, tmp_path: Path) -> None:
     """uvicorn handed WebSocket upgrades to its WebSocket protocol, where the guard lets scopes other than HTTP
-    through (a bare 403 came from the router), and logged two warnings for every other upgrade (h2c)."""
+    through (a bare 403 came from the router), and logged two warnings for every other upgrade (h2c). Now the
+    request is answered as plain HTTP (``curl --http2`` asks for h2c this way) and the connection closed after
+    it: the parser takes what follows an upgrade request's head for the new protocol's bytes, so a request
+    pipelined behind it was lost (and uvicorn read the next chunk as a new request)."""
     warnings: list[logging.LogRecord] = []
     catch = logging.Handler(logging.WARNING)
     catch.emit = warnings.append  # type: ignore[method-assign]
@@ -453,21 +456,51 @@ def test_an_upgrade_request_is_plain_http_behind_the_keys_and_logs_no_warning(up
         b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     )
-    with _server(app=_guarded_app(tmp_path)) as (port, handled), _connect(port) as sock:
+    with _server(app=_guarded_app(tmp_path)) as (port, handled):
         logging.getLogger("uvicorn.error").addHandler(catch)  # after uvicorn's logging set-up, which resets it
         try:
-            sock.sendall(head + b"\r\n")
-            status, _, body = _answer(sock)
-            assert status == 401 and "API key" in json.loads(body)["detail"], body
-            sock.sendall(head + b"X-API-Key: k1\r\n\r\n")
-            status, _, body = _answer(sock)
-            assert status == 200 and json.loads(body) == {"query_bytes": 0}, body
-            sock.sendall(b"GET /ping?a=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\n\r\n")  # the connection goes on
-            assert _answer(sock)[0] == 200
+            with _connect(port) as sock:
+                sock.sendall(head + b"\r\n")
+                status, headers, body = _answer(sock)
+                assert status == 401 and "API key" in json.loads(body)["detail"], body
+                assert headers["connection"] == "close" and _closed(sock)
+            with _connect(port) as sock:  # with a key, and a request pipelined behind it in the same send
+                sock.sendall(
+                    head + b"X-API-Key: k1\r\n\r\n" + b"GET /ping?a=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\n\r\n"
+                )
+                status, headers, body = _answer(sock)
+                assert status == 200 and json.loads(body) == {"query_bytes": 0}, body
+                assert headers["connection"] == "close" and _closed(sock)  # the client sends the second again
+            with _connect(port) as sock:  # the next connection is served as usual
+                sock.sendall(b"GET /ping?a=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\n\r\n")
+                assert _answer(sock)[0] == 200
         finally:
             logging.getLogger("uvicorn.error").removeHandler(catch)
     assert handled == ["ping", "ping"]
     assert not warnings, [w.getMessage() for w in warnings]
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 80\r\n", b"Transfer-Encoding: chunked\r\n"])
+def test_an_upgrade_request_with_a_body_is_refused_before_the_app(framing: bytes, tmp_path: Path) -> None:
+    """The parser skips an upgrade request's body: the app read an empty one, and the body (here a whole request
+    of its own) was answered as the next request on the connection."""
+    before = _refused("upgrade_with_body")
+    smuggled = b"POST /echo HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\nContent-Length: 3\r\n\r\nabc"
+    with _server(app=_guarded_app(tmp_path)) as (port, handled), _connect(port) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            + framing
+            + b"\r\n"
+        )
+        time.sleep(0.3)
+        sock.sendall(smuggled.ljust(80, b" "))
+        status, headers, body = _answer(sock)
+        assert status == 400 and headers["connection"] == "close", body
+        detail, field = _error(body)
+        assert field == "headers" and "Connection: upgrade" in detail, detail
+        assert _closed(sock)
+    assert handled == []  # neither the request nor what it carried reached the app
+    assert _refused("upgrade_with_body") == before + 1
 
 
 def test_the_protocol_benchmark_runs_and_reports() -> None:
