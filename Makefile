@@ -132,9 +132,11 @@ test-fast: venv
 test-e2e: venv
 	$(BIN)/pytest tests/e2e -x
 
-# Run the five services on embedded backends until Ctrl-C (used by `make loadtest` in another shell).
+# Run the five services on embedded backends until Ctrl-C (used by `make loadtest` in another shell), on the
+# demo's data by default: what `make demo` trained serves, and the load test's report goes beside it.
+SERVE_DATA_DIR ?= var/demo
 serve: venv
-	$(BIN)/scalerec serve
+	$(BIN)/scalerec serve --data-dir $(SERVE_DATA_DIR)
 
 # Locust against `make serve` (or any stack: COLLECTOR_URL, RANKER_URL). Its CSV files, log and own HTML
 # report (locust.html) are kept in LOADTEST_DIR, where `scalerec report` (default --data-dir var/demo) finds them.

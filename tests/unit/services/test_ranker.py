@@ -683,6 +683,8 @@ def test_a_post_takes_the_same_fields_as_json_with_an_exclusion_list_no_url_can_
         ({"user_id": "u1", "exclude": [f"i{n}" for n in range(501)]}, 422, "exclude"),
         ({"user_id": "u1", "k": 10_000}, 422, "k"),
         ({"user_id": "u1", "k": 0}, 422, "k"),
+        ({"user_id": "u1", "k": True}, 422, "k"),  # not 1
+        ({"user_id": "u1", "k": "5"}, 422, "k"),
         ({"k": 3}, 422, "user_id"),
         ([{"user_id": "u1"}], 422, "body"),
         (None, 415, "body"),  # no body at all: it must be JSON

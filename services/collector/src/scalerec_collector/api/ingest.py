@@ -90,7 +90,7 @@ def split_valid(
     503 for a batch that was partly accepted.
     """
     if not isinstance(payload, dict) or key not in payload:
-        raise field_error(422, "body", f"body must be an object with a '{key}' list")
+        raise field_error(422, "body", f"body must be an object with an '{key}' list")
     if len(payload) > 1:  # a misspelt or unsupported option must not pass for accepted
         unknown = sorted(str(name)[:100] for name in payload if name != key)
         names = ", ".join(repr(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")

@@ -89,6 +89,10 @@ class RecommendationsRequest(RecommendationsQuery):
 
     model_config = ConfigDict(extra="forbid")
 
+    # A JSON number, not true (lax mode reads it as 1) or "10" (a query's values are strings; a body's are not).
+    k: Annotated[
+        int | None, Field(ge=1, strict=True, description="How many items (default DEFAULT_K, at most MAX_K)")
+    ] = None
     exclude: Annotated[list[Id] | None, _exclude()] = None
 
 
