@@ -16,10 +16,10 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from scalerec_core.http_limits import HttpLimits
 from scalerec_core.logging import configure_logging
@@ -107,6 +107,25 @@ class _ServedSettings(Protocol):
     http_header_timeout_s: float
     http_body_timeout_s: float
     http_max_header_bytes: int
+
+
+Settings = TypeVar("Settings", bound=ServiceSettings)
+
+
+def configured(service: str, get_settings: Callable[[], Settings]) -> Settings:
+    """``python -m scalerec_<service>``'s settings from the environment, or exit 2 saying what is wrong.
+
+    A variable of the wrong type, ``API_KEYS`` missing or naming an unknown scope: one message on stderr, not
+    a traceback through pydantic and the app's construction (the keys are checked here, before anything
+    starts, as well as where the app reads them).
+    """
+    try:
+        settings = get_settings()
+        settings.key_ring()
+    except ValueError as exc:  # pydantic's ValidationError is one
+        print(f"scalerec_{service}: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings
 
 
 def serve_service(factory: str, settings: _ServedSettings, workers: int = 1) -> None:

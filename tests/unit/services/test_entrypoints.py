@@ -68,3 +68,28 @@ def test_workers_get_the_http_settings_too(service: str, monkeypatch: pytest.Mon
 def test_idle_connections_outlive_the_usual_proxies_by_default() -> None:
     """ingress-nginx and AWS ALB keep idle upstream connections 60 s: the service must not close them first."""
     assert ServiceSettings().http_keep_alive_s > 60
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"PORT": "abc", "AUTH": "disabled"}, "port"),
+        ({}, "no API_KEYS configured"),
+        ({"API_KEYS": "k1:ingest+bogus"}, "unknown scope"),
+    ],
+)
+def test_a_bad_configuration_is_one_message_and_exit_2_not_a_traceback(
+    env: dict[str, str], says: str, tmp_path: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("API_KEYS", "AUTH", "PORT")}
+    environ.update({"DATA_DIR": str(tmp_path), **env})
+    done = subprocess.run(
+        [sys.executable, "-m", "scalerec_collector"], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "scalerec_collector: invalid configuration" in done.stderr and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
