@@ -89,6 +89,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text", id_k
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Libraries that narrate their internals at INFO (the ONNX exporter logs every rewrite pass).
-    for noisy in ("uvicorn.access", "aiokafka", "kafka", "onnxscript", "onnx_ir", "torch", "httpx"):
+    # Libraries that narrate their internals at INFO (the ONNX exporter logs every rewrite pass; faiss's
+    # loader logs a ModuleNotFoundError for each CPU-specific build it tries before the one it loads).
+    for noisy in ("uvicorn.access", "aiokafka", "kafka", "onnxscript", "onnx_ir", "torch", "httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -391,7 +391,7 @@ def _print_experiment(console: Console, exp: ExperimentOutcome) -> None:
     def ci(i: Interval | None) -> str:
         if i is None:
             return "no data"
-        return f"{i.diff:+.4f} [{i.low:+.4f}, {i.high:+.4f}] p={i.p_value:.2g}"
+        return f"{i.diff:+.4f} [{i.low:+.4f}, {i.high:+.4f}] p={i.p_value:.3g}"  # .2g printed 0.0505 as 0.05
 
     for v in res.variants:
         if v.name != res.control:
@@ -433,7 +433,8 @@ def _print_report(console: Console, report: DemoReport) -> None:
         _print_experiment(console, res.experiment)
     for s in res.samples:
         flag = f" [yellow](fallback: {s.fallback_reason})[/]" if s.fallback else ""
-        t = Table(title=f"user {s.user_id} — model v{s.model_version}, scorer {s.scorer}{flag}")
+        model = f"model v{s.model_version}" if s.model_version is not None else "no model"
+        t = Table(title=f"user {s.user_id} — {model}, scorer {s.scorer}{flag}")
         for col in ("item", "title", "category", "source", "reason"):
             t.add_column(col)
         for it in s.items:

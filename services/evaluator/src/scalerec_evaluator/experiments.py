@@ -247,7 +247,7 @@ def judge(results: ExperimentResults, min_impressions: int) -> tuple[str, str] |
     assert i is not None
     return best.name, (
         f"{best.name} (v{best.model_version}) CTR {best.ctr:.4f} vs {control.name} (v{control.model_version}) "
-        f"{control.ctr:.4f}: +{i.diff:.4f}, 95% CI [{i.low:+.4f}, {i.high:+.4f}], p={i.p_value:.2g} "
+        f"{control.ctr:.4f}: +{i.diff:.4f}, 95% CI [{i.low:+.4f}, {i.high:+.4f}], p={i.p_value:.3g} "
         f"(two-proportion z-test), {best.impressions} and {control.impressions} impressions, "
         f"no sample-ratio mismatch (p={results.srm.p_value:.2g})"
     )
