@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -120,6 +120,72 @@ def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None
         body["errors"] = errors
     body.update(extra)
     return JSONResponse(status_code=status, content=body)
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where in the request: `events[3].timestamp`, `user_id`, `body`, `headers`")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of every service, whatever its status (``error_response``)."""
+
+    model_config = ConfigDict(extra="allow", title="Error")
+
+    detail: str = Field(description="What is wrong, in a sentence")
+    errors: list[FieldError] | None = Field(
+        default=None,
+        description="Each field at fault (400, 404, 422 and the HTTP limits' refusals); absent otherwise",
+    )
+
+
+# Answers every operation may give besides its own (FastAPI documents only 422, in a shape of its own).
+_GUARDED_ERRORS = {
+    "401": "No API key, or an unknown one (`WWW-Authenticate: Bearer`)",
+    "403": "The key lacks this route's scope",
+    "429": "Over the rate limit, or too many failed authentications (`Retry-After`, `retry_after_s`)",
+}
+_BODY_ERRORS = {
+    "400": "The body is not valid JSON (`errors` names `body` and where it breaks)",
+    "413": "The body is over the service's limit (`max_bytes`)",
+    "415": "The body was not sent as JSON (`Content-Type: application/json`)",
+}
+_INVALID = "Invalid request: `errors` names each field at fault"
+
+
+def document_errors(app: FastAPI, open_paths: frozenset[str]) -> None:
+    """OpenAPI says what the services answer on errors: the one :class:`ErrorOut` shape (FastAPI's default
+    documents a 422 of its own ``HTTPValidationError`` shape, which no service sends), and the 401/403/429 of
+    the key guard and the 400/413/415 of a body, which it did not document at all."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # FastAPI's, built once and cached; what follows is idempotent
+        error = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(error.pop("$defs", {}))
+        components["Error"] = error
+        ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses or "requestBody" in operation or "parameters" in operation:
+                    responses["422"] = {"description": _INVALID, **ref}
+                extra = {} if path in open_paths else dict(_GUARDED_ERRORS)
+                if "requestBody" in operation:
+                    extra.update(_BODY_ERRORS)
+                for status, description in extra.items():
+                    responses.setdefault(status, {"description": description, **ref})
+                for status, answer in responses.items():
+                    if status >= "400" and "content" not in answer:  # a route's own, described but not shaped
+                        answer.update(ref)
+        used = json.dumps(schema.get("paths", {}))
+        for name in ("HTTPValidationError", "ValidationError"):
+            if f'/{name}"' not in used:
+                components.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -487,6 +553,7 @@ def install_common(
     # come from FastAPI's own telemetry (scalerec_core.telemetry.http_telemetry), outside both.
     app.add_middleware(_Guard, keys=keys, limiter=limiter, failures=failures)
     document_keys(app, _OPEN_PATHS)
+    document_errors(app, _OPEN_PATHS)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process is up (with its task and thread counts)")

@@ -142,6 +142,53 @@ def test_openapi_documents_a_key_on_every_guarded_path_and_routes_solve_nothing_
     assert guard.dependencies == []
 
 
+def test_openapi_documents_the_error_shape_the_services_send(tmp_path: Path) -> None:
+    """FastAPI documented a 422 in its own ``HTTPValidationError`` shape, which no service sends, and none of
+    the guard's 401/403/429 or a body's 400/413/415. Every service's document now names the one shape, and
+    real answers validate against it."""
+    import importlib
+
+    import jsonschema
+    from scalerec_core.http import _OPEN_PATHS
+
+    for service in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
+        config = importlib.import_module(f"scalerec_{service}.config")
+        settings_cls = next(v for k, v in vars(config).items() if k.endswith("Settings") and k != "ServiceSettings")
+        app = importlib.import_module(f"scalerec_{service}.main").create_app(
+            settings_cls(data_dir=tmp_path / service, auth="disabled")
+        )
+        doc = app.openapi()
+        assert "HTTPValidationError" not in doc["components"]["schemas"], service
+        for path, operations in doc["paths"].items():
+            for method, op in operations.items():
+                responses = op["responses"]
+                expected = set() if path in _OPEN_PATHS else {"401", "403", "429"}
+                if "requestBody" in op:
+                    expected |= {"400", "413", "415", "422"}
+                assert expected <= set(responses), (service, method, path, sorted(responses))
+                for status, answer in responses.items():
+                    if status >= "400":
+                        schema = answer["content"]["application/json"]["schema"]
+                        assert schema == {"$ref": "#/components/schemas/Error"}, (service, path, status)
+
+    from scalerec_ranker.config import RankerSettings
+    from scalerec_ranker.main import create_app as ranker_app
+
+    app = ranker_app(RankerSettings(data_dir=tmp_path / "keys", api_keys="k:ingest"))
+    doc = app.openapi()
+    error = {**doc["components"]["schemas"]["Error"], "components": doc["components"]}
+    resolver = jsonschema.validators.RefResolver.from_schema({"components": doc["components"]})
+    with TestClient(app) as c:
+        answers = [
+            c.get("/v1/recommendations", params={"user_id": "u1"}),  # 401
+            c.get("/v1/recommendations", params={"user_id": "u1"}, headers={"X-API-Key": "k"}),  # 403
+            c.post("/v1/recommendations", content=b"{", headers={"X-API-Key": "k", "content-type": "application/json"}),
+        ]
+    assert [a.status_code for a in answers] == [401, 403, 400]
+    for answer in answers:
+        jsonschema.validate(answer.json(), error, resolver=resolver)
+
+
 class _Share(BaseModel):
     share: float
 
