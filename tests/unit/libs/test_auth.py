@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -174,19 +175,21 @@ def test_openapi_documents_the_error_shape_the_services_send(tmp_path: Path) -> 
     from scalerec_ranker.config import RankerSettings
     from scalerec_ranker.main import create_app as ranker_app
 
-    app = ranker_app(RankerSettings(data_dir=tmp_path / "keys", api_keys="k:ingest"))
+    app = ranker_app(RankerSettings(data_dir=tmp_path / "keys", api_keys="k:ingest,s:serve"))
     doc = app.openapi()
-    error = {**doc["components"]["schemas"]["Error"], "components": doc["components"]}
-    resolver = jsonschema.validators.RefResolver.from_schema({"components": doc["components"]})
+    schemas = doc["components"]["schemas"]
+    field = json.dumps({"$ref": "#/components/schemas/FieldError"})
+    error = json.loads(json.dumps(schemas["Error"]).replace(field, json.dumps(schemas["FieldError"])))
     with TestClient(app) as c:
         answers = [
             c.get("/v1/recommendations", params={"user_id": "u1"}),  # 401
             c.get("/v1/recommendations", params={"user_id": "u1"}, headers={"X-API-Key": "k"}),  # 403
-            c.post("/v1/recommendations", content=b"{", headers={"X-API-Key": "k", "content-type": "application/json"}),
+            c.post("/v1/recommendations", content=b"{", headers={"X-API-Key": "s", "content-type": "application/json"}),
+            c.post("/v1/recommendations", json={"user_id": "u1", "k": 0}, headers={"X-API-Key": "s"}),  # 422
         ]
-    assert [a.status_code for a in answers] == [401, 403, 400]
+    assert [a.status_code for a in answers] == [401, 403, 400, 422]
     for answer in answers:
-        jsonschema.validate(answer.json(), error, resolver=resolver)
+        jsonschema.validate(answer.json(), error)
 
 
 class _Share(BaseModel):
