@@ -170,7 +170,9 @@ def document_errors(app: FastAPI, open_paths: frozenset[str]) -> None:
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 if "422" in responses or "requestBody" in operation or "parameters" in operation:
-                    responses["422"] = {"description": _INVALID, **ref}
+                    own = responses.get("422", {}).get("description")  # a route's own, else FastAPI's or none
+                    described = own if own and own != "Validation Error" else _INVALID
+                    responses["422"] = {"description": described, **ref}
                 extra = {} if path in open_paths else dict(_GUARDED_ERRORS)
                 if "requestBody" in operation:
                     extra.update(_BODY_ERRORS)

@@ -216,21 +216,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         this way) only when it has no body, and the connection closed after it; one with a body is refused.
         """
         if any(
-            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip().lstrip(b"0") != b"")
             for name, value in self.headers
         ):
             message = (
-                f"upgrading to {(self._get_upgrade() or b'').decode(errors='replace')[:40]!r} is not supported, "
-                "and a request that asks for it cannot carry a body: send it without Connection: upgrade"
+                "this service speaks plain HTTP only, and a request that asks to switch protocols (Connection: "
+                "upgrade, or CONNECT) cannot carry a body here: send it as a plain request"
             )
-            self._refuse_in_cycle(400, message, "headers")
+            if self._answering():  # behind an answer still being written: in turn, after it
+                self._refuse_in_cycle(400, message, "headers")
+                return
+            # Written at once, then what the client still sends is read and dropped (the lingering close):
+            # closed with its body unread, the kernel would answer a reset and the client never see the 400.
+            self._phase = _HEAD
+            self._refuse(400, message, "headers")
+            self._phase = _IDLE
             return
         HttpToolsProtocol.on_headers_complete(self)
         self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
-        HttpToolsProtocol.on_message_complete(self)
+        if self._lingering is None:  # refused in its head (an upgrade with a body): no cycle to complete
+            HttpToolsProtocol.on_message_complete(self)
         self._phase = _IDLE
+
+    def on_body(self, body: bytes) -> None:
+        if self._lingering is None:
+            HttpToolsProtocol.on_body(self, body)
 
     def _unsupported_upgrade_warning(self) -> None:
         # No service speaks WebSocket or h2c (uvicorn runs with ws="none"): see _upgrade_declined. uvicorn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -25,7 +26,13 @@ def run(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.data_dir, env=env, ports={s: args.base_port + i for i, s in enumerate(SERVICES)})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cluster.start_all()
+    try:
+        cluster.start_all()
+    except (RuntimeError, TimeoutError) as exc:  # one service did not start (its log says why): none stays up
+        cluster.stop_all()
+        tail = _log_tail(cluster.log_dir / f"{str(exc).split()[0]}.log")
+        print(f"scalerec serve: {exc}" + (f"\n{tail}" if tail else ""), file=sys.stderr)
+        return 1
     try:
         for service in SERVICES:
             print(f"{service:13s} {cluster.url(service)}   (OpenAPI: {cluster.url(service)}/docs)")
@@ -38,3 +45,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         cluster.stop_all()
     return 0
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a service's log (where a configuration error says what is wrong), or ""."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -480,7 +480,9 @@ def test_an_upgrade_request_is_plain_http_behind_the_keys_and_logs_no_warning(up
     assert not warnings, [w.getMessage() for w in warnings]
 
 
-@pytest.mark.parametrize("framing", [b"Content-Length: 80\r\n", b"Transfer-Encoding: chunked\r\n"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 80\r\n", b"Content-Length: 0080\r\n", b"Transfer-Encoding: chunked\r\n"]
+)
 def test_an_upgrade_request_with_a_body_is_refused_before_the_app(framing: bytes, tmp_path: Path) -> None:
     """The parser skips an upgrade request's body: the app read an empty one, and the body (here a whole request
     of its own) was answered as the next request on the connection."""
@@ -498,9 +500,25 @@ def test_an_upgrade_request_with_a_body_is_refused_before_the_app(framing: bytes
         assert status == 400 and headers["connection"] == "close", body
         detail, field = _error(body)
         assert field == "headers" and "Connection: upgrade" in detail, detail
+        sock.shutdown(socket.SHUT_WR)  # the client is done: the server stops lingering and closes
         assert _closed(sock)
     assert handled == []  # neither the request nor what it carried reached the app
     assert _refused("upgrade_with_body") == before + 1
+
+
+def test_an_upgrade_request_with_a_large_body_reads_its_400_not_a_reset(tmp_path: Path) -> None:
+    """Closed with 4 MiB still coming, the connection was reset and the client never saw the refusal."""
+    import http.client
+
+    with _server(app=_guarded_app(tmp_path)) as (port, handled):
+        for _ in range(3):
+            client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            headers = {"X-API-Key": "k1", "Connection": "Upgrade", "Upgrade": "h2c"}
+            client.request("POST", "/echo", body=b"x" * (4 << 20), headers=headers)
+            answer = client.getresponse()
+            assert answer.status == 400 and b"plain HTTP only" in answer.read()
+            client.close()
+    assert handled == []
 
 
 def test_the_protocol_benchmark_runs_and_reports() -> None:

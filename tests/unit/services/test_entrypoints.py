@@ -93,3 +93,39 @@ def test_a_bad_configuration_is_one_message_and_exit_2_not_a_traceback(
     assert done.returncode == 2, done.stderr
     assert "scalerec_collector: invalid configuration" in done.stderr and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_scalerec_serve_with_a_bad_configuration_says_why_and_leaves_nothing_running(tmp_path: Any) -> None:
+    """One service exiting at start (here the evaluator, on a bad PROMOTION) left the four others listening,
+    in sessions of their own that Ctrl-C did not reach, and the CLI ended in a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from scalerec_core.service import free_port
+
+    base = free_port()
+    while any(_listening(p) for p in range(base, base + 5)):
+        base = free_port()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "scalerec_cli", "serve", "--data-dir", str(tmp_path)),
+            *("--base-port", str(base), "--env", "PROMOTION=bogus"),
+        ],
+        env={**os.environ, "SCALEREC_REAL_BACKENDS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "scalerec serve: evaluator exited with 2" in done.stderr and "promotion" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not [p for p in range(base, base + 5) if _listening(p)]
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -18,7 +18,7 @@ from scalerec_adapters.bus import OutgoingMessage
 from scalerec_evaluator.config import EvaluatorSettings
 from scalerec_evaluator.main import create_app
 from scalerec_evaluator.schemas import EvaluationReport
-from scalerec_events.experiments import Assignment, Experiment, ExperimentOut, ExperimentOutcome
+from scalerec_events.experiments import Assignment, Experiment, ExperimentOut, ExperimentOutcome, ExperimentStatus
 from scalerec_events.models import Context, Event, ImpressedItem, Impression, ModelAnnouncement
 from scalerec_events.topics import Topic
 from scalerec_metrics.experiments import ndcg_of_clicks
@@ -147,7 +147,7 @@ def test_while_an_experiment_runs_the_champion_changes_only_by_its_decision(
     assert r.status_code == 200, r.text
     report = r.json()
     assert not report["promoted"] and f"held: experiment {exp.experiment_id!r} is running" in report["decision"]
-    assert "POST /v1/evaluate/3" in report["decision"]
+    assert "against champion v1" in report["decision"] and "POST /v1/evaluate/3" in report["decision"]
     assert repo.read_champion(repository, repo.RANKER_MODEL) == 1
     assert _announced(client, Topic.MODELS_PROMOTED) == []
     assert client.get("/v1/reports/3", headers=ADMIN).json()["promoted"] is False  # as stored
@@ -156,6 +156,40 @@ def test_while_an_experiment_runs_the_champion_changes_only_by_its_decision(
     again = client.post("/v1/evaluate/3", headers=ADMIN).json()  # once it has ended, as the report says
     assert again["promoted"] and repo.read_champion(repository, repo.RANKER_MODEL) == 3
     assert [ModelAnnouncement.model_validate_json(v).version for v in _announced(client, Topic.MODELS_PROMOTED)] == [3]
+
+
+def test_a_candidate_judged_against_a_champion_that_changed_meanwhile_is_held(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An experiment's decision (v2 won) while v3 was being judged against v1: v3 replaced the online winner
+    without ever being compared with it."""
+    evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
+    repository = evaluator.settings.model_repository
+    exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+
+    def judged_while_v2_wins(version: int) -> EvaluationReport:
+        async def v2_wins() -> None:  # what decide does, while this evaluation runs on its thread
+            await evaluator.promote(2, {"online_ctr": 0.3}, experiment_id=exp.experiment_id)
+            await client.app.state.experiments._end(exp, ExperimentStatus.CONCLUDED, "v2 won", "challenger")  # type: ignore[attr-defined]
+
+        client.portal.call(v2_wins)  # type: ignore[union-attr]
+        return EvaluationReport(
+            users=100,
+            items=50,
+            k=10,
+            models={"model_v3": {"ndcg@10": 0.3}},
+            version=3,
+            champion_before=1,
+            promoted=True,
+        )
+
+    monkeypatch.setattr(evaluator, "_evaluate_sync", judged_while_v2_wins)
+    report = client.post("/v1/evaluate/3", headers=ADMIN).json()
+    assert (
+        not report["promoted"]
+        and "the champion became v2 while this version was judged against v1" in report["decision"]
+    )
+    assert repo.read_champion(repository, repo.RANKER_MODEL) == 2
 
 
 def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(client: TestClient) -> None:

@@ -36,6 +36,13 @@ from scalerec_evaluator.serving import ServingController
 log = logging.getLogger(__name__)
 
 
+class _Any:
+    """``promote(judged_against=...)`` left out: whatever the champion is (an experiment's decision)."""
+
+
+_ANY = _Any()
+
+
 class Evaluator:
     def __init__(
         self,
@@ -94,15 +101,13 @@ class Evaluator:
             with tracer("scalerec.evaluator").start_as_current_span("evaluate", attributes={"version": version}):
                 report = await asyncio.to_thread(self._evaluate_sync, version)
                 log.info("model %d: %s", version, report.decision)
-                held_by = await self.promote(version, report.models[f"model_v{version}"]) if report.promoted else None
-                if held_by is not None:
-                    report = report.model_copy(
-                        update={
-                            "promoted": False,
-                            "decision": f"{report.decision}; held: experiment {held_by!r} is running against "
-                            f"champion v{report.champion_before} (stop or decide it, then POST /v1/evaluate/{version})",
-                        }
-                    )
+                held = None
+                if report.promoted:
+                    metrics = report.models[f"model_v{version}"]
+                    held = await self.promote(version, metrics, judged_against=report.champion_before)
+                if held is not None:
+                    update = {"promoted": False, "decision": f"{report.decision}; held: {held}"}
+                    report = report.model_copy(update=update)
                     log.info("model %d: %s", version, report.decision)
                 if not report.promoted:
                     self.controller.settle()  # the trainer added the candidate to the policy: narrow it again
@@ -110,16 +115,34 @@ class Evaluator:
                 await asyncio.to_thread(self._store_report, report)
                 return report
 
-    async def promote(self, version: int, metrics: dict[str, float], *, experiment_id: str | None = None) -> str | None:
+    async def promote(
+        self,
+        version: int,
+        metrics: dict[str, float],
+        *,
+        experiment_id: str | None = None,
+        judged_against: int | _Any | None = _ANY,
+    ) -> str | None:
         """Make ``version`` the champion: served first, then recorded, then announced to every ranker.
 
-        -> None, or (nothing changed) the id of the running experiment that holds the champion: only that
-        experiment's decision (``experiment_id``) may change it while it runs.
+        -> None, or (nothing changed) why it is held: a running experiment holds the champion (only its own
+        decision, ``experiment_id``, may change it), or the champion is no longer the one ``version`` was
+        judged against (an experiment's decision promoted another while it was being evaluated).
         """
         async with self.promotions:
             running = await asyncio.to_thread(self.running_experiment)
+            champion = self.champion()
+            against = "no champion" if champion is None else f"champion v{champion}"
             if running is not None and running != experiment_id:
-                return running
+                return (
+                    f"experiment {running!r} is running against {against} "
+                    f"(stop or decide it, then POST /v1/evaluate/{version})"
+                )
+            if not isinstance(judged_against, _Any) and champion != judged_against:
+                return (
+                    f"the champion became v{champion} while this version was judged against "
+                    f"v{judged_against} (POST /v1/evaluate/{version} judges it against the new one)"
+                )
             await self.controller.add({version})
             await asyncio.to_thread(repo.write_champion, self.settings.model_repository, repo.RANKER_MODEL, version)
             ann = ModelAnnouncement(

@@ -40,7 +40,13 @@ class JobView(BaseModel):
         return cls(**{**job.__dict__, "progress": list(job.progress)}, already_running=already_running)
 
 
-@router.post("/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, summary="Start a training run")
+@router.post(
+    "/train",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    summary="Start a training run",
+    responses={422: {"description": "A body other than nothing, `{}` or `null`: a run takes none"}},
+)
 async def train(trainer: TrainerDep, request: Request) -> JobView:
     """Trains on every example before the holdout window; the new version is announced as a candidate.
 
