@@ -158,12 +158,13 @@ def document_errors(app: FastAPI, open_paths: frozenset[str]) -> None:
     documents a 422 of its own ``HTTPValidationError`` shape, which no service sends), and the 401/403/429 of
     the key guard and the 400/413/415 of a body, which it did not document at all."""
     generate = app.openapi
+    error = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")  # once, not per request
+    defs = error.pop("$defs", {})
 
     def openapi() -> dict[str, Any]:
         schema = generate()  # FastAPI's, built once and cached; what follows is idempotent
-        error = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(error.pop("$defs", {}))
+        components.update(defs)
         components["Error"] = error
         ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         for path, operations in schema.get("paths", {}).items():
