@@ -13,12 +13,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -102,8 +103,9 @@ def parse_query(request: Request, model: type[QueryModel]) -> QueryModel:
 
     FastAPI solves and validates each ``Query()`` parameter on its own, which on the ranker's hot
     route cost more than a tenth of a request. Repeated names are lists for list fields
-    (``?exclude=a&exclude=b``) and the last value otherwise; unknown names are ignored — all as
-    FastAPI does.
+    (``?exclude=a&exclude=b``) and the last value otherwise, as FastAPI does; a name the model does
+    not have is refused by the route (:class:`StrictQueryRoute`, with the route documenting the
+    model's fields through :func:`query_parameters`).
     """
     props, _, lists = _query_schema(model)
     params = request.query_params
@@ -112,6 +114,57 @@ def parse_query(request: Request, model: type[QueryModel]) -> QueryModel:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in exc.errors()]) from None
+
+
+class StrictQueryRoute(APIRoute):
+    """A route that refuses query parameters it does not take: 422 naming them, not silently ignored.
+
+    FastAPI ignores unknown query names, so a misspelt ``?exlude=i1`` recommended what was meant to be
+    excluded and ``?limt=5`` answered fifty. The names a route takes are the ones its OpenAPI document
+    lists: its ``Query()`` parameters (its dependencies' included) and those ``openapi_extra`` adds (a
+    hot route validating its query as one model, :func:`parse_query`). The check runs before the
+    route's dependencies and only when there is a query string. Every router of every service and the
+    health routes use this class (``APIRouter(route_class=StrictQueryRoute)``; a test walks the apps).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        fields = [self.dependant]
+        takes: set[str] = set()
+        while fields:
+            dependant = fields.pop()
+            for field in dependant.query_params:
+                model = field.field_info.annotation  # a query model (Annotated[Model, Query()]) takes its fields
+                if isinstance(model, type) and issubclass(model, BaseModel):
+                    takes.update(f.alias or name for name, f in model.model_fields.items())
+                else:
+                    takes.add(field.alias)
+            fields.extend(dependant.dependencies)
+        extra = (self.openapi_extra or {}).get("parameters", ())
+        takes.update(p["name"] for p in extra if p.get("in") == "query")
+        allowed = frozenset(takes)
+        listed = (
+            "this route takes: " + ", ".join(sorted(allowed)) if allowed else "this route takes no query parameters"
+        )
+
+        async def checked(request: Request) -> Response:
+            if request.scope.get("query_string"):
+                unknown = [name for name in dict.fromkeys(request.query_params) if name not in allowed]
+                if unknown:
+                    raise RequestValidationError(
+                        [
+                            {
+                                "type": "extra_forbidden",
+                                "loc": ("query", name),
+                                "msg": f"unknown query parameter ({listed})",
+                                "input": request.query_params[name],
+                            }
+                            for name in unknown
+                        ]
+                    )
+            return await handler(request)
+
+        return checked
 
 
 def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None, **extra: Any) -> JSONResponse:
@@ -150,13 +203,14 @@ _BODY_ERRORS = {
     "413": "The body is over the service's limit (`max_bytes`)",
     "415": "The body was not sent as JSON (`Content-Type: application/json`)",
 }
-_INVALID = "Invalid request: `errors` names each field at fault"
+_INVALID = "Invalid request: `errors` names each field at fault, or a query parameter the route does not take"
 
 
 def document_errors(app: FastAPI, open_paths: frozenset[str]) -> None:
     """OpenAPI says what the services answer on errors: the one :class:`ErrorOut` shape (FastAPI's default
     documents a 422 of its own ``HTTPValidationError`` shape, which no service sends), and the 401/403/429 of
-    the key guard and the 400/413/415 of a body, which it did not document at all."""
+    the key guard and the 400/413/415 of a body, which it did not document at all; and a 422 on every route,
+    each of which refuses query parameters it does not take."""
     generate = app.openapi
     error = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")  # once, not per request
     defs = error.pop("$defs", {})
@@ -170,10 +224,10 @@ def document_errors(app: FastAPI, open_paths: frozenset[str]) -> None:
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
-                if "422" in responses or "requestBody" in operation or "parameters" in operation:
-                    own = responses.get("422", {}).get("description")  # a route's own, else FastAPI's or none
-                    described = own if own and own != "Validation Error" else _INVALID
-                    responses["422"] = {"description": described, **ref}
+                # Every route: one without parameters still refuses a query it does not take (StrictQueryRoute).
+                own = responses.get("422", {}).get("description")  # a route's own, else FastAPI's or none
+                described = own if own and own != "Validation Error" else _INVALID
+                responses["422"] = {"description": described, **ref}
                 extra = {} if path in open_paths else dict(_GUARDED_ERRORS)
                 if "requestBody" in operation:
                     extra.update(_BODY_ERRORS)
@@ -552,6 +606,7 @@ def install_common(
         name="auth-failures",
     )
     checks = dict(readiness or {})
+    app.router.route_class = StrictQueryRoute  # the health routes below, as every service router
     # Added innermost first: the body limit is outermost, then the guard. Request spans and metrics
     # come from FastAPI's own telemetry (scalerec_core.telemetry.http_telemetry), outside both.
     app.add_middleware(_Guard, keys=keys, limiter=limiter, failures=failures)

@@ -2,21 +2,26 @@
 
 Each case is asked of two routes on the same model, the ranker's query: one where FastAPI solves the
 query (``Annotated[Model, Query()]``), one that parses it itself. Status, body and OpenAPI must match.
+``StrictQueryRoute``, which every service route is, refuses the query names a route does not take.
 """
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Annotated
 
 import pytest
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from scalerec_core.http import _install_error_handlers, parse_query, query_parameters
+from scalerec_core.http import StrictQueryRoute, _install_error_handlers, parse_query, query_parameters
 from scalerec_ranker.api.routes.recommendations import MAX_EXCLUDE, RecommendationsQuery
 
 
-def _app() -> FastAPI:
+def _app(route_class: type[APIRoute] = APIRoute) -> FastAPI:
     app = FastAPI()
+    app.router.route_class = route_class
     _install_error_handlers(app)
 
     @app.get("/fastapi")
@@ -34,7 +39,7 @@ CASES = [
     "user_id=u1",
     "user_id=u1&k=10&device=mobile&locale=en-US&exclude=i1&exclude=i2",
     "user_id=u1&user_id=u2",  # the last value, as FastAPI takes it
-    "user_id=u1&unknown=3",  # unknown names are ignored
+    "user_id=u1&unknown=3",  # ignored by both (a StrictQueryRoute refuses it first: below)
     "",  # user_id missing
     "user_id=",
     "user_id=u1&k=0",
@@ -62,3 +67,78 @@ def test_own_parsing_is_documented_as_fastapi_documents_it() -> None:
     ranker = {p["name"]: p for p in doc["paths"]["/own"]["get"]["parameters"]}
     assert list(ranker) == ["user_id", "k", "device", "locale", "exclude"]
     assert ranker["user_id"]["required"] and not ranker["exclude"]["required"]
+
+
+def _limit(limit: Annotated[int, Query(ge=1)] = 10) -> int:
+    return limit
+
+
+def _strict_app() -> FastAPI:
+    app = _app(StrictQueryRoute)
+
+    @app.get("/dependency")
+    async def by_dependency(limit: Annotated[int, Depends(_limit)], offset: int = 0) -> dict[str, int]:
+        return {"limit": limit, "offset": offset}
+
+    @app.get("/nothing")
+    async def nothing() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+@pytest.mark.parametrize("path", ["/fastapi", "/own"])
+def test_a_strict_route_refuses_a_query_name_it_does_not_take_and_names_it(path: str) -> None:
+    """A misspelt ``exlude`` was dropped: the answer recommended what the caller meant to exclude."""
+    with TestClient(_strict_app()) as client:
+        ok = client.get(f"{path}?user_id=u1&k=3&device=mobile&locale=en&exclude=i1&exclude=i2")
+        misspelt = client.get(f"{path}?user_id=u1&exlude=i1&exlude=i2&Limit=3")
+    assert ok.status_code == 200 and ok.json()["exclude"] == ["i1", "i2"]
+    assert misspelt.status_code == 422
+    takes = "unknown query parameter (this route takes: device, exclude, k, locale, user_id)"
+    assert misspelt.json() == {
+        "detail": "invalid request: Limit, exlude",
+        "errors": [{"field": "exlude", "message": takes}, {"field": "Limit", "message": takes}],
+    }
+
+
+def test_a_strict_route_takes_its_dependencies_parameters_and_a_route_without_any_takes_none() -> None:
+    with TestClient(_strict_app()) as client:
+        assert client.get("/dependency?limit=5&offset=2").json() == {"limit": 5, "offset": 2}
+        assert client.get("/dependency").json() == {"limit": 10, "offset": 0}
+        assert client.get("/dependency?limit=0").status_code == 422  # still validated as before
+        extra = client.get("/dependency?limit=5&page=2")
+        assert client.get("/nothing").json() == {"status": "ok"}
+        assert client.get("/nothing?").json() == {"status": "ok"}
+        cache_buster = client.get("/nothing?_=1733600000")
+    assert extra.status_code == 422
+    assert extra.json()["errors"] == [
+        {"field": "page", "message": "unknown query parameter (this route takes: limit, offset)"}
+    ]
+    assert cache_buster.status_code == 422
+    assert cache_buster.json()["errors"] == [
+        {"field": "_", "message": "unknown query parameter (this route takes no query parameters)"}
+    ]
+
+
+def test_every_route_of_every_service_refuses_an_unknown_query_name_and_documents_its_422(tmp_path: Path) -> None:
+    """One router built with FastAPI's default class would quietly ignore misspelt parameters again: every
+    operation of every service's OpenAPI document is asked with a name no route takes."""
+    import re
+
+    for service in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
+        config = importlib.import_module(f"scalerec_{service}.config")
+        settings_cls = next(v for k, v in vars(config).items() if k.endswith("Settings") and k != "ServiceSettings")
+        app = importlib.import_module(f"scalerec_{service}.main").create_app(
+            settings_cls(data_dir=tmp_path / service, auth="disabled")
+        )
+        paths = app.openapi()["paths"]
+        assert {"/healthz", "/readyz", "/metrics"} < set(paths), service
+        client = TestClient(app)  # no lifespan: the query is refused before the route reads any state
+        for path, operations in paths.items():
+            url = re.sub(r"\{[^}]+\}", "x1", path)
+            for method, op in operations.items():
+                assert "422" in op["responses"], (service, method, path)
+                answer = client.request(method.upper(), url, params={"zz_unknown": "1"})
+                assert answer.status_code == 422, (service, method, path, answer.status_code)
+                assert [e["field"] for e in answer.json()["errors"]] == ["zz_unknown"], (service, method, path)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, status
 from scalerec_core.auth import Scope, require
+from scalerec_core.http import StrictQueryRoute
 from scalerec_events.models import Event
 from scalerec_events.topics import Topic
 
@@ -21,7 +22,7 @@ from scalerec_collector.api.ingest import (
 from scalerec_collector.dedupe import dedupe_key
 from scalerec_collector.deps import ProducerDep, RecentIdsDep, SettingsDep
 
-router = APIRouter(prefix="/v1", tags=["events"], dependencies=[require(Scope.INGEST)])
+router = APIRouter(prefix="/v1", tags=["events"], dependencies=[require(Scope.INGEST)], route_class=StrictQueryRoute)
 
 _EXAMPLE = {
     "events": [

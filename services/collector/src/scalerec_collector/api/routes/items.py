@@ -6,13 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, status
 from scalerec_core.auth import Scope, require
+from scalerec_core.http import StrictQueryRoute
 from scalerec_events.models import Item
 from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import IngestResult, ItemBatchBody, publish, reject_all, split_valid
 from scalerec_collector.deps import ProducerDep, SettingsDep
 
-router = APIRouter(prefix="/v1", tags=["items"], dependencies=[require(Scope.INGEST)])
+router = APIRouter(prefix="/v1", tags=["items"], dependencies=[require(Scope.INGEST)], route_class=StrictQueryRoute)
 
 _EXAMPLE = {
     "items": [

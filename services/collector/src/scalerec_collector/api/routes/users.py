@@ -9,14 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ValidationError
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import validation_errors
+from scalerec_core.http import StrictQueryRoute, validation_errors
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, ErasureRequest
 from scalerec_events.topics import Topic
 
 from scalerec_collector.api.ingest import publish
 from scalerec_collector.deps import ProducerDep, SettingsDep
 
-router = APIRouter(prefix="/v1", tags=["privacy"], dependencies=[require(Scope.ERASE)])
+router = APIRouter(prefix="/v1", tags=["privacy"], dependencies=[require(Scope.ERASE)], route_class=StrictQueryRoute)
 
 
 class ErasureAccepted(BaseModel):

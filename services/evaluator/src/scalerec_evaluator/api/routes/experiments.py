@@ -7,6 +7,7 @@ from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, HTTPException, Path
 from scalerec_core.auth import Scope, require
+from scalerec_core.http import StrictQueryRoute
 from scalerec_events.experiments import Experiment, ExperimentOut
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 
@@ -14,7 +15,9 @@ from scalerec_evaluator.deps import ExperimentsDep, SettingsDep
 from scalerec_evaluator.experiments import ExperimentError
 from scalerec_evaluator.schemas import DecisionOut, ExperimentChange, ExperimentCreate
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[require(Scope.ADMIN)])
+router = APIRouter(
+    prefix="/v1/experiments", tags=["experiments"], dependencies=[require(Scope.ADMIN)], route_class=StrictQueryRoute
+)
 ExperimentId = Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 

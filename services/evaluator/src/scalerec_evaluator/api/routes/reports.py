@@ -6,14 +6,14 @@ import asyncio
 
 from fastapi import APIRouter
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import field_error
+from scalerec_core.http import StrictQueryRoute, field_error
 from scalerec_models import repository as repo
 
 from scalerec_evaluator.deps import EvaluatorDep, SettingsDep
 from scalerec_evaluator.results import online_by_version
 from scalerec_evaluator.schemas import EvaluationReport, OnlineOut, ReportsOut
 
-router = APIRouter(prefix="/v1", tags=["evaluation"], dependencies=[require(Scope.ADMIN)])
+router = APIRouter(prefix="/v1", tags=["evaluation"], dependencies=[require(Scope.ADMIN)], route_class=StrictQueryRoute)
 
 
 @router.get("/reports", summary="Every evaluated model version, oldest first")

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
+from scalerec_core.http import StrictQueryRoute
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 from scalerec_storage import records as r
 
 from scalerec_preprocessor.deps import PipelineDep, StoreDep
 
-router = APIRouter(prefix="/v1", tags=["status"], dependencies=[require(Scope.ADMIN)])
+router = APIRouter(prefix="/v1", tags=["status"], dependencies=[require(Scope.ADMIN)], route_class=StrictQueryRoute)
 
 
 class WorkerStats(BaseModel):

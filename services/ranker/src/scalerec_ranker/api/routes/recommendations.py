@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import parse_query, query_parameters
+from scalerec_core.http import StrictQueryRoute, parse_query, query_parameters
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, Id
 from scalerec_features import Device
 
@@ -16,7 +16,9 @@ from scalerec_ranker.deps import RecommenderDep
 from scalerec_ranker.recommend import Recommendation, Recommender
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)])
+router = APIRouter(
+    prefix="/v1", tags=["recommendations"], dependencies=[require(Scope.SERVE)], route_class=StrictQueryRoute
+)
 
 # Most item ids one request may exclude (a screenful or a few pages of them).
 MAX_EXCLUDE = 500

@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import field_error
+from scalerec_core.http import StrictQueryRoute, field_error
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 
 from scalerec_trainer.deps import TrainerDep
 from scalerec_trainer.jobs import EpochProgress, Job
 
-router = APIRouter(prefix="/v1", tags=["training"], dependencies=[require(Scope.ADMIN)])
+router = APIRouter(prefix="/v1", tags=["training"], dependencies=[require(Scope.ADMIN)], route_class=StrictQueryRoute)
 
 
 class JobView(BaseModel):
