@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -147,49 +147,135 @@ def test_while_an_experiment_runs_the_champion_changes_only_by_its_decision(
     assert r.status_code == 200, r.text
     report = r.json()
     assert not report["promoted"] and f"held: experiment {exp.experiment_id!r} is running" in report["decision"]
-    assert "against champion v1" in report["decision"] and "POST /v1/evaluate/3" in report["decision"]
+    assert "against champion v1" in report["decision"] and "judged again when it is stopped" in report["decision"]
+    assert report["held"].startswith(f"experiment {exp.experiment_id!r} is running")
     assert repo.read_champion(repository, repo.RANKER_MODEL) == 1
     assert _announced(client, Topic.MODELS_PROMOTED) == []
     assert client.get("/v1/reports/3", headers=ADMIN).json()["promoted"] is False  # as stored
 
     client.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
-    again = client.post("/v1/evaluate/3", headers=ADMIN).json()  # once it has ended, as the report says
-    assert again["promoted"] and repo.read_champion(repository, repo.RANKER_MODEL) == 3
+    _until(lambda: repo.read_champion(repository, repo.RANKER_MODEL) == 3, "the held v3 judged again and promoted")
+    again = client.get("/v1/reports/3", headers=ADMIN).json()
+    assert again["promoted"] and again["held"] is None
     assert [ModelAnnouncement.model_validate_json(v).version for v in _announced(client, Topic.MODELS_PROMOTED)] == [3]
 
 
-def test_a_candidate_judged_against_a_champion_that_changed_meanwhile_is_held(
+def _until(ok: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.05)
+
+
+def _report(version: int, champion: int | None, promoted: bool) -> EvaluationReport:
+    return EvaluationReport(
+        users=100,
+        items=50,
+        k=10,
+        models={f"model_v{version}": {"ndcg@10": 0.3}},
+        version=version,
+        champion_before=champion,
+        promoted=promoted,
+        decision=f"v{version} {'beats' if promoted else 'does not beat'} v{champion}",
+    )
+
+
+def test_candidates_held_under_an_experiment_are_judged_again_newest_first_when_it_ends(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held candidates waited for an operator's POST /v1/evaluate after the experiment, which nothing told
+    them to send. Now its end judges them against the champion it leaves: the newest first, then the older
+    ones while none is better; one pruned meanwhile is skipped."""
+    evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
+    repository = evaluator.settings.model_repository
+    for v in (4, 5):
+        (repository / repo.RANKER_MODEL / str(v)).mkdir()
+    exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    judged: list[int] = []
+    better = {3: True, 4: True, 5: True}  # while the experiment runs, all three pass the gate
+
+    def gate(version: int) -> EvaluationReport:
+        judged.append(version)
+        return _report(version, repo.read_champion(repository, repo.RANKER_MODEL), better[version])
+
+    monkeypatch.setattr(evaluator, "_evaluate_sync", gate)
+    for v in (3, 4, 5):
+        assert client.post(f"/v1/evaluate/{v}", headers=ADMIN).json()["held"] is not None
+    (repository / repo.RANKER_MODEL / "5").rmdir()  # pruned by a trainer's retention meanwhile
+    better.update({4: False})  # judged again, v4 is not better than the champion; v3 is
+    judged.clear()
+    decided = client.post(f"/v1/experiments/{exp.experiment_id}/decide", headers=ADMIN).json()
+    assert not decided["promoted"]  # no online data: it keeps running, and nothing is judged
+    client.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+    _until(lambda: repo.read_champion(repository, repo.RANKER_MODEL) == 3, "v3 promoted once v4 was not better")
+    assert judged == [4, 3]
+    reports = {r["version"]: r for r in client.get("/v1/reports", headers=ADMIN).json()["reports"]}
+    assert (reports[4]["promoted"], reports[4]["held"]) == (False, None)
+    assert (reports[3]["promoted"], reports[3]["held"]) == (True, None)
+    assert reports[5]["held"] is not None  # not on disk: left as it was
+    assert [ModelAnnouncement.model_validate_json(v).version for v in _announced(client, Topic.MODELS_PROMOTED)] == [3]
+
+
+def test_a_candidate_held_when_the_evaluator_stopped_is_judged_again_at_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The experiment ended (stopped) but the evaluator went down before judging its held candidate: the
+    next start judges it."""
+    from scalerec_evaluator.service import Evaluator
+
+    repository = tmp_path / "models"
+    for v in (1, 2, 3):
+        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
+    repo.write_champion(repository, repo.RANKER_MODEL, 1)
+    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+    monkeypatch.setattr(
+        Evaluator, "_evaluate_sync", lambda self, v: _report(v, repo.read_champion(repository, repo.RANKER_MODEL), True)
+    )
+    monkeypatch.setattr(Evaluator, "rejudge_held_soon", lambda self: None)  # went down before judging
+    with TestClient(create_app(settings)) as c:
+        exp = Experiment.model_validate(c.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+        assert c.post("/v1/evaluate/3", headers=ADMIN).json()["held"] is not None
+        c.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+    assert repo.read_champion(repository, repo.RANKER_MODEL) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(
+        Evaluator, "_evaluate_sync", lambda self, v: _report(v, repo.read_champion(repository, repo.RANKER_MODEL), True)
+    )
+    with TestClient(create_app(settings)) as c:
+        _until(lambda: repo.read_champion(repository, repo.RANKER_MODEL) == 3, "v3 judged again at start")
+        assert c.get("/v1/reports/3", headers=ADMIN).json()["held"] is None
+
+
+def test_a_candidate_whose_champion_changed_while_it_was_judged_is_judged_again_against_the_new_one(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An experiment's decision (v2 won) while v3 was being judged against v1: v3 replaced the online winner
-    without ever being compared with it."""
+    without ever being compared with it; then it was held and waited for an operator. Now the same
+    evaluation judges it again, against v2."""
     evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
     repository = evaluator.settings.model_repository
     exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    against: list[int | None] = []
 
-    def judged_while_v2_wins(version: int) -> EvaluationReport:
-        async def v2_wins() -> None:  # what decide does, while this evaluation runs on its thread
-            await evaluator.promote(2, {"online_ctr": 0.3}, experiment_id=exp.experiment_id)
-            await client.app.state.experiments._end(exp, ExperimentStatus.CONCLUDED, "v2 won", "challenger")  # type: ignore[attr-defined]
+    def judged(version: int) -> EvaluationReport:
+        champion = repo.read_champion(repository, repo.RANKER_MODEL)
+        against.append(champion)
+        if champion == 1:  # the experiment's decision for v2 lands while v3 is judged against v1
 
-        client.portal.call(v2_wins)  # type: ignore[union-attr]
-        return EvaluationReport(
-            users=100,
-            items=50,
-            k=10,
-            models={"model_v3": {"ndcg@10": 0.3}},
-            version=3,
-            champion_before=1,
-            promoted=True,
-        )
+            async def v2_wins() -> None:
+                await evaluator.promote(2, {"online_ctr": 0.3}, experiment_id=exp.experiment_id)
+                await client.app.state.experiments._end(exp, ExperimentStatus.CONCLUDED, "v2 won", "challenger")  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(evaluator, "_evaluate_sync", judged_while_v2_wins)
+            client.portal.call(v2_wins)  # type: ignore[union-attr]
+            return _report(version, 1, True)
+        return _report(version, champion, True)
+
+    monkeypatch.setattr(evaluator, "_evaluate_sync", judged)
     report = client.post("/v1/evaluate/3", headers=ADMIN).json()
-    assert (
-        not report["promoted"]
-        and "the champion became v2 while this version was judged against v1" in report["decision"]
-    )
-    assert repo.read_champion(repository, repo.RANKER_MODEL) == 2
+    assert against == [1, 2]
+    assert report["promoted"] and report["held"] is None and report["champion_before"] == 2
+    assert repo.read_champion(repository, repo.RANKER_MODEL) == 3
 
 
 def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(client: TestClient) -> None:

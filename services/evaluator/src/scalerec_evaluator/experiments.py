@@ -192,6 +192,7 @@ class Experiments:
         await asyncio.to_thread(self._put, ended, results)
         await self._announce(ended)
         self.evaluator.controller.settle()  # the challengers stop being served once rankers have followed
+        self.evaluator.rejudge_held_soon()  # candidates held while it ran: judged against the champion it leaves
         return ended
 
     async def stop(self, experiment_id: str, reason: str = "stopped by an operator") -> Experiment:

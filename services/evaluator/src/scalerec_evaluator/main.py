@@ -88,9 +88,11 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             if settings.triton_url and settings.triton_repair_s > 0
             else None
         )
+        evaluator.rejudge_held_soon()  # held under an experiment that ended while this process was down
         try:
             yield
         finally:
+            await evaluator.close()
             if repairs is not None:
                 repairs.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

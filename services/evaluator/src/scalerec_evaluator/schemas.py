@@ -27,6 +27,11 @@ class EvaluationReport(BaseModel):
     metric: str = ""
     promoted: bool = False
     decision: str = ""
+    held: str | None = Field(
+        default=None,
+        description="Why a version that passed the gate was not promoted: an experiment was running (it is judged "
+        "again when the experiment ends), or the champion changed while it was judged. Null otherwise.",
+    )
     holdout_start_ms: int = 0
     evaluated_at: str = ""
     card_metrics: dict[str, float] = Field(default_factory=dict)

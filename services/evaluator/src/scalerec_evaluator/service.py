@@ -7,8 +7,10 @@ promote through it.
 
 While an experiment runs, its control serves the champion and its results compare with it: the champion
 changes then only by that experiment's decision. A candidate that passes the offline gate meanwhile is
-held (its report says so) rather than promoted under the experiment; evaluate it again once the
-experiment has ended.
+held (its report's ``held`` says why) rather than promoted under the experiment, and judged again once
+the experiment has ended (:meth:`Evaluator.rejudge_held`, also at start-up: an evaluator that stopped
+between the two still judges it). One judged against a champion that an experiment's decision replaced
+while it was being evaluated is judged again at once, against the new champion.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class _Any:
 
 
 _ANY = _Any()
+# Judgements of one version in one evaluate(): again when the champion changed while it was judged.
+_JUDGEMENTS = 3
 
 
 class Evaluator:
@@ -60,6 +64,7 @@ class Evaluator:
         self._lock = asyncio.Lock()
         # Held while the champion may change, and by whoever checks an experiment against the champion.
         self.promotions = asyncio.Lock()
+        self._rejudging: set[asyncio.Task[int | None]] = set()
 
     def champion(self) -> int | None:
         return repo.read_champion(self.settings.model_repository, repo.RANKER_MODEL)
@@ -99,14 +104,21 @@ class Evaluator:
     async def evaluate(self, version: int) -> EvaluationReport:
         async with self._lock:  # one evaluation at a time: they share the champion
             with tracer("scalerec.evaluator").start_as_current_span("evaluate", attributes={"version": version}):
-                report = await asyncio.to_thread(self._evaluate_sync, version)
-                log.info("model %d: %s", version, report.decision)
-                held = None
-                if report.promoted:
-                    metrics = report.models[f"model_v{version}"]
-                    held = await self.promote(version, metrics, judged_against=report.champion_before)
+                for judged in range(1, _JUDGEMENTS + 1):
+                    report = await asyncio.to_thread(self._evaluate_sync, version)
+                    log.info("model %d: %s", version, report.decision)
+                    held = None
+                    if report.promoted:
+                        metrics = report.models[f"model_v{version}"]
+                        held = await self.promote(version, metrics, judged_against=report.champion_before)
+                    if held is None or judged == _JUDGEMENTS:
+                        break
+                    if await asyncio.to_thread(self.running_experiment) is not None:
+                        break  # judged again when the experiment ends (rejudge_held)
+                    # The champion changed while this version was judged (an experiment's decision): against it now.
+                    log.info("model %d: %s; judging it again", version, held)
                 if held is not None:
-                    update = {"promoted": False, "decision": f"{report.decision}; held: {held}"}
+                    update = {"promoted": False, "held": held, "decision": f"{report.decision}; held: {held}"}
                     report = report.model_copy(update=update)
                     log.info("model %d: %s", version, report.decision)
                 if not report.promoted:
@@ -114,6 +126,64 @@ class Evaluator:
                 # Stored last: a crash before this re-judges the candidate on re-delivery.
                 await asyncio.to_thread(self._store_report, report)
                 return report
+
+    async def rejudge_held(self) -> int | None:
+        """Judge again the candidates held while an experiment ran, newest first, until one is promoted.
+
+        -> the version promoted, or None. A candidate is held when it passed the gate under a running
+        experiment; once none runs, the newest held version newer than the champion is judged against it
+        (the freshest model first), then the older ones if it is not better. Versions pruned from the
+        repository meanwhile are skipped. Nothing happens while an experiment runs.
+        """
+        if await asyncio.to_thread(self.running_experiment) is not None:
+            return None
+        champion = self.champion()
+        held = sorted(
+            (
+                r.version
+                for r in await asyncio.to_thread(self.reports)
+                if r.held is not None and (champion is None or r.version > champion)
+            ),
+            reverse=True,
+        )
+        repository = self.settings.model_repository
+        for version in held:
+            if version not in await asyncio.to_thread(repo.list_versions, repository, repo.RANKER_MODEL):
+                log.info("model %d was held but is no longer in the repository; not judged again", version)
+                continue
+            log.info("model %d was held under an experiment that has ended: judging it again", version)
+            try:
+                report = await self.evaluate(version)
+            except (FileNotFoundError, ValueError) as exc:
+                log.warning("model %d could not be judged again: %s", version, exc)
+                continue
+            if report.promoted:
+                return version
+            if report.held is not None:
+                return None  # another experiment started meanwhile: its end judges them again
+        return None
+
+    def rejudge_held_soon(self) -> None:
+        """:meth:`rejudge_held` in the background (an experiment's stop or decision answers without waiting
+        for evaluations); failures are logged, and the next end of an experiment or start-up tries again."""
+
+        async def run() -> int | None:
+            try:
+                return await self.rejudge_held()
+            except Exception:
+                log.exception("judging held candidates again failed")
+                return None
+
+        task = asyncio.get_running_loop().create_task(run(), name="rejudge-held")
+        self._rejudging.add(task)
+        task.add_done_callback(self._rejudging.discard)
+
+    async def close(self) -> None:
+        """Cancel the background re-judging (a lifespan's end); an evaluation cut short is judged again at start."""
+        tasks = list(self._rejudging)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def promote(
         self,
@@ -135,8 +205,7 @@ class Evaluator:
             against = "no champion" if champion is None else f"champion v{champion}"
             if running is not None and running != experiment_id:
                 return (
-                    f"experiment {running!r} is running against {against} "
-                    f"(stop or decide it, then POST /v1/evaluate/{version})"
+                    f"experiment {running!r} is running against {against} (judged again when it is stopped or decided)"
                 )
             if not isinstance(judged_against, _Any) and champion != judged_against:
                 return (
