@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import _get_param_aliases, _get_param_model, get_cached_model_fields
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, _effective_route_context_var
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -116,55 +118,76 @@ def parse_query(request: Request, model: type[QueryModel]) -> QueryModel:
         raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in exc.errors()]) from None
 
 
+# At most this many unknown names are listed in a 422 (a 64 KB URL holds ~17,000 of them), each cut to this length.
+_UNKNOWN_LISTED = 10
+_NAME_SHOWN = 64
+
+
+def _query_names(dependant: Dependant) -> frozenset[str] | None:
+    """The query names FastAPI reads for ``dependant`` and its sub-dependencies (aliases, validation aliases,
+    alias choices, field names where the config validates by name; a query model's fields), from FastAPI's
+    own look-up; None when a query model keeps extra names (``extra="allow"``): any name is taken."""
+    names: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        pending.extend(current.dependencies)
+        for field in current.query_params:
+            model = _get_param_model(field)
+            if model is not None and model.model_config.get("extra") == "allow":
+                return None
+            for flat in get_cached_model_fields(model) if model is not None else [field]:
+                names.update(key for _, key in _get_param_aliases(flat))
+    return frozenset(names)
+
+
 class StrictQueryRoute(APIRoute):
     """A route that refuses query parameters it does not take: 422 naming them, not silently ignored.
 
     FastAPI ignores unknown query names, so a misspelt ``?exlude=i1`` recommended what was meant to be
-    excluded and ``?limt=5`` answered fifty. The names a route takes are the ones its OpenAPI document
-    lists: its ``Query()`` parameters (its dependencies' included) and those ``openapi_extra`` adds (a
-    hot route validating its query as one model, :func:`parse_query`). The check runs before the
-    route's dependencies and only when there is a query string. Every router of every service and the
-    health routes use this class (``APIRouter(route_class=StrictQueryRoute)``; a test walks the apps).
+    excluded and ``?limt=5`` answered fifty. The names a route takes are the ones FastAPI would read: its
+    ``Query()`` parameters (its dependencies' and an including router's included, each alias FastAPI
+    looks a value up by), plus those ``openapi_extra`` documents for a hot route that validates its query
+    as one model (:func:`parse_query`). The check runs before the route's dependencies (so before a
+    scope check: the names are in the open ``/openapi.json`` anyway) and only when there is a query
+    string; the answer lists at most ``_UNKNOWN_LISTED`` names. Every router of every service and the
+    health routes use this class (``APIRouter(route_class=StrictQueryRoute)``; a test asks every route).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        fields = [self.dependant]
-        takes: set[str] = set()
-        while fields:
-            dependant = fields.pop()
-            for field in dependant.query_params:
-                model = field.field_info.annotation  # a query model (Annotated[Model, Query()]) takes its fields
-                if isinstance(model, type) and issubclass(model, BaseModel):
-                    takes.update(f.alias or name for name, f in model.model_fields.items())
-                else:
-                    takes.add(field.alias)
-            fields.extend(dependant.dependencies)
+        # FastAPI builds a handler per inclusion, with the including routers' dependencies in that
+        # inclusion's dependant (a context variable it sets meanwhile; the route's own without one).
+        context = _effective_route_context_var.get()
+        effective = getattr(context, "dependant", None) if getattr(context, "original_route", None) is self else None
+        allowed = _query_names(effective or self.dependant)
+        if allowed is None:
+            return handler
         extra = (self.openapi_extra or {}).get("parameters", ())
-        takes.update(p["name"] for p in extra if p.get("in") == "query")
-        allowed = frozenset(takes)
-        listed = (
-            "this route takes: " + ", ".join(sorted(allowed)) if allowed else "this route takes no query parameters"
-        )
+        allowed |= {p["name"] for p in extra if p.get("in") == "query"}
+        takes = "this route takes " + (", ".join(sorted(allowed)) if allowed else "no query parameters")
 
         async def checked(request: Request) -> Response:
             if request.scope.get("query_string"):
                 unknown = [name for name in dict.fromkeys(request.query_params) if name not in allowed]
                 if unknown:
-                    raise RequestValidationError(
-                        [
-                            {
-                                "type": "extra_forbidden",
-                                "loc": ("query", name),
-                                "msg": f"unknown query parameter ({listed})",
-                                "input": request.query_params[name],
-                            }
-                            for name in unknown
-                        ]
-                    )
+                    raise _unknown_query(unknown, takes)
             return await handler(request)
 
         return checked
+
+
+def _unknown_query(unknown: list[str], takes: str) -> HTTPException:
+    shown = [n if len(n) <= _NAME_SHOWN else n[: _NAME_SHOWN - 1] + "…" for n in unknown[:_UNKNOWN_LISTED]]
+    more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
+    names = ", ".join(repr(n) for n in shown) + more
+    return HTTPException(
+        422,
+        {
+            "message": f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}: {takes}",
+            "errors": [{"field": n, "message": "unknown query parameter"} for n in shown],
+        },
+    )
 
 
 def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None, **extra: Any) -> JSONResponse:

@@ -354,3 +354,132 @@ def test_a_challenger_that_wins_online_is_promoted_and_the_reason_recorded(clien
     # What `scalerec demo` writes to experiment.json, and the report reads, is these two answers in one model.
     outcome = ExperimentOutcome(**ExperimentOut.model_validate(final).model_dump(), decision=body)
     assert outcome.decision.promoted and outcome.results.variant("challenger").ctr_vs_control is not None
+
+
+def _gate(
+    repository: Path, better: dict[int, bool], judged: list[int], delay_s: float = 0.0
+) -> Callable[..., EvaluationReport]:
+    """Like the real ``_evaluate_sync``: judged against the champion, which is no rival of itself."""
+
+    def gate(version: int) -> EvaluationReport:
+        time.sleep(delay_s)
+        judged.append(version)
+        champion = repo.read_champion(repository, repo.RANKER_MODEL)
+        return _report(version, champion, True if champion == version else better[version])
+
+    return gate
+
+
+def _hold(client: TestClient, *versions: int) -> Experiment:
+    exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    for v in versions:
+        assert client.post(f"/v1/evaluate/{v}", headers=ADMIN).json()["held"] is not None
+    return exp
+
+
+def _promoted(client: TestClient) -> list[int]:
+    return [ModelAnnouncement.model_validate_json(v).version for v in _announced(client, Topic.MODELS_PROMOTED)]
+
+
+def test_experiments_ending_one_after_the_other_judge_a_held_version_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ends in a row started two re-judges that had both listed v4: it was judged, promoted and
+    announced twice (the second time against itself)."""
+    evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
+    repository = evaluator.settings.model_repository
+    (repository / repo.RANKER_MODEL / "4").mkdir()
+    judged: list[int] = []
+    monkeypatch.setattr(evaluator, "_evaluate_sync", _gate(repository, {3: True, 4: True}, judged, delay_s=0.3))
+    exp = _hold(client, 3, 4)
+    judged.clear()
+    client.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+    second = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    client.post(f"/v1/experiments/{second.experiment_id}/stop", headers=ADMIN)
+    _until(lambda: not evaluator._rejudging, "both re-judges done")
+    assert judged == [4] and _promoted(client) == [4]
+    assert repo.read_champion(repository, repo.RANKER_MODEL) == 4
+
+
+def test_a_held_version_that_fails_to_evaluate_does_not_keep_the_older_ones_waiting(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
+    repository = evaluator.settings.model_repository
+    (repository / repo.RANKER_MODEL / "4").mkdir()
+    judged: list[int] = []
+    passes = _gate(repository, {3: True, 4: True}, judged)
+    monkeypatch.setattr(evaluator, "_evaluate_sync", passes)
+    exp = _hold(client, 3, 4)
+
+    def broken_v4(version: int) -> EvaluationReport:
+        if version == 4:
+            judged.append(4)
+            raise RuntimeError("onnxruntime: InvalidGraph")
+        return passes(version)
+
+    monkeypatch.setattr(evaluator, "_evaluate_sync", broken_v4)
+    judged.clear()
+    client.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+    _until(lambda: repo.read_champion(repository, repo.RANKER_MODEL) == 3, "v3 promoted although v4 failed")
+    assert judged == [4, 3]
+    assert "model 4 could not be judged again; it stays held" in caplog.text
+    assert evaluator.report(4).held is not None  # tried again at the next end or start
+
+
+def test_a_report_held_just_as_the_experiment_ends_is_still_judged_again(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate() saw the experiment running; it was stopped before the held report was stored, and the
+    end's re-judge, reading the reports meanwhile, did not see it: v3 stayed held."""
+    evaluator = client.app.state.evaluator  # type: ignore[attr-defined]
+    lab = client.app.state.experiments  # type: ignore[attr-defined]
+    repository = evaluator.settings.model_repository
+    exp = Experiment.model_validate(client.post("/v1/experiments", json=HALVES, headers=ADMIN).json())
+    monkeypatch.setattr(evaluator, "_evaluate_sync", _gate(repository, {3: True}, []))
+    store = evaluator._store_report
+
+    def stopped_before_stored(report: EvaluationReport) -> None:
+        if report.held is not None:
+            client.portal.call(lab.stop, exp.experiment_id)  # type: ignore[union-attr]
+            time.sleep(0.3)
+        store(report)
+
+    monkeypatch.setattr(evaluator, "_store_report", stopped_before_stored)
+    assert client.post("/v1/evaluate/3", headers=ADMIN).json()["held"] is not None
+    _until(lambda: repo.read_champion(repository, repo.RANKER_MODEL) == 3, "v3 judged again after the end")
+    assert _promoted(client) == [3]
+
+
+def test_a_shutdown_lets_the_held_version_being_judged_finish_and_be_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled at once, a re-judge could stop between the champion file and its announcement: rankers
+    already running stayed on the old champion, and nothing repaired it after a restart."""
+    import asyncio
+
+    from scalerec_evaluator.service import Evaluator
+
+    repository = tmp_path / "models"
+    for v in (1, 2, 3):
+        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
+    repo.write_champion(repository, repo.RANKER_MODEL, 1)
+    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+    monkeypatch.setattr(Evaluator, "_evaluate_sync", lambda self, v: _gate(repository, {3: True}, [])(v))
+    with TestClient(create_app(settings)) as c:
+        evaluator = c.app.state.evaluator  # type: ignore[attr-defined]
+        exp = _hold(c, 3)
+        send = evaluator.producer.send
+
+        async def slow_announcement(topic: str, value: bytes, **kw: object) -> None:
+            if topic == settings.topic(Topic.MODELS_PROMOTED):
+                await asyncio.sleep(1.0)  # an acknowledgement under load
+            await send(topic, value, **kw)
+
+        monkeypatch.setattr(evaluator.producer, "send", slow_announcement)
+        c.post(f"/v1/experiments/{exp.experiment_id}/stop", headers=ADMIN)
+        _until(lambda: repo.read_champion(repository, repo.RANKER_MODEL) == 3, "v3 written as the champion")
+    # The lifespan has ended (the app's shutdown waited for the re-judge): the announcement was sent.
+    with TestClient(create_app(settings)) as c:
+        assert _promoted(c) == [3]
+        assert c.get("/v1/reports/3", headers=ADMIN).json()["promoted"] is True

@@ -45,6 +45,8 @@ class _Any:
 _ANY = _Any()
 # Judgements of one version in one evaluate(): again when the champion changed while it was judged.
 _JUDGEMENTS = 3
+# What a shutdown waits for a re-judge in progress (as the candidates worker's stop waits for its batch).
+CLOSE_WAIT_S = 15.0
 
 
 class Evaluator:
@@ -65,6 +67,7 @@ class Evaluator:
         # Held while the champion may change, and by whoever checks an experiment against the champion.
         self.promotions = asyncio.Lock()
         self._rejudging: set[asyncio.Task[int | None]] = set()
+        self._closing = False
 
     def champion(self) -> int | None:
         return repo.read_champion(self.settings.model_repository, repo.RANKER_MODEL)
@@ -103,65 +106,70 @@ class Evaluator:
 
     async def evaluate(self, version: int) -> EvaluationReport:
         async with self._lock:  # one evaluation at a time: they share the champion
-            with tracer("scalerec.evaluator").start_as_current_span("evaluate", attributes={"version": version}):
-                for judged in range(1, _JUDGEMENTS + 1):
-                    report = await asyncio.to_thread(self._evaluate_sync, version)
-                    log.info("model %d: %s", version, report.decision)
-                    held = None
-                    if report.promoted:
-                        metrics = report.models[f"model_v{version}"]
-                        held = await self.promote(version, metrics, judged_against=report.champion_before)
-                    if held is None or judged == _JUDGEMENTS:
-                        break
-                    if await asyncio.to_thread(self.running_experiment) is not None:
-                        break  # judged again when the experiment ends (rejudge_held)
-                    # The champion changed while this version was judged (an experiment's decision): against it now.
-                    log.info("model %d: %s; judging it again", version, held)
-                if held is not None:
-                    update = {"promoted": False, "held": held, "decision": f"{report.decision}; held: {held}"}
-                    report = report.model_copy(update=update)
-                    log.info("model %d: %s", version, report.decision)
-                if not report.promoted:
-                    self.controller.settle()  # the trainer added the candidate to the policy: narrow it again
-                # Stored last: a crash before this re-judges the candidate on re-delivery.
-                await asyncio.to_thread(self._store_report, report)
-                return report
+            return await self._evaluate(version)
+
+    async def _evaluate(self, version: int) -> EvaluationReport:
+        """:meth:`evaluate` with ``self._lock`` held by the caller."""
+        with tracer("scalerec.evaluator").start_as_current_span("evaluate", attributes={"version": version}):
+            for judged in range(1, _JUDGEMENTS + 1):
+                report = await asyncio.to_thread(self._evaluate_sync, version)
+                log.info("model %d: %s", version, report.decision)
+                held = None
+                if report.promoted:
+                    metrics = report.models[f"model_v{version}"]
+                    held = await self.promote(version, metrics, judged_against=report.champion_before)
+                if held is None or judged == _JUDGEMENTS:
+                    break
+                if await asyncio.to_thread(self.running_experiment) is not None:
+                    break  # judged again when the experiment ends (rejudge_held)
+                # The champion changed while this version was judged (an experiment's decision): against it now.
+                log.info("model %d: %s; judging it again", version, held)
+            if held is not None:
+                update = {"promoted": False, "held": held, "decision": f"{report.decision}; held: {held}"}
+                report = report.model_copy(update=update)
+                log.info("model %d: %s", version, report.decision)
+            if not report.promoted:
+                self.controller.settle()  # the trainer added the candidate to the policy: narrow it again
+            # Stored last: a crash before this re-judges the candidate on re-delivery.
+            await asyncio.to_thread(self._store_report, report)
+            return report
 
     async def rejudge_held(self) -> int | None:
         """Judge again the candidates held while an experiment ran, newest first, until one is promoted.
 
         -> the version promoted, or None. A candidate is held when it passed the gate under a running
-        experiment; once none runs, the newest held version newer than the champion is judged against it
-        (the freshest model first), then the older ones if it is not better. Versions pruned from the
-        repository meanwhile are skipped. Nothing happens while an experiment runs.
+        experiment; once none runs, each held version newer than the champion is judged against it, the
+        newest (freshest) first, then the older ones while none is better. A version pruned from the
+        repository meanwhile is skipped, one that fails to evaluate is logged and skipped (its report stays
+        held: the next end of an experiment or start-up tries it again). Nothing happens while an
+        experiment runs. Under the evaluation lock from the start: a report an evaluation in progress is
+        about to store as held is read, and re-judges started one after the other never judge a version
+        twice (the champion is read again before each).
         """
-        if await asyncio.to_thread(self.running_experiment) is not None:
+        async with self._lock:
+            if await asyncio.to_thread(self.running_experiment) is not None:
+                return None
+            reports = await asyncio.to_thread(self.reports)
+            held = sorted((r.version for r in reports if r.held is not None), reverse=True)
+            repository = self.settings.model_repository
+            for version in held:
+                champion = self.champion()
+                if self._closing or (champion is not None and version <= champion):
+                    continue
+                if version not in await asyncio.to_thread(repo.list_versions, repository, repo.RANKER_MODEL):
+                    log.info("model %d was held but is no longer in the repository; not judged again", version)
+                    continue
+                log.info("model %d was held under an experiment that has ended: judging it again", version)
+                try:
+                    report = await self._evaluate(version)
+                except Exception:
+                    log.exception("model %d could not be judged again; it stays held", version)
+                    continue
+                if report.promoted:
+                    return version
+                if report.held is not None:
+                    return None  # another experiment started meanwhile: its end judges them again
             return None
-        champion = self.champion()
-        held = sorted(
-            (
-                r.version
-                for r in await asyncio.to_thread(self.reports)
-                if r.held is not None and (champion is None or r.version > champion)
-            ),
-            reverse=True,
-        )
-        repository = self.settings.model_repository
-        for version in held:
-            if version not in await asyncio.to_thread(repo.list_versions, repository, repo.RANKER_MODEL):
-                log.info("model %d was held but is no longer in the repository; not judged again", version)
-                continue
-            log.info("model %d was held under an experiment that has ended: judging it again", version)
-            try:
-                report = await self.evaluate(version)
-            except (FileNotFoundError, ValueError) as exc:
-                log.warning("model %d could not be judged again: %s", version, exc)
-                continue
-            if report.promoted:
-                return version
-            if report.held is not None:
-                return None  # another experiment started meanwhile: its end judges them again
-        return None
 
     def rejudge_held_soon(self) -> None:
         """:meth:`rejudge_held` in the background (an experiment's stop or decision answers without waiting
@@ -178,12 +186,18 @@ class Evaluator:
         self._rejudging.add(task)
         task.add_done_callback(self._rejudging.discard)
 
-    async def close(self) -> None:
-        """Cancel the background re-judging (a lifespan's end); an evaluation cut short is judged again at start."""
+    async def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """At a lifespan's end: no further held version is started, the one being judged gets ``timeout_s``
+        to finish (a promotion is not cut between the champion file and its announcement); cancelled after."""
+        self._closing = True
         tasks = list(self._rejudging)
-        for task in tasks:
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in late:
+            log.warning("judging a held candidate again did not finish within %.0f s of shutdown: cancelled", timeout_s)
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*late, return_exceptions=True)
 
     async def promote(
         self,
@@ -208,28 +222,31 @@ class Evaluator:
                     f"experiment {running!r} is running against {against} (judged again when it is stopped or decided)"
                 )
             if not isinstance(judged_against, _Any) and champion != judged_against:
-                return (
-                    f"the champion became v{champion} while this version was judged against "
-                    f"v{judged_against} (POST /v1/evaluate/{version} judges it against the new one)"
-                )
+                return f"the champion became v{champion} while this version was judged against v{judged_against}"
             await self.controller.add({version})
-            await asyncio.to_thread(repo.write_champion, self.settings.model_repository, repo.RANKER_MODEL, version)
-            ann = ModelAnnouncement(
-                model=repo.RANKER_MODEL,
-                version=version,
-                repository=str(self.settings.model_repository),
-                created_at=datetime.now(UTC),
-                metrics={k: float(v) for k, v in metrics.items()},
-            )
-            await self.producer.send(
-                self.settings.topic(Topic.MODELS_PROMOTED),
-                ann.model_dump_json().encode(),
-                key=repo.RANKER_MODEL.encode(),
-                headers=inject_headers(),
-            )
-            self.controller.settle()  # the old champion stops being served once rankers have swapped
-            log.info("model %d is the champion", version)
+            # Not cut in two by a cancellation (a shutdown): a champion file without its announcement would
+            # leave running rankers on the old champion and those started later on this one.
+            await asyncio.shield(self._crown(version, metrics))
             return None
+
+    async def _crown(self, version: int, metrics: dict[str, float]) -> None:
+        """The champion file, then its announcement on the compacted topic every ranker follows."""
+        await asyncio.to_thread(repo.write_champion, self.settings.model_repository, repo.RANKER_MODEL, version)
+        ann = ModelAnnouncement(
+            model=repo.RANKER_MODEL,
+            version=version,
+            repository=str(self.settings.model_repository),
+            created_at=datetime.now(UTC),
+            metrics={k: float(v) for k, v in metrics.items()},
+        )
+        await self.producer.send(
+            self.settings.topic(Topic.MODELS_PROMOTED),
+            ann.model_dump_json().encode(),
+            key=repo.RANKER_MODEL.encode(),
+            headers=inject_headers(),
+        )
+        self.controller.settle()  # the old champion stops being served once rankers have swapped
+        log.info("model %d is the champion", version)
 
     def reports(self) -> list[EvaluationReport]:
         prefix = f"{repo.RANKER_MODEL}|".encode()
