@@ -30,7 +30,7 @@ CATALOGUE = "catalogue"  # salt|item → item JSON and content features
 FRESH_ITEMS = "fresh_items"  # reversed created ts|item → newest items first
 PROFILES = "profiles"  # salt|user → last seen, device, locale
 ERASURES = "erasures"  # user → erased at / done at (tombstone: events ingested until then are dropped)
-REPORTS = "reports"  # model|version → evaluation report JSON
+REPORTS = "reports"  # model|version → evaluation report JSON; promotion|model → the promotion in progress
 EXPERIMENTS = "experiments"  # experiment id → experiment state JSON (the evaluator's, announced on the bus)
 # Online exposure and outcome, one row per impression and per feedback event (idempotent by id):
 #   experiment|request_id|i            → the impression (variant, version, items, time)
@@ -188,6 +188,11 @@ def fresh_key(created_ms: int, item_id: str) -> bytes:
 
 def report_key(model: str, version: int) -> bytes:
     return f"{model}|{version:010d}".encode()
+
+
+def promotion_key(model: str) -> bytes:
+    """The evaluator's last promotion of ``model`` and whether it was announced (outside the reports' prefix)."""
+    return f"promotion|{model}".encode()
 
 
 def exposure_prefix(experiment_id: str | None) -> bytes:

@@ -483,3 +483,37 @@ def test_a_shutdown_lets_the_held_version_being_judged_finish_and_be_announced(
     with TestClient(create_app(settings)) as c:
         assert _promoted(c) == [3]
         assert c.get("/v1/reports/3", headers=ADMIN).json()["promoted"] is True
+
+
+def test_a_champion_whose_announcement_failed_is_announced_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus refused the announcement after the champion file changed: rankers already running stayed on
+    v1, those started later read v3, and nothing announced v3 (a retry judged it against itself)."""
+    from scalerec_adapters.bus import BusUnavailable
+    from scalerec_evaluator.service import Evaluator
+
+    repository = tmp_path / "models"
+    for v in (1, 2, 3):
+        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
+    repo.write_champion(repository, repo.RANKER_MODEL, 1)
+    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+    monkeypatch.setattr(Evaluator, "_evaluate_sync", lambda self, v: _gate(repository, {3: True}, [])(v))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        evaluator = c.app.state.evaluator  # type: ignore[attr-defined]
+        send = evaluator.producer.send
+
+        async def refused(topic: str, value: bytes, **kw: object) -> None:
+            if topic == settings.topic(Topic.MODELS_PROMOTED):
+                raise BusUnavailable("the broker is down")
+            await send(topic, value, **kw)
+
+        monkeypatch.setattr(evaluator.producer, "send", refused)
+        assert c.post("/v1/evaluate/3", headers=ADMIN).status_code >= 500
+        assert repo.read_champion(repository, repo.RANKER_MODEL) == 3 and _promoted(c) == []
+    with TestClient(create_app(settings)) as c:
+        assert _promoted(c) == [3]
+        evaluator = c.app.state.evaluator  # type: ignore[attr-defined]
+        assert c.portal.call(evaluator.finish_promotion) is None  # done: not announced twice  # type: ignore[union-attr]
+    with TestClient(create_app(settings)) as c:
+        assert _promoted(c) == [3]

@@ -88,6 +88,10 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
             if settings.triton_url and settings.triton_repair_s > 0
             else None
         )
+        try:
+            await evaluator.finish_promotion()  # a champion this process made but had not announced when it stopped
+        except Exception as exc:
+            log.warning("could not announce an unannounced champion at start (%s); the next promotion retries", exc)
         evaluator.rejudge_held_soon()  # held under an experiment that ended while this process was down
         try:
             yield

@@ -16,9 +16,11 @@ while it was being evaluated is judged again at once, against the new champion.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from scalerec_adapters.bus import Producer
 from scalerec_adapters.store import WideColumnStore
@@ -230,8 +232,20 @@ class Evaluator:
             return None
 
     async def _crown(self, version: int, metrics: dict[str, float]) -> None:
-        """The champion file, then its announcement on the compacted topic every ranker follows."""
+        """The champion file, then its announcement on the compacted topic every ranker follows.
+
+        The promotion is recorded first and marked announced last: one cut in between (the bus failing,
+        the process killed) is announced by :meth:`finish_promotion`, at the next promotion or start-up.
+        """
+        await self.finish_promotion()
+        await asyncio.to_thread(self._record_promotion, version, metrics, announced=False)
         await asyncio.to_thread(repo.write_champion, self.settings.model_repository, repo.RANKER_MODEL, version)
+        await self._announce(version, metrics)
+        await asyncio.to_thread(self._record_promotion, version, metrics, announced=True)
+        self.controller.settle()  # the old champion stops being served once rankers have swapped
+        log.info("model %d is the champion", version)
+
+    async def _announce(self, version: int, metrics: dict[str, float]) -> None:
         ann = ModelAnnouncement(
             model=repo.RANKER_MODEL,
             version=version,
@@ -245,8 +259,33 @@ class Evaluator:
             key=repo.RANKER_MODEL.encode(),
             headers=inject_headers(),
         )
-        self.controller.settle()  # the old champion stops being served once rankers have swapped
-        log.info("model %d is the champion", version)
+
+    def _record_promotion(self, version: int, metrics: dict[str, float], *, announced: bool) -> None:
+        state = {"version": version, "metrics": metrics, "announced": announced}
+        self.store.put(s.REPORTS, s.promotion_key(repo.RANKER_MODEL), {b"r:promotion": json.dumps(state).encode()})
+
+    def _pending_promotion(self) -> dict[str, Any] | None:
+        cells = self.store.get(s.REPORTS, s.promotion_key(repo.RANKER_MODEL))
+        state: dict[str, Any] | None = json.loads(cells[b"r:promotion"]) if cells else None
+        return None if state is None or state.get("announced") else state
+
+    async def finish_promotion(self) -> int | None:
+        """Announce a champion whose promotion was cut before its announcement -> its version, or None.
+
+        Until then rankers already running serve the old champion and those started later the new one
+        (they read the champion file). A promotion cut before the file changed is only marked done: its
+        candidate is judged again when its announcement is re-delivered. Raises what the bus raises
+        (still not announced: the next promotion or start-up tries again).
+        """
+        pending = await asyncio.to_thread(self._pending_promotion)
+        if pending is None:
+            return None
+        version, metrics = int(pending["version"]), {k: float(v) for k, v in pending["metrics"].items()}
+        if self.champion() == version:
+            await self._announce(version, metrics)
+            log.warning("model %d was made the champion but not announced: announced now", version)
+        await asyncio.to_thread(self._record_promotion, version, metrics, announced=True)
+        return version if self.champion() == version else None
 
     def reports(self) -> list[EvaluationReport]:
         prefix = f"{repo.RANKER_MODEL}|".encode()
