@@ -66,9 +66,29 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number") from None
 
 
+def shared_keys(value: str) -> tuple[str | None, str | None]:
+    """``SCALEREC_API_KEY`` → (the collector's key, the ranker's key).
+
+    One key for both, or the services' whole ``API_KEYS`` spec (``key:scope+scope,...``, what the
+    release's Secret holds, which the chart hands to Locust): then a key with the ``ingest`` scope
+    for the collector and one with ``serve`` for the ranker. A key never holds ``:`` or ``,``.
+    """
+    if not value:
+        return None, None
+    if ":" not in value and "," not in value:
+        return value, value
+    from scalerec_core.auth import KeyRing, Scope
+
+    try:
+        ring = KeyRing.parse(value)
+    except ValueError as exc:
+        raise SystemExit(f"SCALEREC_API_KEY: {exc}") from None
+    return ring.key_for(Scope.INGEST), ring.key_for(Scope.SERVE)
+
+
 def settings() -> LoadSettings:
     """Read the environment: ``COLLECTOR_URL``, ``RANKER_URL``, ``LOADTEST_*`` and the API keys."""
-    shared_key = os.environ.get("SCALEREC_API_KEY") or None
+    collector_shared, ranker_shared = shared_keys(os.environ.get("SCALEREC_API_KEY", "").strip())
     return LoadSettings(
         collector_url=os.environ.get("COLLECTOR_URL", "http://127.0.0.1:8081").rstrip("/"),
         ranker_url=os.environ.get("RANKER_URL", "http://127.0.0.1:8084").rstrip("/"),
@@ -76,8 +96,8 @@ def settings() -> LoadSettings:
         items=max(1, _env_int("LOADTEST_ITEMS", 1500)),
         k=max(1, _env_int("LOADTEST_K", 10)),
         batch=max(1, _env_int("LOADTEST_BATCH", 100)),
-        collector_key=os.environ.get("COLLECTOR_API_KEY") or shared_key,
-        ranker_key=os.environ.get("RANKER_API_KEY") or shared_key,
+        collector_key=os.environ.get("COLLECTOR_API_KEY") or collector_shared,
+        ranker_key=os.environ.get("RANKER_API_KEY") or ranker_shared,
         shopper_weight=max(0, _env_int("LOADTEST_SHOPPER_WEIGHT", 9)),
         ingest_weight=max(0, _env_int("LOADTEST_INGEST_WEIGHT", 1)),
         item_weight=max(0, _env_int("LOADTEST_ITEM_WEIGHT", 0)),

@@ -77,6 +77,11 @@ class KeyRing:
                 ) from exc
         return cls(keys)
 
+    def key_for(self, scope: Scope) -> str | None:
+        """A key of this ring that carries ``scope`` (the first listed), for a client given the whole
+        ``API_KEYS`` spec (the load tests, from the release's Secret); None when no key has it."""
+        return next((key for key, scopes in self._by_digest.values() if scope in scopes), None)
+
     def __bool__(self) -> bool:
         return bool(self._by_digest)
 

@@ -54,6 +54,11 @@ def test_in_cluster_values_point_the_app_at_the_stacks_backends(tmp_path: Path) 
     assert in_cluster["memcached"]["service"]["clusterIP"] == "None"  # headless: pod DNS records exist
     pods = [f"scalerec-memcached-{i}.scalerec-memcached:11211" for i in range(replicas)]
     assert replicas == 3 and env["CACHE_URL"] == "memcached://" + ",".join(pods)
+    # Keys: without them every service exits at start (AUTH is on); the documented install made none.
+    for name in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
+        container = r.get("Deployment", f"scalerec-{name}")["spec"]["template"]["spec"]["containers"][0]
+        keys = next(e for e in container["env"] if e["name"] == "API_KEYS")
+        assert keys["valueFrom"]["secretKeyRef"] == {"name": "scalerec-api-keys", "key": "api-keys"}, name
 
 
 def _image_repositories(values: Any, path: str = "") -> dict[str, str]:

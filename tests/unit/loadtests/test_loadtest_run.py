@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,29 @@ def test_locustfile_loads_in_locust() -> None:
     )
     assert listed.returncode == 0, listed.stderr
     assert "Shopper" in listed.stdout and "BulkIngester" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "collector", "ranker"),
+    [
+        ("", None, None),
+        ("k-one", "k-one", "k-one"),
+        # The release's API-keys Secret, which the chart hands to Locust: sent whole, it was a 401 on every request.
+        ("ops:admin,shop-in:ingest,shop-out:serve", "shop-in", "shop-out"),
+        ("ops:admin, shop:ingest+serve", "shop", "shop"),
+        ("all-scopes,ops:admin", "all-scopes", "all-scopes"),
+    ],
+)
+def test_the_load_tests_pick_a_key_per_service_from_an_api_keys_spec(
+    value: str, collector: str | None, ranker: str | None
+) -> None:
+    script = (
+        "import runpy; s = runpy.run_path('loadtests/locustfile.py')['SETTINGS']; "
+        "print(repr((s.collector_key, s.ranker_key)))"
+    )
+    env = {**os.environ, "SCALEREC_API_KEY": value}
+    env.pop("COLLECTOR_API_KEY", None)
+    env.pop("RANKER_API_KEY", None)
+    got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip().splitlines()[-1] == repr((collector, ranker))
