@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,9 +82,58 @@ def _unserve(repository: Path, model: str, version: int) -> None:
         shutil.rmtree(model_dir / "configs", ignore_errors=True)
 
 
+# A run's export before it becomes a version: on the repository's volume, hidden like staging folders.
+EXPORT_PREFIX = ".staging-export-"
+_EXPORT_LOCK = ".held"
+# An export folder whose owner never took its lock (killed between the two) is left this long.
+_UNLOCKED_EXPORT_S = 3600.0
+
+
+@contextlib.contextmanager
+def export_scratch(repository: Path) -> Iterator[Path]:
+    """A folder for one run's export, on the repository's own volume, removed when the block ends.
+
+    A large model's export is tens of GB (its embedding tables, external-data ONNX files, state dicts):
+    more than a pod's ``/tmp`` holds (the chart's is a 256 Mi emptyDir), while the repository's volume is
+    sized for model versions. Hidden and named like staging folders, so Triton, :func:`repo.list_versions`
+    and the object-storage sidecar's upload skip it. Its owner holds an ``flock`` on a file in it while it
+    exists: :func:`clean_incomplete` removes one whose owner died (the kernel drops the lock, SIGKILL too).
+    """
+    repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, dir=repository))
+    try:
+        with open(folder / _EXPORT_LOCK, "a+") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _dead_export(folder: Path) -> bool:
+    lock = folder / _EXPORT_LOCK
+    if not lock.is_file():
+        try:
+            return time.time() - folder.stat().st_mtime > _UNLOCKED_EXPORT_S
+        except FileNotFoundError:
+            return False
+    try:
+        with open(lock, "a+") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+            return True
+    except BlockingIOError:
+        return False  # a live run is exporting into it
+    except FileNotFoundError:
+        return False
+
+
 def clean_incomplete(repository: Path, models: Sequence[str] = RUN_MODELS) -> list[str]:
     """Remove what a dead writer left (call with the writer lock held); returns what was removed."""
     removed: list[str] = []
+    for child in repository.glob(f"{EXPORT_PREFIX}*"):
+        if child.is_dir() and _dead_export(child):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child.name)
     complete = set(repo.list_versions(repository, models[-1]))
     for model in models:
         model_dir = repository / model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from scalerec_models import repository as repo
-from scalerec_models.versions import allocate_version, clean_incomplete, prune_versions
+from scalerec_models.versions import EXPORT_PREFIX, allocate_version, clean_incomplete, export_scratch, prune_versions
 
 from tests.unit.libs.test_repository import _scorer_onnx
 
@@ -61,6 +61,38 @@ def test_a_writer_killed_mid_version_does_not_wedge_the_next_run(tmp_path: Path)
     assert 2 not in repo.read_served_versions(repository, MODELS[0])
     assert not [p for m in MODELS for p in (repository / m).iterdir() if p.name.startswith(".")]
     assert repo.validate_repository(repository) == []
+
+
+def test_an_export_is_written_on_the_repositorys_volume_and_a_dead_runs_is_cleaned_up(tmp_path: Path) -> None:
+    """The trainer exported into /tmp, a 256 Mi emptyDir in the chart, where a large model (tens of GB) got its
+    pod evicted. Its scratch is now a hidden folder of the repository; a killed run's is removed by the next
+    writer, a live run's is not."""
+    repository, onnx_file = tmp_path / "r", _scorer_onnx(tmp_path / "m.onnx")
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from scalerec_models.versions import export_scratch
+        with export_scratch(Path({str(repository)!r})) as folder:
+            (folder / "model.onnx").write_bytes(b"x" * 1000)
+            print(folder, flush=True)
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert proc.stdout is not None
+    live = Path(proc.stdout.readline().strip())
+    assert live.parent == repository and live.name.startswith(EXPORT_PREFIX)
+    assert repo.validate_repository(repository) == [] and repo.list_versions(repository, MODELS[1]) == []
+    assert _write_run(repository, onnx_file) == 1
+    assert (live / "model.onnx").is_file()  # a live run's export is left alone by the next writer
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    with export_scratch(repository) as mine:
+        assert _write_run(repository, onnx_file) == 2  # cleans up the dead one, not the one in use
+        assert not live.exists() and mine.is_dir()
+    assert not mine.exists()
+    assert [p.name for p in repository.iterdir() if p.name.startswith(EXPORT_PREFIX)] == []
 
 
 def test_version_numbers_are_never_handed_out_twice(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
 from scalerec_models.bundle import CANDIDATE_GRAPH_FILES
 from scalerec_models.runtime import NEIGHBORS_FILE, NEIGHBOURS_PER_ITEM
-from scalerec_models.versions import RUN_MODELS, allocate_version, prune_versions
+from scalerec_models.versions import RUN_MODELS, allocate_version, export_scratch, prune_versions
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
 
@@ -190,7 +189,8 @@ def _write_version(
 ) -> TrainOutcome:
     from scalerec_models.pipeline import export
 
-    with tempfile.TemporaryDirectory(prefix="scalerec-train-") as tmp:
+    # On the repository's volume, not /tmp: a large model's export is tens of GB.
+    with export_scratch(repository) as tmp:
         files = export(trained, Path(tmp))
         files["item_neighbors"] = write_item_neighbors(interactions, trained.vocab, Path(tmp) / NEIGHBORS_FILE)
         card = {
