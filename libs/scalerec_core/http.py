@@ -185,7 +185,12 @@ def _unknown_query(unknown: list[str], takes: str) -> HTTPException:
         422,
         {
             "message": f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}: {takes}",
-            "errors": [{"field": n, "message": "unknown query parameter"} for n in shown],
+            "errors": [
+                {"field": n, "message": "unknown query parameter"}
+                if n
+                else {"field": "query", "message": "a query parameter without a name (`?=…`)"}
+                for n in shown
+            ],
         },
     )
 
