@@ -280,6 +280,28 @@ async def test_items_go_to_the_catalogue_and_fresh_index(world: World) -> None:
     assert r.fresh_items(world.store, 10) == ["i2", "i1"]
 
 
+async def test_an_item_updated_again_and_again_is_in_the_fresh_index_once(world: World) -> None:
+    """Without created_at each upsert added a row "created now" (three updates, three rows), an unavailable
+    item kept its rows, and a nightly catalogue sync would make every item fresh."""
+    consumer = ItemsConsumer(world.store)
+
+    async def upsert(n: int, **fields: object) -> None:
+        item = Item(item_id="ifresh", category="hats", **fields)  # type: ignore[arg-type]
+        await consumer.handle([_msg(topic_name(Topic.ITEMS), item.model_dump_json().encode(), n)])
+
+    older = Item(item_id="iold", category="hats", created_at=T0)
+    await consumer.handle([_msg(topic_name(Topic.ITEMS), older.model_dump_json().encode(), 0)])
+    for n in range(3):
+        await upsert(n + 1, title=f"hat {n}")
+    assert r.fresh_items(world.store, 10) == ["ifresh", "iold"]
+    await upsert(5, created_at=T0 - timedelta(days=1))  # the shop says when it was created: moved, not copied
+    assert r.fresh_items(world.store, 10) == ["iold", "ifresh"]
+    await upsert(6, available=False)
+    assert r.fresh_items(world.store, 10) == ["iold"]
+    await upsert(7)  # available again: back once, still created when the shop said
+    assert r.fresh_items(world.store, 10) == ["iold", "ifresh"]
+
+
 async def test_every_purchase_is_remembered_beyond_the_recent_history(world: World) -> None:
     buy = Event(event_id="buy-1", user_id="u5", item_id="bought-long-ago", type="purchase", timestamp=T0)
     await world.events.handle([_msg(topic_name(Topic.EVENTS_RAW), buy.model_dump_json().encode(), 0)])
