@@ -517,3 +517,14 @@ def test_a_champion_whose_announcement_failed_is_announced_at_the_next_start(
         assert c.portal.call(evaluator.finish_promotion) is None  # done: not announced twice  # type: ignore[union-attr]
     with TestClient(create_app(settings)) as c:
         assert _promoted(c) == [3]
+
+
+def test_the_champion_is_not_evaluated_again_and_a_version_in_a_path_is_digits(client: TestClient) -> None:
+    """Evaluating v1, the champion, judged it against the baselines alone and overwrote its report with one
+    held by the running experiment, for good; "1.0", " 1" and "+1" were read as v1, "-1" was a 404."""
+    champion = client.post("/v1/evaluate/1", headers=ADMIN)
+    assert champion.status_code == 409 and "is the champion" in champion.json()["detail"], champion.text
+    for path in ("1.0", "%201", "+1", "1_0", "-1", "0"):
+        r = client.post(f"/v1/evaluate/{path}", headers=ADMIN)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "version", (path, r.text)
+        assert client.get(f"/v1/reports/{path}", headers=ADMIN).status_code == 422, path

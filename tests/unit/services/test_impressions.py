@@ -32,10 +32,12 @@ def _store(tmp_path: Path) -> SqliteStore:
     return store
 
 
-def _feedback(n: int, kind: str, request_id: str, value: float | None = None, item: str = "i0") -> Message:
+def _feedback(
+    n: int, kind: str, request_id: str, value: float | None = None, item: str = "i0", user: str = "u1"
+) -> Message:
     ev = Event(
         event_id=f"e{n}",
-        user_id="u1",
+        user_id=user,
         item_id=item,
         type=kind,
         value=value,
@@ -143,3 +145,46 @@ async def test_feedback_outside_the_attribution_window_does_not_count(tmp_path: 
     await online.handle([_feedback(1, "click", "r9")])
     assert online_by_version(store, 3_600_000)["model_v3"].clicks == 0
     assert online_by_version(store, 3 * 3_600_000)["model_v3"].clicks == 1
+
+
+async def test_feedback_from_another_user_naming_a_request_does_not_count(tmp_path: Path) -> None:
+    """A request id is in every answer: twenty "strangers" posting clicks with one challenger answer's id
+    raised that variant's clicks by twenty."""
+    store = _store(tmp_path)
+    online = OnlineRecorder(store, impressions_topic=IMPRESSIONS)
+    await online.handle([Message(IMPRESSIONS, 0, 1, b"u1", impression_payload(_rec("r1", 3, False, 3), None))])
+    strangers = [_feedback(n, "click", "r1", user=f"stranger{n}") for n in range(20)]
+    await online.handle([*strangers, _feedback(99, "click", "r1")])
+    v3 = online_by_version(store, 3_600_000)["model_v3"]
+    assert (v3.requests, v3.clicks) == (1, 1)
+
+
+async def test_waiting_feedback_is_resolved_by_the_impressions_that_arrive_not_by_a_scan_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch scanned and parsed the whole table of feedback waiting for its impression once anything
+    waited: with 80,000 rows of clicks naming request ids that never come (anyone with an ingest key can
+    send them, and they stay a day) each batch cost 0.8 s."""
+    store = _store(tmp_path)
+    online = OnlineRecorder(store, impressions_topic=IMPRESSIONS)
+    await online.handle([_feedback(n, "click", f"never-{n}") for n in range(50)] + [_feedback(60, "click", "r1")])
+    assert online.pending == 51
+    scans: list[bytes | None] = []
+    scan = store.scan
+
+    def counted(table: str, *a: object, **kw: object) -> object:
+        if table == s.PENDING_FEEDBACK:
+            scans.append(kw.get("prefix"))  # type: ignore[arg-type]
+        return scan(table, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "scan", counted)
+    await online.handle([Message(IMPRESSIONS, 0, 2, b"u2", impression_payload(_rec("r9", 3, False, 3), None))])
+    assert scans == []  # nothing waited for r9
+    await online.handle([Message(IMPRESSIONS, 0, 1, b"u1", impression_payload(_rec("r1", 3, False, 3), None))])
+    assert scans == [b"r1" + s.SEP]  # only r1's rows
+    assert online.pending == 50
+    v3 = online_by_version(store, 3_600_000)["model_v3"]
+    assert (v3.requests, v3.clicks) == (2, 1)
+    monkeypatch.setattr("scalerec_evaluator.consumers.online.PENDING_SWEEP_S", 0.0)
+    await online.handle([_feedback(70, "click", "r9")])  # a sweep: the whole table, now and then
+    assert scans[-1] is None and online.pending == 50

@@ -67,7 +67,14 @@ def joined_requests(store: WideColumnStore, prefix: bytes, window_ms: int, unatt
         elif b"o:i" in cells:
             imp = json.loads(cells[b"o:i"])
             start = int(imp["ts_ms"])
-            inside = [f for f in pending if start - CLOCK_SKEW_MS <= int(f["ts_ms"]) <= start + window_ms]
+            user = imp["user_id"]
+            # Feedback of another user naming this request (its id is in every answer) is not this answer's:
+            # anyone with an ingest key could add clicks to a variant. Rows stored before user_id was kept count.
+            inside = [
+                f
+                for f in pending
+                if start - CLOCK_SKEW_MS <= int(f["ts_ms"]) <= start + window_ms and f.get("user_id", user) == user
+            ]
             unattributed[0] += len(pending) - len(inside)
             pending = []
             yield Joined(imp, inside)

@@ -33,12 +33,15 @@ log = logging.getLogger(__name__)
 # Feedback that waits this long for its impression never gets one (the ranker drops impressions
 # only when the bus is slower than traffic for a long time): it is dropped from the pending table.
 PENDING_MAX_AGE_MS = 86_400_000
+# How often the whole table of waiting feedback is swept (its expired rows dropped).
+PENDING_SWEEP_S = 300.0
 _FEEDBACK_TYPES = {EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING}
 
 
 def _feedback_cells(ev: Event) -> dict[bytes, bytes]:
     doc = {
         "event_id": ev.event_id,
+        "user_id": ev.user_id,  # joined only with an impression shown to the same user (results.joined_requests)
         "item_id": ev.item_id,
         "type": ev.type.value,
         "ts_ms": ev.ts_ms,
@@ -66,6 +69,11 @@ class OnlineRecorder:
         self.store = store
         self.impressions_topic = impressions_topic
         self.pending = 0  # feedback rows waiting for their impression (as of the last batch)
+        # The request ids those rows wait for (None until the first full sweep): a batch resolves only the
+        # ones whose impression it brings, and the whole table is swept at most every PENDING_SWEEP_S. Each
+        # batch used to scan and parse all of it, and anyone with an ingest key can fill it for a day.
+        self.waiting_for: set[str] | None = None
+        self._swept_at = -float("inf")
 
     async def handle(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult()
@@ -107,8 +115,15 @@ class OnlineRecorder:
                 waiting.append((s.pending_row(rid, ev.event_id), cells))
         store.put_many(s.EXPOSURES, placed)
         store.put_many(s.PENDING_FEEDBACK, waiting)
-        if waiting or self.pending:
+        if self.waiting_for is None or time.monotonic() - self._swept_at > PENDING_SWEEP_S:
             self._resolve_pending()
+            return
+        self.waiting_for.update(
+            ev.context.request_id or "" for ev in feedback if (ev.context.request_id or "") not in where
+        )
+        arrived = {i.request_id for i in impressions} & self.waiting_for
+        if arrived:
+            self._resolve_pending(arrived)
 
     def _experiments_of(self, request_ids: set[str]) -> dict[str, str | None]:
         if not request_ids:
@@ -120,9 +135,20 @@ class OnlineRecorder:
             out[key.decode()] = None if exp == s.NO_EXPERIMENT else exp
         return out
 
-    def _resolve_pending(self) -> None:
-        """Move waiting feedback whose impression has arrived; forget what waited too long."""
-        rows = list(self.store.scan(s.PENDING_FEEDBACK))
+    def _resolve_pending(self, arrived: set[str] | None = None) -> None:
+        """Move waiting feedback whose impression has arrived; forget what waited too long.
+
+        With ``arrived``, only the rows of those request ids (their impressions just came); without, the
+        whole table (a sweep, which also drops rows older than PENDING_MAX_AGE_MS and refills ``waiting_for``).
+        """
+        if arrived is None:
+            rows = list(self.store.scan(s.PENDING_FEEDBACK))
+        else:
+            rows = [
+                row
+                for rid in sorted(arrived)
+                for row in self.store.scan(s.PENDING_FEEDBACK, prefix=rid.encode() + s.SEP)
+            ]
         by_request: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
         for key, cells in rows:
             rid = key.split(s.SEP, 1)[0].decode()
@@ -142,4 +168,12 @@ class OnlineRecorder:
         # Written before the pending rows go: a crash in between leaves a row to move again (idempotent).
         self.store.put_many(s.EXPOSURES, moved)
         self.store.delete_many(s.PENDING_FEEDBACK, done)
-        self.pending = len(rows) - len(done)
+        if arrived is None:
+            gone = set(done)
+            self.waiting_for = {key.split(s.SEP, 1)[0].decode() for key, _ in rows if key not in gone}
+            self._swept_at = time.monotonic()
+            self.pending = len(rows) - len(done)
+        else:
+            assert self.waiting_for is not None
+            self.waiting_for -= {rid for rid in arrived if rid in where}
+            self.pending = max(0, self.pending - len(done))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
+from pydantic import BeforeValidator
 from scalerec_core.auth import Scope, require
 from scalerec_core.http import StrictQueryRoute, field_error
 from scalerec_models import repository as repo
@@ -22,8 +24,18 @@ async def reports(evaluator: EvaluatorDep) -> ReportsOut:
     return ReportsOut(champion=evaluator.champion(), reports=items)
 
 
+def _digits(value: object) -> object:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("a model version is a number of digits (1, 2, ...)")
+    return value
+
+
+# A version as a path gives it: digits only (pydantic's lax int read "1.0", " 1", "+1" and "1_0" as numbers).
+Version = Annotated[int, BeforeValidator(_digits), Path(ge=1, le=2**31 - 1)]
+
+
 @router.get("/reports/{version}", summary="The evaluation report of one model version")
-async def report(evaluator: EvaluatorDep, version: int) -> EvaluationReport:
+async def report(evaluator: EvaluatorDep, version: Version) -> EvaluationReport:
     found = await asyncio.to_thread(evaluator.report, version)
     if found is None:
         raise field_error(404, "version", f"no report for model version {version} (not evaluated yet, or unknown)")
@@ -31,9 +43,15 @@ async def report(evaluator: EvaluatorDep, version: int) -> EvaluationReport:
 
 
 @router.post("/evaluate/{version}", summary="Evaluate (and maybe promote) a model version now")
-async def evaluate(evaluator: EvaluatorDep, settings: SettingsDep, version: int) -> EvaluationReport:
+async def evaluate(evaluator: EvaluatorDep, settings: SettingsDep, version: Version) -> EvaluationReport:
     if version not in repo.list_versions(settings.model_repository, repo.RANKER_MODEL):
         raise field_error(404, "version", f"model version {version} is not in the model repository")
+    if version == evaluator.champion():
+        # Judged against itself it only met the baselines, and its report (promoted) was overwritten, held
+        # by a running experiment for good.
+        raise field_error(
+            409, "version", f"model version {version} is the champion: its report is GET /v1/reports/{version}"
+        )
     return await evaluator.evaluate(version)
 
 
