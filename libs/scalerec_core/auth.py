@@ -66,6 +66,10 @@ class KeyRing:
             key = key.strip()
             if not key:
                 raise ValueError("API_KEYS has an entry with an empty key")
+            if not all("!" <= c <= "~" for c in key):
+                # Header values reach the guard as latin-1, a key is hashed as UTF-8: a key with other characters
+                # (ü, a space) could never be sent so that it verifies.
+                raise ValueError("API_KEYS: a key must be printable ASCII without spaces (one is not)")
             if not sep:
                 keys[key] = ALL_SCOPES
                 continue

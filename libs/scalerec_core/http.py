@@ -53,9 +53,25 @@ def field_path(loc: Sequence[Any]) -> str:
     return out or "body"
 
 
-def validation_errors(exc: ValidationError | RequestValidationError, prefix: str = "") -> list[dict[str, str]]:
+# Most errors one answer lists (one element of a batch, or one request): an object of 400,000 unknown
+# fields made as many errors, a 42 MB answer and seconds of the event loop; the rest is counted.
+MAX_ERRORS_LISTED = 20
+
+
+def validation_errors(
+    exc: ValidationError | RequestValidationError, prefix: str = "", limit: int = MAX_ERRORS_LISTED
+) -> list[dict[str, str]]:
+    """The first ``limit`` errors as ``{"field", "message"}`` (``field`` under ``prefix``), then one that
+    counts the rest."""
+    raw: Sequence[Any]
+    if isinstance(exc, ValidationError):
+        raw = exc.errors(include_url=False, include_context=False, include_input=False)
+        total = exc.error_count()
+    else:
+        raw = exc.errors()
+        total = len(raw)
     errors = []
-    for err in exc.errors():
+    for err in raw[:limit]:
         path = field_path(err.get("loc", ()))
         if prefix:
             path = f"{prefix}.{path}" if path != "body" else prefix
@@ -63,6 +79,8 @@ def validation_errors(exc: ValidationError | RequestValidationError, prefix: str
         # pydantic prefixes errors raised in validators with "Value error, ".
         msg = msg.removeprefix("Value error, ")
         errors.append({"field": path, "message": msg})
+    if total > limit:
+        errors.append({"field": prefix or "body", "message": f"and {total - limit} more errors (not listed)"})
     return errors
 
 
@@ -289,8 +307,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         if not is_json_content_type(kind) and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
             # The body was not read as JSON at all: say so, not that the JSON is of the wrong shape.
             return unsupported_body(kind)
-        fields = ", ".join(sorted({e["field"] for e in errors}))
-        return error_response(422, f"invalid request: {fields}", errors)
+        named = sorted({e["field"] for e in errors[:MAX_ERRORS_LISTED]})
+        more = " and more" if len(errors) > MAX_ERRORS_LISTED else ""
+        return error_response(422, f"invalid request: {', '.join(named)}{more}", errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -304,8 +323,19 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = str(exc.detail)
             if detail == _FASTAPI_BODY_ERROR:
                 kind = request.headers.get("content-type", "none")
-                detail = f"the request body could not be read (Content-Type {kind[:100]!r}); send a JSON object"
+                detail = (
+                    f"the request body could not be read as JSON (Content-Type {kind[:100]!r}): it must be UTF-8, "
+                    "uncompressed (no Content-Encoding), nested at most 1,000 levels, with integers of at most "
+                    "4,300 digits"
+                )
             response = error_response(400, detail, [{"field": "body", "message": detail}])
+        elif exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no such route
+            message = f"no route {request.url.path[:200]!r} (GET /openapi.json lists them)"
+            response = error_response(404, message, [{"field": "path", "message": message}])
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method[:20]} is not allowed here" + (f" (allowed: {allowed})" if allowed else "")
+            response = error_response(405, message, [{"field": "method", "message": message}])
         else:
             response = error_response(exc.status_code, str(exc.detail))
         for name, value in (exc.headers or {}).items():

@@ -53,6 +53,8 @@ class HttpLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_header_bytes: int = 128 * 1024
+    # Proxies trusted for the client's address (FORWARDED_ALLOW_IPS); empty: none, the peer is the client.
+    forwarded_allow_ips: str = ""
 
     @classmethod
     def of(cls, settings: Any) -> HttpLimits:
@@ -61,6 +63,7 @@ class HttpLimits:
             header_timeout_s=settings.http_header_timeout_s,
             body_timeout_s=settings.http_body_timeout_s,
             max_header_bytes=settings.http_max_header_bytes,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
 
     def protocol(self) -> functools.partial[GuardedHttpProtocol]:

@@ -152,6 +152,10 @@ def _uvicorn_options(log_level: str, limits: HttpLimits) -> dict[str, Any]:
         # No route speaks WebSocket: without a WebSocket protocol an upgrade request is plain HTTP, so it
         # passes the guard's keys like any other (a WebSocket scope would not) and gets the error shape.
         "ws": "none",
+        # X-Forwarded-For only from the proxies named (uvicorn trusts 127.0.0.1 by default: behind a mesh
+        # sidecar anyone could choose the address the rate limits count by).
+        "proxy_headers": bool(limits.forwarded_allow_ips),
+        "forwarded_allow_ips": limits.forwarded_allow_ips or None,
     }
 
 

@@ -84,6 +84,13 @@ class ServiceSettings(BaseSettings):
         "uvicorn's URL parser takes; 414 past it). ingress-nginx's default buffers (large_client_header_buffers "
         "4 8k) refuse request lines over 8 KiB before they reach a pod.",
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Proxies whose X-Forwarded-For / X-Forwarded-Proto are trusted (uvicorn's list: addresses, "
+        "networks, or *). Empty: none, and the client is the connection's peer. The rate limits count per client "
+        "address: trusting a header anyone can send (uvicorn trusts it from 127.0.0.1 by default, which a mesh "
+        "sidecar or kubectl port-forward is) let a caller pick a new address for every failed key.",
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
     log_id_key: SecretStr = Field(

@@ -18,11 +18,13 @@ SCHEMA_VERSION = 1
 # Clocks drift; anything further ahead than this is a client bug, not an event.
 MAX_FUTURE_SKEW = timedelta(minutes=10)
 
-# User, item and event ids: 1-128 characters of ASCII letters, digits and ``_ - . : @ ~``.  No row-key
-# separator, no whitespace, control, bidi or zero-width characters, nothing Unicode normalisation could
-# change: an id is the same bytes everywhere (row keys, cache keys, logs).
+# User, item and event ids: 1-128 characters of ASCII letters, digits and ``_ - . : @ ~``, not dots only.  No
+# row-key separator, no whitespace, control, bidi or zero-width characters, nothing Unicode normalisation
+# could change: an id is the same bytes everywhere (row keys, cache keys, logs). Not ``.`` or ``..``: in a
+# path (``DELETE /v1/users/..``) clients, browsers and proxies resolve them away, so such a user could
+# never be erased.
 ID_MAX_LENGTH = 128
-ID_PATTERN = r"^[A-Za-z0-9_\-.:@~]+$"
+ID_PATTERN = r"^[A-Za-z0-9_\-.:@~]*[A-Za-z0-9_\-:@~][A-Za-z0-9_\-.:@~]*$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 # Size caps on what callers send (documented in docs/operations.md).  With them an item serialises to

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from scalerec_cli.cluster import SERVICES, LocalCluster
@@ -19,10 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def service_env(given: list[str], inherited: Mapping[str, str]) -> dict[str, str]:
+    """What the services get on top of the inherited environment: ``--env`` pairs, and AUTH=disabled only
+    when neither names API_KEYS or AUTH (``API_KEYS=... scalerec serve`` ran open: the AUTH=disabled it
+    added overrode the keys the services inherited)."""
+    env = dict(e.split("=", 1) for e in given)
+    if not any(name in source for name in ("API_KEYS", "AUTH") for source in (env, inherited)):
+        env["AUTH"] = "disabled"
+    return env
+
+
 def run(args: argparse.Namespace) -> int:
-    env = dict(e.split("=", 1) for e in args.env)
-    if "API_KEYS" not in env:
-        env.setdefault("AUTH", "disabled")
+    env = service_env(args.env, os.environ)
     cluster = LocalCluster(args.data_dir, env=env, ports={s: args.base_port + i for i, s in enumerate(SERVICES)})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

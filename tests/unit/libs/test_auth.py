@@ -154,7 +154,7 @@ def test_openapi_documents_the_error_shape_the_services_send(tmp_path: Path) -> 
 
     for service in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
         config = importlib.import_module(f"scalerec_{service}.config")
-        settings_cls = next(v for k, v in vars(config).items() if k.endswith("Settings") and k != "ServiceSettings")
+        settings_cls = getattr(config, f"{service.title()}Settings")
         app = importlib.import_module(f"scalerec_{service}.main").create_app(
             settings_cls(data_dir=tmp_path / service, auth="disabled")
         )
@@ -237,3 +237,23 @@ def test_a_request_with_more_than_one_key_is_refused(tmp_path: Path) -> None:
             [("Authorization", "Bearer k1")],
         ):
             assert c.get("/v1/nothing", headers=headers).status_code == 404, headers
+
+
+def test_an_unknown_route_or_method_and_an_unreadable_body_say_what_is_wrong(tmp_path: Path) -> None:
+    """404 and 405 came as {"detail": "Not Found"} without `errors`; a body that is JSON but not readable
+    (an integer of 5,000 digits, nesting of 2,000 levels) was "could not be read ... send a JSON object"."""
+    from scalerec_collector.config import CollectorSettings
+
+    with TestClient(collector_app(CollectorSettings(data_dir=tmp_path, api_keys="k"))) as c:
+        keyed = {"X-API-Key": "k", "content-type": "application/json"}
+        missing = c.get("/v1/nothing-here", headers=keyed)
+        wrong = c.get("/v1/events", headers=keyed)
+        digits = c.post("/v1/events", content=b'{"events": [' + b"9" * 5000 + b"]}", headers=keyed)
+        deep = c.post("/v1/events", content=b"[" * 2000 + b"]" * 2000, headers=keyed)
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "path", missing.text
+    assert "/v1/nothing-here" in missing.json()["detail"]
+    assert wrong.status_code == 405 and wrong.json()["errors"][0]["field"] == "method", wrong.text
+    assert "allowed: POST" in wrong.json()["detail"]
+    for answer in (digits, deep):
+        assert answer.status_code == 400, answer.text
+        assert "4,300 digits" in answer.json()["detail"] and answer.json()["errors"][0]["field"] == "body"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -537,3 +538,30 @@ def test_the_protocol_benchmark_runs_and_reports() -> None:
     ]
     assert len(rows) == 2 and all(0 < float(row.split()[-1]) <= 2 for row in rows), stdout
     assert "limits cost" in stdout
+
+
+def _client_app(handled: list[str]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/client")
+    async def client(request: Request) -> dict[str, str]:
+        handled.append("client")
+        return {"host": request.client.host if request.client else ""}
+
+    return app
+
+
+def test_a_forwarded_address_counts_only_from_a_proxy_named_as_trusted() -> None:
+    """uvicorn trusted X-Forwarded-For from 127.0.0.1 by default, where a mesh sidecar or kubectl port-forward
+    connects from: 40 wrong keys, each with a new X-Forwarded-For, were 40 401s and never the 429 that the
+    failed-authentication limit, counted per client address, gives after 30."""
+    import httpx
+
+    forged = {"X-Forwarded-For": "10.9.8.7"}
+    with _server(LIMITS, _client_app) as (port, _):
+        assert httpx.get(f"http://127.0.0.1:{port}/client", headers=forged).json() == {"host": "127.0.0.1"}
+    trusting = dataclasses.replace(LIMITS, forwarded_allow_ips="127.0.0.1")
+    with _server(trusting, _client_app) as (port, _):
+        assert httpx.get(f"http://127.0.0.1:{port}/client", headers=forged).json() == {"host": "10.9.8.7"}
+    settings = ServiceSettings(forwarded_allow_ips="10.0.0.0/8")
+    assert HttpLimits.of(settings).forwarded_allow_ips == "10.0.0.0/8"

@@ -193,7 +193,7 @@ def test_every_route_of_every_service_refuses_an_unknown_query_name_and_document
 
     for service in ("collector", "preprocessor", "trainer", "ranker", "evaluator"):
         config = importlib.import_module(f"scalerec_{service}.config")
-        settings_cls = next(v for k, v in vars(config).items() if k.endswith("Settings") and k != "ServiceSettings")
+        settings_cls = getattr(config, f"{service.title()}Settings")
         app = importlib.import_module(f"scalerec_{service}.main").create_app(
             settings_cls(data_dir=tmp_path / service, auth="disabled")
         )

@@ -129,3 +129,22 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_scalerec_serve_runs_open_only_when_no_keys_are_given_anywhere() -> None:
+    from scalerec_cli.serve import service_env
+
+    assert service_env([], {}) == {"AUTH": "disabled"}
+    assert service_env(["API_KEYS=k:admin"], {}) == {"API_KEYS": "k:admin"}
+    assert service_env([], {"API_KEYS": "k:admin"}) == {}  # was AUTH=disabled over the inherited keys
+    assert service_env([], {"AUTH": "enabled"}) == {}
+
+
+def test_a_key_that_cannot_be_sent_as_it_is_verified_is_refused_at_start() -> None:
+    """Header values reach the guard as latin-1 and keys are hashed as UTF-8: `kü` could never log in."""
+    from scalerec_core.auth import KeyRing
+
+    for spec in ("kü:admin", "k ey:admin", "k\tey"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            KeyRing.parse(spec)
+    assert KeyRing.parse("k-1.x~!:admin").verify("k-1.x~!") is not None

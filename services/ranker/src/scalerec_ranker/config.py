@@ -18,6 +18,12 @@ class RankerSettings(ModelRepositorySettings):
         description="onnxruntime://[?inline=1&threads=N&max_batch_rows=N] or triton://host:8001. "
         "inline=1 scores on the event loop (best for models under ~1 ms; one worker process per core).",
     )
+    max_body_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Largest request body accepted (POST /v1/recommendations: 500 exclude ids of 128 characters "
+        "are ~65 KB). A larger body is a 413 before it is parsed.",
+    )
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
     candidates_per_source: int = Field(default=200, ge=1)

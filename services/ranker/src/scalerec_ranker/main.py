@@ -140,6 +140,7 @@ def create_app(settings: RankerSettings | None = None) -> FastAPI:
         service="ranker",
         description="Recommendations: candidates, features, scoring, re-ranking, explanations.",
         lifespan=lifespan,
+        max_body_bytes=settings.max_body_bytes,
         readiness={"scorer": scorer_ok},
     )
     app.include_router(recommendations.router)
