@@ -168,6 +168,15 @@ def _until(ok: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _versions_1_to_3(tmp_path: Path) -> tuple[Path, EvaluatorSettings]:
+    """A repository with versions 1-3 and v1 the champion, and an evaluator's settings on it (a fresh app)."""
+    repository = tmp_path / "models"
+    for v in (1, 2, 3):
+        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
+    repo.write_champion(repository, repo.RANKER_MODEL, 1)
+    return repository, EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+
+
 def _report(version: int, champion: int | None, promoted: bool) -> EvaluationReport:
     return EvaluationReport(
         users=100,
@@ -224,11 +233,7 @@ def test_a_candidate_held_when_the_evaluator_stopped_is_judged_again_at_its_star
     next start judges it."""
     from scalerec_evaluator.service import Evaluator
 
-    repository = tmp_path / "models"
-    for v in (1, 2, 3):
-        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
-    repo.write_champion(repository, repo.RANKER_MODEL, 1)
-    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+    repository, settings = _versions_1_to_3(tmp_path)
     monkeypatch.setattr(
         Evaluator, "_evaluate_sync", lambda self, v: _report(v, repo.read_champion(repository, repo.RANKER_MODEL), True)
     )
@@ -460,11 +465,7 @@ def test_a_shutdown_lets_the_held_version_being_judged_finish_and_be_announced(
 
     from scalerec_evaluator.service import Evaluator
 
-    repository = tmp_path / "models"
-    for v in (1, 2, 3):
-        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
-    repo.write_champion(repository, repo.RANKER_MODEL, 1)
-    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+    repository, settings = _versions_1_to_3(tmp_path)
     monkeypatch.setattr(Evaluator, "_evaluate_sync", lambda self, v: _gate(repository, {3: True}, [])(v))
     with TestClient(create_app(settings)) as c:
         evaluator = c.app.state.evaluator  # type: ignore[attr-defined]
@@ -493,11 +494,7 @@ def test_a_champion_whose_announcement_failed_is_announced_at_the_next_start(
     from scalerec_adapters.bus import BusUnavailable
     from scalerec_evaluator.service import Evaluator
 
-    repository = tmp_path / "models"
-    for v in (1, 2, 3):
-        (repository / repo.RANKER_MODEL / str(v)).mkdir(parents=True)
-    repo.write_champion(repository, repo.RANKER_MODEL, 1)
-    settings = EvaluatorSettings(data_dir=tmp_path, model_repository=repository, api_keys="k-admin:admin")
+    repository, settings = _versions_1_to_3(tmp_path)
     monkeypatch.setattr(Evaluator, "_evaluate_sync", lambda self, v: _gate(repository, {3: True}, [])(v))
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         evaluator = c.app.state.evaluator  # type: ignore[attr-defined]
