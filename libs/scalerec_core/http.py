@@ -22,7 +22,7 @@ from fastapi.dependencies.utils import _get_param_aliases, _get_param_model, get
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute, _effective_route_context_var
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,6 +82,17 @@ def validation_errors(
     if total > limit:
         errors.append({"field": prefix or "body", "message": f"and {total - limit} more errors (not listed)"})
     return errors
+
+
+def _digits(value: object) -> object:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("a whole number written in digits (10, not 1e1, 10.0, +10 or 1_0)")
+    return value
+
+
+#: An ``int`` in a path or query written in digits only: pydantic's lax ``int`` read "10.0", " 10", "+10" and
+#: "1_0" as numbers (``k=5_0`` answered fifty items). ``Annotated[int, Digits, Query(ge=1)]``.
+Digits = BeforeValidator(_digits)
 
 
 QueryModel = TypeVar("QueryModel", bound=BaseModel)
@@ -388,7 +399,9 @@ def parse_json_body(raw: bytes) -> Any:
 
 
 class BodySizeLimit:
-    """Reject bodies over ``max_bytes`` with a 413 before reading them all into memory."""
+    """Reject bodies over ``max_bytes`` with a 413 before reading them all into memory, and compressed
+    bodies (any ``Content-Encoding`` but identity) with a 415: no service decodes them, so a gzip body was a
+    400 "could not be read" and a plain one labelled gzip was taken as it was."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -402,6 +415,12 @@ class BodySizeLimit:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(scope, receive, send, int(length))
+            return
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            named = encoding.decode("latin-1")[:40]
+            message = f"Content-Encoding {named!r} is not supported: send the body uncompressed"
+            await error_response(415, message, [{"field": "headers", "message": message}])(scope, receive, send)
             return
         # A body without Content-Length (chunked) is counted as it arrives.  Past the limit this
         # answers 413 itself and tells the app the client left: an exception raised from receive()

@@ -257,3 +257,22 @@ def test_an_unknown_route_or_method_and_an_unreadable_body_say_what_is_wrong(tmp
     for answer in (digits, deep):
         assert answer.status_code == 400, answer.text
         assert "4,300 digits" in answer.json()["detail"] and answer.json()["errors"][0]["field"] == "body"
+
+
+def test_a_compressed_body_is_a_415_naming_its_encoding(tmp_path: Path) -> None:
+    """No service decodes compressed bodies: gzip was a 400 "could not be read", and a plain body labelled gzip
+    was taken as it was."""
+    import gzip
+
+    from scalerec_collector.config import CollectorSettings
+
+    event = b'{"events": [{"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "timestamp": "2026-05-01T12:00:00Z"}]}'
+    with TestClient(collector_app(CollectorSettings(data_dir=tmp_path, api_keys="k"))) as c:
+        keyed = {"X-API-Key": "k", "content-type": "application/json"}
+        zipped = c.post("/v1/events", content=gzip.compress(event), headers={**keyed, "content-encoding": "gzip"})
+        labelled = c.post("/v1/events", content=event, headers={**keyed, "content-encoding": "gzip"})
+        plain = c.post("/v1/events", content=event, headers={**keyed, "content-encoding": "identity"})
+    for answer in (zipped, labelled):
+        assert answer.status_code == 415, answer.text
+        assert answer.json()["detail"] == "Content-Encoding 'gzip' is not supported: send the body uncompressed"
+    assert plain.status_code == 202, plain.text

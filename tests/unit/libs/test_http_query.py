@@ -207,3 +207,14 @@ def test_every_route_of_every_service_refuses_an_unknown_query_name_and_document
                 answer = client.request(method.upper(), url, params={"zz_unknown": "1"})
                 assert answer.status_code == 422, (service, method, path, answer.status_code)
                 assert [e["field"] for e in answer.json()["errors"]] == ["zz_unknown"], (service, method, path)
+
+
+def test_a_number_in_a_query_is_written_in_digits() -> None:
+    """pydantic's lax int read "5_0" as 50 (fifty recommendations for k=5_0), and "10.0", " 10", "+10" as 10."""
+    with TestClient(_strict_app()) as client:
+        assert client.get("/own?user_id=u1&k=10").json()["k"] == 10
+        for k in ("5_0", "10.0", "%2010", "%2B10", "1e1"):
+            for path in ("/own", "/fastapi"):
+                answer = client.get(f"{path}?user_id=u1&k={k}")
+                assert answer.status_code == 422, (path, k, answer.text)
+                assert answer.json()["errors"][0]["field"] == "k"

@@ -180,11 +180,13 @@ async def test_waiting_feedback_is_resolved_by_the_impressions_that_arrive_not_b
     monkeypatch.setattr(store, "scan", counted)
     await online.handle([Message(IMPRESSIONS, 0, 2, b"u2", impression_payload(_rec("r9", 3, False, 3), None))])
     assert scans == []  # nothing waited for r9
+    await online.handle([_feedback(61, "click", "r1")])  # waits too (no sweep): counted
+    assert online.pending == 52 and scans == []
     await online.handle([Message(IMPRESSIONS, 0, 1, b"u1", impression_payload(_rec("r1", 3, False, 3), None))])
     assert scans == [b"r1" + s.SEP]  # only r1's rows
     assert online.pending == 50
     v3 = online_by_version(store, 3_600_000)["model_v3"]
-    assert (v3.requests, v3.clicks) == (2, 1)
+    assert (v3.requests, v3.clicks) == (2, 2)
     monkeypatch.setattr("scalerec_evaluator.consumers.online.PENDING_SWEEP_S", 0.0)
     await online.handle([_feedback(70, "click", "r9")])  # a sweep: the whole table, now and then
     assert scans[-1] is None and online.pending == 50

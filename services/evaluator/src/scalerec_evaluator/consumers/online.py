@@ -118,6 +118,7 @@ class OnlineRecorder:
         if self.waiting_for is None or time.monotonic() - self._swept_at > PENDING_SWEEP_S:
             self._resolve_pending()
             return
+        self.pending += len(waiting)
         self.waiting_for.update(
             ev.context.request_id or "" for ev in feedback if (ev.context.request_id or "") not in where
         )

@@ -6,9 +6,8 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from pydantic import BeforeValidator
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import StrictQueryRoute, field_error
+from scalerec_core.http import Digits, StrictQueryRoute, field_error
 from scalerec_models import repository as repo
 
 from scalerec_evaluator.deps import EvaluatorDep, SettingsDep
@@ -24,14 +23,8 @@ async def reports(evaluator: EvaluatorDep) -> ReportsOut:
     return ReportsOut(champion=evaluator.champion(), reports=items)
 
 
-def _digits(value: object) -> object:
-    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError("a model version is a number of digits (1, 2, ...)")
-    return value
-
-
-# A version as a path gives it: digits only (pydantic's lax int read "1.0", " 1", "+1" and "1_0" as numbers).
-Version = Annotated[int, BeforeValidator(_digits), Path(ge=1, le=2**31 - 1)]
+# A version as a path gives it: digits only.
+Version = Annotated[int, Digits, Path(ge=1, le=2**31 - 1)]
 
 
 @router.get("/reports/{version}", summary="The evaluation report of one model version")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import StrictQueryRoute
+from scalerec_core.http import Digits, StrictQueryRoute
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN
 from scalerec_storage import records as r
 
@@ -52,7 +52,7 @@ class HistoryItem(BaseModel):
 async def history(
     store: StoreDep,
     user_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: Annotated[int, Digits, Query(ge=1, le=1000)] = 50,
 ) -> list[HistoryItem]:
     entries = await asyncio.to_thread(r.recent_history, store, user_id, limit)
     return [HistoryItem(item_id=e.item_id, ts_ms=e.ts_ms, type=e.type, event_id=e.event_id) for e in entries]

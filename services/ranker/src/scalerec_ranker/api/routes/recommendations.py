@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from scalerec_core.auth import Scope, require
-from scalerec_core.http import StrictQueryRoute, parse_query, query_parameters
+from scalerec_core.http import Digits, StrictQueryRoute, parse_query, query_parameters
 from scalerec_events.models import ID_MAX_LENGTH, ID_PATTERN, Id
 from scalerec_features import Device
 
@@ -72,7 +72,9 @@ class RecommendationsQuery(BaseModel):
     """The query of GET /v1/recommendations, validated in one call (:func:`scalerec_core.http.parse_query`)."""
 
     user_id: Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
-    k: Annotated[int | None, Field(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = None
+    k: Annotated[int | None, Digits, Field(ge=1, description="How many items (default DEFAULT_K, at most MAX_K)")] = (
+        None
+    )
     device: Device | None = None
     locale: Annotated[str | None, Field(max_length=16)] = None
     exclude: Annotated[
@@ -153,7 +155,7 @@ class SimilarOut(BaseModel):
 async def similar(
     rec: RecommenderDep,
     item_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)],
-    k: Annotated[int, Query(ge=1, le=100)] = 10,
+    k: Annotated[int, Digits, Query(ge=1, le=100)] = 10,
 ) -> SimilarOut:
     known = await rec.lookup([item_id])
     if item_id not in known:
