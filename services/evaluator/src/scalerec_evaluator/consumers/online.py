@@ -105,23 +105,21 @@ class OnlineRecorder:
             [(i.request_id.encode(), {b"o:x": (i.experiment_id or s.NO_EXPERIMENT).encode()}) for i in impressions],
         )
         where = self._experiments_of({ev.context.request_id or "" for ev in feedback})
-        placed, waiting = [], []
+        placed, waiting, waiting_for = [], [], set()
         for ev in feedback:
             rid = ev.context.request_id or ""
             if rid in where:
                 placed.append((s.feedback_row(where[rid], rid, ev.event_id), _feedback_cells(ev)))
             else:
-                cells = _feedback_cells(ev)
-                waiting.append((s.pending_row(rid, ev.event_id), cells))
+                waiting.append((s.pending_row(rid, ev.event_id), _feedback_cells(ev)))
+                waiting_for.add(rid)
         store.put_many(s.EXPOSURES, placed)
         store.put_many(s.PENDING_FEEDBACK, waiting)
         if self.waiting_for is None or time.monotonic() - self._swept_at > PENDING_SWEEP_S:
             self._resolve_pending()
             return
         self.pending += len(waiting)
-        self.waiting_for.update(
-            ev.context.request_id or "" for ev in feedback if (ev.context.request_id or "") not in where
-        )
+        self.waiting_for |= waiting_for
         arrived = {i.request_id for i in impressions} & self.waiting_for
         if arrived:
             self._resolve_pending(arrived)
