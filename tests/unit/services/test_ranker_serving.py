@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from scalerec_features import ITEM_FEATURE_LEN
 from scalerec_models.data import FIRST_ITEM, ItemVocab
+from scalerec_models.runtime import similarity_vectors
+from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.items import ItemRow, ItemTable
 from scalerec_ranker.serving import FRESH, Candidates, ServingModel
 
@@ -114,6 +116,41 @@ def test_explain_names_the_preferred_seed_or_the_most_similar_history_item_above
     min_sim = float(rng.uniform(-0.5, 0.5))
     got = m.explain(picked, history, min_sim, preferred).tolist()
     assert got == _explain_reference(m, picked, history, min_sim, preferred)
+
+
+def test_a_direction_every_item_shares_does_not_make_unrelated_items_similar() -> None:
+    """Retrieval embeddings = a large shared direction (popularity) + what sets a category apart. With the plain
+    cosine every pair looks alike and "because you viewed" names anything; centred, only a category's items do."""
+    rng = np.random.default_rng(0)
+    dim, per = 16, 25
+    centres = rng.normal(size=(len(CATEGORIES), dim))
+    shared = 6 * rng.normal(size=dim)
+    emb = np.concatenate([c + shared + 0.3 * rng.normal(size=(per, dim)) for c in centres]).astype(np.float32)
+    emb = np.concatenate([np.full((FIRST_ITEM, dim), 50, np.float32), emb])  # padding rows: not items
+    category = np.repeat(np.arange(len(CATEGORIES)), per)
+    same = category[:, None] == category[None, :]
+    other = ~same
+    plain = emb[FIRST_ITEM:] / np.linalg.norm(emb[FIRST_ITEM:], axis=1, keepdims=True)
+    assert np.median((plain @ plain.T)[other]) > 0.8  # the trap: unrelated items look alike
+    unit = similarity_vectors(emb)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+    sims = unit[FIRST_ITEM:] @ unit[FIRST_ITEM:].T
+    assert sims[other].max() < 0.7 <= np.percentile(sims[same & ~np.eye(len(sims), dtype=bool)], 5)
+    # Through the ranker's explanation: at the default threshold, an item is explained only by its own kind.
+    ids = [f"i{n}" for n in range(len(category))]
+    rows = [ItemRow(i, (0,) * ITEM_FEATURE_LEN, True, i, CATEGORIES[c]) for i, c in zip(ids, category, strict=True)]
+    table = ItemTable.build(ItemVocab(ids), None, rows)
+    m = ServingModel(None, table, np.zeros((table.size, 0), np.int64), np.zeros((table.size, 0), np.float32), unit)  # type: ignore[arg-type]
+    threshold = RankerSettings.model_fields["explain_min_similarity"].default
+    history = np.array([FIRST_ITEM + 3, FIRST_ITEM + per + 7])  # one item of the first two categories each
+    picked = np.arange(FIRST_ITEM, table.size)
+    because = m.explain(picked, history, threshold)
+    cat_of = table.categories
+    for p, b in zip(picked.tolist(), because.tolist(), strict=True):
+        if cat_of[p] in {cat_of[h] for h in history.tolist()} and p not in history:
+            assert b >= 0 and cat_of[b] == cat_of[p], (p, b)
+        elif p not in history:
+            assert b == -1, (p, b)
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -167,19 +168,24 @@ async def similar(
             },
         )
     model = rec.models.current
-    neighbours = []
+    neighbours: list[tuple[str, float, str]] = []
     if model is not None:
-        neighbours = [(i, s, "item_cf") for i, s in model.model.neighbors.get(item_id, [])[:k]]
-        vec = model.model.item_vector(item_id)
-        if not neighbours and vec is not None:
-            neighbours = [(i, s, "retrieval") for i, s in model.model.nearest_items(vec, k + 1) if i != item_id][:k]
+        # Items seen together first (the trainer's item-CF neighbours); then, for an item with fewer of
+        # them (a new or rarely seen one), the items nearest in the version's embeddings. Twice k of those,
+        # since unavailable ones are dropped below.
+        neighbours = [(i, s, "item_cf") for i, s in model.model.neighbors.get(item_id, [])]
+        if len(neighbours) < k:
+            taken = {i for i, _, _ in neighbours}
+            nearest = await asyncio.to_thread(model.model.similar_items, item_id, 2 * k)
+            neighbours += [(i, s, "retrieval") for i, s in nearest if i not in taken]
     catalogue = await rec.lookup([i for i, _, _ in neighbours])
+    name = known[item_id].title or item_id
     items = [
         ItemOut(
             item_id=i,
             score=s,
             source=src,
-            reason=f"Often seen with {known[item_id].title or item_id}",
+            reason=f"Often seen with {name}" if src == "item_cf" else f"Similar to {name}",
             because=[item_id],
             title=catalogue[i].title,
             category=catalogue[i].category,
@@ -187,7 +193,7 @@ async def similar(
         for i, s, src in neighbours
         if i in catalogue and catalogue[i].available
     ]
-    return SimilarOut(item_id=item_id, model_version=model.version if model else None, items=items)
+    return SimilarOut(item_id=item_id, model_version=model.version if model else None, items=items[:k])
 
 
 class ModelOut(BaseModel):
