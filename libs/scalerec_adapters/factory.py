@@ -19,7 +19,9 @@ an embedded deployment never imports aiokafka.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from scalerec_adapters.bus import EventBus
@@ -77,7 +79,11 @@ def triton_replica_urls(url: str) -> list[str]:
     return [f"triton://{a}" + (f"?{query}" if query else "") for a in sorted(addresses)]
 
 
-def make_bus(url: str, *, partitions: int = 4, client_id: str = "scalerec") -> EventBus:
+def make_bus(
+    url: str, *, partitions: int = 4, client_id: str = "scalerec", kafka_options: Mapping[str, Any] | None = None
+) -> EventBus:
+    """The bus ``url`` names; ``kafka_options`` secure a Kafka bus's connections (``ServiceSettings.
+    kafka_client_options()``: TLS, SASL), and are ignored by the embedded one."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         from scalerec_adapters.embedded.sqlite_bus import SqliteEventBus
@@ -87,7 +93,9 @@ def make_bus(url: str, *, partitions: int = 4, client_id: str = "scalerec") -> E
         from scalerec_adapters.kafka_bus import KafkaEventBus
 
         servers = ",".join(f"{h}:{p}" for h, p in _hosts(url, 9092))
-        return KafkaEventBus(servers, default_partitions=partitions, client_id=client_id, **_query(url))
+        return KafkaEventBus(
+            servers, default_partitions=partitions, client_id=client_id, client_options=kafka_options, **_query(url)
+        )
     raise UnsupportedBackend(f"BUS_URL scheme {scheme!r} is not one of sqlite, kafka")
 
 

@@ -34,6 +34,11 @@ Query parameters of ``kafka://`` URLs (all optional) map to constructor keywords
 ``replication_factor``, ``min_insync_replicas``, ``compression_type``, ``send_timeout_s``,
 ``request_timeout_ms``, ``join_timeout_s``, ``linger_ms``, ``session_timeout_ms``,
 ``heartbeat_interval_ms``.  The Helm chart renders the first three from its ``kafka`` values.
+
+Connection security (TLS, mutual TLS, SASL PLAIN/SCRAM) is not in the URL, which is logged and shown:
+``client_options`` carries aiokafka's keywords, which services build from their KAFKA_SECURITY_PROTOCOL,
+KAFKA_SASL_* and KAFKA_SSL_* settings (``ServiceSettings.kafka_client_options``); every producer, consumer
+and admin client of the bus uses them.
 """
 
 from __future__ import annotations
@@ -292,7 +297,14 @@ class KafkaConsumer(Consumer):
 class KafkaEventBus(EventBus):
     """Topics, keyed partitions and consumer groups on a Kafka cluster."""
 
-    def __init__(self, bootstrap_servers: str, default_partitions: int, client_id: str, **query_params: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        default_partitions: int,
+        client_id: str,
+        client_options: Mapping[str, Any] | None = None,
+        **query_params: Any,
+    ) -> None:
         known = _INT_PARAMS + _FLOAT_PARAMS + _STR_PARAMS
         unknown = set(query_params) - set(known)
         if unknown:
@@ -300,6 +312,9 @@ class KafkaEventBus(EventBus):
         params: dict[str, Any] = {k: int(v) for k, v in query_params.items() if k in _INT_PARAMS}
         params.update({k: float(v) for k, v in query_params.items() if k in _FLOAT_PARAMS})
         self.bootstrap_servers = bootstrap_servers
+        # Connection security for every client the bus makes (security_protocol, ssl_context, sasl_*):
+        # ServiceSettings.kafka_client_options(), from the KAFKA_SECURITY_PROTOCOL family of settings.
+        self._client_options: dict[str, Any] = dict(client_options or {})
         self.default_partitions = default_partitions
         self.client_id = client_id
         self.replication_factor: int = params.get("replication_factor", 1)
@@ -368,7 +383,25 @@ class KafkaEventBus(EventBus):
             bootstrap_servers=self.bootstrap_servers,
             client_id=f"{self.client_id}-admin",
             request_timeout_ms=self._request_timeout_ms,
+            **self._client_options,
         )
+
+    @property
+    def security(self) -> str:
+        """How the bus connects, for messages: "PLAINTEXT", or e.g. "SASL_SSL (SCRAM-SHA-512 as 'scalerec')"."""
+        protocol = self._client_options.get("security_protocol", "PLAINTEXT")
+        if "sasl_mechanism" in self._client_options:
+            user = self._client_options.get("sasl_plain_username")
+            return f"{protocol} ({self._client_options['sasl_mechanism']} as {user!r})"
+        return str(protocol)
+
+    def _unreachable(self) -> str:
+        """What a failed connection says: aiokafka reports an authentication or certificate failure only in its
+        log ("Unable connect to ...") and raises a bare "Unable to bootstrap", so name what was tried."""
+        where = f"Kafka {self.bootstrap_servers}"
+        if not self._client_options:
+            return where
+        return f"{where} over {self.security} (refused credentials or certificates are in aiokafka's log above)"
 
     async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
         """Create the missing topics and wait until every partition has a leader (writable at once)."""
@@ -393,7 +426,7 @@ class KafkaEventBus(EventBus):
             except Exception as exc:
                 if not _retriable(exc) or backoff.expired():
                     raise BusUnavailable(
-                        f"could not create topics {[s.name for s in specs]} on Kafka {self.bootstrap_servers}: {exc!r}"
+                        f"could not create topics {[s.name for s in specs]} on {self._unreachable()}: {exc!r}"
                     ) from exc
                 await backoff.sleep()
             finally:
@@ -485,6 +518,7 @@ class KafkaEventBus(EventBus):
                     linger_ms=self._linger_ms,
                     request_timeout_ms=self._request_timeout_ms,
                     retry_backoff_ms=200,
+                    **self._client_options,
                 )
                 try:
                     await producer.start()
@@ -494,8 +528,8 @@ class KafkaEventBus(EventBus):
                     with contextlib.suppress(Exception):
                         await producer.stop()
                     if not _retriable(exc) or backoff.expired():
-                        raise BusUnavailable(f"Kafka {self.bootstrap_servers} unreachable: {exc!r}") from exc
-                    log.warning("Kafka %s not reachable yet (%r); retrying", self.bootstrap_servers, exc)
+                        raise BusUnavailable(f"{self._unreachable()} unreachable: {exc!r}") from exc
+                    log.warning("%s not reachable yet (%r); retrying", self._unreachable(), exc)
                     await backoff.sleep()
 
     async def _worth_retrying(self, producer: AIOKafkaProducer | None, exc: BaseException) -> bool:
@@ -569,6 +603,7 @@ class KafkaEventBus(EventBus):
                 session_timeout_ms=self._session_timeout_ms,
                 heartbeat_interval_ms=self._heartbeat_interval_ms,
                 retry_backoff_ms=200,
+                **self._client_options,
             )
             listener = _KeepPositions()
             consumer.subscribe(list(topics), listener=listener)
@@ -580,7 +615,7 @@ class KafkaEventBus(EventBus):
                     await consumer.stop()
                 if not _retriable(exc) or backoff.expired():
                     raise BusUnavailable(
-                        f"could not join group {group_id!r} on Kafka {self.bootstrap_servers}: {exc!r}"
+                        f"could not join group {group_id!r} on {self._unreachable()}: {exc!r}"
                     ) from exc
                 await backoff.sleep()
         join_deadline = time.monotonic() + self.join_timeout_s

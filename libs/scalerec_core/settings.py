@@ -8,6 +8,7 @@ the environment at import time: a service builds its settings inside
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,6 +107,31 @@ class ServiceSettings(BaseSettings):
         "topic (Kafka retention.ms, applied to existing topics too; the embedded bus trims by age): the "
         "bound on how long an erased user's data outlives the erasure in bus copies.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How a kafka:// BUS_URL's connections are secured: PLAINTEXT, SSL (TLS; with "
+        "KAFKA_SSL_CERTFILE, mutual TLS), SASL_SSL (a user and password over TLS: Confluent Cloud, MSK, Aiven) or "
+        "SASL_PLAINTEXT (the password in clear: for a network you trust alone).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512",
+        description="SASL mechanism of the SASL_* protocols (Confluent Cloud takes PLAIN, MSK SCRAM-SHA-512).",
+    )
+    kafka_sasl_username: str = Field(default="", description="SASL user; needed by the SASL_* protocols.")
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""), description="SASL password; needed by the SASL_* protocols."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs the brokers' certificates are checked against (SSL, SASL_SSL); unset: "
+        "the system's CAs. The broker's name is checked against its certificate either way.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate for mutual TLS (with KAFKA_SSL_KEYFILE)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key (unencrypted) of KAFKA_SSL_CERTFILE."
+    )
     deployment_environment: str = Field(
         default="development",
         description="The deployment.environment resource attribute on every span and metric (production, "
@@ -177,6 +203,54 @@ class ServiceSettings(BaseSettings):
 
     def resolved_bus_url(self) -> str:
         return self.bus_url or f"sqlite:///{(self.data_dir / 'bus.db').resolve()}"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """aiokafka's connection keywords for KAFKA_SECURITY_PROTOCOL and its settings (none for PLAINTEXT).
+
+        Raises ValueError naming the setting that is missing, misplaced or unreadable, so a service
+        with a wrong Kafka security configuration stops at start-up with that message."""
+        protocol = self.kafka_security_protocol
+        tls = protocol in ("SSL", "SASL_SSL")
+        sasl = protocol.startswith("SASL_")
+        files = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and not tls:
+            raise ValueError(f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mutual TLS needs both)")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if tls:
+            options["ssl_context"] = self._kafka_ssl_context()
+        if sasl:
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
+            )
+        return options
+
+    def _kafka_ssl_context(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"KAFKA_SSL_CAFILE={self.kafka_ssl_cafile}: not a readable PEM CA file ({exc})") from exc
+        if self.kafka_ssl_certfile is not None and self.kafka_ssl_keyfile is not None:
+            try:
+                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"KAFKA_SSL_CERTFILE={self.kafka_ssl_certfile} / KAFKA_SSL_KEYFILE={self.kafka_ssl_keyfile}: "
+                    f"not a readable PEM certificate and its unencrypted key ({exc})"
+                ) from exc
+        return context
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{(self.data_dir / 'store.db').resolve()}"

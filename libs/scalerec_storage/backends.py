@@ -49,7 +49,12 @@ class Backends:
 
     @classmethod
     async def open(cls, settings: ServiceSettings, client_id: str, *, cache: bool = False) -> Backends:
-        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id=client_id)
+        bus = make_bus(
+            settings.resolved_bus_url(),
+            partitions=settings.topic_partitions,
+            client_id=client_id,
+            kafka_options=settings.kafka_client_options(),
+        )
         store = make_store(settings.resolved_store_url(), namespace=settings.deployment)
         await bus.start()
         await bus.ensure_topics(settings.topics())

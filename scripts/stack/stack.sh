@@ -31,6 +31,13 @@ KAFKA_CONTROLLER_PORT="${SCALEREC_KAFKA_CONTROLLER_PORT:-19093}"
 # in every client's path (tests/faults adds latency there); the default is the listener itself.
 KAFKA_ADVERTISED_PORT="${SCALEREC_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}"
 KAFKA_HEAP="${SCALEREC_KAFKA_HEAP:-512m}"
+# Two more listeners for the services' Kafka security settings (KAFKA_SECURITY_PROTOCOL ...), with a CA,
+# broker and client certificate made here on first start (var/stack/kafka/tls): SASL_SSL (PLAIN, and
+# SCRAM-SHA-512 for a user registered at start) and SSL that requires a client certificate (mutual TLS).
+KAFKA_SASL_SSL_PORT="${SCALEREC_KAFKA_SASL_SSL_PORT:-19094}"
+KAFKA_MTLS_PORT="${SCALEREC_KAFKA_MTLS_PORT:-19095}"
+KAFKA_USER="scalerec"
+KAFKA_PASSWORD="scalerec-dev-password" # a throw-away test broker's; nothing else uses it
 
 HBASE_VERSION="${SCALEREC_HBASE_VERSION:-2.6.1-hadoop3}"
 HBASE_THRIFT_VERSION="${SCALEREC_HBASE_THRIFT_VERSION:-2.6.1}"
@@ -104,6 +111,39 @@ fetch_hbase() {
   fetch_jars "HBase $HBASE_VERSION" "$HERE/hbase-pom.xml" "$(hbase_lib)" \
     -Dhbase.version="$HBASE_VERSION" -Dhbase.thrift.version="$HBASE_THRIFT_VERSION"
 }
+fetch_openssl() {
+  command -v openssl >/dev/null && return 0
+  [[ $(id -u) -eq 0 ]] || die "openssl is not installed; run: sudo apt-get install -y openssl"
+  log "installing openssl (Debian package)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; } \
+    || die "apt-get install openssl failed"
+}
+# A CA, the broker's certificate (for $HOST) and a client certificate, all PEM, made once: Kafka reads
+# PEM key stores itself (ssl.keystore.type=PEM), Python's ssl module the CA and the client pair.
+kafka_tls() {
+  local tls="$1"
+  [[ -s "$tls/client.key" ]] && return 0
+  fetch_openssl
+  mkdir -p "$tls"
+  local san="subjectAltName=IP:$HOST,DNS:localhost"
+  [[ "$HOST" =~ ^[0-9.]+$ ]] || san="subjectAltName=DNS:$HOST,DNS:localhost"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=scalerec stack CA" \
+      -keyout ca.key -out ca.crt -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    for who in broker client; do
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=scalerec $who" -keyout "$who.key.pkcs8" -out "$who.csr"
+      printf '%s\n' "$san" "extendedKeyUsage=serverAuth,clientAuth" >"$who.ext"
+      openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$who.ext" -out "$who.crt"
+      rm -f "$who.csr" "$who.ext"
+    done
+    cat broker.key.pkcs8 broker.crt >broker.pem # Kafka's PEM key store: the key, then its certificate
+    mv client.key.pkcs8 client.key
+    rm -f broker.key.pkcs8
+  ) >>"$(logfile kafka)" 2>&1 || die "making the Kafka stack's certificates failed (see $(logfile kafka))"
+}
 fetch_memcached() {
   command -v memcached >/dev/null && return 0
   [[ $(id -u) -eq 0 ]] || die "memcached is not installed; run: sudo apt-get install -y memcached"
@@ -146,18 +186,29 @@ up_kafka() {
   local dir="$STACK_DIR/kafka" pid
   if pid="$(running_pid kafka)"; then log "kafka already running (pid $pid, $HOST:$KAFKA_PORT)"; return 0; fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set SCALEREC_KAFKA_PORT"
+  port_open "$KAFKA_SASL_SSL_PORT" && die "port $KAFKA_SASL_SSL_PORT is taken; set SCALEREC_KAFKA_SASL_SSL_PORT"
+  port_open "$KAFKA_MTLS_PORT" && die "port $KAFKA_MTLS_PORT is taken; set SCALEREC_KAFKA_MTLS_PORT"
   fetch_kafka
   mkdir -p "$dir/data"
+  kafka_tls "$dir/tls"
   cat >"$dir/server.properties" <<EOF
 # Written by scripts/stack/stack.sh: single-node KRaft (broker and controller in one process).
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_ADVERTISED_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,MTLS://$HOST:$KAFKA_MTLS_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_ADVERTISED_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,MTLS://$HOST:$KAFKA_MTLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$dir/tls/ca.crt
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_USER="$KAFKA_PASSWORD";
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.mtls.ssl.client.auth=required
 log.dirs=$dir/data
 num.partitions=1
 default.replication.factor=1
@@ -203,7 +254,12 @@ EOF
   launch kafka "$JAVA" -Dscalerec.stack=kafka "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" "${JVM_COMMON[@]}" \
     -Dlog4j.configuration="file:$dir/log4j.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
   wait_ready kafka "Kafka" kafka_ready
-  log "kafka ready on $HOST:$KAFKA_PORT in $((SECONDS - start))s (pid $(cat "$(pidfile kafka)"))"
+  # The SCRAM user lives in the cluster's metadata: (re)registered at every start, which is idempotent.
+  "$JAVA" -Xmx128m -Dlog4j.configuration="file:$dir/log4j.properties" -cp "$cp" kafka.admin.ConfigCommand \
+    --bootstrap-server "$HOST:$KAFKA_PORT" --alter --entity-type users --entity-name "$KAFKA_USER" \
+    --add-config "SCRAM-SHA-512=[password=$KAFKA_PASSWORD]" >>"$(logfile kafka)" 2>&1 \
+    || { show_tail kafka; die "registering the Kafka stack's SCRAM user failed"; }
+  log "kafka ready on $HOST:$KAFKA_PORT (SASL_SSL $KAFKA_SASL_SSL_PORT, mutual TLS $KAFKA_MTLS_PORT) in $((SECONDS - start))s (pid $(cat "$(pidfile kafka)"))"
 }
 
 # ---------------------------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ class PrivateStack:
     # What the broker tells clients to connect to: a FaultProxy listens there (test_latency).
     kafka_advertised_port: int = field(default_factory=free_port)
     kafka_controller_port: int = field(default_factory=free_port)
+    kafka_sasl_ssl_port: int = field(default_factory=free_port)
+    kafka_mtls_port: int = field(default_factory=free_port)
     zk_port: int = field(default_factory=free_port)
     master_port: int = field(default_factory=free_port)
     regionserver_port: int = field(default_factory=free_port)
@@ -93,6 +95,8 @@ class PrivateStack:
             "SCALEREC_KAFKA_PORT": str(self.kafka_port),
             "SCALEREC_KAFKA_ADVERTISED_PORT": str(self.kafka_advertised_port),
             "SCALEREC_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "SCALEREC_KAFKA_SASL_SSL_PORT": str(self.kafka_sasl_ssl_port),
+            "SCALEREC_KAFKA_MTLS_PORT": str(self.kafka_mtls_port),
             "SCALEREC_HBASE_ZK_PORT": str(self.zk_port),
             "SCALEREC_HBASE_MASTER_PORT": str(self.master_port),
             "SCALEREC_HBASE_REGIONSERVER_PORT": str(self.regionserver_port),

@@ -28,6 +28,11 @@ STACK_SH = REPO / "scripts" / "stack" / "stack.sh"
 
 HOST = os.environ.get("SCALEREC_STACK_HOST", "127.0.0.1")
 KAFKA_PORT = int(os.environ.get("SCALEREC_KAFKA_PORT", "19092"))
+# The stack broker's secured listeners and the certificates stack.sh made for them.
+KAFKA_SASL_SSL_PORT = int(os.environ.get("SCALEREC_KAFKA_SASL_SSL_PORT", "19094"))
+KAFKA_MTLS_PORT = int(os.environ.get("SCALEREC_KAFKA_MTLS_PORT", "19095"))
+KAFKA_TLS_DIR = Path(os.environ.get("SCALEREC_STACK_DIR", REPO / "var" / "stack")) / "kafka" / "tls"
+KAFKA_USER, KAFKA_PASSWORD = "scalerec", "scalerec-dev-password"  # stack.sh's test broker's
 HBASE_THRIFT_PORT = int(os.environ.get("SCALEREC_HBASE_THRIFT_PORT", "19090"))
 HBASE_ZK_PORT = int(os.environ.get("SCALEREC_HBASE_ZK_PORT", "12181"))
 MEMCACHED_PORTS = [int(p) for p in os.environ.get("SCALEREC_MEMCACHED_PORTS", "11211 11212").split()]
@@ -85,6 +90,8 @@ def private_kafka(private_stack: PrivateStack) -> PrivateStack:
     private_stack.env.update(
         SCALEREC_KAFKA_PORT=str(free_port()),
         SCALEREC_KAFKA_CONTROLLER_PORT=str(free_port()),
+        SCALEREC_KAFKA_SASL_SSL_PORT=str(free_port()),
+        SCALEREC_KAFKA_MTLS_PORT=str(free_port()),
         SCALEREC_MEMCACHED_PORTS="",
     )
     private_stack.up("kafka")

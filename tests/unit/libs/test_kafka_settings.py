@@ -3,6 +3,8 @@ before any connection, so a bad value stops the service at start with the reason
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from scalerec_adapters.factory import make_bus
 from scalerec_events.topics import all_topics
@@ -30,3 +32,72 @@ def test_without_parameters_topics_take_one_replica_and_the_brokers_defaults() -
 def test_a_bad_parameter_is_refused_with_the_reason(query: str) -> None:
     with pytest.raises(ValueError, match="kafka://"):
         make_bus(f"kafka://k:9092?{query}")
+
+
+# -- connection security: the KAFKA_SECURITY_PROTOCOL family of settings ---------------------------------
+
+
+def _security(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
+    from scalerec_core.settings import ServiceSettings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return ServiceSettings().kafka_client_options()
+
+
+def test_plaintext_adds_nothing_and_sasl_ssl_carries_the_user_and_a_verifying_tls_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ssl
+
+    assert _security(monkeypatch) == {}
+    options = _security(
+        monkeypatch,
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="PLAIN",
+        KAFKA_SASL_USERNAME="svc",
+        KAFKA_SASL_PASSWORD="pw",
+    )
+    context = options.pop("ssl_context")
+    assert options == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw",
+    }
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname  # the system's CAs, names checked
+    # What the bus says about how it connects (in its errors) names the user, never the password.
+    bus = make_bus("kafka://k:9093", kafka_options=_security(monkeypatch))
+    assert bus.security == "SASL_SSL (PLAIN as 'svc')"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"}, "KAFKA_SASL_PASSWORD"),
+        ({"KAFKA_SSL_CAFILE": "/etc/ca.crt"}, "KAFKA_SECURITY_PROTOCOL=PLAINTEXT does not use TLS"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/c.pem"}, "KAFKA_SSL_KEYFILE go together"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nowhere/ca.crt"}, "KAFKA_SSL_CAFILE=/nowhere"),
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "kafka_security_protocol"),
+        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "kafka_sasl_mechanism"),
+    ],
+)
+def test_a_wrong_security_setting_stops_the_service_naming_it(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named.replace("(", r"\(")):
+        _security(monkeypatch, **env)
+
+
+def test_a_client_certificate_that_does_not_load_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cert = tmp_path / "client.crt"
+    cert.write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"KAFKA_SSL_CERTFILE=.*client\.crt.*not a readable PEM certificate"):
+        _security(
+            monkeypatch,
+            KAFKA_SECURITY_PROTOCOL="SSL",
+            KAFKA_SSL_CERTFILE=str(cert),
+            KAFKA_SSL_KEYFILE=str(cert),
+        )

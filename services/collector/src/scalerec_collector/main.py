@@ -21,7 +21,12 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
-        bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="collector")
+        bus = make_bus(
+            settings.resolved_bus_url(),
+            partitions=settings.topic_partitions,
+            client_id="collector",
+            kafka_options=settings.kafka_client_options(),
+        )
         await bus.start()
         await bus.ensure_topics(settings.topics())
         app.state.bus = bus

@@ -53,7 +53,12 @@ async def _run(settings: TrainerSettings, distributed: bool) -> int:
         finally:
             store.close()
         return 0
-    bus = make_bus(settings.resolved_bus_url(), partitions=settings.topic_partitions, client_id="trainer-job")
+    bus = make_bus(
+        settings.resolved_bus_url(),
+        partitions=settings.topic_partitions,
+        client_id="trainer-job",
+        kafka_options=settings.kafka_client_options(),
+    )
     await bus.start()
     try:
         await bus.ensure_topics(settings.topics())
