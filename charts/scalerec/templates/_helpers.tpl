@@ -233,6 +233,27 @@ worker would send all its requests to one. (list $root "ready"|"pods")
 {{- printf "%s-%s" $base $set -}}
 {{- end -}}
 
+{{/* Where kafka.tls.existingSecret is mounted (read-only) in every pod that talks to Kafka. */}}
+{{- define "scalerec.kafkaTlsDir" -}}/etc/scalerec/kafka-tls{{- end -}}
+
+{{/*
+"true" when the pods talk to Kafka (kafka.bootstrap, tpl'd: where BUS_URL is rendered) over SASL
+(kafka.securityProtocol SASL_PLAINTEXT or SASL_SSL): KAFKA_SASL_* then come with BUS_URL.
+*/}}
+{{- define "scalerec.kafkaSasl" -}}
+{{- if and (tpl (toString .Values.kafka.bootstrap) .) (hasPrefix "SASL_" .Values.kafka.securityProtocol) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when a component's pods mount kafka.tls.existingSecret: ScaleRec services (not Triton, which
+gets no BUS_URL) when the pods talk to Kafka and a TLS Secret is named. (list $root $c)
+*/}}
+{{- define "scalerec.kafkaTlsMounted" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- if and (ne $c.name "triton") (tpl (toString $root.Values.kafka.bootstrap) $root) $root.Values.kafka.tls.existingSecret -}}true{{- end -}}
+{{- end -}}
+
 {{/*
 Env every scalerec service gets from structured values (backends, ports, dirs),
 as a dict rendered to YAML. default.env and the component's env override it.
@@ -246,6 +267,21 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- with tpl (toString $root.Values.kafka.bootstrap) $root -}}
 {{- $k := $root.Values.kafka -}}
 {{- $_ := set $env "BUS_URL" (printf "kafka://%s?replication_factor=%v&min_insync_replicas=%v&compression_type=%s" . (int $k.replicationFactor) (int $k.minInsyncReplicas) $k.compression) -}}
+{{- /* Security travels with BUS_URL; the SASL credentials are secretKeyRefs (scalerec.env). */ -}}
+{{- $_ := set $env "KAFKA_SECURITY_PROTOCOL" $k.securityProtocol -}}
+{{- if hasPrefix "SASL_" $k.securityProtocol -}}
+{{- $_ := set $env "KAFKA_SASL_MECHANISM" $k.sasl.mechanism -}}
+{{- end -}}
+{{- if $k.tls.existingSecret -}}
+{{- $dir := include "scalerec.kafkaTlsDir" $root -}}
+{{- if $k.tls.caKey -}}
+{{- $_ := set $env "KAFKA_SSL_CAFILE" (printf "%s/%s" $dir $k.tls.caKey) -}}
+{{- end -}}
+{{- if $k.tls.certKey -}}
+{{- $_ := set $env "KAFKA_SSL_CERTFILE" (printf "%s/%s" $dir $k.tls.certKey) -}}
+{{- $_ := set $env "KAFKA_SSL_KEYFILE" (printf "%s/%s" $dir $k.tls.keyKey) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- with tpl (toString $root.Values.hbase.thrift) $root -}}
 {{- $url := printf "hbase://%s?pool=%v" . $root.Values.hbase.pool -}}
@@ -279,8 +315,9 @@ as a dict rendered to YAML. default.env and the component's env override it.
 
 {{/*
 The `env:` list of a scalerec service container: generated <- default.env <- component env,
-every value tpl'd, sorted by name; then API_KEYS and LOG_ID_KEY from their Secrets; then extraEnv.
-(list $root $c)
+every value tpl'd, sorted by name; then API_KEYS, LOG_ID_KEY and (SASL) KAFKA_SASL_PASSWORD and
+KAFKA_SASL_USERNAME from their Secrets, each unless env (or, for the Kafka ones, extraEnv) sets it;
+then extraEnv. (list $root $c)
 */}}
 {{- define "scalerec.env" -}}
 {{- $root := index . 0 -}}
@@ -308,6 +345,20 @@ every value tpl'd, sorted by name; then API_KEYS and LOG_ID_KEY from their Secre
     secretKeyRef:
       name: {{ include "scalerec.logIdKeySecretName" $root }}
       key: {{ $root.Values.logIdKey.secretKey }}
+{{- end }}
+{{- if include "scalerec.kafkaSasl" $root }}
+{{- $sasl := $root.Values.kafka.sasl }}
+{{- $extra := list }}
+{{- range $c.extraEnv }}{{ $extra = append $extra .name }}{{ end }}
+{{- range $name, $key := dict "KAFKA_SASL_USERNAME" $sasl.usernameKey "KAFKA_SASL_PASSWORD" $sasl.passwordKey }}
+{{- if not (or (hasKey $env $name) (has $name $extra)) }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sasl.existingSecret | quote }}
+      key: {{ $key | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}
@@ -357,6 +408,17 @@ Volumes every scalerec pod needs with a read-only root filesystem:
     medium: Memory
     sizeLimit: {{ $c.shmSizeLimit }}
 {{- end }}
+{{- if include "scalerec.kafkaTlsMounted" . }}
+{{- $tls := $root.Values.kafka.tls }}
+- name: kafka-tls
+  secret:
+    secretName: {{ $tls.existingSecret | quote }}
+    {{- /* Only the keys named: a missing one keeps the pod from starting, with the key's name in its events. */}}
+    items:
+      {{- range compact (list $tls.caKey $tls.certKey $tls.keyKey) | uniq }}
+      - {key: {{ . | quote }}, path: {{ . | quote }}}
+      {{- end }}
+{{- end }}
 {{- with $c.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -380,6 +442,11 @@ Volumes every scalerec pod needs with a read-only root filesystem:
 {{- if $c.shmSizeLimit }}
 - name: dshm
   mountPath: /dev/shm
+{{- end }}
+{{- if include "scalerec.kafkaTlsMounted" . }}
+- name: kafka-tls
+  mountPath: {{ include "scalerec.kafkaTlsDir" $root }}
+  readOnly: true
 {{- end }}
 {{- with $c.extraVolumeMounts }}
 {{ toYaml . }}
@@ -590,5 +657,21 @@ and then needs no backends, claims or Secret).
 {{- end -}}
 {{- if and (eq $v.modelRepository.type "objectStorage") (not $v.modelRepository.objectStorage.remote) -}}
 {{- fail "modelRepository.type=objectStorage needs modelRepository.objectStorage.remote" -}}
+{{- end -}}
+{{- $k := $v.kafka -}}
+{{- if and (hasPrefix "SASL_" $k.securityProtocol) (not $k.sasl.existingSecret) -}}
+{{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret: a Secret with the SASL user name (key kafka.sasl.usernameKey=%s) and password (key kafka.sasl.passwordKey=%s)." $k.securityProtocol $k.sasl.usernameKey $k.sasl.passwordKey) -}}
+{{- end -}}
+{{- if and $k.tls.existingSecret (not (has $k.securityProtocol (list "SSL" "SASL_SSL"))) -}}
+{{- fail (printf "kafka.tls.existingSecret is set but kafka.securityProtocol=%s does not use TLS: set SSL or SASL_SSL, or leave kafka.tls.existingSecret empty." $k.securityProtocol) -}}
+{{- end -}}
+{{- if ne (empty $k.tls.certKey) (empty $k.tls.keyKey) -}}
+{{- fail (printf "kafka.tls.certKey (%q) and kafka.tls.keyKey (%q) go together: mutual TLS needs the client certificate and its key, so set both or neither." $k.tls.certKey $k.tls.keyKey) -}}
+{{- end -}}
+{{- if and $k.tls.certKey (not $k.tls.existingSecret) -}}
+{{- fail "kafka.tls.certKey and kafka.tls.keyKey name keys of kafka.tls.existingSecret, which is empty: name the Secret that holds the client certificate and key." -}}
+{{- end -}}
+{{- if and $k.tls.existingSecret (not $k.tls.caKey) (not $k.tls.certKey) -}}
+{{- fail "kafka.tls.existingSecret is set but kafka.tls.caKey, kafka.tls.certKey and kafka.tls.keyKey are all empty: nothing of it to mount." -}}
 {{- end -}}
 {{- end -}}
