@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from pathlib import Path
 
+from inprocess import settled_versions
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
 
@@ -40,14 +40,7 @@ async def main() -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         rec = app.state.recommender
-        # A running experiment's versions load in the background after start-up; until they have,
-        # the champion answers everyone. Wait until what is served has settled, or two runs differ.
-        served, stable_since, deadline = rec.models.served_versions(), time.monotonic(), time.monotonic() + 120
-        while time.monotonic() < deadline and (not served or time.monotonic() - stable_since < 3):
-            await asyncio.sleep(0.2)
-            now = rec.models.served_versions()
-            if now != served:
-                served, stable_since = now, time.monotonic()
+        served = await settled_versions(rec)
         print(f"serving {served}")
         out = {}
         for u in range(0, args.users, args.every):

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from inprocess import App, request
+from inprocess import App, request, settled_versions
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
 
@@ -44,12 +43,7 @@ async def main() -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         rec = app.state.recommender
-        # An experiment's versions load in the background after start-up: wait until what is served settles.
-        served, stable_since, deadline = rec.models.served_versions(), time.monotonic(), time.monotonic() + 120
-        while time.monotonic() < deadline and (not served or time.monotonic() - stable_since < 3):
-            await asyncio.sleep(0.2)
-            if (now := rec.models.served_versions()) != served:
-                served, stable_since = now, time.monotonic()
+        served = await settled_versions(rec)
         print(f"serving {served}, EXPLAIN_MIN_SIMILARITY={settings.explain_min_similarity}")
         category: dict[str, str] = {}
 

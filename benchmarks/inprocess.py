@@ -7,6 +7,7 @@ repository root (``benchmarks/`` is then first on ``sys.path``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -58,3 +59,15 @@ async def request(
 
     await app(scope, receive, send)
     return status, b"".join(answer)
+
+
+async def settled_versions(recommender: Any, timeout_s: float = 120, quiet_s: float = 3) -> dict[str, int]:
+    """What the in-process ranker serves once it has settled: a running experiment's versions load in the
+    background after start-up, and until they have the champion answers everyone (two runs would differ)."""
+    models = recommender.models
+    served, stable_since, deadline = models.served_versions(), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (not served or time.monotonic() - stable_since < quiet_s):
+        await asyncio.sleep(0.2)
+        if (now := models.served_versions()) != served:
+            served, stable_since = now, time.monotonic()
+    return served
