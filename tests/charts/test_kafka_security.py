@@ -301,3 +301,66 @@ def test_the_services_build_their_kafka_client_from_what_the_chart_renders(tmp_p
         # Without the Secret's values the service would refuse to start: they are not optional.
         with pytest.raises(ValueError, match="KAFKA_SASL_USERNAME"):
             build(c["name"], env).kafka_client_options()
+
+
+def _keda(tmp_path: Path, kafka: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    values = {
+        "kafka": {"bootstrap": "k:9092", **kafka},
+        "hbase": {"thrift": "hb:9090"},
+        "persistence": {"data": {"shared": False}},
+        "components": {"preprocessor": {"keda": {"enabled": True}}},
+    }
+    path = tmp_path / "keda.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = render(["-f", str(path)])
+    (so,) = r.of_kind("ScaledObject")
+    (trigger,) = so["spec"]["triggers"]
+    return trigger, r.of_kind("TriggerAuthentication")
+
+
+def test_keda_reads_the_lag_with_the_services_kafka_credentials_and_certificates(tmp_path: Path) -> None:
+    """KEDA connects to the brokers itself: its kafka trigger gets the same SASL mechanism, TLS and Secrets."""
+    trigger, auths = _keda(
+        tmp_path,
+        {
+            "securityProtocol": "SASL_SSL",
+            "sasl": {"mechanism": "SCRAM-SHA-256", "existingSecret": "k-user", "usernameKey": "u", "passwordKey": "p"},
+            "tls": {"existingSecret": "k-tls", "caKey": "ca.pem", "certKey": "c.pem", "keyKey": "k.pem"},
+        },
+    )
+    assert trigger["metadata"]["sasl"] == "scram_sha256" and trigger["metadata"]["tls"] == "enable"
+    (auth,) = auths
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert {(t["parameter"], t["name"], t["key"]) for t in auth["spec"]["secretTargetRef"]} == {
+        ("username", "k-user", "u"),
+        ("password", "k-user", "p"),
+        ("ca", "k-tls", "ca.pem"),
+        ("cert", "k-tls", "c.pem"),
+        ("key", "k-tls", "k.pem"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kafka", "metadata", "params"),
+    [
+        ({}, {}, None),  # plain text: nothing added, no TriggerAuthentication
+        ({"securityProtocol": "SSL"}, {"tls": "enable"}, None),  # public CA: TLS on, nothing to authenticate with
+        (
+            {"securityProtocol": "SASL_PLAINTEXT", "sasl": {"mechanism": "PLAIN", "existingSecret": "s"}},
+            {"sasl": "plaintext"},
+            {"username", "password"},
+        ),
+        ({"securityProtocol": "SSL", "tls": {"existingSecret": "t"}}, {"tls": "enable"}, {"ca"}),
+    ],
+    ids=["plaintext", "ssl-public-ca", "sasl-plaintext", "ssl-private-ca"],
+)
+def test_keda_gets_only_what_the_protocol_uses(
+    tmp_path: Path, kafka: dict[str, Any], metadata: dict[str, str], params: set[str] | None
+) -> None:
+    trigger, auths = _keda(tmp_path, kafka)
+    assert {k: v for k, v in trigger["metadata"].items() if k in ("sasl", "tls")} == metadata
+    if params is None:
+        assert not auths and "authenticationRef" not in trigger
+    else:
+        (auth,) = auths
+        assert {t["parameter"] for t in auth["spec"]["secretTargetRef"]} == params

@@ -18,7 +18,11 @@ from tests.charts.helm import (
 )
 
 # Custom resources have no schema in kubernetes-validate; each is checked by a test of its own.
-CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
 
 
 @pytest.mark.parametrize("values", [None, "dev", "prod-gpu"])
