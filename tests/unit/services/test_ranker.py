@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -605,6 +606,35 @@ def test_an_explanation_names_an_item_like_the_one_recommended(client: TestClien
     assert same / explained >= 0.55, (same, explained)
 
 
+def test_the_category_cap_bounds_each_category_and_one_turns_it_off(world: World) -> None:
+    """CATEGORY_CAP: at most ceil(k x cap) items of a category (at least 2); at 1 the answer is the best-scored
+    candidates, whose scores can only add up to more than any capped answer's for the same user."""
+    category = {i.item_id: i.category for i in world.shop.items}
+    answers: dict[float, dict[str, list[dict[str, Any]]]] = {}
+    for cap in (0.2, 0.5, 1.0):
+        settings = RankerSettings(
+            data_dir=world.data_dir,
+            model_repository=world.repository,
+            scoring_timeout_ms=5000,
+            auth="disabled",
+            fresh_item_slots=0,
+            category_cap=cap,
+        )
+        with TestClient(create_app(settings)) as c:
+            answers[cap] = {u: _recommended(c, u) for u in world.shop.users[:30]}
+    for cap, most in ((0.2, 2), (0.5, 5)):
+        for items in answers[cap].values():
+            per = Counter(category[i["item_id"]] for i in items)
+            assert len(items) == 10 and max(per.values()) <= most, (cap, per)
+    for user, items in answers[1.0].items():
+        scores = [i["score"] for i in items]
+        assert scores == sorted(scores, reverse=True)
+        assert sum(scores) >= sum(i["score"] for i in answers[0.2][user]) - 1e-3
+    assert any(max(Counter(category[i["item_id"]] for i in items).values()) > 2 for items in answers[1.0].values()), (
+        "the uncapped answers never have 3 of a category: the cap is not shown to matter"
+    )
+
+
 def test_the_throughput_benchmark_runs_and_reports(world: World, tmp_path: Path) -> None:
     """A few-second smoke run: it starts the ranker and the floor, drives both with wrk, prints the table."""
     out = tmp_path / "bench.json"
@@ -671,6 +701,18 @@ def test_the_explanation_quality_benchmark_runs_and_reports(world: World) -> Non
     assert int(versions[0][1].replace(",", "")) == 10 * len(range(0, len(world.shop.users), 10)), stdout
     sources = {row[0].strip() for row in tables if row[0].strip() in ("item_cf", "retrieval")}
     assert sources == {"item_cf", "retrieval"}, stdout
+
+
+def test_the_rerank_quality_benchmark_runs_and_reports(world: World) -> None:
+    """A few-second smoke run: a row per cap, the uncapped one as the floor (ratio 1)."""
+    stdout = run_benchmark(
+        "rerank_quality.py", "--data-dir", str(world.data_dir), "--version", "1", "--caps", "1,0.5,0.2"
+    )
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    caps = [row for row in rows if row[0].strip() != "CATEGORY_CAP"]
+    assert [(row[0].strip(), row[1].strip()) for row in caps] == [("1", "10"), ("0.5", "5"), ("0.2", "2")], stdout
+    assert float(caps[0][4]) == 1.0 and all(0 <= float(row[3]) <= 1 for row in caps), stdout
+    assert "holdout of" in stdout
 
 
 def test_the_gc_pause_benchmark_runs_and_reports(world: World) -> None:

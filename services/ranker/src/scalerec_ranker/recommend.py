@@ -390,7 +390,11 @@ class Recommender:
         self.metrics.served(model.version, code, variant or CHAMPION)
 
         picked = model.rerank(
-            cands, scores, k, per_category=max(2, math.ceil(k / 2)), explore=round(k * self.settings.fresh_item_slots)
+            cands,
+            scores,
+            k,
+            per_category=max(2, math.ceil(k * self.settings.category_cap - 1e-9)),  # 10 * 0.3 is 3.0000000000000004
+            explore=round(k * self.settings.fresh_item_slots),
         )
         positions = cands.positions[picked]
         known_hist = np.unique(hist_pos[hist_pos >= FIRST_ITEM])
