@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from inprocess import App, request, settled_versions
+from scalerec_events.models import EventType
 from scalerec_ranker.config import RankerSettings
 from scalerec_ranker.main import create_app
 
-_IMPRESSION = "impression"
+_IMPRESSION = EventType.IMPRESSION.value
 
 
 async def main() -> None:
