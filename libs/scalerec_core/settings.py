@@ -130,7 +130,12 @@ class ServiceSettings(BaseSettings):
         default=None, description="PEM client certificate for mutual TLS (with KAFKA_SSL_KEYFILE)."
     )
     kafka_ssl_keyfile: Path | None = Field(
-        default=None, description="PEM private key (unencrypted) of KAFKA_SSL_CERTFILE."
+        default=None, description="PEM private key of KAFKA_SSL_CERTFILE (encrypted: with KAFKA_SSL_KEY_PASSWORD)."
+    )
+    kafka_ssl_key_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="Passphrase of an encrypted KAFKA_SSL_KEYFILE; empty: the key must be unencrypted (an "
+        "encrypted one then stops the service at start naming this setting, never a passphrase prompt).",
     )
     deployment_environment: str = Field(
         default="development",
@@ -222,6 +227,8 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mutual TLS needs both)")
+        if self.kafka_ssl_key_password.get_secret_value() and self.kafka_ssl_keyfile is None:
+            raise ValueError("KAFKA_SSL_KEY_PASSWORD set without KAFKA_SSL_KEYFILE (the key it unlocks)")
         if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
             raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
         if protocol == "PLAINTEXT":
@@ -243,13 +250,21 @@ class ServiceSettings(BaseSettings):
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"KAFKA_SSL_CAFILE={self.kafka_ssl_cafile}: not a readable PEM CA file ({exc})") from exc
         if self.kafka_ssl_certfile is not None and self.kafka_ssl_keyfile is not None:
+            passphrase = self.kafka_ssl_key_password.get_secret_value()
+            files = f"KAFKA_SSL_CERTFILE={self.kafka_ssl_certfile} / KAFKA_SSL_KEYFILE={self.kafka_ssl_keyfile}"
+
+            def key_password() -> str:
+                # Asked for only when the key is encrypted. Without a callable OpenSSL would prompt on the
+                # terminal for the passphrase: a service started from a shell would wait there, silently.
+                if not passphrase:
+                    raise ValueError(f"{files}: the key is encrypted; set KAFKA_SSL_KEY_PASSWORD to its passphrase")
+                return passphrase
+
             try:
-                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile, password=key_password)
             except (OSError, ssl.SSLError) as exc:
-                raise ValueError(
-                    f"KAFKA_SSL_CERTFILE={self.kafka_ssl_certfile} / KAFKA_SSL_KEYFILE={self.kafka_ssl_keyfile}: "
-                    f"not a readable PEM certificate and its unencrypted key ({exc})"
-                ) from exc
+                unlocked = " or KAFKA_SSL_KEY_PASSWORD is not its passphrase" if passphrase else ""
+                raise ValueError(f"{files}: not a readable PEM certificate and its key{unlocked} ({exc})") from exc
         return context
 
     def resolved_store_url(self) -> str:

@@ -179,6 +179,19 @@ def test_the_tls_secret_is_mounted_read_only_where_the_file_env_points(
     assert _tls_volume(triton) is None, "Triton never talks to Kafka"
 
 
+def test_an_encrypted_client_keys_passphrase_is_a_secret_ref_never_a_mounted_file(tmp_path: Path) -> None:
+    tls = {"existingSecret": "kafka-tls", "certKey": "tls.crt", "keyKey": "tls.key", "keyPasswordKey": "passphrase"}
+    r = _render(tmp_path, {"securityProtocol": "SSL", "tls": tls})
+    for workload, spec, c in _kafka_pods(r):
+        env = _kafka_env(c)
+        assert _secret_ref(env["KAFKA_SSL_KEY_PASSWORD"]) == ("kafka-tls", "passphrase"), workload
+        assert env["KAFKA_SSL_KEYFILE"]["value"] == f"{TLS_DIR}/tls.key", workload
+        volume = _tls_volume(spec)
+        assert volume is not None and "passphrase" not in {i["key"] for i in volume["secret"]["items"]}, workload
+    triton = r.get("Deployment", f"{RELEASE}-triton")["spec"]["template"]["spec"]["containers"][0]
+    assert "KAFKA_SSL_KEY_PASSWORD" not in _kafka_env(triton)
+
+
 def test_user_env_still_overrides_what_the_chart_generates(tmp_path: Path) -> None:
     """env (default.env, components.<name>.env) wins over the generated values and replaces a
     secretKeyRef; extraEnv may bring one of its own. Each name is rendered once."""
@@ -254,6 +267,10 @@ def test_the_everything_scenario_exercises_sasl_and_mutual_tls() -> None:
             {"securityProtocol": "SSL", "tls": {"existingSecret": "t", "caKey": ""}},
             ["kafka.tls.existingSecret is set", "nothing of it to mount"],
         ),
+        (
+            {"securityProtocol": "SSL", "tls": {"existingSecret": "t", "keyPasswordKey": "pass"}},
+            ["kafka.tls.keyPasswordKey", "kafka.tls.keyKey is empty"],
+        ),
     ],
     ids=[
         "protocol-enum",
@@ -267,6 +284,7 @@ def test_the_everything_scenario_exercises_sasl_and_mutual_tls() -> None:
         "key-without-cert",
         "client-cert-without-secret",
         "tls-secret-with-no-key",
+        "key-password-without-key",
     ],
 )
 def test_kafka_security_that_could_not_connect_does_not_render(
@@ -325,7 +343,13 @@ def test_keda_reads_the_lag_with_the_services_kafka_credentials_and_certificates
         {
             "securityProtocol": "SASL_SSL",
             "sasl": {"mechanism": "SCRAM-SHA-256", "existingSecret": "k-user", "usernameKey": "u", "passwordKey": "p"},
-            "tls": {"existingSecret": "k-tls", "caKey": "ca.pem", "certKey": "c.pem", "keyKey": "k.pem"},
+            "tls": {
+                "existingSecret": "k-tls",
+                "caKey": "ca.pem",
+                "certKey": "c.pem",
+                "keyKey": "k.pem",
+                "keyPasswordKey": "k.pass",
+            },
         },
     )
     assert trigger["metadata"]["sasl"] == "scram_sha256" and trigger["metadata"]["tls"] == "enable"
@@ -337,6 +361,7 @@ def test_keda_reads_the_lag_with_the_services_kafka_credentials_and_certificates
         ("ca", "k-tls", "ca.pem"),
         ("cert", "k-tls", "c.pem"),
         ("key", "k-tls", "k.pem"),
+        ("keyPassword", "k-tls", "k.pass"),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -75,6 +76,33 @@ async def test_the_bus_works_whole_over_a_secured_listener(port: int, env: dict[
     client the bus makes (admin, producer, consumer) carries the security settings."""
     if "kafka_sasl_mechanism" in env:
         env = {**env, "kafka_sasl_username": KAFKA_USER, "kafka_sasl_password": KAFKA_PASSWORD}
+    await _round_trip(port, env)
+
+
+async def test_mutual_tls_with_an_encrypted_client_key(tmp_path: Path) -> None:
+    """The client key encrypted (as many PKIs issue them), unlocked by KAFKA_SSL_KEY_PASSWORD."""
+    encrypted = tmp_path / "client-encrypted.key"
+    subprocess.run(
+        [
+            "openssl",
+            "pkey",
+            "-in",
+            str(KAFKA_TLS_DIR / "client.key"),
+            "-aes256",
+            "-passout",
+            "pass:k3y-pass",
+            "-out",
+            str(encrypted),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    await _round_trip(
+        KAFKA_MTLS_PORT, {**MUTUAL_TLS, "kafka_ssl_keyfile": encrypted, "kafka_ssl_key_password": "k3y-pass"}
+    )
+
+
+async def _round_trip(port: int, env: dict[str, Any]) -> None:
     bus = _bus(port, **env)
     await bus.start()
     try:

@@ -315,9 +315,9 @@ as a dict rendered to YAML. default.env and the component's env override it.
 
 {{/*
 The `env:` list of a scalerec service container: generated <- default.env <- component env,
-every value tpl'd, sorted by name; then API_KEYS, LOG_ID_KEY and (SASL) KAFKA_SASL_PASSWORD and
-KAFKA_SASL_USERNAME from their Secrets, each unless env (or, for the Kafka ones, extraEnv) sets it;
-then extraEnv. (list $root $c)
+every value tpl'd, sorted by name; then API_KEYS, LOG_ID_KEY, (SASL) KAFKA_SASL_PASSWORD and
+KAFKA_SASL_USERNAME and (an encrypted client key) KAFKA_SSL_KEY_PASSWORD from their Secrets, each unless
+env (or, for the Kafka ones, extraEnv) sets it; then extraEnv. (list $root $c)
 */}}
 {{- define "scalerec.env" -}}
 {{- $root := index . 0 -}}
@@ -358,6 +358,18 @@ then extraEnv. (list $root $c)
       name: {{ $sasl.existingSecret | quote }}
       key: {{ $key | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- $tls := $root.Values.kafka.tls }}
+{{- if and $tls.keyPasswordKey (include "scalerec.kafkaTlsMounted" (list $root $c)) (not (hasKey $env "KAFKA_SSL_KEY_PASSWORD")) }}
+{{- $extra := list }}
+{{- range $c.extraEnv }}{{ $extra = append $extra .name }}{{ end }}
+{{- if not (has "KAFKA_SSL_KEY_PASSWORD" $extra) }}
+- name: KAFKA_SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $tls.existingSecret | quote }}
+      key: {{ $tls.keyPasswordKey | quote }}
 {{- end }}
 {{- end }}
 {{- with $c.extraEnv }}
@@ -667,6 +679,9 @@ and then needs no backends, claims or Secret).
 {{- end -}}
 {{- if ne (empty $k.tls.certKey) (empty $k.tls.keyKey) -}}
 {{- fail (printf "kafka.tls.certKey (%q) and kafka.tls.keyKey (%q) go together: mutual TLS needs the client certificate and its key, so set both or neither." $k.tls.certKey $k.tls.keyKey) -}}
+{{- end -}}
+{{- if and $k.tls.keyPasswordKey (not $k.tls.keyKey) -}}
+{{- fail (printf "kafka.tls.keyPasswordKey (%q) is the passphrase of the client key, but kafka.tls.keyKey is empty: name the key it unlocks (with kafka.tls.certKey), or leave kafka.tls.keyPasswordKey empty." $k.tls.keyPasswordKey) -}}
 {{- end -}}
 {{- if and $k.tls.certKey (not $k.tls.existingSecret) -}}
 {{- fail "kafka.tls.certKey and kafka.tls.keyKey name keys of kafka.tls.existingSecret, which is empty: name the Secret that holds the client certificate and key." -}}

@@ -3,6 +3,7 @@ before any connection, so a bad value stops the service at start with the reason
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,61 @@ def test_a_client_certificate_that_does_not_load_is_named(monkeypatch: pytest.Mo
             KAFKA_SSL_CERTFILE=str(cert),
             KAFKA_SSL_KEYFILE=str(cert),
         )
+
+
+@pytest.fixture(scope="module")
+def encrypted_client_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A self-signed client certificate, its key in clear and the same key encrypted with 's3cret' (openssl)."""
+    folder = tmp_path_factory.mktemp("client-key")
+    cert, key, encrypted = folder / "client.crt", folder / "client.key", folder / "client-encrypted.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=svc",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:s3cret", "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+    )
+    assert encrypted.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    return cert, key, encrypted
+
+
+def test_an_encrypted_client_key_loads_with_its_passphrase_and_is_named_without_it(
+    monkeypatch: pytest.MonkeyPatch, encrypted_client_key: tuple[Path, Path, Path]
+) -> None:
+    """Without KAFKA_SSL_KEY_PASSWORD an encrypted key stops the service naming the setting (OpenSSL's own
+    answer would be a passphrase prompt on the terminal: a service started from a shell waited there)."""
+    import ssl
+
+    cert, key, encrypted = encrypted_client_key
+    mtls = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": str(cert)}
+    with pytest.raises(ValueError, match="the key is encrypted; set KAFKA_SSL_KEY_PASSWORD"):
+        _security(monkeypatch, **mtls, KAFKA_SSL_KEYFILE=str(encrypted))
+    with pytest.raises(ValueError, match="or KAFKA_SSL_KEY_PASSWORD is not its passphrase") as refused:
+        _security(monkeypatch, **mtls, KAFKA_SSL_KEYFILE=str(encrypted), KAFKA_SSL_KEY_PASSWORD="wrong")
+    assert "wrong" not in str(refused.value)
+    for keyfile, password in ((encrypted, "s3cret"), (key, ""), (key, "unused for a key in clear")):
+        options = _security(monkeypatch, **mtls, KAFKA_SSL_KEYFILE=str(keyfile), KAFKA_SSL_KEY_PASSWORD=password)
+        assert isinstance(options["ssl_context"], ssl.SSLContext)
+
+
+def test_a_key_password_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="KAFKA_SSL_KEY_PASSWORD set without KAFKA_SSL_KEYFILE"):
+        _security(monkeypatch, KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_KEY_PASSWORD="s3cret")
