@@ -29,8 +29,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scalerec_models import repository as repo
+
+if TYPE_CHECKING:
+    from scalerec_models.version_counter import VersionCounter
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +164,18 @@ def clean_incomplete(repository: Path, models: Sequence[str] = RUN_MODELS) -> li
 
 @contextlib.contextmanager
 def allocate_version(
-    repository: Path, models: Sequence[str] = RUN_MODELS, *, timeout_s: float = 600.0
+    repository: Path,
+    models: Sequence[str] = RUN_MODELS,
+    *,
+    timeout_s: float = 600.0,
+    counter: VersionCounter | None = None,
 ) -> Iterator[Allocation]:
     """Hold the repository's writer lock, clean up after dead writers, and hand out the next version.
 
     The version is one more than every version of ``models`` on disk and every number handed out
     before (``.last_version``); the lock is held until the block ends, i.e. while the caller writes.
+    With a ``counter`` (a repository that is one of several copies: object storage) the number is taken
+    from it, and is at least that: writers with copies of their own never share one.
     """
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
@@ -186,7 +196,7 @@ def allocate_version(
             highest = max(
                 [_high_water(repository), *(max(repo.list_versions(repository, m), default=0) for m in models)]
             )
-            version = highest + 1
+            version = highest + 1 if counter is None else counter.reserve(highest + 1)
             _set_high_water(repository, version)
             yield Allocation(version, cleaned)
         finally:

@@ -160,6 +160,21 @@ it, so the key made at install survives upgrades; else a new random key. Made on
 {{- if eq .Values.modelRepository.type "objectStorage" -}}true{{- end -}}
 {{- end -}}
 
+{{/*
+The ConfigMap the trainer takes model version numbers from when every pod has its own copy of the
+repository (object storage: scalerec_models.version_counter); empty otherwise. (list $root $c)
+*/}}
+{{- define "scalerec.modelVersionCounter" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- if and (eq $c.name "trainer") (include "scalerec.modelRepoIsObjectStorage" $root) -}}
+{{- include "scalerec.componentName" (list $root "trainer") }}-model-versions
+{{- end -}}
+{{- end -}}
+
+{{/* Where an in-cluster client looks for its token, CA and namespace. */}}
+{{- define "scalerec.apiTokenDir" -}}/var/run/secrets/kubernetes.io/serviceaccount{{- end -}}
+
 {{- define "scalerec.modelRepoClaim" -}}
 {{- default (include "scalerec.componentName" (list . "models")) .Values.modelRepository.pvc.existingClaim -}}
 {{- end -}}
@@ -296,6 +311,9 @@ as a dict rendered to YAML. default.env and the component's env override it.
 {{- if $c.modelRepositoryAccess -}}
 {{- $_ := set $env "MODEL_REPOSITORY" $root.Values.modelRepository.mountPath -}}
 {{- end -}}
+{{- with include "scalerec.modelVersionCounter" . -}}
+{{- $_ := set $env "MODEL_VERSION_COUNTER" (printf "kubernetes:configmap/%s" .) -}}
+{{- end -}}
 {{- if and (eq $c.name "ranker") $root.Values.components.triton.enabled -}}
 {{- $_ := set $env "SCORER_URL" (include "scalerec.tritonGrpcUrl" (list $root "ready")) -}}
 {{- end -}}
@@ -420,6 +438,16 @@ Volumes every scalerec pod needs with a read-only root filesystem:
     medium: Memory
     sizeLimit: {{ $c.shmSizeLimit }}
 {{- end }}
+{{- if include "scalerec.modelVersionCounter" . }}
+{{- /* The service account's token for the trainer container alone (automountServiceAccountToken stays off,
+so the model-sync sidecar never gets it): what an automounted token would be, with the cluster's CA. */}}
+- name: api-token
+  projected:
+    sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3607}
+      - configMap: {name: kube-root-ca.crt, items: [{key: ca.crt, path: ca.crt}]}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {apiVersion: v1, fieldPath: metadata.namespace}}]}
+{{- end }}
 {{- if include "scalerec.kafkaTlsMounted" . }}
 {{- $tls := $root.Values.kafka.tls }}
 - name: kafka-tls
@@ -458,6 +486,11 @@ Volumes every scalerec pod needs with a read-only root filesystem:
 {{- if include "scalerec.kafkaTlsMounted" . }}
 - name: kafka-tls
   mountPath: {{ include "scalerec.kafkaTlsDir" $root }}
+  readOnly: true
+{{- end }}
+{{- if include "scalerec.modelVersionCounter" . }}
+- name: api-token
+  mountPath: {{ include "scalerec.apiTokenDir" $root }}
   readOnly: true
 {{- end }}
 {{- with $c.extraVolumeMounts }}

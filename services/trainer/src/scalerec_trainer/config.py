@@ -49,6 +49,16 @@ class TrainerSettings(ModelRepositorySettings):
         ),
     )
     seed: int = 7
+    model_version_counter: str = Field(
+        default="",
+        pattern=r"^(kubernetes:configmap/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$",
+        description=(
+            "Where version numbers are taken when the repository is one copy of several (object storage): "
+            "kubernetes:configmap/<name>, a ConfigMap of the pod's namespace updated with optimistic concurrency "
+            "through the pod's service account (the chart sets it). Empty: the repository's own lock and count, "
+            "which hold where every trainer shares one file system."
+        ),
+    )
 
     keep_versions: int = Field(
         default=5,

@@ -10,6 +10,7 @@ from scalerec_adapters.worker import ConsumerWorker
 from scalerec_core.http import create_service_app
 from scalerec_core.service import bootstrap
 from scalerec_events.topics import Topic
+from scalerec_models.version_counter import counter_from_setting
 from scalerec_storage.backends import Backends
 
 from scalerec_trainer.api.routes import train
@@ -25,6 +26,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap(settings)
+        counter_from_setting(settings.model_version_counter)  # outside a pod, or without a token: stop here
         omp_wait_policy(settings)  # before torch loads for the first training, on the main thread
         backends = await Backends.open(settings, "trainer")
         bus, store = backends.bus, backends.store

@@ -24,6 +24,7 @@ from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
 from scalerec_models.bundle import CANDIDATE_GRAPH_FILES
 from scalerec_models.runtime import NEIGHBORS_FILE, NEIGHBOURS_PER_ITEM
+from scalerec_models.version_counter import VersionCounter, counter_from_setting
 from scalerec_models.versions import RUN_MODELS, allocate_version, export_scratch, prune_versions
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
@@ -147,6 +148,10 @@ def train_version(
     if len(interactions) < settings.min_examples:
         raise NotEnoughData(f"{len(interactions)} examples before the holdout; at least {settings.min_examples} needed")
     repository = Path(settings.model_repository)
+    counter = counter_from_setting(settings.model_version_counter) if dd.is_main() else None
+    if counter is not None:
+        # Before the hours of training, not after: a counter this run cannot use (RBAC, no token) fails it now.
+        log.info("version numbers from %s (last handed out: %d)", counter, counter.check())
     champion = dd.broadcast_object(repo.read_champion(repository, repo.RANKER_MODEL) if dd.is_main() else None)
     warm_start = repository / repo.RANKER_MODEL / str(champion) if champion else None
     overrides: dict[str, Any] = {"seed": settings.seed, "device": settings.train_device}
@@ -166,7 +171,7 @@ def train_version(
         outcome: TrainOutcome = dd.broadcast_object(None)
         return outcome
     try:
-        outcome = _write_version(settings, trained, interactions, window, champion, repository, started)
+        outcome = _write_version(settings, trained, interactions, window, champion, repository, started, counter)
     except BaseException:
         dd.broadcast_object(None)  # release the other ranks rather than leave them waiting
         raise
@@ -186,6 +191,7 @@ def _write_version(
     champion: int | None,
     repository: Path,
     started: float,
+    counter: VersionCounter | None = None,
 ) -> TrainOutcome:
     from scalerec_models.pipeline import export
 
@@ -210,7 +216,7 @@ def _write_version(
         tower_extras = {name: path for name, path in extras.items() if name not in CANDIDATE_GRAPH_FILES}
         # One number for both models, taken under the repository's writer lock (a crashed earlier run's
         # half-written version is removed first, so it cannot wedge this one).
-        with allocate_version(repository) as allocation:
+        with allocate_version(repository, counter=counter) as allocation:
             version = allocation.version
             repo.write_model_version(
                 repository,
