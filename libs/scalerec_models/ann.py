@@ -20,6 +20,17 @@ import numpy as np
 from scalerec_models.data import FIRST_ITEM
 
 
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest of 1-D ``scores``, best first, equal scores in index order (``k`` < len).
+
+    A partial sort (``argpartition``) then a stable sort of the ``k``: the partition leaves its ``k`` in no
+    fixed order, so they are put in index order first, or equal scores would come out in whatever order it
+    left them."""
+    top = np.argpartition(-scores, k - 1)[:k]
+    top.sort()
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 class AnnIndex:
     """Top-k items by inner product with a query vector; results are item indices (rows of the table)."""
 
@@ -76,11 +87,9 @@ class AnnIndex:
         if len(q) == 1 and take < n:
             # The request path's one query: the same steps on 1-D arrays, without take_along_axis's index
             # building (half the cost of the search at a few hundred results).
-            neg = -(q @ self._flat.T)[0]
-            top = np.argpartition(neg, take - 1)[:take]
-            top.sort()
-            rows1 = top[np.argsort(neg[top], kind="stable")]
-            return self._padded((-neg[rows1])[None].astype(np.float32, copy=False), self._ids[rows1][None], k)
+            sims1 = (q @ self._flat.T)[0]
+            rows1 = top_rows(sims1, take)
+            return self._padded(sims1[rows1][None].astype(np.float32, copy=False), self._ids[rows1][None], k)
         sims = q @ self._flat.T  # [B, n]
         if take < n:
             top = np.argpartition(-sims, take - 1, axis=1)[:, :take]

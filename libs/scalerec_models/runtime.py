@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from scalerec_models import repository as repo
-from scalerec_models.ann import AnnIndex
+from scalerec_models.ann import AnnIndex, top_rows
 from scalerec_models.bundle import ModelBundle
 from scalerec_models.data import FIRST_ITEM
 
@@ -88,10 +88,8 @@ class ModelVersion:
         take = min(k, len(sims) - 1)
         if take <= 0:
             return []
-        top = np.argpartition(-sims, take - 1)[:take]
-        top = top[np.argsort(-sims[top], kind="stable")]
         out = []
-        for row in top.tolist():
+        for row in top_rows(sims, take).tolist():
             other = vocab.item_id(row + FIRST_ITEM)
             if other is not None:
                 out.append((other, float(sims[row])))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scalerec_features import ITEM_FEATURE_LEN, item_feature_vector
-from scalerec_models.ann import AnnIndex
+from scalerec_models.ann import AnnIndex, top_rows
 from scalerec_models.baselines import ItemKNN, Popularity, UserKNN
 from scalerec_models.bundle import ModelBundle
 from scalerec_models.config import model_config
@@ -159,6 +159,13 @@ def test_flat_ann_breaks_ties_by_row_for_one_query_and_for_many() -> None:
     expected = [2, 9, 4, 5, 6, 10]  # by score, then by row
     assert ann.search(q, 6)[1][0].tolist() == expected
     assert ann.search(np.repeat(q, 2, axis=0), 6)[1].tolist() == [expected, expected]
+
+
+def test_top_rows_puts_the_best_first_and_equal_scores_in_index_order() -> None:
+    """What the flat ANN search and a version's similar items (ModelVersion.similar_items) both rank with."""
+    scores = np.array([3, 1, 2, 2, 2, 1, 0, 3, 2, 1], dtype=np.float32)
+    for k, expected in ((1, [0]), (4, [0, 7, 2, 3]), (6, [0, 7, 2, 3, 4, 8]), (9, [0, 7, 2, 3, 4, 8, 1, 5, 9])):
+        assert top_rows(scores, k).tolist() == expected
 
 
 def test_bundle_builds_the_contract_arrays(tmp_path: Path) -> None:
