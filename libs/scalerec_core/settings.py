@@ -250,7 +250,8 @@ class ServiceSettings(BaseSettings):
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"KAFKA_SSL_CAFILE={self.kafka_ssl_cafile}: not a readable PEM CA file ({exc})") from exc
         if self.kafka_ssl_certfile is not None and self.kafka_ssl_keyfile is not None:
-            passphrase = self.kafka_ssl_key_password.get_secret_value()
+            # A passphrase file put in a Secret with --from-file usually ends in a newline that is not part of it.
+            passphrase = self.kafka_ssl_key_password.get_secret_value().removesuffix("\n").removesuffix("\r")
             files = f"KAFKA_SSL_CERTFILE={self.kafka_ssl_certfile} / KAFKA_SSL_KEYFILE={self.kafka_ssl_keyfile}"
 
             def key_password() -> str:

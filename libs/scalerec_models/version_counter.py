@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,6 +63,7 @@ class KubernetesVersionCounter:
     ca_file: Path | str | bool = True
     timeout_s: float = 10.0
     deadline_s: float = 60.0
+    transport: httpx.BaseTransport | None = None  # tests: an httpx.MockTransport in place of the network
 
     @classmethod
     def in_cluster(cls, name: str, service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> KubernetesVersionCounter:
@@ -77,7 +80,13 @@ class KubernetesVersionCounter:
                 f"MODEL_VERSION_COUNTER=kubernetes:configmap/{name} needs the pod's service account token at "
                 f"{token} (automountServiceAccountToken is off?)"
             )
-        namespace = (service_account_dir / "namespace").read_text().strip()
+        try:
+            namespace = (service_account_dir / "namespace").read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"MODEL_VERSION_COUNTER=kubernetes:configmap/{name} needs the pod's namespace at "
+                f"{service_account_dir / 'namespace'} ({exc})"
+            ) from exc
         host = f"[{host}]" if ":" in host else host  # an IPv6 service address
         return cls(f"https://{host}:{port}", namespace, name, token, service_account_dir / "ca.crt")
 
@@ -89,29 +98,32 @@ class KubernetesVersionCounter:
         return f"ConfigMap {self.namespace}/{self.name}"
 
     def check(self) -> int:
-        with self._client() as client:
-            found = self._get(client)
-        return 0 if found is None else _count(found, self)
+        return self._retrying("read the count", lambda client: _count_of(self._get(client), self))
 
     def reserve(self, at_least: int) -> int:
+        return self._retrying("take a model version number", lambda client: self._try_reserve(client, at_least))
+
+    def _retrying(self, doing: str, attempt_once: Callable[[httpx.Client], int]) -> int:
+        """``attempt_once`` until it answers, again after a conflict, a busy or unreachable server, up to the
+        deadline; then VersionCounterError naming the ConfigMap (never a bare transport error)."""
         deadline = time.monotonic() + self.deadline_s
         attempt = 0
         with self._client() as client:
             while True:
                 attempt += 1
                 try:
-                    version = self._try_reserve(client, at_least)
+                    value = attempt_once(client)
                 except (httpx.TransportError, _Retry) as exc:
                     if time.monotonic() >= deadline:
                         raise VersionCounterError(
-                            f"{self}: no model version number after {attempt} attempts in {self.deadline_s:.0f}s "
-                            f"({exc})"
+                            f"{self}: could not {doing} after {attempt} attempts in {self.deadline_s:.0f}s ({exc})"
                         ) from exc
-                    time.sleep(min(0.05 * 2**attempt, 2.0))
+                    # Jittered, so writers that collided do not come back in step and collide again.
+                    time.sleep(random.uniform(0.5, 1.0) * min(0.05 * 2**attempt, 2.0))
                     continue
                 if attempt > 1:
-                    log.info("%s: version %d after %d attempts (other writers in between)", self, version, attempt)
-                return version
+                    log.info("%s: %s after %d attempts", self, doing, attempt)
+                return value
 
     def _try_reserve(self, client: httpx.Client, at_least: int) -> int:
         found = self._get(client)
@@ -124,7 +136,10 @@ class KubernetesVersionCounter:
         found.setdefault("data", {})[COUNT_KEY] = str(version)
         # The PUT carries the resourceVersion it read: a writer in between makes it a 409, and this run reads
         # again instead of handing out the same number.
-        self._answer(client.put(f"{self._path}/{self.name}", json=found), "update", {200})
+        response = client.put(f"{self._path}/{self.name}", json=found)
+        if response.status_code == 404:
+            raise _Retry("update: deleted since it was read")  # read again: created anew, or a 403 that says why
+        self._answer(response, "update", {200})
         return version
 
     def _get(self, client: httpx.Client) -> dict[str, Any] | None:
@@ -159,6 +174,10 @@ class KubernetesVersionCounter:
             headers={"Authorization": f"Bearer {token}"},
             verify=verify,
             timeout=self.timeout_s,
+            # The API server is in the cluster: an HTTPS_PROXY set for the bucket or the internet must not take
+            # these calls (a NO_PROXY without the service address would send them to the proxy).
+            trust_env=False,
+            transport=self.transport,
         )
 
 
@@ -171,6 +190,10 @@ def _trusting(ca_file: Path | str) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise VersionCounterError(f"the API server's CA {ca_file} could not be read ({exc})") from exc
+
+
+def _count_of(config_map: dict[str, Any] | None, counter: KubernetesVersionCounter) -> int:
+    return 0 if config_map is None else _count(config_map, counter)
 
 
 def _count(config_map: dict[str, Any], counter: KubernetesVersionCounter) -> int:

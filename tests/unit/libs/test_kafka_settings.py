@@ -152,7 +152,7 @@ def test_an_encrypted_client_key_loads_with_its_passphrase_and_is_named_without_
     with pytest.raises(ValueError, match="or KAFKA_SSL_KEY_PASSWORD is not its passphrase") as refused:
         _security(monkeypatch, **mtls, KAFKA_SSL_KEYFILE=str(encrypted), KAFKA_SSL_KEY_PASSWORD="wrong")
     assert "wrong" not in str(refused.value)
-    for keyfile, password in ((encrypted, "s3cret"), (key, ""), (key, "unused for a key in clear")):
+    for keyfile, password in ((encrypted, "s3cret"), (encrypted, "s3cret\n"), (key, ""), (key, "unused in clear")):
         options = _security(monkeypatch, **mtls, KAFKA_SSL_KEYFILE=str(keyfile), KAFKA_SSL_KEY_PASSWORD=password)
         assert isinstance(options["ssl_context"], ssl.SSLContext)
 

@@ -24,7 +24,7 @@ from scalerec_features import FEATURE_VERSION, context_vector
 from scalerec_models import repository as repo
 from scalerec_models.bundle import CANDIDATE_GRAPH_FILES
 from scalerec_models.runtime import NEIGHBORS_FILE, NEIGHBOURS_PER_ITEM
-from scalerec_models.version_counter import VersionCounter, counter_from_setting
+from scalerec_models.version_counter import VersionCounter, VersionCounterError, counter_from_setting
 from scalerec_models.versions import RUN_MODELS, allocate_version, export_scratch, prune_versions
 from scalerec_storage import records as r
 from scalerec_storage.windows import DataWindow, data_window
@@ -148,11 +148,22 @@ def train_version(
     if len(interactions) < settings.min_examples:
         raise NotEnoughData(f"{len(interactions)} examples before the holdout; at least {settings.min_examples} needed")
     repository = Path(settings.model_repository)
-    counter = counter_from_setting(settings.model_version_counter) if dd.is_main() else None
-    if counter is not None:
-        # Before the hours of training, not after: a counter this run cannot use (RBAC, no token) fails it now.
-        log.info("version numbers from %s (last handed out: %d)", counter, counter.check())
-    champion = dd.broadcast_object(repo.read_champion(repository, repo.RANKER_MODEL) if dd.is_main() else None)
+    counter: VersionCounter | None = None
+    problem: str | None = None
+    if dd.is_main():
+        # Before the hours of training, not after: a counter this run cannot use (no token, RBAC, an API server
+        # away for the whole deadline) fails it now, on every rank (the others wait on the broadcast below).
+        try:
+            counter = counter_from_setting(settings.model_version_counter)
+            if counter is not None:
+                log.info("version numbers from %s (last handed out: %d)", counter, counter.check())
+        except (ValueError, VersionCounterError) as exc:
+            problem = str(exc)
+    champion, problem = dd.broadcast_object(
+        (repo.read_champion(repository, repo.RANKER_MODEL), problem) if dd.is_main() else None
+    )
+    if problem is not None:
+        raise VersionCounterError(problem)
     warm_start = repository / repo.RANKER_MODEL / str(champion) if champion else None
     overrides: dict[str, Any] = {"seed": settings.seed, "device": settings.train_device}
     if settings.max_epochs:
