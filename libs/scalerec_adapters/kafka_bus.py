@@ -33,12 +33,14 @@ Choices that matter to callers:
 Query parameters of ``kafka://`` URLs (all optional) map to constructor keywords:
 ``replication_factor``, ``min_insync_replicas``, ``compression_type``, ``send_timeout_s``,
 ``request_timeout_ms``, ``join_timeout_s``, ``linger_ms``, ``session_timeout_ms``,
-``heartbeat_interval_ms``.  The Helm chart renders the first three from its ``kafka`` values.
+``heartbeat_interval_ms``, ``tls_reload_s``.  The Helm chart renders the first three from its ``kafka`` values.
 
 Connection security (TLS, mutual TLS, SASL PLAIN/SCRAM) is not in the URL, which is logged and shown:
 ``client_options`` carries aiokafka's keywords, which services build from their KAFKA_SECURITY_PROTOCOL,
 KAFKA_SASL_* and KAFKA_SSL_* settings (``ServiceSettings.kafka_client_options``); every producer, consumer
-and admin client of the bus uses them.
+and admin client of the bus uses them. Their TLS context is a ``scalerec_core.tls.ReloadingSSLContext``: a
+started bus looks at its files every ``tls_reload_s`` (30 s) and loads them again when a renewed
+certificate has replaced them, so connections opened after that present it, without a restart.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 from scalerec_core.logging import key_ref
+from scalerec_core.tls import ReloadingSSLContext
 from scalerec_events.topics import TopicSpec
 
 from scalerec_adapters.bus import (
@@ -94,7 +97,7 @@ _INT_PARAMS = (
     "session_timeout_ms",
     "heartbeat_interval_ms",
 )
-_FLOAT_PARAMS = ("send_timeout_s", "join_timeout_s")
+_FLOAT_PARAMS = ("send_timeout_s", "join_timeout_s", "tls_reload_s")
 _STR_PARAMS = ("compression_type",)
 # aiokafka's codecs; all but gzip need cramjam.
 _CODECS = {
@@ -337,6 +340,11 @@ class KafkaEventBus(EventBus):
             )
         self.send_timeout_s: float = params.get("send_timeout_s", 30.0)
         self.join_timeout_s: float = params.get("join_timeout_s", 15.0)
+        # How often a started bus looks whether its TLS files were replaced (a renewed client certificate).
+        self.tls_reload_s: float = params.get("tls_reload_s", 30.0)
+        if self.tls_reload_s <= 0:
+            raise ValueError(f"kafka:// tls_reload_s={self.tls_reload_s}: must be above 0")
+        self._tls_watch: asyncio.Task[None] | None = None
         self._request_timeout_ms: int = params.get("request_timeout_ms", 10_000)
         self._linger_ms: int = params.get("linger_ms", 0)
         self._session_timeout_ms: int = params.get("session_timeout_ms", 10_000)
@@ -351,9 +359,17 @@ class KafkaEventBus(EventBus):
     async def start(self) -> None:
         """Connect the producer, retrying until ``send_timeout_s`` so a service may start before Kafka."""
         self._started = True
+        context = self._client_options.get("ssl_context")
+        if isinstance(context, ReloadingSSLContext) and self._tls_watch is None:
+            self._tls_watch = asyncio.create_task(self._watch_tls_files(context), name="kafka-tls-files")
         await self._live_producer()
 
     async def close(self) -> None:
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_watch
+            self._tls_watch = None
         for c in list(self._consumers):
             with contextlib.suppress(Exception):
                 await c.stop()
@@ -363,6 +379,16 @@ class KafkaEventBus(EventBus):
                 await self._producer.stop()
             self._producer = None
         self._started = False
+
+    async def _watch_tls_files(self, context: ReloadingSSLContext) -> None:
+        """Every ``tls_reload_s``, the certificate files loaded again if they changed: each connection aiokafka
+        opens afterwards (reconnects included) presents the renewed certificate, with no restart."""
+        while True:
+            await asyncio.sleep(self.tls_reload_s)
+            try:
+                context.reload_if_changed()
+            except Exception:  # never let the watch die: the next look may succeed
+                log.exception("looking at the Kafka TLS files failed")
 
     async def healthy(self) -> bool:
         admin = self._admin()

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from scalerec_events.topics import DEFAULT_DEPLOYMENT, DEPLOYMENT_PATTERN, Topic, TopicSpec, all_topics, topic_name
 
 from scalerec_core.auth import KeyRing
+from scalerec_core.tls import ReloadingSSLContext
 
 
 class ServiceSettings(BaseSettings):
@@ -244,9 +245,10 @@ class ServiceSettings(BaseSettings):
             )
         return options
 
-    def _kafka_ssl_context(self) -> ssl.SSLContext:
+    def _kafka_ssl_context(self) -> ReloadingSSLContext:
         try:
-            context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+            # Reloadable: the Kafka bus loads the files again when a renewed certificate replaces them.
+            context = ReloadingSSLContext.client(self.kafka_ssl_cafile)
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"KAFKA_SSL_CAFILE={self.kafka_ssl_cafile}: not a readable PEM CA file ({exc})") from exc
         if self.kafka_ssl_certfile is not None and self.kafka_ssl_keyfile is not None:
@@ -262,7 +264,7 @@ class ServiceSettings(BaseSettings):
                 return passphrase
 
             try:
-                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile, password=key_password)
+                context.use_certificate(self.kafka_ssl_certfile, self.kafka_ssl_keyfile, key_password)
             except (OSError, ssl.SSLError) as exc:
                 unlocked = " or KAFKA_SSL_KEY_PASSWORD is not its passphrase" if passphrase else ""
                 raise ValueError(f"{files}: not a readable PEM certificate and its key{unlocked} ({exc})") from exc

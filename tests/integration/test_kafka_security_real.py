@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -217,3 +218,58 @@ def test_the_collector_publishes_over_sasl_ssl_from_its_environment(
 
     got = asyncio.run(read_back())
     assert sorted(json.loads(v)["event_id"] for v in got) == sorted(e["event_id"] for e in events)
+
+
+async def test_a_renewed_client_certificate_is_used_without_a_restart(tmp_path: Path) -> None:
+    """Mutual TLS with the certificate files replaced under a started bus, as Kubernetes replaces a Secret's
+    files when cert-manager renews them: the bus loads them again, and the connections it opens after that
+    present the new certificate. Proved both ways: swapped for a certificate the broker does not trust, new
+    connections are refused; swapped back, they are accepted again."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+
+    def install(source_cert: Path, source_key: Path) -> None:
+        for path, source in ((cert, source_cert), (key, source_key)):
+            tmp = path.with_suffix(".new")
+            tmp.write_bytes(source.read_bytes())
+            os.replace(tmp, path)  # a new file under the same name, as a Secret volume's swap gives
+
+    stranger_cert, stranger_key = tmp_path / "stranger.crt", tmp_path / "stranger.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=stranger",
+            "-days",
+            "1",
+            "-keyout",
+            str(stranger_key),
+            "-out",
+            str(stranger_cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    install(KAFKA_TLS_DIR / "client.crt", KAFKA_TLS_DIR / "client.key")
+    settings = ServiceSettings(**{**MUTUAL_TLS, "kafka_ssl_certfile": cert, "kafka_ssl_keyfile": key})
+    bus = make_bus(
+        f"kafka://{HOST}:{KAFKA_MTLS_PORT}?send_timeout_s=20&tls_reload_s=0.2",
+        partitions=2,
+        client_id="it-security-renewal",
+        kafka_options=settings.kafka_client_options(),
+    )
+    await bus.start()
+    try:
+        assert await bus.healthy()
+        install(stranger_cert, stranger_key)
+        await asyncio.sleep(1.0)
+        assert not await bus.healthy(), "new connections still presented the certificate loaded at start"
+        install(KAFKA_TLS_DIR / "client.crt", KAFKA_TLS_DIR / "client.key")
+        await asyncio.sleep(1.0)
+        assert await bus.healthy()
+    finally:
+        await bus.close()

@@ -28,7 +28,13 @@ def test_without_parameters_topics_take_one_replica_and_the_brokers_defaults() -
 
 @pytest.mark.parametrize(
     "query",
-    ["replication_factor=2&min_insync_replicas=3", "replication_factor=0", "compression_type=brotli", "acks=1"],
+    [
+        "replication_factor=2&min_insync_replicas=3",
+        "replication_factor=0",
+        "compression_type=brotli",
+        "acks=1",
+        "tls_reload_s=0",
+    ],
 )
 def test_a_bad_parameter_is_refused_with_the_reason(query: str) -> None:
     with pytest.raises(ValueError, match="kafka://"):
