@@ -359,17 +359,21 @@ class KafkaEventBus(EventBus):
     async def start(self) -> None:
         """Connect the producer, retrying until ``send_timeout_s`` so a service may start before Kafka."""
         self._started = True
+        await self._live_producer()
         context = self._client_options.get("ssl_context")
         if isinstance(context, ReloadingSSLContext) and self._tls_watch is None:
             self._tls_watch = asyncio.create_task(self._watch_tls_files(context), name="kafka-tls-files")
-        await self._live_producer()
 
     async def close(self) -> None:
         if self._tls_watch is not None:
-            self._tls_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tls_watch
-            self._tls_watch = None
+            watch, self._tls_watch = self._tls_watch, None
+            watch.cancel()
+            try:
+                await watch
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # close() itself was cancelled, not only the watch
         for c in list(self._consumers):
             with contextlib.suppress(Exception):
                 await c.stop()

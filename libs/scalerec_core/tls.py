@@ -12,10 +12,11 @@ trusted until the process restarts (OpenSSL adds to a context's trust store, it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class ReloadingSSLContext(ssl.SSLContext):
         """Verify servers against ``cafile`` (the system's CAs without one), names checked, as
         ``ssl.create_default_context(cafile=...)`` does. Raises what ``load_verify_locations`` raises."""
         context = cls(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+        default = ssl.create_default_context()
+        context.verify_flags = default.verify_flags  # newer Pythons' stricter chain checks, whatever this one's are
+        if default.keylog_filename:  # SSLKEYLOGFILE, as create_default_context honours it
+            context.keylog_filename = default.keylog_filename
         context.cafile, context.certfile, context.keyfile, context._password = cafile, None, None, None
         context._refused = None
         if cafile is None:
@@ -51,7 +56,7 @@ class ReloadingSSLContext(ssl.SSLContext):
         Raises what ``load_cert_chain`` raises (the password callback's own errors included)."""
         self.certfile, self.keyfile, self._password = certfile, keyfile, password
         self._loaded = self._signature()
-        self.load_cert_chain(certfile, keyfile, password=password)
+        self._load()
 
     def _files(self) -> list[Path]:
         return [p for p in (self.cafile, self.certfile, self.keyfile) if p is not None]
@@ -69,10 +74,20 @@ class ReloadingSSLContext(ssl.SSLContext):
         return tuple(out)
 
     def _load(self) -> None:
-        if self.cafile is not None:
-            self.load_verify_locations(cafile=self.cafile)
+        """The files, read once, into a throwaway context and only then into this one. ``load_cert_chain`` is
+        not all-or-nothing: OpenSSL installs the new certificate, drops the key that does not match it, then
+        reads the new key; a pair failing half way there would leave this context presenting no certificate at
+        all (a broker that requires one refuses every new connection). Both loads read the same bytes."""
+        ca = self.cafile.read_text() if self.cafile is not None else None
+        pair = None
         if self.certfile is not None and self.keyfile is not None:
-            self.load_cert_chain(self.certfile, self.keyfile, password=self._password)
+            pair = (self.certfile, self.keyfile)
+        with _snapshot(pair) as paths:
+            for target in (ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self):
+                if ca is not None:
+                    target.load_verify_locations(cadata=ca)
+                if paths is not None:
+                    target.load_cert_chain(paths[0], paths[1], password=self._password)
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed since they were last loaded; True when it did. A set of files
@@ -93,3 +108,24 @@ class ReloadingSSLContext(ssl.SSLContext):
 
     def _names(self) -> str:
         return ", ".join(str(p) for p in self._files())
+
+
+@contextlib.contextmanager
+def _snapshot(pair: tuple[Path, Path] | None) -> Iterator[tuple[str, str] | None]:
+    """The certificate and key files' bytes as they are now, in anonymous memory files (never on a disk) that
+    OpenSSL can open by path; where there are none (not Linux), the files themselves."""
+    if pair is None or not hasattr(os, "memfd_create"):
+        yield None if pair is None else (str(pair[0]), str(pair[1]))
+        return
+    fds: list[int] = []
+    try:
+        for path in pair:
+            data = memoryview(path.read_bytes())
+            fd = os.memfd_create("scalerec-tls")
+            fds.append(fd)
+            while data:
+                data = data[os.write(fd, data) :]
+        yield (f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
