@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +20,8 @@ from scalerec_adapters.factory import make_bus
 from scalerec_adapters.kafka_bus import KafkaEventBus
 from scalerec_core.settings import ServiceSettings
 from scalerec_events.topics import TopicSpec
+
+from tests.tls_files import encrypted_key, self_signed, swap_in
 
 from .conftest import (
     HOST,
@@ -82,22 +82,7 @@ async def test_the_bus_works_whole_over_a_secured_listener(port: int, env: dict[
 
 async def test_mutual_tls_with_an_encrypted_client_key(tmp_path: Path) -> None:
     """The client key encrypted (as many PKIs issue them), unlocked by KAFKA_SSL_KEY_PASSWORD."""
-    encrypted = tmp_path / "client-encrypted.key"
-    subprocess.run(
-        [
-            "openssl",
-            "pkey",
-            "-in",
-            str(KAFKA_TLS_DIR / "client.key"),
-            "-aes256",
-            "-passout",
-            "pass:k3y-pass",
-            "-out",
-            str(encrypted),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    encrypted = encrypted_key(KAFKA_TLS_DIR / "client.key", tmp_path / "client-encrypted.key", "k3y-pass")
     await _round_trip(
         KAFKA_MTLS_PORT, {**MUTUAL_TLS, "kafka_ssl_keyfile": encrypted, "kafka_ssl_key_password": "k3y-pass"}
     )
@@ -228,32 +213,10 @@ async def test_a_renewed_client_certificate_is_used_without_a_restart(tmp_path: 
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
 
     def install(source_cert: Path, source_key: Path) -> None:
-        for path, source in ((cert, source_cert), (key, source_key)):
-            tmp = path.with_suffix(".new")
-            tmp.write_bytes(source.read_bytes())
-            os.replace(tmp, path)  # a new file under the same name, as a Secret volume's swap gives
+        swap_in(cert, source_cert)
+        swap_in(key, source_key)
 
-    stranger_cert, stranger_key = tmp_path / "stranger.crt", tmp_path / "stranger.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=stranger",
-            "-days",
-            "1",
-            "-keyout",
-            str(stranger_key),
-            "-out",
-            str(stranger_cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    stranger_cert, stranger_key = self_signed(tmp_path, "stranger")
     install(KAFKA_TLS_DIR / "client.crt", KAFKA_TLS_DIR / "client.key")
     settings = ServiceSettings(**{**MUTUAL_TLS, "kafka_ssl_certfile": cert, "kafka_ssl_keyfile": key})
     bus = make_bus(

@@ -364,10 +364,11 @@ env (or, for the Kafka ones, extraEnv) sets it; then extraEnv. (list $root $c)
       name: {{ include "scalerec.logIdKeySecretName" $root }}
       key: {{ $root.Values.logIdKey.secretKey }}
 {{- end }}
-{{- if include "scalerec.kafkaSasl" $root }}
-{{- $sasl := $root.Values.kafka.sasl }}
+{{- /* Names extraEnv brings itself: a Kafka credential there replaces the chart's secretKeyRef. */}}
 {{- $extra := list }}
 {{- range $c.extraEnv }}{{ $extra = append $extra .name }}{{ end }}
+{{- if include "scalerec.kafkaSasl" $root }}
+{{- $sasl := $root.Values.kafka.sasl }}
 {{- range $name, $key := dict "KAFKA_SASL_USERNAME" $sasl.usernameKey "KAFKA_SASL_PASSWORD" $sasl.passwordKey }}
 {{- if not (or (hasKey $env $name) (has $name $extra)) }}
 - name: {{ $name }}
@@ -379,16 +380,12 @@ env (or, for the Kafka ones, extraEnv) sets it; then extraEnv. (list $root $c)
 {{- end }}
 {{- end }}
 {{- $tls := $root.Values.kafka.tls }}
-{{- if and $tls.keyPasswordKey (include "scalerec.kafkaTlsMounted" (list $root $c)) (not (hasKey $env "KAFKA_SSL_KEY_PASSWORD")) }}
-{{- $extra := list }}
-{{- range $c.extraEnv }}{{ $extra = append $extra .name }}{{ end }}
-{{- if not (has "KAFKA_SSL_KEY_PASSWORD" $extra) }}
+{{- if and $tls.keyPasswordKey (include "scalerec.kafkaTlsMounted" (list $root $c)) (not (hasKey $env "KAFKA_SSL_KEY_PASSWORD")) (not (has "KAFKA_SSL_KEY_PASSWORD" $extra)) }}
 - name: KAFKA_SSL_KEY_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $tls.existingSecret | quote }}
       key: {{ $tls.keyPasswordKey | quote }}
-{{- end }}
 {{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}

@@ -3,12 +3,13 @@ before any connection, so a bad value stops the service at start with the reason
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from scalerec_adapters.factory import make_bus
 from scalerec_events.topics import all_topics
+
+from tests.tls_files import encrypted_key, self_signed
 
 
 def test_topics_get_the_replication_and_min_insync_replicas_of_the_url() -> None:
@@ -114,32 +115,8 @@ def test_a_client_certificate_that_does_not_load_is_named(monkeypatch: pytest.Mo
 def encrypted_client_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A self-signed client certificate, its key in clear and the same key encrypted with 's3cret' (openssl)."""
     folder = tmp_path_factory.mktemp("client-key")
-    cert, key, encrypted = folder / "client.crt", folder / "client.key", folder / "client-encrypted.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=svc",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:s3cret", "-out", str(encrypted)],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(folder, "client")
+    encrypted = encrypted_key(key, folder / "client-encrypted.key", "s3cret")
     assert encrypted.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     return cert, key, encrypted
 

@@ -5,78 +5,46 @@ used for new connections): tests/integration/test_kafka_security_real.py."""
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
 from scalerec_core.tls import ReloadingSSLContext
 
-
-def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-def _replace(path: Path, source: Path) -> None:
-    """As a Secret volume does: the new file swapped in under the same name (a new inode)."""
-    tmp = path.with_suffix(".new")
-    tmp.write_bytes(source.read_bytes())
-    os.replace(tmp, path)
+from tests.tls_files import self_signed, swap_in
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     folder = tmp_path_factory.mktemp("pairs")
-    return {name: _self_signed(folder, name) for name in ("a", "b")}
+    return {name: self_signed(folder, name) for name in ("a", "b")}
 
 
 def test_files_are_loaded_again_only_when_they_change(
     tmp_path: Path, pairs: dict[str, tuple[Path, Path]], caplog: pytest.LogCaptureFixture
 ) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    _replace(cert, pairs["a"][0])
-    _replace(key, pairs["a"][1])
+    swap_in(cert, pairs["a"][0])
+    swap_in(key, pairs["a"][1])
     context = ReloadingSSLContext.client(cafile=pairs["a"][0])
     context.use_certificate(cert, key)
     assert not context.reload_if_changed(), "nothing changed"
     assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
 
-    _replace(cert, pairs["b"][0])  # renewed: the certificate first, its key a moment later
+    swap_in(cert, pairs["b"][0])  # renewed: the certificate first, its key a moment later
     assert not context.reload_if_changed(), "b's certificate with a's key does not load"
     assert "do not load" in caplog.text and "keeping the ones loaded before" in caplog.text
     caplog.clear()
     assert not context.reload_if_changed(), "the same refused pair is not tried (nor logged) again"
     assert not caplog.text
-    _replace(key, pairs["b"][1])
+    swap_in(key, pairs["b"][1])
     assert context.reload_if_changed()
     assert not context.reload_if_changed()
 
 
 def test_a_new_ca_bundle_is_trusted_from_the_next_look(tmp_path: Path, pairs: dict[str, tuple[Path, Path]]) -> None:
     bundle = tmp_path / "ca.crt"
-    _replace(bundle, pairs["a"][0])
+    swap_in(bundle, pairs["a"][0])
     context = ReloadingSSLContext.client(cafile=bundle)
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "a"),),)]
     bundle.write_bytes(pairs["a"][0].read_bytes() + pairs["b"][0].read_bytes())  # a CA added to the bundle
@@ -112,15 +80,15 @@ def test_a_refused_pair_leaves_the_certificate_loaded_before_in_use(
 ) -> None:
     """OpenSSL's load_cert_chain installs a new certificate before it reads the key: loaded in place, a pair
     failing there left the context with no certificate at all, and a server that requires one refused it."""
-    server_cert, server_key = _self_signed(tmp_path, "server")
+    server_cert, server_key = self_signed(tmp_path, "server")
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(server_cert, server_key)
     server.verify_mode = ssl.CERT_REQUIRED
     server.load_verify_locations(cafile=pairs["a"][0])
     server.load_verify_locations(cafile=pairs["b"][0])
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    _replace(cert, pairs["a"][0])
-    _replace(key, pairs["a"][1])
+    swap_in(cert, pairs["a"][0])
+    swap_in(key, pairs["a"][1])
     client = ReloadingSSLContext.client(cafile=server_cert)
     client.check_hostname = False  # the test's server certificate names no host
     client.use_certificate(cert, key)
@@ -130,13 +98,13 @@ def test_a_refused_pair_leaves_the_certificate_loaded_before_in_use(
         return str(subject[0][0][1])  # type: ignore[index]
 
     assert presented() == "a"
-    _replace(cert, pairs["b"][0])  # b's certificate, a's key: refused
+    swap_in(cert, pairs["b"][0])  # b's certificate, a's key: refused
     assert not client.reload_if_changed()
     assert presented() == "a"
     key.unlink()  # the key missing for a moment
     assert not client.reload_if_changed()
     assert presented() == "a"
-    _replace(key, pairs["b"][1])
+    swap_in(key, pairs["b"][1])
     assert client.reload_if_changed()
     assert presented() == "b"
 
@@ -147,7 +115,7 @@ async def test_a_started_kafka_bus_looks_at_its_files_and_stops_looking_when_clo
     from scalerec_adapters.kafka_bus import KafkaEventBus
 
     bundle = tmp_path / "ca.crt"
-    _replace(bundle, pairs["a"][0])
+    swap_in(bundle, pairs["a"][0])
     context = ReloadingSSLContext.client(cafile=bundle)
     looks: list[bool] = []
     real = context.reload_if_changed
