@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/rerank_quality.py [--data-dir var/demo] [--version N] [--caps 1,0.7,0.5,0.3]
 
-The evaluator judges a version on its model's full ranking of the catalogue; the ranker then re-ranks what
-it serves, with at most ceil(k x CATEGORY_CAP) items (at least 2) of one category in an answer. This scores
+The evaluator judges a version on its model's full ranking of the catalogue (and reports the lists it would
+serve, cap included, as ``served_ndcg@10``); the ranker re-ranks what it serves, with at most ceil(k x CATEGORY_CAP) items (at least 2) of one category in an answer. This scores
 the evaluator's holdout (each user's first new item after the version's training window, the history the
 preprocessor recorded for it, past items excluded) with the version's model exactly as the evaluator does,
 applies the cap to each ranking, and prints HR@10 and NDCG@10 for each cap, with cap 1 (none) as the floor.
@@ -22,24 +22,10 @@ from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 from scalerec_adapters.embedded.sqlite_store import SqliteStore
 from scalerec_evaluator.holdout import build_holdout
 from scalerec_evaluator.offline import model_scores
+from scalerec_models import candidates
 from scalerec_models import repository as repo
-from scalerec_storage import records as r
 
 K = 10
-
-
-def capped_top(order: np.ndarray, category: np.ndarray, per_category: int, k: int = K) -> list[int]:
-    """The first ``k`` of ``order`` with at most ``per_category`` of a category (the ranker's walk)."""
-    taken: dict[int, int] = {}
-    out: list[int] = []
-    for i in order.tolist():
-        c = int(category[i])
-        if taken.get(c, 0) < per_category:
-            taken[c] = taken.get(c, 0) + 1
-            out.append(i)
-            if len(out) == k:
-                break
-    return out
 
 
 def main() -> None:
@@ -58,11 +44,10 @@ def main() -> None:
     store = SqliteStore(args.data_dir / "store.db")
     try:
         holdout = build_holdout(store, cut, args.max_users)
-        category_of = {item.item_id: item.category for item, _ in r.scan_catalogue(store)}
     finally:
         store.close()
-    names = sorted(set(category_of.values()))
-    category = np.asarray([names.index(category_of[i]) for i in holdout.items])
+    codes: dict[str, int] = {}
+    category = np.asarray([candidates.category_code(c, codes) for c in holdout.categories])
     scores = model_scores(repository, version, holdout, OnnxRuntimeScorer(repository))(np.arange(len(holdout.users)))
     for row, cols in enumerate(holdout.exclusions()):
         scores[row, cols] = -np.inf
@@ -82,10 +67,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     floor_ndcg, floor_hits = None, None
     for cap in [float(c) for c in args.caps.split(",")]:
-        per = max(2, math.ceil(K * cap - 1e-9))
+        per = candidates.per_category(K, cap)
         hits, ndcg = [], 0.0
         for order, target in zip(orders, holdout.targets, strict=True):
-            top = capped_top(order, category, per)
+            top = candidates.rerank(order, category, K, per)
             hit = target in top
             hits.append(hit)
             ndcg += 1 / math.log2(top.index(target) + 2) if hit else 0.0

@@ -315,3 +315,23 @@ class ModelRepositorySettings(ServiceSettings):
         description="Triton model repository folder; under DATA_DIR unless set, so that a service started "
         "in a checkout never writes into the committed example model_repository/.",
     )
+
+
+class ServedListSettings(ServiceSettings):
+    """How an answer is built from a model version: the ranker serves lists this way and the evaluator
+    measures lists built the same way (``served_*`` metrics), so both read these settings; give both
+    services the same values."""
+
+    candidates_per_source: int = Field(
+        default=200, ge=1, description="Candidates each generator (retrieval, item-item, trending) may add."
+    )
+    max_candidates: int = Field(default=300, ge=1, description="Candidates scored per answer, sources merged.")
+    category_cap: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Most items of one category in an answer, as a share of k (rounded up, at least 2): the "
+        "diversity cap of re-ranking; 1 turns it off. It costs relevance: on the demo's holdout 0.5 kept 83 % of "
+        "the hits of the uncapped top 10 (NDCG@10 -6.5 %), 0.7 93 % (benchmarks/rerank_quality.py). A user "
+        "whose history holds one category gets half the answer from others at 0.5.",
+    )

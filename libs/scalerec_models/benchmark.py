@@ -23,9 +23,10 @@ import numpy as np
 from scalerec_metrics import evaluate_full_ranking
 
 from scalerec_models.baselines import ItemKNN, Popularity, UserKNN
+from scalerec_models.candidates import first_occurrences, recent_seeds
 from scalerec_models.config import ModelConfig, model_config
 from scalerec_models.data import FIRST_ITEM, LeaveOneOut
-from scalerec_models.runtime import CF_SEEDS, NEIGHBOURS_PER_ITEM
+from scalerec_models.runtime import NEIGHBOURS_PER_ITEM
 
 if TYPE_CHECKING:  # torch is imported lazily: the baselines run without it
     from scalerec_models.training import TrainInfo
@@ -251,9 +252,7 @@ def candidate_recall(split: LeaveOneOut, cfg: ModelConfig, tower: Any, k: int = 
     assert knn.sim is not None
     cf = []
     for h, ex in zip(hist, blocked, strict=True):
-        rev = h[::-1]
-        _, first = np.unique(rev, return_index=True)
-        recent = rev[np.sort(first)][:CF_SEEDS]
+        recent = recent_seeds(h, first_occurrences)
         weights = np.zeros(split.n_items, np.float32)
         weights[recent] = 1.0 / (1.0 + np.arange(len(recent), dtype=np.float32))
         # Each neighbour scored by its best seed: max over seeds of sim(seed, j) / (1 + recency rank).

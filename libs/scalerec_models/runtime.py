@@ -23,10 +23,10 @@ from scalerec_models.bundle import ModelBundle
 from scalerec_models.data import FIRST_ITEM
 
 NEIGHBORS_FILE = "item_neighbors.json"
-# The item-CF candidate generator, one definition for its three users: the trainer writes
-# NEIGHBOURS_PER_ITEM neighbours per item into NEIGHBORS_FILE, the ranker seeds the lookup with the
-# CF_SEEDS most recent distinct items of a history, and candidate_recall (scalerec_models.benchmark)
-# measures that same generator offline.
+# The item-CF candidate generator, one definition for its users: the trainer writes NEIGHBOURS_PER_ITEM
+# neighbours per item into NEIGHBORS_FILE; the ranker and the evaluator's served lists seed the lookup
+# with the CF_SEEDS most recent distinct items of a history (scalerec_models.candidates); candidate_recall
+# (scalerec_models.benchmark) measures that same generator offline.
 CF_SEEDS = 10
 NEIGHBOURS_PER_ITEM = 50
 

@@ -421,12 +421,16 @@ def _print_report(console: Console, report: DemoReport) -> None:
     times.add_row("[bold]total", f"[bold]{report.total_seconds:.1f}")
     console.print(times)
     ev = res.evaluation
-    metrics = Table(title=f"Offline metrics on the time holdout ({ev.users} users, {ev.items} items, full ranking)")
+    metrics = Table(
+        title=f"Offline metrics on the time holdout ({ev.users} users, {ev.items} items): the model's full ranking, "
+        "and the answers it would serve (candidates, ranking, category cap)"
+    )
     metrics.add_column("model")
-    for col in ("ndcg@10", "hr@10", "mrr", "coverage@10"):
+    columns = ("ndcg@10", "hr@10", "mrr", "coverage@10", "served_ndcg@10", "served_hr@10", "candidate_recall")
+    for col in columns:
         metrics.add_column(col, justify="right")
     for name, m in sorted(ev.models.items(), key=lambda kv: -kv[1]["ndcg@10"]):
-        metrics.add_row(name, *(f"{m[c]:.4f}" for c in ("ndcg@10", "hr@10", "mrr", "coverage@10")))
+        metrics.add_row(name, *(f"{m[c]:.4f}" if c in m else "" for c in columns))
     console.print(metrics)
     console.print(f"gate: {'[green]promoted' if ev.promoted else '[red]not promoted'}[/] — {ev.decision}")
     if isinstance(res.experiment, ExperimentOutcome):

@@ -25,7 +25,7 @@ from scalerec_cli.report.models import Evaluation
 
 # Colour-blind-safe (Okabe-Ito); the candidate model is always the first colour.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-METRICS = ("ndcg@10", "hr@10", "mrr", "coverage@10")
+METRICS = ("ndcg@10", "served_ndcg@10", "hr@10", "mrr", "coverage@10", "candidate_recall")
 _STYLE: dict[Any, Any] = {
     "svg.fonttype": "none",  # text as <text>, not paths
     "font.size": 9,
@@ -82,7 +82,7 @@ def offline_metrics(evaluation: Evaluation) -> str:
     for ax, metric in zip(axes, metrics, strict=True):
         values = [evaluation.models[m].get(metric, math.nan) for m in models]
         bars = ax.bar(range(len(models)), values, color=colours)
-        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=["n/a" if math.isnan(v) else f"{v:.3f}" for v in values], fontsize=7, padding=2)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
         ax.set_title(metric)
         ax.set_ylim(0, max([v for v in values if not math.isnan(v)] + [0.01]) * 1.2)

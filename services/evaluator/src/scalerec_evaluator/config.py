@@ -6,17 +6,24 @@ from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field
-from scalerec_core.settings import ModelRepositorySettings
+from scalerec_core.settings import ModelRepositorySettings, ServedListSettings
 
 
-class EvaluatorSettings(ModelRepositorySettings):
+class EvaluatorSettings(ModelRepositorySettings, ServedListSettings):
     service_name: str = "evaluator"
     host: str = "127.0.0.1"
     port: int = Field(default=8085, ge=1, le=65535)
     consumer_group: str = "evaluator"
     holdout_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Newest share of time held out.")
     max_eval_users: int = Field(default=2000, ge=10)
-    promotion_metric: str = "ndcg@10"
+    promotion_metric: Literal[
+        "ndcg@10", "hr@10", "mrr", "coverage@10", "served_ndcg@10", "served_hr@10", "served_coverage@10"
+    ] = Field(
+        default="ndcg@10",
+        description="What the gate compares: the model's full ranking of the catalogue (ndcg@10, hr@10, mrr, "
+        "coverage@10) or the answers it would serve (served_*: its candidates as the ranker builds them, ranked, "
+        "re-ranked with CATEGORY_CAP; a baseline's from its own top MAX_CANDIDATES). Every report has both.",
+    )
     min_improvement: float = Field(
         default=0.0, ge=0, description="Relative gain over the champion (and baselines) needed to promote."
     )

@@ -24,6 +24,8 @@ class Holdout:
     index: dict[str, int]
     past_items: dict[str, set[str]]  # user → items before the cut
     popularity: Counter[str]
+    categories: list[str] = field(default_factory=list)  # per item, as the catalogue has it
+    available: list[bool] = field(default_factory=list)  # per item: may the ranker offer it now
     users: list[str] = field(default_factory=list)
     histories: list[list[str]] = field(default_factory=list)
     contexts: list[list[int]] = field(default_factory=list)
@@ -47,6 +49,8 @@ def build_holdout(store: WideColumnStore, cut_ms: int, max_users: int, seed: int
         index={i: n for n, i in enumerate(items)},
         past_items=defaultdict(set),
         popularity=Counter(),
+        categories=[it.category for it, _ in catalogue],
+        available=[it.available for it, _ in catalogue],
     )
     first_new: dict[str, tuple[list[str], list[int], str]] = {}
     for ex in r.scan_examples(store):  # grouped by user, time-ordered within a user

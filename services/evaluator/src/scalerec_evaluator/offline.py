@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
-from scalerec_metrics import RankingCurve, catalogue_coverage, evaluate_full_ranking
+from scalerec_core.settings import ServedListSettings
+from scalerec_metrics import RankingCurve, catalogue_coverage
+from scalerec_metrics.ranking import FullRankingResult, target_ranks
+from scalerec_models import candidates
 from scalerec_models import repository as repo
 from scalerec_models.baselines import ItemKNN, Popularity
 from scalerec_models.data import FIRST_ITEM, ItemVocab
@@ -61,17 +64,106 @@ def model_scores(repository: Path, version: int, h: Holdout, scorer: OnnxRuntime
     return score
 
 
+def served_candidates(
+    repository: Path,
+    version: int,
+    h: Holdout,
+    scorer: OnnxRuntimeScorer,
+    settings: ServedListSettings,
+    model: ModelVersion | None = None,
+) -> list[np.ndarray]:
+    """Each holdout case's candidates (catalogue columns) as the ranker builds them from ``version``
+    (:mod:`scalerec_models.candidates`): the user tower's nearest items (ANN), the item-item neighbours of
+    the history's most recent items, the trending list (here the past's most popular items: the
+    preprocessor's rollups are not kept point in time), merged in that order with each item once, the
+    history's last few items and what the catalogue does not offer left out, cut at ``MAX_CANDIDATES``.
+    The fresh-items list and its exploration slots are not measured (not kept point in time either)."""
+    import asyncio
+
+    model = model or ModelVersion.load(repository, version)
+    per, n = settings.candidates_per_source, len(h.items)
+    vocab = model.bundle.vocab
+    available = np.asarray(h.available, dtype=bool) if h.available else np.ones(n, dtype=bool)
+    nbr_pos, nbr_score = candidates.neighbour_matrix(model.neighbors, h.index, n)
+    slot = np.empty(n, dtype=np.int64)
+
+    def first(positions: np.ndarray) -> np.ndarray:
+        return candidates.first_occurrences(positions, slot)
+
+    trending = np.asarray([h.index[i] for i, _ in h.popularity.most_common(per) if i in h.index], dtype=np.int64)
+    retrieval: list[np.ndarray] = [np.zeros(0, np.int64)] * len(h.users)
+    user_tower = repository / repo.USER_TOWER_MODEL / str(version) / repo.MODEL_FILE
+    if model.ann is not None and not vocab.buckets and user_tower.is_file():  # as the ranker: no ids behind hashed rows
+        column = np.full(vocab.size, -1, dtype=np.int64)  # model index -> catalogue column
+        for item, col in h.index.items():
+            mi = vocab.index(item)
+            if mi >= FIRST_ITEM:
+                column[mi] = col
+        for start in range(0, len(h.users), 64):
+            cases = range(start, min(start + 64, len(h.users)))
+            inputs = model.encode_user([h.histories[c] for c in cases], [h.contexts[c] for c in cases])
+            res = asyncio.run(scorer.infer(repo.USER_TOWER_MODEL, version, inputs, ["user_embedding"]))
+            _, idx = model.ann.search(np.asarray(res["user_embedding"], dtype=np.float32), per)
+            for c, row in zip(cases, idx, strict=True):
+                retrieval[c] = np.where(row >= FIRST_ITEM, column[row], -1)
+    out = []
+    for case, history in enumerate(h.histories):
+        hist = np.asarray([h.index[i] for i in history if i in h.index], dtype=np.int64)
+        cf, _, _ = candidates.item_cf(nbr_pos, nbr_score, candidates.recent_seeds(hist, first), per, first)
+        positions = np.concatenate([retrieval[case], cf, trending])
+        offer = positions >= 0
+        offer[offer] = available[positions[offer]]
+        offer[np.isin(positions, hist[-candidates.JUST_SEEN :])] = False
+        out.append(positions[candidates.merged(positions, offer, settings.max_candidates, first)])
+    return out
+
+
+def served_scores(
+    full: ScoreFn, h: Holdout, settings: ServedListSettings, lists: list[np.ndarray] | None = None
+) -> ScoreFn:
+    """The answers of ``K`` items served from ``full``'s scores: each case's candidates (``lists``; without
+    them, as for a baseline, its own top ``MAX_CANDIDATES``) that the holdout lets compete, ordered by the
+    scores, re-ranked with the category cap as the ranker does; the answer's items score K..1, the rest
+    -inf (ranks past K are not measured)."""
+    codes: dict[str, int] = {}
+    category = np.asarray([candidates.category_code(c, codes) for c in h.categories], dtype=np.int64)
+    cap = candidates.per_category(K, settings.category_cap)
+    exclusions = h.exclusions()
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        s = np.array(full(rows), dtype=np.float64, copy=True)
+        out = np.full(s.shape, -np.inf)
+        for r, case in enumerate(rows.tolist()):
+            s[r, exclusions[case]] = -np.inf
+            if lists is None:
+                limit = min(settings.max_candidates, s.shape[1])
+                cand = np.argpartition(-s[r], limit - 1)[:limit] if limit < s.shape[1] else np.arange(s.shape[1])
+            else:
+                cand = lists[case]
+            cand = cand[np.isfinite(s[r, cand])]
+            order = np.argsort(-s[r, cand], kind="stable")
+            top = cand[candidates.rerank(order, category[cand], K, cap)]
+            out[r, top] = np.arange(len(top), 0, -1)
+        return out
+
+    return score
+
+
 def evaluate(name: str, fn: ScoreFn, h: Holdout) -> tuple[dict[str, float], RankingCurve]:
     """The @K metrics the gate reads, and HR/NDCG at every cut-off of ``CURVE_KS`` from the same ranks."""
     started = time.perf_counter()
     rows = np.arange(len(h.users))
-    result = evaluate_full_ranking(fn, rows, np.asarray(h.targets), h.exclusions(), k=K, batch_size=128)
-    metrics = result.as_dict()
-    # Coverage: the share of the catalogue that appears in someone's top K.
-    tops = []
+    targets = np.asarray(h.targets, dtype=np.int64)
+    exclusions = h.exclusions()
+    ranks = np.empty(len(rows), dtype=np.int64)
+    tops: list[list[int]] = []  # coverage: the share of the catalogue that appears in someone's top K
     for start in range(0, len(rows), 128):
-        s = fn(rows[start : start + 128])
+        batch = slice(start, start + 128)
+        s = np.array(fn(rows[batch]), dtype=np.float64, copy=True)  # scored once for both
         tops.extend(np.argsort(-s, axis=1)[:, :K].tolist())
+        ranks[batch] = target_ranks(s, targets[batch], exclusions[batch])
+    result = FullRankingResult(ranks=ranks, k=K)
+    metrics = result.as_dict()
     metrics["coverage@10"] = catalogue_coverage(tops, len(h.items))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     log.info("%s: %s", name, metrics)
@@ -79,20 +171,44 @@ def evaluate(name: str, fn: ScoreFn, h: Holdout) -> tuple[dict[str, float], Rank
     return metrics, curve
 
 
-def evaluate_version(repository: Path, version: int, champion: int | None, h: Holdout) -> EvaluationReport:
+def evaluate_served(
+    name: str, full: ScoreFn, h: Holdout, settings: ServedListSettings, lists: list[np.ndarray] | None
+) -> dict[str, float]:
+    """``served_``-prefixed @K metrics of the answers :func:`served_scores` builds, and for a model version
+    the share of cases whose target is among its candidates (``candidate_recall``: no ranking can do better)."""
+    metrics, _ = evaluate(f"{name} served", served_scores(full, h, settings, lists), h)
+    out = {f"served_{key}": value for key, value in metrics.items() if key.endswith(f"@{K}")}
+    if lists is not None:
+        hits = [t in set(c.tolist()) for c, t in zip(lists, h.targets, strict=True)]
+        out["candidate_recall"] = round(float(np.mean(hits)) if hits else 0.0, 4)
+        out["candidates"] = round(float(np.mean([len(c) for c in lists])) if lists else 0.0, 1)
+    return out
+
+
+def evaluate_version(
+    repository: Path, version: int, champion: int | None, h: Holdout, settings: ServedListSettings | None = None
+) -> EvaluationReport:
+    """Every model on the same holdout: its full ranking of the catalogue (``ndcg@10`` and the curves), and the
+    answers it would serve (``served_ndcg@10``, ...: candidates, ranking and the category cap as the ranker)."""
+    settings = settings or ServedListSettings()
     scorer = OnnxRuntimeScorer(repository)
-    runs: dict[str, tuple[dict[str, float], RankingCurve]] = {
-        "popularity": evaluate("popularity", _baseline_scores(h, Popularity()), h),
-        "item_cf": evaluate("item_cf", _baseline_scores(h, ItemKNN(k=100)), h),
-        f"model_v{version}": evaluate(f"model_v{version}", model_scores(repository, version, h, scorer), h),
-    }
-    if champion is not None and champion != version:
+    runs: dict[str, tuple[dict[str, float], RankingCurve]] = {}
+    for name, baseline in (("popularity", Popularity()), ("item_cf", ItemKNN(k=100))):
+        fn = _baseline_scores(h, baseline)
+        metrics, curve = evaluate(name, fn, h)
+        runs[name] = ({**metrics, **evaluate_served(name, fn, h, settings, None)}, curve)
+    for v in (version, champion):
+        if v is None or f"model_v{v}" in runs:
+            continue
         try:
-            runs[f"model_v{champion}"] = evaluate(
-                f"model_v{champion}", model_scores(repository, champion, h, scorer), h
-            )
-        except Exception as exc:  # a champion that cannot be scored any more loses its seat
-            log.warning("champion %d could not be evaluated: %s", champion, exc)
+            fn = model_scores(repository, v, h, scorer)
+            metrics, curve = evaluate(f"model_v{v}", fn, h)
+            lists = served_candidates(repository, v, h, scorer, settings)
+            runs[f"model_v{v}"] = ({**metrics, **evaluate_served(f"model_v{v}", fn, h, settings, lists)}, curve)
+        except Exception as exc:
+            if v == version:
+                raise
+            log.warning("champion %d could not be evaluated: %s", v, exc)  # it loses its seat
     return EvaluationReport(
         users=len(h.users),
         items=len(h.items),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-from scalerec_core.settings import ModelRepositorySettings
+from scalerec_core.settings import ModelRepositorySettings, ServedListSettings
 
 
-class RankerSettings(ModelRepositorySettings):
+class RankerSettings(ModelRepositorySettings, ServedListSettings):
     service_name: str = "ranker"
     host: str = "127.0.0.1"
     port: int = Field(default=8084, ge=1, le=65535)
@@ -26,18 +26,7 @@ class RankerSettings(ModelRepositorySettings):
     )
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
-    candidates_per_source: int = Field(default=200, ge=1)
-    max_candidates: int = Field(default=300, ge=1)
     fresh_item_slots: float = Field(default=0.1, ge=0, le=1, description="Share of slots that explore fresh items.")
-    category_cap: float = Field(
-        default=0.5,
-        gt=0,
-        le=1,
-        description="Most items of one category in an answer, as a share of k (rounded up, at least 2): the "
-        "diversity cap of re-ranking; 1 turns it off. It costs relevance: on the demo's holdout 0.5 kept 83 % of "
-        "the hits of the uncapped top 10 (NDCG@10 -6.5 %), 0.7 93 % (benchmarks/rerank_quality.py). A user "
-        "whose history holds one category gets half the answer from others at 0.5.",
-    )
     scoring_timeout_ms: int = Field(default=200, ge=1)
     request_budget_ms: int = Field(
         default=500,

@@ -31,12 +31,12 @@ import numpy as np
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import Item
 from scalerec_features import ITEM_FEATURE_LEN, item_feature_vector
+from scalerec_models import candidates
 from scalerec_models.data import FIRST_ITEM, UNKNOWN, ItemVocab
 from scalerec_storage import records as r
 
 log = logging.getLogger(__name__)
 
-NO_CATEGORY = 0
 
 #: model indices [n] and content features [n, ITEM_FEATURE_LEN] -> candidate vectors [n, D] (float32).
 Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -178,12 +178,7 @@ class ItemTable:
         self.vectors = grown
 
     def _category_code(self, category: str) -> int:
-        if not category or category == "unknown":
-            return NO_CATEGORY
-        code = self._category_codes.get(category)
-        if code is None:
-            code = self._category_codes[category] = len(self._category_codes) + 1
-        return code
+        return candidates.category_code(category, self._category_codes)
 
     def attach_encoder(self, encoder: Encoder, max_bytes: int, chunk: int = 65536) -> bool:
         """Compute every item's candidate vector now, and each changed item's from then on.

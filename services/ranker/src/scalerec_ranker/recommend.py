@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -45,10 +44,10 @@ from scalerec_adapters.scoring import Scorer, ScorerUnavailable
 from scalerec_adapters.store import WideColumnStore
 from scalerec_events.models import EventType
 from scalerec_features import HISTORY_LEN, context_features
+from scalerec_models import candidates
 from scalerec_models import repository as repo
 from scalerec_models.bundle import RANKER_ON_VECTORS_FILE, USER_STATES_FILE, scores_on_vectors
 from scalerec_models.data import FIRST_ITEM
-from scalerec_models.runtime import CF_SEEDS
 from scalerec_storage import records as r
 
 from scalerec_ranker.baselines import Baselines
@@ -61,7 +60,6 @@ from scalerec_ranker.serving import FRESH, ITEM_CF, RETRIEVAL, SOURCES, TRENDING
 
 log = logging.getLogger(__name__)
 
-JUST_SEEN = 5  # the last few items seen are not news
 # A refilled cache entry is read again in the background once a hit finds it this far into its TTL.
 _REFRESH_AT = 0.75
 _REFILLS_REMEMBERED = 200_000  # users whose refill time this process keeps (~100 bytes each)
@@ -393,7 +391,7 @@ class Recommender:
             cands,
             scores,
             k,
-            per_category=max(2, math.ceil(k * self.settings.category_cap - 1e-9)),  # 10 * 0.3 is 3.0000000000000004
+            per_category=candidates.per_category(k, self.settings.category_cap),
             explore=round(k * self.settings.fresh_item_slots),
         )
         positions = cands.positions[picked]
@@ -479,15 +477,13 @@ class Recommender:
             except (ScorerUnavailable, TimeoutError) as exc:
                 log.info("retrieval skipped: %s", exc or "over half the remaining request budget")
         # Item-item CF: neighbours of the most recent distinct items, the most recent first.
-        rev = hist_pos[::-1]
-        recent = rev[model.first_occurrences(rev)]
-        recent = recent[recent >= FIRST_ITEM][:CF_SEEDS]
+        recent = candidates.recent_seeds(hist_pos, model.first_occurrences, FIRST_ITEM)
         cf_pos, cf_score, cf_seed = model.item_cf(recent, per)
         parts.append((ITEM_CF, cf_pos, cf_score, cf_seed))
         lists = model.baseline_positions(self.baselines.generation, self.baselines.trending, self.baselines.fresh)
         parts.append((TRENDING, lists.trending[:per], lists.trending_prior[:per], None))
         parts.append((FRESH, lists.fresh[: max(10, per // 5)], None, None))
-        blocked = np.concatenate([model.table.positions(excluded), hist_pos[-JUST_SEEN:]])
+        blocked = np.concatenate([model.table.positions(excluded), hist_pos[-candidates.JUST_SEEN :]])
         return model.merge(parts, blocked, self.settings.max_candidates), state
 
     async def _score(

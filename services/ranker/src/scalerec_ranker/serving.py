@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scalerec_models import candidates
 from scalerec_models.data import FIRST_ITEM
 from scalerec_models.runtime import ModelVersion
 
@@ -84,20 +85,7 @@ class ServingModel:
         table = ItemTable.build(model.bundle.vocab, model.bundle.item_features, rows or ())
         if encoder is not None:
             table.attach_encoder(encoder, vector_max_bytes)
-        width = max((len(v) for v in model.neighbors.values()), default=0)
-        n = table.size
-        nbr_pos = np.full((n, width), -1, dtype=np.int64)
-        nbr_score = np.zeros((n, width), dtype=np.float32)
-        for item_id, neighbours in model.neighbors.items():
-            row = table.position.get(item_id)
-            if row is None:
-                continue
-            j = 0
-            for other, score in neighbours:
-                p = table.position.get(other)
-                if p is not None:
-                    nbr_pos[row, j], nbr_score[row, j] = p, score
-                    j += 1
+        nbr_pos, nbr_score = candidates.neighbour_matrix(model.neighbors, table.position, table.size)
         return cls(model, table, nbr_pos, nbr_score, model.unit_embeddings)
 
     # ------------------------------------------------------------ inputs
@@ -133,18 +121,7 @@ class ServingModel:
 
         -> (positions, score, seed position), best first, at most ``per_source``.
         """
-        seeds = recent[recent < len(self.neighbour_pos)]
-        if not len(seeds) or not self.neighbour_pos.shape[1]:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        width = min(per_source, self.neighbour_pos.shape[1])
-        pos = self.neighbour_pos[seeds, :width].ravel()
-        score = (self.neighbour_score[seeds, :width] / (1.0 + np.arange(len(seeds), dtype=np.float32))[:, None]).ravel()
-        valid = np.flatnonzero(pos >= 0)
-        order = valid[np.argsort(-score[valid], kind="stable")]
-        pos = pos[order]
-        first = self.first_occurrences(pos)[:per_source]  # each item once, with its best seed
-        picked = order[first]
-        return pos[first], score[picked], seeds[picked // width]
+        return candidates.item_cf(self.neighbour_pos, self.neighbour_score, recent, per_source, self.first_occurrences)
 
     def merge(
         self,
@@ -166,8 +143,7 @@ class ServingModel:
             mark[blocked] = True
             offer &= ~mark[positions]
             mark[blocked] = False
-        idx = np.flatnonzero(offer)
-        keep = idx[self.first_occurrences(positions[idx])][:limit]
+        keep = candidates.merged(positions, offer, limit, self.first_occurrences)
         source = np.repeat(np.array([p[0] for p in parts], dtype=np.int8), [len(p[1]) for p in parts])
         because = np.concatenate([p[3] if p[3] is not None else np.full(len(p[1]), -1, np.int64) for p in parts])
         prior = np.concatenate(
@@ -190,58 +166,21 @@ class ServingModel:
         return self._mark
 
     def first_occurrences(self, positions: np.ndarray) -> np.ndarray:
-        """Indices of each position's first occurrence, in order: O(n) with a per-table scratch array
-        (``np.unique`` sorts twice). Positions must be in the table (>= 0)."""
-        slot = self._slots()
-        at = np.arange(len(positions))
-        slot[positions] = len(positions)
-        np.minimum.at(slot, positions, at)  # ufunc.at: defined for repeated indices (plain assignment is not)
-        return np.flatnonzero(slot[positions] == at)
+        """Indices of each position's first occurrence, in order, on this table's scratch array."""
+        return candidates.first_occurrences(positions, self._slots())
 
     # ------------------------------------------------------------ re-ranking and explanations
 
     def rerank(self, cands: Candidates, scores: np.ndarray, k: int, per_category: int, explore: int) -> np.ndarray:
         """Indices into ``cands``: best first, at most ``per_category`` per category, ``explore`` slots
-        kept for fresh items (appended after the rest), topped up from the best left when the cap was too
-        strict for this candidate set.
-
-        One sort, then a walk down the order that stops at ``k`` picks (a few dozen steps in practice):
-        cheaper than the handful of whole-array passes a vectorised category cap needs for ``k`` = 10."""
+        kept for fresh items (:func:`scalerec_models.candidates.rerank`)."""
         n = len(cands)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         order = np.argsort(-scores[:n], kind="stable")
-        fresh: list[int] = []
-        is_fresh: list[bool] = []
-        if explore:
-            fresh_mask = cands.source == FRESH
-            fresh = order[fresh_mask[order]][:explore].tolist()
-            is_fresh = fresh_mask.tolist()
-        ranked = order.tolist()
-        need = k - len(fresh)
-        picked: list[int] = []
-        if need > 0:
-            category = self.table.category[cands.positions].tolist()
-            per: dict[int, int] = {}
-            for i in ranked:
-                if explore and is_fresh[i]:
-                    continue
-                c = category[i]
-                seen = per.get(c, 0)
-                per[c] = seen + 1
-                if seen < per_category:
-                    picked.append(i)
-                    if len(picked) == need:
-                        break
-        out = (picked + fresh)[:k]
-        if len(out) < k:
-            chosen = set(out)
-            for i in ranked:
-                if i not in chosen:
-                    out.append(i)
-                    if len(out) == k:
-                        break
-        return np.asarray(out, dtype=np.int64)
+        fresh = cands.source == FRESH if explore else None
+        category = self.table.category[cands.positions]
+        return np.asarray(candidates.rerank(order, category, k, per_category, fresh, explore), dtype=np.int64)
 
     def explain(
         self, picked: np.ndarray, history: np.ndarray, min_similarity: float, preferred: np.ndarray | None = None
