@@ -425,12 +425,13 @@ def _print_report(console: Console, report: DemoReport) -> None:
         title=f"Offline metrics on the time holdout ({ev.users} users, {ev.items} items): the model's full ranking, "
         "and the answers it would serve (candidates, ranking, category cap)"
     )
-    metrics.add_column("model")
-    columns = ("ndcg@10", "hr@10", "mrr", "coverage@10", "served_ndcg@10", "served_hr@10", "candidate_recall")
-    for col in columns:
-        metrics.add_column(col, justify="right")
-    for name, m in sorted(ev.models.items(), key=lambda kv: -kv[1]["ndcg@10"]):
-        metrics.add_row(name, *(f"{m[c]:.4f}" if c in m else "" for c in columns))
+    # One column per model (at most four): the table fits an 80-column terminal.
+    models = sorted(ev.models.items(), key=lambda kv: -kv[1]["ndcg@10"])
+    metrics.add_column("metric")
+    for name, _ in models:
+        metrics.add_column(name, justify="right")
+    for row in ("ndcg@10", "hr@10", "mrr", "coverage@10", "served_ndcg@10", "served_hr@10", "candidate_recall"):
+        metrics.add_row(row, *(f"{m[row]:.4f}" if row in m else "" for _, m in models))
     console.print(metrics)
     console.print(f"gate: {'[green]promoted' if ev.promoted else '[red]not promoted'}[/] — {ev.decision}")
     if isinstance(res.experiment, ExperimentOutcome):

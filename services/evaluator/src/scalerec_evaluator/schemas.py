@@ -17,7 +17,11 @@ class EvaluationReport(BaseModel):
     users: int
     items: int
     k: int
-    models: dict[str, dict[str, float]] = Field(description="Metrics per model (``model_v<N>``, baselines).")
+    models: dict[str, dict[str, float]] = Field(
+        description="Metrics per model (``model_v<N>``, baselines): of its full ranking of the catalogue (``hr@10``, "
+        "``ndcg@10``, ``mrr``, ``coverage@10``) and of the answers it would serve (``served_hr@10``, "
+        "``served_ndcg@10``, ``served_coverage@10``; for a version also ``candidate_recall`` and ``candidates``)."
+    )
     curves: dict[str, RankingCurve] = Field(
         default_factory=dict, description="HR@K and NDCG@K at several cut-offs per model, from the same ranks."
     )
