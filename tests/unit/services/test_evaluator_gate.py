@@ -33,3 +33,15 @@ def test_min_improvement_is_relative() -> None:
 def test_too_small_a_holdout_promotes_nothing() -> None:
     report = _report(users=3, model_v1=0.9, popularity=0.1, item_cf=0.1)
     assert not decide(report, 1, None, "ndcg@10", 0.0).promote
+
+
+def test_a_version_whose_candidates_hold_fewer_targets_than_the_champions_is_refused() -> None:
+    report = _report(model_v2=0.3, model_v1=0.2, popularity=0.1, item_cf=0.1)
+    report.models["model_v2"]["candidate_recall"] = 0.80
+    report.models["model_v1"]["candidate_recall"] = 0.90
+    d = decide(report, 2, 1, "ndcg@10", 0.0, max_recall_drop=0.05)
+    assert not d.promote and "candidate_recall 0.8000" in d.reason and "model_v1" in d.reason
+    assert decide(report, 2, 1, "ndcg@10", 0.0, max_recall_drop=0.2).promote  # 0.80 >= 0.90 x 0.8
+    assert decide(report, 2, 1, "ndcg@10", 0.0, max_recall_drop=1.0).promote  # the check off
+    report.models["model_v1"].pop("candidate_recall")  # no figure to compare with: the metric decides
+    assert decide(report, 2, 1, "ndcg@10", 0.0, max_recall_drop=0.05).promote

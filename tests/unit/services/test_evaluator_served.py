@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from scalerec_evaluator.offline import K, evaluate, evaluate_version, served_can
 from scalerec_metrics import target_ranks
 from scalerec_models import candidates
 from scalerec_models import repository as repo
+from scalerec_models.bundle import ITEM_EMBEDDINGS_FILE
+from scalerec_models.data import FIRST_ITEM
 from scalerec_models.runtime import ModelVersion
 from scalerec_synthetic import ShopConfig, generate_shop
 from scalerec_trainer.config import TrainerSettings
@@ -132,3 +135,29 @@ def test_the_report_has_served_metrics_for_every_row_and_the_gate_can_use_them(
     assert "candidate_recall" not in report.models["item_cf"]
     decision = decide(report, 1, None, "served_ndcg@10", 0.0)
     assert decision.reason.startswith("served_ndcg@10")
+
+
+def test_a_version_with_broken_retrieval_ranks_as_well_but_is_refused(trained: tuple[Path, Holdout]) -> None:
+    """Version 2 is version 1 with its item embeddings shuffled (the ANN's table): the ranking model is the same
+    file, so the full ranking cannot tell them apart; the served lists and the gate can."""
+    repository, h = trained
+    for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+        shutil.copytree(repository / model / "1", repository / model / "2", dirs_exist_ok=True)
+    emb_file = repository / repo.RANKER_MODEL / "2" / ITEM_EMBEDDINGS_FILE
+    emb = np.load(emb_file)
+    rows = np.arange(FIRST_ITEM, len(emb))
+    emb[rows] = emb[np.random.default_rng(0).permutation(rows)]
+    np.save(emb_file, emb)
+    try:
+        # Fewer candidates than the catalogue (120 items), retrieval's first: the lists are what the ANN finds.
+        report = evaluate_version(repository, 2, 1, h, ServedListSettings(candidates_per_source=15, max_candidates=15))
+    finally:
+        for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
+            shutil.rmtree(repository / model / "2")
+    v1, v2 = report.models["model_v1"], report.models["model_v2"]
+    assert v2["ndcg@10"] == pytest.approx(v1["ndcg@10"])
+    # Measured: recall 0.60 against 0.08, served NDCG@10 0.34 against 0.07.
+    assert v2["candidate_recall"] < v1["candidate_recall"] * 0.5, (v1, v2)
+    assert v2["served_ndcg@10"] < v1["served_ndcg@10"] * 0.5, (v1, v2)
+    decision = decide(report, 2, 1, "ndcg@10", 0.0, max_recall_drop=0.05)
+    assert not decision.promote and "candidate_recall" in decision.reason

@@ -24,6 +24,14 @@ class EvaluatorSettings(ModelRepositorySettings, ServedListSettings):
         "coverage@10) or the answers it would serve (served_*: its candidates as the ranker builds them, ranked, "
         "re-ranked with CATEGORY_CAP; a baseline's from its own top MAX_CANDIDATES). Every report has both.",
     )
+    max_recall_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="A version whose candidate_recall (the share of holdout targets among the candidates the "
+        "ranker would score) is below the champion's by more than this share is not promoted, whatever "
+        "PROMOTION_METRIC says: its user tower or item-item neighbours got worse. 1 turns the check off.",
+    )
     min_improvement: float = Field(
         default=0.0, ge=0, description="Relative gain over the champion (and baselines) needed to promote."
     )

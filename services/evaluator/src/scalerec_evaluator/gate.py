@@ -13,14 +13,35 @@ class Decision:
     reason: str
 
 
+RECALL = "candidate_recall"
+
+
 def decide(
-    report: EvaluationReport, version: int, champion: int | None, metric: str, min_improvement: float
+    report: EvaluationReport,
+    version: int,
+    champion: int | None,
+    metric: str,
+    min_improvement: float,
+    max_recall_drop: float = 1.0,
 ) -> Decision:
+    """Promote only a version that beats every other row of the report on ``metric`` by ``min_improvement``
+    (relative), and whose candidates do not hold fewer targets than the champion's by more than
+    ``max_recall_drop`` (relative): a version whose retrieval got worse serves worse lists even where its
+    ranking model, measured on the whole catalogue, looks better."""
     models = report.models
     mine = models[f"model_v{version}"][metric]
     rivals = {name: m[metric] for name, m in models.items() if name != f"model_v{version}"}
     if report.users < 10:
         return Decision(False, f"holdout too small ({report.users} users) to judge")
+    if champion is not None and champion != version and max_recall_drop < 1.0:
+        my_recall = models[f"model_v{version}"].get(RECALL)
+        their_recall = models.get(f"model_v{champion}", {}).get(RECALL)
+        if my_recall is not None and their_recall is not None and my_recall < their_recall * (1 - max_recall_drop):
+            return Decision(
+                False,
+                f"{RECALL} {my_recall:.4f} is more than {max_recall_drop:.0%} below champion model_v{champion}'s "
+                f"({their_recall:.4f}): its candidates miss targets the champion's hold",
+            )
     for name, value in sorted(rivals.items()):
         needed = value * (1 + min_improvement)
         if mine <= needed:

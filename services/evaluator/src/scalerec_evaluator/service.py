@@ -83,7 +83,14 @@ class Evaluator:
         champion = repo.read_champion(repository, repo.RANKER_MODEL)
         holdout = build_holdout(self.store, cut, self.settings.max_eval_users)
         measured = evaluate_version(repository, version, champion, holdout, self.settings)
-        decision = decide(measured, version, champion, self.settings.promotion_metric, self.settings.min_improvement)
+        decision = decide(
+            measured,
+            version,
+            champion,
+            self.settings.promotion_metric,
+            self.settings.min_improvement,
+            self.settings.max_recall_drop,
+        )
         if decision.promote and champion is not None and self.settings.promotion == "online":
             decision = Decision(False, f"{decision.reason}; a challenger now: promotion waits for an online experiment")
         report = measured.model_copy(
