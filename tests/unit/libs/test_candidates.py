@@ -50,6 +50,11 @@ def test_rerank_caps_categories_keeps_exploration_slots_and_tops_up() -> None:
     assert c.rerank(order, category, k=4, cap=2, fresh=fresh, explore=1) == [0, 1, 4, 7]
     # Only one category: the cap cannot be met, so the answer is topped up from the best left.
     assert c.rerank(np.arange(5), np.ones(5, dtype=np.int64), k=4, cap=2) == [0, 1, 2, 3]
+    # Exploration with no fresh candidate, more slots than candidates, nothing to rank.
+    none_fresh = np.zeros(8, dtype=bool)
+    assert c.rerank(order, category, k=4, cap=2, fresh=none_fresh, explore=2) == [0, 1, 4, 5]
+    assert c.rerank(order[:3], category, k=10, cap=2) == [0, 1, 2]
+    assert c.rerank(np.zeros(0, dtype=np.int64), category, k=10, cap=2, fresh=none_fresh, explore=1) == []
     assert c.per_category(10, 0.3) == 3 and c.per_category(10, 0.1) == 2 and c.per_category(10, 1) == 10
 
 

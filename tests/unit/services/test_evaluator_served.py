@@ -21,6 +21,9 @@ from scalerec_models import repository as repo
 from scalerec_models.bundle import ITEM_EMBEDDINGS_FILE
 from scalerec_models.data import FIRST_ITEM
 from scalerec_models.runtime import ModelVersion
+from scalerec_ranker.items import ItemRow
+from scalerec_ranker.serving import ITEM_CF, RETRIEVAL, TRENDING, ServingModel
+from scalerec_storage import records as r
 from scalerec_synthetic import ShopConfig, generate_shop
 from scalerec_trainer.config import TrainerSettings
 from scalerec_trainer.pipeline import train_version
@@ -161,3 +164,62 @@ def test_a_version_with_broken_retrieval_ranks_as_well_but_is_refused(trained: t
     assert v2["served_ndcg@10"] < v1["served_ndcg@10"] * 0.5, (v1, v2)
     decision = decide(report, 2, 1, "ndcg@10", 0.0, max_recall_drop=0.05)
     assert not decision.promote and "candidate_recall" in decision.reason
+
+
+def test_the_evaluator_builds_the_candidates_the_ranker_builds(trained: tuple[Path, Holdout]) -> None:
+    """The same holdout cases through the ranker's own ServingModel (its table, retrieval positions, item-CF,
+    merge, the trending list given as the past's popularity) give the same candidates, item for item."""
+    repository, h = trained
+    settings = ServedListSettings(candidates_per_source=20, max_candidates=45)
+    model = ModelVersion.load(repository, 1)
+    scorer = OnnxRuntimeScorer(repository)
+    lists = served_candidates(repository, 1, h, scorer, settings, model)
+    store = SqliteStore(repository.parent / "store.db")
+    try:
+        rows = [ItemRow.of(item, features) for item, features in r.scan_catalogue(store)]
+    finally:
+        store.close()
+    serving = ServingModel.build(model, rows)
+    table = serving.table
+    trending = [(i, float(n)) for i, n in h.popularity.most_common(20)]
+    lists_of_ranker = []
+    for start in range(0, len(h.users), 64):  # the evaluator's batches: the same floats out of the user tower
+        cases = range(start, min(start + 64, len(h.users)))
+        inputs = model.encode_user([h.histories[c] for c in cases], [h.contexts[c] for c in cases])
+        emb = asyncio.run(scorer.infer(repo.USER_TOWER_MODEL, 1, inputs, ["user_embedding"]))["user_embedding"]
+        _, idx = model.ann.search(np.asarray(emb, dtype=np.float32), 20)  # type: ignore[union-attr]
+        for c, found in zip(cases, idx, strict=True):
+            hist_pos = table.positions_or_unknown(h.histories[c])  # as Recommender._answer
+            recent = candidates.recent_seeds(hist_pos, serving.first_occurrences, FIRST_ITEM)
+            cf_pos, cf_score, cf_seed = serving.item_cf(recent, 20)
+            lists_pos = serving.baseline_positions(1, trending, [])
+            parts = [
+                (RETRIEVAL, serving.retrieval_positions(found), None, None),
+                (ITEM_CF, cf_pos, cf_score, cf_seed),
+                (TRENDING, lists_pos.trending[:20], lists_pos.trending_prior[:20], None),
+            ]
+            merged = serving.merge(parts, hist_pos[-candidates.JUST_SEEN :], 45)
+            lists_of_ranker.append(list(table.id_of(merged.positions)))
+    assert [[h.items[c] for c in cands.tolist()] for cands in lists] == lists_of_ranker
+    assert sum(len(x) for x in lists_of_ranker) > 20 * len(h.users)
+
+
+def test_ties_short_answers_and_unavailable_items_count_as_in_the_full_ranking() -> None:
+    h = _shelf()
+
+    def flat(rows: np.ndarray) -> np.ndarray:  # no opinion at all: every item ties
+        return np.zeros((len(rows), 30))
+
+    everything = [np.arange(29)] * 4
+    assert min(_ranks(h, flat)) >= K  # the full ranking counts ties against the model ...
+    assert min(_ranks(h, served_scores(flat, h, ServedListSettings(category_cap=1), everything))) >= K  # ... so here
+
+    def ordered(rows: np.ndarray) -> np.ndarray:
+        return np.tile(-np.arange(30, dtype=np.float64), (len(rows), 1))
+
+    short = [np.array([0, 1, 2])] * 4  # three candidates: an answer of three, not ten
+    metrics, _ = evaluate("short", served_scores(ordered, h, ServedListSettings(category_cap=1), short), h)
+    assert metrics["coverage@10"] == pytest.approx(3 / 30)
+    h.available[1] = False  # u2's target, now off the catalogue: nobody can serve it, a baseline neither
+    ranks = _ranks(h, served_scores(ordered, h, ServedListSettings(category_cap=1), None))
+    assert ranks[2] >= K and ranks[3] == 2  # u3's i3 moves up a place

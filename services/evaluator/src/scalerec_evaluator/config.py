@@ -30,7 +30,9 @@ class EvaluatorSettings(ModelRepositorySettings, ServedListSettings):
         le=1,
         description="A version whose candidate_recall (the share of holdout targets among the candidates the "
         "ranker would score) is below the champion's by more than this share is not promoted, whatever "
-        "PROMOTION_METRIC says: its user tower or item-item neighbours got worse. 1 turns the check off.",
+        "PROMOTION_METRIC says: its user tower or item-item neighbours got worse (a drop within twice its standard "
+        "error on the holdout is chance and passes). A hashed-vocabulary version has no retrieval candidates: "
+        "replacing a listed-vocabulary champion with one needs 1, which turns the check off.",
     )
     min_improvement: float = Field(
         default=0.0, ge=0, description="Relative gain over the champion (and baselines) needed to promote."

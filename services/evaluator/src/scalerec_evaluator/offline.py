@@ -84,8 +84,13 @@ def served_candidates(
     per, n = settings.candidates_per_source, len(h.items)
     vocab = model.bundle.vocab
     available = np.asarray(h.available, dtype=bool) if h.available else np.ones(n, dtype=bool)
-    nbr_pos, nbr_score = candidates.neighbour_matrix(model.neighbors, h.index, n)
-    slot = np.empty(n, dtype=np.int64)
+    # Items the version knows that the catalogue no longer has: the ranker's table keeps them (never offered),
+    # so in a history they still seed item-CF; they get positions after the catalogue's columns here.
+    position = dict(h.index)
+    for item in sorted((set(vocab.items) | set(model.neighbors)) - h.index.keys()):
+        position[item] = len(position)
+    nbr_pos, nbr_score = candidates.neighbour_matrix(model.neighbors, position, len(position))
+    slot = np.empty(len(position), dtype=np.int64)
 
     def first(positions: np.ndarray) -> np.ndarray:
         return candidates.first_occurrences(positions, slot)
@@ -108,10 +113,11 @@ def served_candidates(
                 retrieval[c] = np.where(row >= FIRST_ITEM, column[row], -1)
     out = []
     for case, history in enumerate(h.histories):
-        hist = np.asarray([h.index[i] for i in history if i in h.index], dtype=np.int64)
-        cf, _, _ = candidates.item_cf(nbr_pos, nbr_score, candidates.recent_seeds(hist, first), per, first)
+        hist = np.asarray([position.get(i, -1) for i in history], dtype=np.int64)  # -1: an item nobody knows
+        seeds = candidates.recent_seeds(hist[hist >= 0], first)
+        cf, _, _ = candidates.item_cf(nbr_pos, nbr_score, seeds, per, first)
         positions = np.concatenate([retrieval[case], cf, trending])
-        offer = positions >= 0
+        offer = (positions >= 0) & (positions < n)
         offer[offer] = available[positions[offer]]
         offer[np.isin(positions, hist[-candidates.JUST_SEEN :])] = False
         out.append(positions[candidates.merged(positions, offer, settings.max_candidates, first)])
@@ -122,16 +128,21 @@ def served_scores(
     full: ScoreFn, h: Holdout, settings: ServedListSettings, lists: list[np.ndarray] | None = None
 ) -> ScoreFn:
     """The answers of ``K`` items served from ``full``'s scores: each case's candidates (``lists``; without
-    them, as for a baseline, its own top ``MAX_CANDIDATES``) that the holdout lets compete, ordered by the
-    scores, re-ranked with the category cap as the ranker does; the answer's items score K..1, the rest
-    -inf (ranks past K are not measured)."""
+    them, as for a baseline, its own top ``MAX_CANDIDATES`` of what the catalogue offers) that the holdout lets
+    compete, ordered by the scores, re-ranked with the category cap as the ranker does. An answer's items score
+    K..1 in its order and the rest -inf (ranks past K are not measured). Ties count against the model, as in
+    the full ranking: items of equal score share the lowest place among them, and an item tied with a
+    candidate left out of the answer is not counted in it (a popularity count ties often)."""
     codes: dict[str, int] = {}
-    category = np.asarray([candidates.category_code(c, codes) for c in h.categories], dtype=np.int64)
+    names = h.categories or [""] * len(h.items)
+    category = np.asarray([candidates.category_code(c, codes) for c in names], dtype=np.int64)
+    unavailable = ~np.asarray(h.available, dtype=bool) if h.available else np.zeros(len(h.items), dtype=bool)
     cap = candidates.per_category(K, settings.category_cap)
     exclusions = h.exclusions()
 
     def score(rows: np.ndarray) -> np.ndarray:
         s = np.array(full(rows), dtype=np.float64, copy=True)
+        s[:, unavailable] = -np.inf
         out = np.full(s.shape, -np.inf)
         for r, case in enumerate(rows.tolist()):
             s[r, exclusions[case]] = -np.inf
@@ -142,8 +153,12 @@ def served_scores(
                 cand = lists[case]
             cand = cand[np.isfinite(s[r, cand])]
             order = np.argsort(-s[r, cand], kind="stable")
-            top = cand[candidates.rerank(order, category[cand], K, cap)]
-            out[r, top] = np.arange(len(top), 0, -1)
+            picked = candidates.rerank(order, category[cand], K, cap)
+            answer = s[r, cand[picked]]
+            left_out = np.delete(s[r, cand], picked)
+            for place, value in enumerate(answer.tolist()):
+                if not (left_out == value).any():
+                    out[r, cand[picked[place]]] = K - np.flatnonzero(answer == value).max()
         return out
 
     return score
@@ -160,7 +175,9 @@ def evaluate(name: str, fn: ScoreFn, h: Holdout) -> tuple[dict[str, float], Rank
     for start in range(0, len(rows), 128):
         batch = slice(start, start + 128)
         s = np.array(fn(rows[batch]), dtype=np.float64, copy=True)  # scored once for both
-        tops.extend(np.argsort(-s, axis=1)[:, :K].tolist())
+        top = np.argsort(-s, axis=1)[:, :K]
+        listed = np.isfinite(np.take_along_axis(s, top, axis=1))  # a served answer may hold fewer than K
+        tops.extend(t[keep].tolist() for t, keep in zip(top, listed, strict=True))
         ranks[batch] = target_ranks(s, targets[batch], exclusions[batch])
     result = FullRankingResult(ranks=ranks, k=K)
     metrics = result.as_dict()
@@ -203,12 +220,20 @@ def evaluate_version(
         try:
             fn = model_scores(repository, v, h, scorer)
             metrics, curve = evaluate(f"model_v{v}", fn, h)
-            lists = served_candidates(repository, v, h, scorer, settings)
-            runs[f"model_v{v}"] = ({**metrics, **evaluate_served(f"model_v{v}", fn, h, settings, lists)}, curve)
         except Exception as exc:
             if v == version:
                 raise
             log.warning("champion %d could not be evaluated: %s", v, exc)  # it loses its seat
+            continue
+        try:
+            lists = served_candidates(repository, v, h, scorer, settings)
+            metrics.update(evaluate_served(f"model_v{v}", fn, h, settings, lists))
+        except Exception as exc:
+            if v == version:
+                raise
+            # Its full ranking stands; a gate on a served metric cannot compare and promotes nothing.
+            log.warning("champion %d: its served lists could not be measured: %s", v, exc)
+        runs[f"model_v{v}"] = (metrics, curve)
     return EvaluationReport(
         users=len(h.users),
         items=len(h.items),
