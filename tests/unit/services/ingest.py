@@ -37,3 +37,26 @@ async def ingest_shop(data_dir: Path, shop: Shop) -> None:
         await events.handle(msgs[i : i + 2000])
     store.close()
     await bus.close()
+
+
+def trained_shop(data_dir: Path, seed: int) -> tuple[Path, Shop]:
+    """A small synthetic shop (200 users, 120 items) ingested into ``data_dir`` and version 1 trained on it
+    (two epochs): the real trainer's files in ``data_dir/model_repository``, for tests of what serves them."""
+    import asyncio
+
+    from scalerec_synthetic import ShopConfig, generate_shop
+    from scalerec_trainer.config import TrainerSettings
+    from scalerec_trainer.pipeline import train_version
+
+    shop = generate_shop(ShopConfig(users=200, items=120, events_per_user=20, seed=seed))
+    asyncio.run(ingest_shop(data_dir, shop))
+    repository = data_dir / "model_repository"
+    settings = TrainerSettings(
+        data_dir=data_dir, model_repository=repository, min_examples=10, max_epochs=2, time_budget_s=10
+    )
+    store = SqliteStore(data_dir / "store.db")
+    try:
+        assert train_version(settings, store).version == 1
+    finally:
+        store.close()
+    return repository, shop

@@ -24,11 +24,8 @@ from scalerec_models.runtime import ModelVersion
 from scalerec_ranker.items import ItemRow
 from scalerec_ranker.serving import ITEM_CF, RETRIEVAL, TRENDING, ServingModel
 from scalerec_storage import records as r
-from scalerec_synthetic import ShopConfig, generate_shop
-from scalerec_trainer.config import TrainerSettings
-from scalerec_trainer.pipeline import train_version
 
-from tests.unit.services.ingest import ingest_shop
+from tests.unit.services.ingest import trained_shop
 
 
 def _shelf() -> Holdout:
@@ -81,16 +78,9 @@ def test_served_answers_apply_the_candidates_and_the_category_cap() -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Holdout]:
-    data_dir = tmp_path_factory.mktemp("evaluator")
-    shop = generate_shop(ShopConfig(users=200, items=120, events_per_user=20, seed=5))
-    asyncio.run(ingest_shop(data_dir, shop))
-    repository = data_dir / "model_repository"
-    settings = TrainerSettings(
-        data_dir=data_dir, model_repository=repository, min_examples=10, max_epochs=2, time_budget_s=10
-    )
-    store = SqliteStore(data_dir / "store.db")
+    repository, _ = trained_shop(tmp_path_factory.mktemp("evaluator"), seed=5)
+    store = SqliteStore(repository.parent / "store.db")
     try:
-        assert train_version(settings, store).version == 1
         card = repo.read_card(repository, repo.RANKER_MODEL, 1)
         holdout = build_holdout(store, int(card["data_window"]["end_ms"]), 2000)
     finally:

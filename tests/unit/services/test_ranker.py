@@ -37,11 +37,9 @@ from scalerec_ranker.models import ModelManager
 from scalerec_ranker.serving import Candidates
 from scalerec_storage import schema as s
 from scalerec_synthetic import Shop, ShopConfig, generate_shop
-from scalerec_trainer.config import TrainerSettings
-from scalerec_trainer.pipeline import train_version
 
 from tests.unit.services.bench import run_benchmark
-from tests.unit.services.ingest import ingest_shop
+from tests.unit.services.ingest import ingest_shop, trained_shop
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -56,16 +54,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     data_dir = tmp_path_factory.mktemp("ranker")
-    shop = generate_shop(ShopConfig(users=200, items=120, events_per_user=20, seed=3))
-    asyncio.run(ingest_shop(data_dir, shop))
-    repository = data_dir / "model_repository"
-    settings = TrainerSettings(
-        data_dir=data_dir, model_repository=repository, min_examples=10, max_epochs=2, time_budget_s=10
-    )
-    store = SqliteStore(data_dir / "store.db")
-    outcome = train_version(settings, store)
-    store.close()
-    assert outcome.version == 1
+    repository, shop = trained_shop(data_dir, seed=3)
     # Version 2: the same files under a new number — the swap mechanism is what is under test here.
     for model in (repo.RANKER_MODEL, repo.USER_TOWER_MODEL):
         shutil.copytree(repository / model / "1", repository / model / "2")
