@@ -170,12 +170,15 @@ def evaluate_full_ranking(
     exclude: Sequence[Iterable[int]],
     k: int = 10,
     batch_size: int = 256,
+    on_scores: Callable[[np.ndarray], None] | None = None,
 ) -> FullRankingResult:
     """HR@K / NDCG@K of ``score_fn`` over every item, one user batch at a time.
 
     ``score_fn(user_batch) -> [b, V]`` scores all items for those users (any
     user key the model understands: row numbers, ids).  Batching keeps memory
-    at ``batch_size * V`` floats however large the catalogue is.
+    at ``batch_size * V`` floats however large the catalogue is.  ``on_scores``
+    sees each batch's scores before exclusions (another measure from the same
+    scoring, such as coverage).
     """
     users = np.asarray(users)
     targets = np.asarray(targets, dtype=np.int64)
@@ -183,5 +186,7 @@ def evaluate_full_ranking(
     for start in range(0, len(users), batch_size):
         sl = slice(start, start + batch_size)
         scores = np.array(score_fn(users[sl]), dtype=np.float64, copy=True)
+        if on_scores is not None:
+            on_scores(scores)
         ranks[sl] = target_ranks(scores, targets[sl], exclude[sl])
     return FullRankingResult(ranks=ranks, k=k)

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 from scalerec_adapters.embedded.onnx_scorer import OnnxRuntimeScorer
 from scalerec_core.settings import ServedListSettings
-from scalerec_metrics import RankingCurve, catalogue_coverage
-from scalerec_metrics.ranking import FullRankingResult, target_ranks
+from scalerec_metrics import RankingCurve, catalogue_coverage, evaluate_full_ranking
 from scalerec_models import candidates
 from scalerec_models import repository as repo
 from scalerec_models.baselines import ItemKNN, Popularity
@@ -42,10 +41,12 @@ def _baseline_scores(h: Holdout, model: Popularity | ItemKNN) -> ScoreFn:
     return score
 
 
-def model_scores(repository: Path, version: int, h: Holdout, scorer: OnnxRuntimeScorer) -> ScoreFn:
+def model_scores(
+    repository: Path, version: int, h: Holdout, scorer: OnnxRuntimeScorer, model: ModelVersion | None = None
+) -> ScoreFn:
     import asyncio
 
-    model = ModelVersion.load(repository, version)
+    model = model or ModelVersion.load(repository, version)
 
     def score(case_rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(case_rows), len(h.items)), dtype=np.float64)
@@ -167,19 +168,15 @@ def served_scores(
 def evaluate(name: str, fn: ScoreFn, h: Holdout) -> tuple[dict[str, float], RankingCurve]:
     """The @K metrics the gate reads, and HR/NDCG at every cut-off of ``CURVE_KS`` from the same ranks."""
     started = time.perf_counter()
-    rows = np.arange(len(h.users))
-    targets = np.asarray(h.targets, dtype=np.int64)
-    exclusions = h.exclusions()
-    ranks = np.empty(len(rows), dtype=np.int64)
     tops: list[list[int]] = []  # coverage: the share of the catalogue that appears in someone's top K
-    for start in range(0, len(rows), 128):
-        batch = slice(start, start + 128)
-        s = np.array(fn(rows[batch]), dtype=np.float64, copy=True)  # scored once for both
+
+    def top_k(s: np.ndarray) -> None:  # from the same scores as the ranks
         top = np.argsort(-s, axis=1)[:, :K]
         listed = np.isfinite(np.take_along_axis(s, top, axis=1))  # a served answer may hold fewer than K
         tops.extend(t[keep].tolist() for t, keep in zip(top, listed, strict=True))
-        ranks[batch] = target_ranks(s, targets[batch], exclusions[batch])
-    result = FullRankingResult(ranks=ranks, k=K)
+
+    rows = np.arange(len(h.users))
+    result = evaluate_full_ranking(fn, rows, np.asarray(h.targets), h.exclusions(), K, 128, on_scores=top_k)
     metrics = result.as_dict()
     metrics["coverage@10"] = catalogue_coverage(tops, len(h.items))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
@@ -218,7 +215,8 @@ def evaluate_version(
         if v is None or f"model_v{v}" in runs:
             continue
         try:
-            fn = model_scores(repository, v, h, scorer)
+            model = ModelVersion.load(repository, v)  # once: its ranking model, ANN and neighbours
+            fn = model_scores(repository, v, h, scorer, model)
             metrics, curve = evaluate(f"model_v{v}", fn, h)
         except Exception as exc:
             if v == version:
@@ -226,7 +224,7 @@ def evaluate_version(
             log.warning("champion %d could not be evaluated: %s", v, exc)  # it loses its seat
             continue
         try:
-            lists = served_candidates(repository, v, h, scorer, settings)
+            lists = served_candidates(repository, v, h, scorer, settings, model)
             metrics.update(evaluate_served(f"model_v{v}", fn, h, settings, lists))
         except Exception as exc:
             if v == version:
